@@ -1,0 +1,98 @@
+// conv2d (NCHW, weights [Cout, Cin, KH, KW]) as an implicit GEMM: M = Cout, N = Ho*Wo pixels,
+// K = Cin*KH*KW. The im2col matrix is never built; each B tile is gathered from the input with
+// zero padding. Same 64x64x16 tiling and 4x4 register blocks as matmul. One image per wg.z.
+
+struct Params {
+    cin: u32, h: u32, w: u32, cout: u32,
+    ho: u32, wo: u32, kh: u32, kw: u32,
+    stride: u32, pad: u32, K: u32, P: u32,
+};
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<T>;
+@group(0) @binding(2) var<storage, read> wt: array<T>;
+@group(0) @binding(3) var<storage, read_write> y: array<T>;
+#if BIAS
+@group(0) @binding(4) var<storage, read> bias: array<T>;
+#endif
+
+const TM: u32 = 64u;
+const TN: u32 = 64u;
+const TK: u32 = 16u;
+
+var<workgroup> As: array<f32, 1024>; // weights [TK][TM]
+var<workgroup> Bs: array<f32, 1024>; // gathered input [TK][TN]
+
+@compute @workgroup_size(16, 16, 1)
+fn main(@builtin(workgroup_id) wg: vec3<u32>,
+        @builtin(local_invocation_id) lid: vec3<u32>,
+        @builtin(local_invocation_index) li: u32) {
+    let co0 = wg.y * TM;
+    let px0 = wg.x * TN;
+    let x_base = wg.z * p.cin * p.h * p.w;
+    let khw = p.kh * p.kw;
+
+    var acc: array<f32, 16>;
+    for (var i = 0u; i < 16u; i++) { acc[i] = 0.0; }
+
+    for (var k0 = 0u; k0 < p.K; k0 += TK) {
+        for (var i = 0u; i < 4u; i++) {
+            let e = li + i * 256u;
+            let r = e / TK;
+            let kk = e % TK;
+            let co = co0 + r;
+            let gk = k0 + kk;
+            var v = 0.0;
+            if (co < p.cout && gk < p.K) { v = f32(wt[co * p.K + gk]); }
+            As[kk * TM + r] = v;
+        }
+        for (var i = 0u; i < 4u; i++) {
+            let e = li + i * 256u;
+            let kk = e / TN;
+            let cn = e % TN;
+            let px = px0 + cn;
+            let gk = k0 + kk;
+            var v = 0.0;
+            if (px < p.P && gk < p.K) {
+                let ci = gk / khw;
+                let r = gk % khw;
+                let iy = i32((px / p.wo) * p.stride + r / p.kw) - i32(p.pad);
+                let ix = i32((px % p.wo) * p.stride + r % p.kw) - i32(p.pad);
+                if (iy >= 0 && iy < i32(p.h) && ix >= 0 && ix < i32(p.w)) {
+                    v = f32(x[x_base + (ci * p.h + u32(iy)) * p.w + u32(ix)]);
+                }
+            }
+            Bs[kk * TN + cn] = v;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < TK; kk++) {
+            var av: array<f32, 4>;
+            var bv: array<f32, 4>;
+            for (var i = 0u; i < 4u; i++) {
+                av[i] = As[kk * TM + lid.y + 16u * i];
+                bv[i] = Bs[kk * TN + lid.x + 16u * i];
+            }
+            for (var i = 0u; i < 4u; i++) {
+                for (var j = 0u; j < 4u; j++) {
+                    acc[i * 4u + j] = fma(av[i], bv[j], acc[i * 4u + j]);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+
+    let y_base = wg.z * p.cout * p.P;
+    for (var i = 0u; i < 4u; i++) {
+        let co = co0 + lid.y + 16u * i;
+        if (co >= p.cout) { continue; }
+        for (var j = 0u; j < 4u; j++) {
+            let px = px0 + lid.x + 16u * j;
+            if (px >= p.P) { continue; }
+            var v = acc[i * 4u + j];
+#if BIAS
+            v += f32(bias[co]);
+#endif
+            y[y_base + co * p.P + px] = T(v);
+        }
+    }
+}

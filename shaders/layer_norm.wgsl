@@ -1,0 +1,49 @@
+// LayerNorm over the last dimension of [R, D], one workgroup per row (rows spread over x and y
+// so more than 65535 rows still dispatch).
+
+struct Params {
+    rows: u32, d: u32, eps: f32, _pad: u32,
+};
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<T>;
+@group(0) @binding(2) var<storage, read> gamma: array<T>;
+@group(0) @binding(3) var<storage, read> beta: array<T>;
+@group(0) @binding(4) var<storage, read_write> y: array<T>;
+
+const WG: u32 = 128u;
+var<workgroup> red: array<f32, WG>;
+
+fn reduce_sum(li: u32, v: f32) -> f32 {
+    red[li] = v;
+    workgroupBarrier();
+    for (var step = WG / 2u; step > 0u; step >>= 1u) {
+        if (li < step) { red[li] += red[li + step]; }
+        workgroupBarrier();
+    }
+    let total = red[0];
+    workgroupBarrier();
+    return total;
+}
+
+@compute @workgroup_size(128, 1, 1)
+fn main(@builtin(workgroup_id) wg: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) li: u32) {
+    let row = wg.x + wg.y * nwg.x;
+    if (row >= p.rows) { return; }
+    let base = row * p.d;
+
+    var sum = 0.0;
+    for (var i = li; i < p.d; i += WG) { sum += f32(x[base + i]); }
+    let mean = reduce_sum(li, sum) / f32(p.d);
+    var sq = 0.0;
+    for (var i = li; i < p.d; i += WG) {
+        let d = f32(x[base + i]) - mean;
+        sq += d * d;
+    }
+    let rstd = inverseSqrt(reduce_sum(li, sq) / f32(p.d) + p.eps);
+    for (var i = li; i < p.d; i += WG) {
+        y[base + i] = T((f32(x[base + i]) - mean) * rstd * f32(gamma[i]) + f32(beta[i]));
+    }
+}

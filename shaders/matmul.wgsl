@@ -1,0 +1,103 @@
+// Batched matmul C[b] = A[b] (M x K) * B[b] (K x N) (+ bias[N]), or with B stored transposed
+// (N x K, the layout of nn.Linear weights). 64x64 output tile per workgroup, 16x16 threads each
+// computing a 4x4 block, K staged through workgroup memory 16 at a time. Accumulates in f32.
+//
+// Batch strides may be 0 (one weight shared by all batches). `c_off`/`bias_off` place the output
+// columns when a split weight is processed one chunk of rows at a time.
+
+struct Params {
+    M: u32, N: u32, K: u32, batch: u32,
+    lda: u32, ldb: u32, ldc: u32, c_off: u32,
+    a_bs: u32, b_bs: u32, c_bs: u32, bias_off: u32,
+};
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<T>;
+@group(0) @binding(2) var<storage, read> b: array<T>;
+@group(0) @binding(3) var<storage, read_write> c: array<T>;
+#if BIAS
+@group(0) @binding(4) var<storage, read> bias: array<T>;
+#endif
+
+const TM: u32 = 64u;
+const TN: u32 = 64u;
+const TK: u32 = 16u;
+
+// k-major tiles so the inner loop reads consecutive rows/cols across threads.
+var<workgroup> As: array<f32, 1024>; // [TK][TM]
+var<workgroup> Bs: array<f32, 1024>; // [TK][TN]
+
+@compute @workgroup_size(16, 16, 1)
+fn main(@builtin(workgroup_id) wg: vec3<u32>,
+        @builtin(local_invocation_id) lid: vec3<u32>,
+        @builtin(local_invocation_index) li: u32) {
+    let row0 = wg.y * TM;
+    let col0 = wg.x * TN;
+    let a_base = wg.z * p.a_bs;
+    let b_base = wg.z * p.b_bs;
+
+    var acc: array<f32, 16>;
+    for (var i = 0u; i < 16u; i++) { acc[i] = 0.0; }
+
+    for (var k0 = 0u; k0 < p.K; k0 += TK) {
+        for (var i = 0u; i < 4u; i++) {
+            let e = li + i * 256u;
+            let r = e / TK;
+            let kk = e % TK;
+            let gr = row0 + r;
+            let gk = k0 + kk;
+            var v = 0.0;
+            if (gr < p.M && gk < p.K) { v = f32(a[a_base + gr * p.lda + gk]); }
+            As[kk * TM + r] = v;
+        }
+        for (var i = 0u; i < 4u; i++) {
+            let e = li + i * 256u;
+#if TRANS_B
+            let cn = e / TK;
+            let kk = e % TK;
+            let gn = col0 + cn;
+            let gk = k0 + kk;
+            var v = 0.0;
+            if (gn < p.N && gk < p.K) { v = f32(b[b_base + gn * p.ldb + gk]); }
+#else
+            let kk = e / TN;
+            let cn = e % TN;
+            let gn = col0 + cn;
+            let gk = k0 + kk;
+            var v = 0.0;
+            if (gn < p.N && gk < p.K) { v = f32(b[b_base + gk * p.ldb + gn]); }
+#endif
+            Bs[kk * TN + cn] = v;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < TK; kk++) {
+            var av: array<f32, 4>;
+            var bv: array<f32, 4>;
+            for (var i = 0u; i < 4u; i++) {
+                av[i] = As[kk * TM + lid.y + 16u * i];
+                bv[i] = Bs[kk * TN + lid.x + 16u * i];
+            }
+            for (var i = 0u; i < 4u; i++) {
+                for (var j = 0u; j < 4u; j++) {
+                    acc[i * 4u + j] = fma(av[i], bv[j], acc[i * 4u + j]);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+
+    let c_base = wg.z * p.c_bs;
+    for (var i = 0u; i < 4u; i++) {
+        let gr = row0 + lid.y + 16u * i;
+        if (gr >= p.M) { continue; }
+        for (var j = 0u; j < 4u; j++) {
+            let gn = col0 + lid.x + 16u * j;
+            if (gn >= p.N) { continue; }
+            var v = acc[i * 4u + j];
+#if BIAS
+            v += f32(bias[p.bias_off + gn]);
+#endif
+            c[c_base + gr * p.ldc + p.c_off + gn] = T(v);
+        }
+    }
+}

@@ -1,0 +1,33 @@
+// Elementwise activations and y = alpha * x + beta, chosen by OP:
+// 0 silu, 1 gelu (erf), 2 quick_gelu, 3 affine.
+
+struct Params {
+    n: u32, alpha: f32, beta: f32, _pad: u32,
+};
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<T>;
+@group(0) @binding(2) var<storage, read_write> y: array<T>;
+
+#include "activation.wgsl"
+
+@compute @workgroup_size(256, 1, 1)
+fn main(@builtin(workgroup_id) wg: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) li: u32) {
+    let i = (wg.x + wg.y * nwg.x) * 256u + li;
+    if (i >= p.n) { return; }
+    let v = f32(x[i]);
+#if OP_SILU
+    y[i] = T(silu(v));
+#endif
+#if OP_GELU
+    y[i] = T(gelu_erf(v));
+#endif
+#if OP_GELU_QUICK
+    y[i] = T(gelu_quick(v));
+#endif
+#if OP_AFFINE
+    y[i] = T(p.alpha * v + p.beta);
+#endif
+}

@@ -1,0 +1,62 @@
+//! The library's single error type. The CLI wraps it in `anyhow`; the wasm glue turns it into a
+//! `JsError` whose message is this `Display`, so every message must make sense to a person.
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error(
+        "no GPU adapter found ({backends}). Native runs need a Vulkan, Metal or DX12 driver \
+         (on Debian without a GPU: `apt-get install mesa-vulkan-drivers` for the lavapipe software \
+         driver); browsers need WebGPU (Chrome/Edge 113+, Safari 26+, Firefox 141+ on Windows)"
+    )]
+    NoAdapter { backends: String },
+
+    #[error("the GPU refused to create a device: {0}")]
+    RequestDevice(String),
+
+    #[error("the GPU device was lost ({0}); reload the model to start a new device")]
+    DeviceLost(String),
+
+    #[error("GPU validation error in {context}: {message}")]
+    Validation { context: String, message: String },
+
+    #[error("reading results back from the GPU failed: {0}")]
+    Readback(String),
+
+    #[error("shape mismatch in {op}: {msg}")]
+    Shape { op: &'static str, msg: String },
+
+    #[error("{op} does not support dtype {dtype}")]
+    DType { op: &'static str, dtype: String },
+
+    #[error(
+        "{what} needs a {needed}-byte GPU binding but this device allows at most {limit} bytes; \
+         it must be split or tiled"
+    )]
+    BindingTooLarge {
+        what: String,
+        needed: u64,
+        limit: u64,
+    },
+
+    #[error("the device lacks the `{0}` feature")]
+    MissingFeature(&'static str),
+
+    #[error("shader preprocessing failed for {shader}: {msg}")]
+    Preprocess { shader: String, msg: String },
+
+    #[error("CPU reference failed: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn shape(op: &'static str, msg: impl Into<String>) -> Self {
+        Error::Shape {
+            op,
+            msg: msg.into(),
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! Device set-up and the shared state every op records into: the pipeline cache, the buffer pool
+//! and the open command batch. `Gpu` is a cheap handle (an `Arc`) that tensors keep.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::batch::Batch;
+use super::kernel::PipelineCache;
+use super::pool::BufferPool;
+use crate::error::{Error, Result};
+
+/// Which limits to ask the device for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LimitsPolicy {
+    /// The adapter's own maxima for the limits we care about (storage binding, buffer size,
+    /// workgroup storage). What a native run or a generous browser gives.
+    #[default]
+    Adapter,
+    /// WebGPU's defaults (128 MiB storage binding, 256 MiB buffer, 16 KiB workgroup storage):
+    /// what most browsers grant, so everything must work under them.
+    WebDefault,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    pub limits: LimitsPolicy,
+    /// Use `shader-f16` when the adapter offers it. Off forces the f32 path.
+    pub allow_f16: bool,
+}
+
+impl GpuOptions {
+    pub fn new() -> Self {
+        GpuOptions {
+            limits: LimitsPolicy::Adapter,
+            allow_f16: true,
+        }
+    }
+}
+
+/// What the device we got can do; ops consult this rather than wgpu directly.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Capabilities {
+    pub adapter_name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub shader_f16: bool,
+    pub subgroups: bool,
+    pub subgroup_min_size: u32,
+    pub subgroup_max_size: u32,
+    pub max_storage_binding: u64,
+    pub max_buffer_size: u64,
+    pub max_workgroup_storage: u32,
+    pub max_invocations_per_workgroup: u32,
+    pub max_workgroups_per_dimension: u32,
+    pub max_storage_buffers_per_stage: u32,
+    pub min_uniform_offset_alignment: u32,
+}
+
+/// Counters for benchmarks and the memory planner. Bytes are of GPU buffers we created.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GpuStats {
+    pub dispatches: u64,
+    pub submits: u64,
+    pub bytes_live: u64,
+    pub bytes_pooled: u64,
+    pub peak_bytes: u64,
+    pub largest_binding: u64,
+}
+
+pub(crate) struct GpuInner {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub caps: Capabilities,
+    pub pipelines: Mutex<PipelineCache>,
+    pub pool: Mutex<BufferPool>,
+    pub batch: Mutex<Batch>,
+    pub stats: Mutex<GpuStats>,
+    /// Errors wgpu reported outside any scope; surfaced at the next readback.
+    pub errors: Arc<Mutex<Vec<String>>>,
+    pub lost: Arc<Mutex<Option<String>>>,
+}
+
+#[derive(Clone)]
+pub struct Gpu {
+    pub(crate) inner: Arc<GpuInner>,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Gpu({} / {})",
+            self.inner.caps.adapter_name, self.inner.caps.backend
+        )
+    }
+}
+
+fn backends() -> wgpu::Backends {
+    if cfg!(target_arch = "wasm32") {
+        wgpu::Backends::BROWSER_WEBGPU
+    } else {
+        // GL is left out: its compute support is too thin for our kernels.
+        wgpu::Backends::from_env()
+            .unwrap_or(wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12)
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of our locks leaves plain data behind, still consistent enough
+    // to keep going (counters, free lists), so poisoning is not propagated.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Gpu {
+    /// Finds an adapter and opens a device. Never panics: a machine without a usable GPU driver
+    /// gets `Error::NoAdapter` with a hint of what to install.
+    pub async fn new(options: &GpuOptions) -> Result<Gpu> {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        desc.backends = backends();
+        let instance = wgpu::Instance::new(desc);
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                force_fallback_adapter: false,
+                compatible_surface: None,
+                apply_limit_buckets: false,
+            })
+            .await
+            .map_err(|e| Error::NoAdapter {
+                backends: format!("{:?}: {e}", backends()),
+            })?;
+        Self::from_adapter(adapter, options).await
+    }
+
+    pub async fn from_adapter(adapter: wgpu::Adapter, options: &GpuOptions) -> Result<Gpu> {
+        let info = adapter.get_info();
+        let have = adapter.limits();
+        let mut limits = wgpu::Limits::default();
+        if options.limits == LimitsPolicy::Adapter {
+            limits.max_storage_buffer_binding_size = have.max_storage_buffer_binding_size;
+            limits.max_buffer_size = have.max_buffer_size;
+            limits.max_compute_workgroup_storage_size = have.max_compute_workgroup_storage_size;
+            limits.max_storage_buffers_per_shader_stage = have.max_storage_buffers_per_shader_stage;
+            limits.max_compute_invocations_per_workgroup =
+                have.max_compute_invocations_per_workgroup;
+            limits.max_compute_workgroup_size_x = have.max_compute_workgroup_size_x;
+            limits.max_compute_workgroup_size_y = have.max_compute_workgroup_size_y;
+        }
+        // Never ask above what the adapter has (some downlevel adapters are under the defaults).
+        limits.max_storage_buffer_binding_size = limits
+            .max_storage_buffer_binding_size
+            .min(have.max_storage_buffer_binding_size);
+        limits.max_buffer_size = limits.max_buffer_size.min(have.max_buffer_size);
+        limits.max_compute_workgroup_storage_size = limits
+            .max_compute_workgroup_storage_size
+            .min(have.max_compute_workgroup_storage_size);
+        limits.max_compute_invocations_per_workgroup = limits
+            .max_compute_invocations_per_workgroup
+            .min(have.max_compute_invocations_per_workgroup);
+
+        let offered = adapter.features();
+        let mut features = wgpu::Features::empty();
+        let f16 = options.allow_f16 && offered.contains(wgpu::Features::SHADER_F16);
+        if f16 {
+            features |= wgpu::Features::SHADER_F16;
+        }
+        let subgroups = offered.contains(wgpu::Features::SUBGROUP);
+        if subgroups {
+            features |= wgpu::Features::SUBGROUP;
+        }
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("webdiffusion"),
+                required_features: features,
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| Error::RequestDevice(e.to_string()))?;
+
+        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            log::error!("wgpu: {e}");
+            lock(&sink).push(e.to_string());
+        }));
+        let lost: Arc<Mutex<Option<String>>> = Arc::default();
+        let lost_sink = lost.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            // A deliberate destroy is not an accident worth reporting.
+            if reason != wgpu::DeviceLostReason::Destroyed {
+                *lock(&lost_sink) = Some(format!("{reason:?}: {msg}"));
+            }
+        });
+
+        let got = device.limits();
+        let caps = Capabilities {
+            adapter_name: info.name.clone(),
+            backend: format!("{:?}", info.backend),
+            device_type: format!("{:?}", info.device_type),
+            driver: format!("{} {}", info.driver, info.driver_info)
+                .trim()
+                .to_string(),
+            shader_f16: f16,
+            subgroups,
+            subgroup_min_size: info.subgroup_min_size,
+            subgroup_max_size: info.subgroup_max_size,
+            max_storage_binding: got.max_storage_buffer_binding_size as u64,
+            max_buffer_size: got.max_buffer_size,
+            max_workgroup_storage: got.max_compute_workgroup_storage_size,
+            max_invocations_per_workgroup: got.max_compute_invocations_per_workgroup,
+            max_workgroups_per_dimension: got.max_compute_workgroups_per_dimension,
+            max_storage_buffers_per_stage: got.max_storage_buffers_per_shader_stage,
+            min_uniform_offset_alignment: got.min_uniform_buffer_offset_alignment,
+        };
+        let batch = Batch::new(&device, caps.min_uniform_offset_alignment);
+        Ok(Gpu {
+            inner: Arc::new(GpuInner {
+                device,
+                queue,
+                caps,
+                pipelines: Mutex::new(PipelineCache::default()),
+                pool: Mutex::new(BufferPool::default()),
+                batch: Mutex::new(batch),
+                stats: Mutex::new(GpuStats::default()),
+                errors,
+                lost,
+            }),
+        })
+    }
+
+    pub fn caps(&self) -> &Capabilities {
+        &self.inner.caps
+    }
+
+    pub fn device(&self) -> &wgpu::Device {
+        &self.inner.device
+    }
+
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.inner.queue
+    }
+
+    pub fn stats(&self) -> GpuStats {
+        *lock(&self.inner.stats)
+    }
+
+    /// Resets the peak and the dispatch/submit counters (not the live byte count).
+    pub fn reset_stats(&self) {
+        let mut s = lock(&self.inner.stats);
+        s.dispatches = 0;
+        s.submits = 0;
+        s.peak_bytes = s.bytes_live;
+        s.largest_binding = 0;
+    }
+
+    /// Returns an error for anything wgpu reported asynchronously since the last check.
+    pub fn check(&self) -> Result<()> {
+        if let Some(reason) = lock(&self.inner.lost).clone() {
+            return Err(Error::DeviceLost(reason));
+        }
+        let mut errs = lock(&self.inner.errors);
+        if !errs.is_empty() {
+            let message = errs.join("; ");
+            errs.clear();
+            return Err(Error::Validation {
+                context: "a queued GPU command".into(),
+                message,
+            });
+        }
+        Ok(())
+    }
+
+    /// Releases pooled (currently unused) buffers back to the driver.
+    pub fn trim_pool(&self) {
+        let freed = lock(&self.inner.pool).clear();
+        let mut s = lock(&self.inner.stats);
+        s.bytes_pooled = s.bytes_pooled.saturating_sub(freed);
+    }
+}

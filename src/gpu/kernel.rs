@@ -1,0 +1,169 @@
+//! Compute pipelines, built once per variant and cached under a typed key. The key's `Display`
+//! (e.g. `matmul[f16,TRANS_B=1,BIAS=1]`) is also the shader and pipeline label, so validation
+//! errors and GPU captures name the exact variant.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use super::batch::Bind;
+use super::context::{lock, Gpu};
+use super::preprocess::preprocess;
+use super::tensor::DType;
+use crate::error::{Error, Result};
+
+/// A WGSL source from `shaders/`, named. Each op file declares its own.
+#[derive(Clone, Copy)]
+pub struct Shader {
+    pub name: &'static str,
+    pub source: &'static str,
+}
+
+impl PartialEq for Shader {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+impl Eq for Shader {}
+impl std::hash::Hash for Shader {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state)
+    }
+}
+impl fmt::Debug for Shader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+/// One pipeline variant: shader, storage dtype, and preprocessor defines (sorted by the caller's
+/// declaration order; each op always lists the same names in the same order).
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct KernelKey {
+    pub shader: Shader,
+    pub dtype: DType,
+    pub defines: Vec<(&'static str, u32)>,
+}
+
+impl KernelKey {
+    pub fn new(shader: Shader, dtype: DType) -> Self {
+        KernelKey {
+            shader,
+            dtype,
+            defines: Vec::new(),
+        }
+    }
+
+    pub fn with(mut self, name: &'static str, value: u32) -> Self {
+        self.defines.push((name, value));
+        self
+    }
+}
+
+impl fmt::Display for KernelKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}[{}", self.shader.name, self.dtype)?;
+        for (k, v) in &self.defines {
+            write!(f, ",{k}={v}")?;
+        }
+        f.write_str("]")
+    }
+}
+
+pub(crate) struct Compiled {
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+    pub label: String,
+}
+
+#[derive(Default)]
+pub(crate) struct PipelineCache {
+    map: HashMap<KernelKey, Arc<Compiled>>,
+}
+
+impl PipelineCache {
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+/// Splits a 1-D workgroup count over x and y, since one dimension stops at 65535. Kernels
+/// rebuild the linear index as `wg.x + wg.y * num_workgroups.x`.
+pub fn grid_1d(workgroups: u32) -> [u32; 3] {
+    const MAX: u32 = 65535;
+    if workgroups <= MAX {
+        [workgroups.max(1), 1, 1]
+    } else {
+        let y = workgroups.div_ceil(MAX);
+        [workgroups.div_ceil(y), y, 1]
+    }
+}
+
+impl Gpu {
+    fn pipeline(&self, key: &KernelKey) -> Result<Arc<Compiled>> {
+        if let Some(c) = lock(&self.inner.pipelines).map.get(key) {
+            return Ok(c.clone());
+        }
+        let f16 = match key.dtype {
+            DType::F16 => {
+                if !self.caps().shader_f16 {
+                    return Err(Error::MissingFeature("shader-f16"));
+                }
+                true
+            }
+            _ => false,
+        };
+        let label = key.to_string();
+        let source = preprocess(&label, key.shader.source, &key.defines, f16)?;
+        let device = &self.inner.device;
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(&label),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        });
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(&label),
+            layout: None,
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        let layout = pipeline.get_bind_group_layout(0);
+        let compiled = Arc::new(Compiled {
+            pipeline,
+            layout,
+            label,
+        });
+        lock(&self.inner.pipelines)
+            .map
+            .insert(key.clone(), compiled.clone());
+        Ok(compiled)
+    }
+
+    /// Records one dispatch of `key`. Binding 0 is the uniform `params`, then `binds` in order.
+    pub(crate) fn launch(
+        &self,
+        key: &KernelKey,
+        params: &[u8],
+        binds: &[Bind<'_>],
+        workgroups: [u32; 3],
+    ) -> Result<()> {
+        let max = self.caps().max_storage_binding;
+        for b in binds {
+            if b.size > max {
+                return Err(Error::BindingTooLarge {
+                    what: key.to_string(),
+                    needed: b.size,
+                    limit: max,
+                });
+            }
+        }
+        let c = self.pipeline(key)?;
+        self.record(&c.pipeline, &c.layout, &c.label, params, binds, workgroups);
+        Ok(())
+    }
+
+    pub fn cached_pipelines(&self) -> usize {
+        lock(&self.inner.pipelines).len()
+    }
+}

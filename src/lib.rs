@@ -1,0 +1,15 @@
+//! webdiffusion: Stable Diffusion on WebGPU, in the browser and natively.
+//!
+//! Data path, top to bottom: (wasm glue | CLI) → pipeline → models → [`ops`] → [`gpu`] runtime →
+//! `shaders/*.wgsl`. See ARCHITECTURE.md.
+
+pub mod error;
+pub mod gpu;
+pub mod ops;
+pub mod selftest;
+
+#[cfg(target_arch = "wasm32")]
+mod wasm;
+
+pub use error::{Error, Result};
+pub use gpu::{DType, Gpu, GpuOptions, GpuTensor};

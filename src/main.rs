@@ -1,0 +1,12 @@
+//! The native CLI: `info`, `selftest`, `bench-ops`. Later issues add generate/convert/bench.
+
+#[cfg(not(target_arch = "wasm32"))]
+mod cli;
+
+#[cfg(not(target_arch = "wasm32"))]
+fn main() -> anyhow::Result<()> {
+    cli::main()
+}
+
+#[cfg(target_arch = "wasm32")]
+fn main() {}

@@ -1,0 +1,118 @@
+//! conv2d as an implicit GEMM (`shaders/conv2d.wgsl`): any kernel size, stride and padding.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{float_dtype, u32_of};
+use crate::error::{Error, Result};
+use crate::gpu::kernel::{KernelKey, Shader};
+use crate::gpu::GpuTensor;
+
+const SHADER: Shader = Shader {
+    name: "conv2d",
+    source: include_str!("../../shaders/conv2d.wgsl"),
+};
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    cin: u32,
+    h: u32,
+    w: u32,
+    cout: u32,
+    ho: u32,
+    wo: u32,
+    kh: u32,
+    kw: u32,
+    stride: u32,
+    pad: u32,
+    k: u32,
+    p: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Conv2dParams {
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl Default for Conv2dParams {
+    fn default() -> Self {
+        Conv2dParams {
+            stride: 1,
+            padding: 0,
+        }
+    }
+}
+
+/// `x` [N, Cin, H, W] * `weight` [Cout, Cin, KH, KW] (+ `bias` [Cout]) -> [N, Cout, Ho, Wo].
+pub fn conv2d(
+    x: &GpuTensor,
+    weight: &GpuTensor,
+    bias: Option<&GpuTensor>,
+    cp: Conv2dParams,
+) -> Result<GpuTensor> {
+    const OP: &str = "conv2d";
+    let mut ts = vec![x, weight];
+    ts.extend(bias);
+    let dtype = float_dtype(OP, &ts)?;
+    let (&[n, cin, h, w], &[cout, wcin, kh, kw]) = (x.shape(), weight.shape()) else {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "needs NCHW x OIHW, got {:?} x {:?}",
+                x.shape(),
+                weight.shape()
+            ),
+        ));
+    };
+    if cin != wcin {
+        return Err(Error::shape(
+            OP,
+            format!("input has {cin} channels, weight expects {wcin}"),
+        ));
+    }
+    if let Some(b) = bias {
+        if b.numel() != cout {
+            return Err(Error::shape(
+                OP,
+                format!("bias {:?} for {cout} output channels", b.shape()),
+            ));
+        }
+    }
+    if cp.stride == 0 || h + 2 * cp.padding < kh || w + 2 * cp.padding < kw {
+        return Err(Error::shape(
+            OP,
+            format!("kernel {kh}x{kw} stride {} does not fit {h}x{w}", cp.stride),
+        ));
+    }
+    let ho = (h + 2 * cp.padding - kh) / cp.stride + 1;
+    let wo = (w + 2 * cp.padding - kw) / cp.stride + 1;
+    let out = GpuTensor::empty(x.gpu(), &[n, cout, ho, wo], dtype)?;
+    let params = Params {
+        cin: cin as u32,
+        h: h as u32,
+        w: w as u32,
+        cout: cout as u32,
+        ho: ho as u32,
+        wo: wo as u32,
+        kh: kh as u32,
+        kw: kw as u32,
+        stride: cp.stride as u32,
+        pad: cp.padding as u32,
+        k: u32_of(OP, cin * kh * kw)?,
+        p: u32_of(OP, ho * wo)?,
+    };
+    let key = KernelKey::new(SHADER, dtype).with("BIAS", bias.is_some() as u32);
+    let mut binds = vec![x.bind(OP)?, weight.bind(OP)?, out.bind(OP)?];
+    if let Some(b) = bias {
+        binds.push(b.bind(OP)?);
+    }
+    let groups = [
+        (ho * wo).div_ceil(64) as u32,
+        cout.div_ceil(64) as u32,
+        n as u32,
+    ];
+    x.gpu()
+        .launch(&key, bytemuck::bytes_of(&params), &binds, groups)?;
+    Ok(out)
+}

@@ -1,0 +1,63 @@
+//! GPU ops: one file per kernel family, each with its `.wgsl` in `shaders/`. Every op takes and
+//! returns `GpuTensor`s and only records work; nothing waits for the GPU here.
+
+mod attention;
+mod binary;
+mod concat;
+mod conv2d;
+mod embedding;
+mod geglu;
+mod group_norm;
+mod layer_norm;
+mod matmul;
+mod permute;
+mod softmax;
+mod timestep;
+mod unary;
+mod upsample;
+
+pub use attention::{attention, AttentionLayout};
+pub use binary::{add, broadcast_strides, mul};
+pub use concat::concat;
+pub use conv2d::{conv2d, Conv2dParams};
+pub use embedding::embedding;
+pub use geglu::geglu;
+pub use group_norm::group_norm;
+pub use layer_norm::layer_norm;
+pub use matmul::{linear, matmul, MatmulSpec};
+pub use permute::permute;
+pub use softmax::softmax;
+pub use timestep::{timestep_embedding, timestep_frequencies};
+pub use unary::{affine, gelu, gelu_quick, silu};
+pub use upsample::upsample_nearest2x;
+
+use crate::error::{Error, Result};
+use crate::gpu::kernel::grid_1d;
+use crate::gpu::{DType, GpuTensor};
+
+/// Checks that all inputs share one float dtype and returns it.
+fn float_dtype(op: &'static str, ts: &[&GpuTensor]) -> Result<DType> {
+    let d = ts[0].dtype();
+    if d == DType::U32 {
+        return Err(Error::DType {
+            op,
+            dtype: d.to_string(),
+        });
+    }
+    if let Some(t) = ts.iter().find(|t| t.dtype() != d) {
+        return Err(Error::shape(
+            op,
+            format!("mixed dtypes {d} and {}", t.dtype()),
+        ));
+    }
+    Ok(d)
+}
+
+/// Workgroups for `n` elements at 256 per workgroup.
+fn elementwise_grid(n: usize) -> [u32; 3] {
+    grid_1d(n.div_ceil(256) as u32)
+}
+
+fn u32_of(op: &'static str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::shape(op, format!("{v} does not fit in u32 indexing")))
+}
