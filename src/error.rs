@@ -34,11 +34,7 @@ pub enum Error {
         "{what} needs a {needed}-byte GPU binding but this device allows at most {limit} bytes; \
          it must be split or tiled"
     )]
-    BindingTooLarge {
-        what: String,
-        needed: u64,
-        limit: u64,
-    },
+    BindingTooLarge { what: String, needed: u64, limit: u64 },
 
     #[error("the device lacks the `{0}` feature")]
     MissingFeature(&'static str),
@@ -54,9 +50,6 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub(crate) fn shape(op: &'static str, msg: impl Into<String>) -> Self {
-        Error::Shape {
-            op,
-            msg: msg.into(),
-        }
+        Error::Shape { op, msg: msg.into() }
     }
 }

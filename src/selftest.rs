@@ -36,13 +36,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     if a.len() != b.len() {
         return f32::INFINITY;
     }
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(
-            0.0,
-            |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
-        )
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) })
 }
 
 fn cpu(data: &[f32], shape: &[usize]) -> Result<Tensor> {
@@ -59,15 +53,7 @@ pub fn cpu_attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result
     let s = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?;
     let s = if causal {
         let (nq, nk) = (s.dim(2)?, s.dim(3)?);
-        let mask: Vec<f32> = (0..nq * nk)
-            .map(|x| {
-                if x % nk > x / nk {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-            .collect();
+        let mask: Vec<f32> = (0..nq * nk).map(|x| if x % nk > x / nk { f32::NEG_INFINITY } else { 0.0 }).collect();
         s.broadcast_add(&Tensor::from_vec(mask, (nq, nk), &Device::Cpu)?)?
     } else {
         s
@@ -96,53 +82,28 @@ pub async fn run(gpu: &Gpu) -> Result<Vec<CheckResult>> {
 
         // matmul, odd sizes so edge tiles are exercised, with bias and a transposed weight.
         let (m, k, n) = (77, 130, 95);
-        let (a, w, bias) = (
-            random_values(1, m * k),
-            random_values(2, n * k),
-            random_values(3, n),
-        );
+        let (a, w, bias) = (random_values(1, m * k), random_values(2, n * k), random_values(3, n));
         let g = ops::matmul(
             &GpuTensor::from_f32_as(gpu, &a, &[m, k], dtype)?,
             &GpuTensor::from_f32_as(gpu, &w, &[n, k], dtype)?,
             Some(&GpuTensor::from_f32_as(gpu, &bias, &[n], dtype)?),
             ops::MatmulSpec { trans_b: true },
         )?;
-        let r = cpu(&a, &[m, k])?
-            .matmul(&cpu(&w, &[n, k])?.t()?)?
-            .broadcast_add(&cpu(&bias, &[n])?)?;
-        out.push(check(
-            "matmul 77x130x95 +bias",
-            dtype,
-            &g.to_vec_f32().await?,
-            &flat(&r)?,
-            tol(1e-4, 0.1),
-        ));
+        let r = cpu(&a, &[m, k])?.matmul(&cpu(&w, &[n, k])?.t()?)?.broadcast_add(&cpu(&bias, &[n])?)?;
+        out.push(check("matmul 77x130x95 +bias", dtype, &g.to_vec_f32().await?, &flat(&r)?, tol(1e-4, 0.1)));
 
         // conv2d 3x3, padding 1, stride 2, as the U-Net's downsamplers.
         let (cin, cout, h, wd) = (12, 20, 17, 15);
-        let (x, wt, b) = (
-            random_values(4, 2 * cin * h * wd),
-            random_values(5, cout * cin * 9),
-            random_values(6, cout),
-        );
+        let (x, wt, b) = (random_values(4, 2 * cin * h * wd), random_values(5, cout * cin * 9), random_values(6, cout));
         let g = ops::conv2d(
             &GpuTensor::from_f32_as(gpu, &x, &[2, cin, h, wd], dtype)?,
             &GpuTensor::from_f32_as(gpu, &wt, &[cout, cin, 3, 3], dtype)?,
             Some(&GpuTensor::from_f32_as(gpu, &b, &[cout], dtype)?),
-            ops::Conv2dParams {
-                stride: 2,
-                padding: 1,
-            },
+            ops::Conv2dParams { stride: 2, padding: 1 },
         )?;
         let r = cpu(&x, &[2, cin, h, wd])?.conv2d(&cpu(&wt, &[cout, cin, 3, 3])?, 1, 2, 1, 1)?;
         let r = r.broadcast_add(&cpu(&b, &[1, cout, 1, 1])?)?;
-        out.push(check(
-            "conv2d 3x3 s2 p1",
-            dtype,
-            &g.to_vec_f32().await?,
-            &flat(&r)?,
-            tol(1e-4, 0.1),
-        ));
+        out.push(check("conv2d 3x3 s2 p1", dtype, &g.to_vec_f32().await?, &flat(&r)?, tol(1e-4, 0.1)));
 
         // attention, SD-like head dim 40, more keys than one tile.
         let (bh, heads, nq, nk, d) = (2, 3, 70, 83, 40);
@@ -166,13 +127,7 @@ pub async fn run(gpu: &Gpu) -> Result<Vec<CheckResult>> {
             &cpu(&v, &[bh, heads, nk, d])?,
             false,
         )?;
-        out.push(check(
-            "attention N=70x83 d=40",
-            dtype,
-            &g.to_vec_f32().await?,
-            &flat(&r)?,
-            tol(1e-5, 5e-3),
-        ));
+        out.push(check("attention N=70x83 d=40", dtype, &g.to_vec_f32().await?, &flat(&r)?, tol(1e-5, 5e-3)));
     }
     Ok(out)
 }

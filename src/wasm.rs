@@ -16,8 +16,7 @@ fn js_err(e: crate::Error) -> JsError {
 }
 
 fn to_js<T: serde::Serialize>(v: &T) -> Result<JsValue, JsError> {
-    serde_wasm_bindgen::to_value(v)
-        .map_err(|e| JsError::new(&format!("converting a result for JavaScript: {e}")))
+    serde_wasm_bindgen::to_value(v).map_err(|e| JsError::new(&format!("converting a result for JavaScript: {e}")))
 }
 
 /// A WebGPU device with our runtime on it.
@@ -32,12 +31,9 @@ impl Engine {
     /// uses shader-f16 where the browser offers it.
     pub async fn create(web_default_limits: bool, allow_f16: bool) -> Result<Engine, JsError> {
         let options = GpuOptions {
-            limits: if web_default_limits {
-                LimitsPolicy::WebDefault
-            } else {
-                LimitsPolicy::Adapter
-            },
+            limits: if web_default_limits { LimitsPolicy::WebDefault } else { LimitsPolicy::Adapter },
             allow_f16,
+            binding_cap: None,
         };
         let gpu = Gpu::new(&options).await.map_err(js_err)?;
         Ok(Engine { gpu })

@@ -7,11 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use webdiffusion::gpu::{Gpu, GpuOptions, LimitsPolicy};
 
 #[derive(Parser)]
-#[command(
-    name = "webdiffusion",
-    version,
-    about = "Stable Diffusion on WebGPU (native CLI)"
-)]
+#[command(name = "webdiffusion", version, about = "Stable Diffusion on WebGPU (native CLI)")]
 struct Cli {
     /// Limits to request from the device: the adapter's own, or WebGPU's defaults (what most
     /// browsers grant).
@@ -49,6 +45,7 @@ pub fn main() -> Result<()> {
             Limits::Default => LimitsPolicy::WebDefault,
         },
         allow_f16: !cli.no_f16,
+        binding_cap: None,
     };
     let gpu = pollster::block_on(Gpu::new(&options)).context("opening the GPU")?;
     match cli.command {
@@ -66,21 +63,12 @@ fn info(gpu: &Gpu) -> Result<()> {
     println!("device type:             {}", c.device_type);
     println!("driver:                  {}", c.driver);
     println!("shader-f16:              {}", c.shader_f16);
-    println!(
-        "subgroups:               {} (sizes {}..{})",
-        c.subgroups, c.subgroup_min_size, c.subgroup_max_size
-    );
+    println!("subgroups:               {} (sizes {}..{})", c.subgroups, c.subgroup_min_size, c.subgroup_max_size);
     println!("max storage binding:     {}", mib(c.max_storage_binding));
     println!("max buffer size:         {}", mib(c.max_buffer_size));
     println!("workgroup storage:       {} bytes", c.max_workgroup_storage);
-    println!(
-        "invocations / workgroup: {}",
-        c.max_invocations_per_workgroup
-    );
-    println!(
-        "storage buffers / stage: {}",
-        c.max_storage_buffers_per_stage
-    );
+    println!("invocations / workgroup: {}", c.max_invocations_per_workgroup);
+    println!("storage buffers / stage: {}", c.max_storage_buffers_per_stage);
     Ok(())
 }
 

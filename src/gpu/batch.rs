@@ -72,10 +72,7 @@ impl Gpu {
         }
         let slot = batch.slot;
         let offset = batch.dispatches as u64 * slot;
-        debug_assert!(
-            params.len() as u64 <= slot,
-            "kernel params over one uniform slot"
-        );
+        debug_assert!(params.len() as u64 <= slot, "kernel params over one uniform slot");
         batch.staged.extend_from_slice(params);
         batch.staged.resize((offset + slot) as usize, 0);
 
@@ -107,15 +104,11 @@ impl Gpu {
         });
         let device = &inner.device;
         let encoder = batch.encoder.get_or_insert_with(|| {
-            device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("batch"),
-            })
+            device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("batch") })
         });
         {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some(label),
-                timestamp_writes: None,
-            });
+            let mut pass =
+                encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(label), timestamp_writes: None });
             pass.set_pipeline(pipeline);
             pass.set_bind_group(0, &group, &[]);
             pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);

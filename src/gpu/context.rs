@@ -20,19 +20,19 @@ pub enum LimitsPolicy {
     WebDefault,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct GpuOptions {
     pub limits: LimitsPolicy,
     /// Use `shader-f16` when the adapter offers it. Off forces the f32 path.
     pub allow_f16: bool,
+    /// Treat the largest storage binding as at most this many bytes: simulates a stingier
+    /// device (and lets tests exercise split tensors with small data).
+    pub binding_cap: Option<u64>,
 }
 
-impl GpuOptions {
-    pub fn new() -> Self {
-        GpuOptions {
-            limits: LimitsPolicy::Adapter,
-            allow_f16: true,
-        }
+impl Default for GpuOptions {
+    fn default() -> Self {
+        GpuOptions { limits: LimitsPolicy::Adapter, allow_f16: true, binding_cap: None }
     }
 }
 
@@ -87,11 +87,7 @@ pub struct Gpu {
 
 impl std::fmt::Debug for Gpu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Gpu({} / {})",
-            self.inner.caps.adapter_name, self.inner.caps.backend
-        )
+        write!(f, "Gpu({} / {})", self.inner.caps.adapter_name, self.inner.caps.backend)
     }
 }
 
@@ -100,8 +96,7 @@ fn backends() -> wgpu::Backends {
         wgpu::Backends::BROWSER_WEBGPU
     } else {
         // GL is left out: its compute support is too thin for our kernels.
-        wgpu::Backends::from_env()
-            .unwrap_or(wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12)
+        wgpu::Backends::from_env().unwrap_or(wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12)
     }
 }
 
@@ -126,9 +121,7 @@ impl Gpu {
                 apply_limit_buckets: false,
             })
             .await
-            .map_err(|e| Error::NoAdapter {
-                backends: format!("{:?}: {e}", backends()),
-            })?;
+            .map_err(|e| Error::NoAdapter { backends: format!("{:?}: {e}", backends()) })?;
         Self::from_adapter(adapter, options).await
     }
 
@@ -141,22 +134,18 @@ impl Gpu {
             limits.max_buffer_size = have.max_buffer_size;
             limits.max_compute_workgroup_storage_size = have.max_compute_workgroup_storage_size;
             limits.max_storage_buffers_per_shader_stage = have.max_storage_buffers_per_shader_stage;
-            limits.max_compute_invocations_per_workgroup =
-                have.max_compute_invocations_per_workgroup;
+            limits.max_compute_invocations_per_workgroup = have.max_compute_invocations_per_workgroup;
             limits.max_compute_workgroup_size_x = have.max_compute_workgroup_size_x;
             limits.max_compute_workgroup_size_y = have.max_compute_workgroup_size_y;
         }
         // Never ask above what the adapter has (some downlevel adapters are under the defaults).
-        limits.max_storage_buffer_binding_size = limits
-            .max_storage_buffer_binding_size
-            .min(have.max_storage_buffer_binding_size);
+        limits.max_storage_buffer_binding_size =
+            limits.max_storage_buffer_binding_size.min(have.max_storage_buffer_binding_size);
         limits.max_buffer_size = limits.max_buffer_size.min(have.max_buffer_size);
-        limits.max_compute_workgroup_storage_size = limits
-            .max_compute_workgroup_storage_size
-            .min(have.max_compute_workgroup_storage_size);
-        limits.max_compute_invocations_per_workgroup = limits
-            .max_compute_invocations_per_workgroup
-            .min(have.max_compute_invocations_per_workgroup);
+        limits.max_compute_workgroup_storage_size =
+            limits.max_compute_workgroup_storage_size.min(have.max_compute_workgroup_storage_size);
+        limits.max_compute_invocations_per_workgroup =
+            limits.max_compute_invocations_per_workgroup.min(have.max_compute_invocations_per_workgroup);
 
         let offered = adapter.features();
         let mut features = wgpu::Features::empty();
@@ -200,14 +189,14 @@ impl Gpu {
             adapter_name: info.name.clone(),
             backend: format!("{:?}", info.backend),
             device_type: format!("{:?}", info.device_type),
-            driver: format!("{} {}", info.driver, info.driver_info)
-                .trim()
-                .to_string(),
+            driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
             shader_f16: f16,
             subgroups,
             subgroup_min_size: info.subgroup_min_size,
             subgroup_max_size: info.subgroup_max_size,
-            max_storage_binding: got.max_storage_buffer_binding_size as u64,
+            max_storage_binding: (got.max_storage_buffer_binding_size as u64)
+                .min(options.binding_cap.unwrap_or(u64::MAX))
+                .max(4),
             max_buffer_size: got.max_buffer_size,
             max_workgroup_storage: got.max_compute_workgroup_storage_size,
             max_invocations_per_workgroup: got.max_compute_invocations_per_workgroup,
@@ -265,10 +254,7 @@ impl Gpu {
         if !errs.is_empty() {
             let message = errs.join("; ");
             errs.clear();
-            return Err(Error::Validation {
-                context: "a queued GPU command".into(),
-                message,
-            });
+            return Err(Error::Validation { context: "a queued GPU command".into(), message });
         }
         Ok(())
     }

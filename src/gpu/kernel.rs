@@ -47,11 +47,7 @@ pub struct KernelKey {
 
 impl KernelKey {
     pub fn new(shader: Shader, dtype: DType) -> Self {
-        KernelKey {
-            shader,
-            dtype,
-            defines: Vec::new(),
-        }
+        KernelKey { shader, dtype, defines: Vec::new() }
     }
 
     pub fn with(mut self, name: &'static str, value: u32) -> Self {
@@ -129,14 +125,8 @@ impl Gpu {
             cache: None,
         });
         let layout = pipeline.get_bind_group_layout(0);
-        let compiled = Arc::new(Compiled {
-            pipeline,
-            layout,
-            label,
-        });
-        lock(&self.inner.pipelines)
-            .map
-            .insert(key.clone(), compiled.clone());
+        let compiled = Arc::new(Compiled { pipeline, layout, label });
+        lock(&self.inner.pipelines).map.insert(key.clone(), compiled.clone());
         Ok(compiled)
     }
 
@@ -151,11 +141,7 @@ impl Gpu {
         let max = self.caps().max_storage_binding;
         for b in binds {
             if b.size > max {
-                return Err(Error::BindingTooLarge {
-                    what: key.to_string(),
-                    needed: b.size,
-                    limit: max,
-                });
+                return Err(Error::BindingTooLarge { what: key.to_string(), needed: b.size, limit: max });
             }
         }
         let c = self.pipeline(key)?;

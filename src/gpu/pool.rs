@@ -10,9 +10,8 @@ use std::sync::{Arc, Weak};
 
 use super::context::{lock, Gpu, GpuInner};
 
-pub(crate) const STORAGE_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
-    .union(wgpu::BufferUsages::COPY_SRC)
-    .union(wgpu::BufferUsages::COPY_DST);
+pub(crate) const STORAGE_USAGE: wgpu::BufferUsages =
+    wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_SRC).union(wgpu::BufferUsages::COPY_DST);
 
 /// Rounds `bytes` up to its size class (always a multiple of 4, as bindings require).
 pub fn size_class(bytes: u64) -> u64 {
@@ -78,11 +77,7 @@ impl Drop for PooledBuffer {
         stats.bytes_live = stats.bytes_live.saturating_sub(self.class);
         stats.bytes_pooled += self.class;
         drop(stats);
-        lock(&gpu.pool)
-            .free
-            .entry(self.class)
-            .or_default()
-            .push(buf);
+        lock(&gpu.pool).free.entry(self.class).or_default().push(buf);
     }
 }
 
@@ -108,12 +103,7 @@ impl Gpu {
         s.bytes_live += class;
         s.peak_bytes = s.peak_bytes.max(s.bytes_live + s.bytes_pooled);
         drop(s);
-        PooledBuffer {
-            buffer: Some(buffer),
-            len: bytes,
-            class,
-            home: Arc::downgrade(&self.inner),
-        }
+        PooledBuffer { buffer: Some(buffer), len: bytes, class, home: Arc::downgrade(&self.inner) }
     }
 }
 
@@ -130,10 +120,7 @@ mod tests {
         assert_eq!(size_class(1 << 20), 1 << 20);
         for bytes in [300u64, 4097, 1_000_003, 123_456_789] {
             let c = size_class(bytes);
-            assert!(
-                c >= bytes && c % 4 == 0 && (c - bytes) * 8 <= bytes,
-                "{bytes} -> {c}"
-            );
+            assert!(c >= bytes && c % 4 == 0 && (c - bytes) * 8 <= bytes, "{bytes} -> {c}");
         }
     }
 }

@@ -11,17 +11,11 @@
 
 use crate::error::{Error, Result};
 
-const INCLUDES: &[(&str, &str)] = &[(
-    "activation.wgsl",
-    include_str!("../../shaders/common/activation.wgsl"),
-)];
+const INCLUDES: &[(&str, &str)] = &[("activation.wgsl", include_str!("../../shaders/common/activation.wgsl"))];
 
 /// Expands `source` for the given defines. `f16` selects the storage type `T`.
 pub fn preprocess(name: &str, source: &str, defines: &[(&str, u32)], f16: bool) -> Result<String> {
-    let err = |msg: String| Error::Preprocess {
-        shader: name.to_string(),
-        msg,
-    };
+    let err = |msg: String| Error::Preprocess { shader: name.to_string(), msg };
     let mut out = String::with_capacity(source.len() + 256);
     if f16 {
         out.push_str("enable f16;\nalias T = f16;\n");
@@ -43,14 +37,10 @@ pub fn preprocess(name: &str, source: &str, defines: &[(&str, u32)], f16: bool) 
             let cond = lookup(rest.trim()).unwrap_or(0) != 0;
             stack.push((cond, cond));
         } else if trimmed.starts_with("#else") {
-            let top = stack
-                .last_mut()
-                .ok_or_else(|| err("#else without #if".into()))?;
+            let top = stack.last_mut().ok_or_else(|| err("#else without #if".into()))?;
             *top = (!top.1, true);
         } else if trimmed.starts_with("#endif") {
-            stack
-                .pop()
-                .ok_or_else(|| err("#endif without #if".into()))?;
+            stack.pop().ok_or_else(|| err("#endif without #if".into()))?;
         } else if !active(&stack) {
             continue;
         } else if let Some(rest) = trimmed.strip_prefix("#include ") {
@@ -66,9 +56,7 @@ pub fn preprocess(name: &str, source: &str, defines: &[(&str, u32)], f16: bool) 
             let mut rest = line;
             while let Some(start) = rest.find("{{") {
                 out.push_str(&rest[..start]);
-                let end = rest[start..]
-                    .find("}}")
-                    .ok_or_else(|| err(format!("unclosed {{{{ in `{line}`")))?;
+                let end = rest[start..].find("}}").ok_or_else(|| err(format!("unclosed {{{{ in `{line}`")))?;
                 let key = &rest[start + 2..start + end];
                 let value = lookup(key).ok_or_else(|| err(format!("undefined {{{{{key}}}}}")))?;
                 out.push_str(&value.to_string());

@@ -15,9 +15,7 @@ impl Gpu {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-            label: Some("readback"),
-        });
+        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("readback") });
         encoder.copy_buffer_to_buffer(src, 0, &staging, 0, size);
         self.inner.queue.submit([encoder.finish()]);
 
@@ -29,16 +27,11 @@ impl Gpu {
         device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::Readback(format!("waiting for the GPU: {e}")))?;
-        let mapped = rx
-            .await
-            .map_err(|_| Error::Readback("the map request was dropped".into()))?;
+        let mapped = rx.await.map_err(|_| Error::Readback("the map request was dropped".into()))?;
         self.check()?;
         mapped.map_err(|e| Error::Readback(e.to_string()))?;
         let bytes = {
-            let view = staging
-                .slice(..)
-                .get_mapped_range()
-                .map_err(|e| Error::Readback(e.to_string()))?;
+            let view = staging.slice(..).get_mapped_range().map_err(|e| Error::Readback(e.to_string()))?;
             view.to_vec()
         };
         staging.unmap();

@@ -49,13 +49,7 @@ pub struct GpuTensor {
 
 impl fmt::Debug for GpuTensor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "GpuTensor({:?}, {}, {} chunk(s))",
-            self.shape,
-            self.dtype,
-            self.chunks.len()
-        )
+        write!(f, "GpuTensor({:?}, {}, {} chunk(s))", self.shape, self.dtype, self.chunks.len())
     }
 }
 
@@ -90,23 +84,14 @@ impl GpuTensor {
             chunks.push(gpu.alloc(row_bytes * n as u64));
             start += n;
         }
-        Ok(GpuTensor {
-            gpu: gpu.clone(),
-            chunks: Arc::new(chunks),
-            rows_per_chunk,
-            shape: shape.to_vec(),
-            dtype,
-        })
+        Ok(GpuTensor { gpu: gpu.clone(), chunks: Arc::new(chunks), rows_per_chunk, shape: shape.to_vec(), dtype })
     }
 
     /// Uploads raw little-endian bytes.
     pub fn from_bytes(gpu: &Gpu, bytes: &[u8], shape: &[usize], dtype: DType) -> Result<GpuTensor> {
         let want = numel(shape) * dtype.size();
         if bytes.len() != want {
-            return Err(Error::shape(
-                "upload",
-                format!("{} bytes for {shape:?} {dtype} (needs {want})", bytes.len()),
-            ));
+            return Err(Error::shape("upload", format!("{} bytes for {shape:?} {dtype} (needs {want})", bytes.len())));
         }
         let t = Self::empty(gpu, shape, dtype)?;
         let row_bytes = if t.rows() == 0 { 0 } else { want / t.rows() };
@@ -139,22 +124,14 @@ impl GpuTensor {
     }
 
     /// Uploads f32 data stored as `dtype` (F32 or F16).
-    pub fn from_f32_as(
-        gpu: &Gpu,
-        data: &[f32],
-        shape: &[usize],
-        dtype: DType,
-    ) -> Result<GpuTensor> {
+    pub fn from_f32_as(gpu: &Gpu, data: &[f32], shape: &[usize], dtype: DType) -> Result<GpuTensor> {
         match dtype {
             DType::F32 => Self::from_f32(gpu, data, shape),
             DType::F16 => {
                 let h: Vec<half::f16> = data.iter().map(|&x| half::f16::from_f32(x)).collect();
                 Self::from_f16(gpu, &h, shape)
             }
-            DType::U32 => Err(Error::DType {
-                op: "from_f32_as",
-                dtype: dtype.to_string(),
-            }),
+            DType::U32 => Err(Error::DType { op: "from_f32_as", dtype: dtype.to_string() }),
         }
     }
 
@@ -191,21 +168,12 @@ impl GpuTensor {
     /// Same storage, new shape. A split tensor keeps its dim 0 (chunks are runs of dim-0 rows).
     pub fn reshape(&self, shape: &[usize]) -> Result<GpuTensor> {
         if numel(shape) != self.numel() {
-            return Err(Error::shape(
-                "reshape",
-                format!("{:?} -> {shape:?}", self.shape),
-            ));
+            return Err(Error::shape("reshape", format!("{:?} -> {shape:?}", self.shape)));
         }
         if self.chunks.len() > 1 && shape.first() != self.shape.first() {
-            return Err(Error::shape(
-                "reshape",
-                format!("split tensor {:?} must keep dim 0 in {shape:?}", self.shape),
-            ));
+            return Err(Error::shape("reshape", format!("split tensor {:?} must keep dim 0 in {shape:?}", self.shape)));
         }
-        Ok(GpuTensor {
-            shape: shape.to_vec(),
-            ..self.clone()
-        })
+        Ok(GpuTensor { shape: shape.to_vec(), ..self.clone() })
     }
 
     /// The binding of a single-chunk tensor; split tensors need a kernel that walks chunks.
@@ -222,11 +190,7 @@ impl GpuTensor {
 
     pub(crate) fn chunk_bind(&self, i: usize) -> Bind<'_> {
         let c = &self.chunks[i];
-        Bind {
-            buffer: c.buffer(),
-            offset: 0,
-            size: c.binding_size(),
-        }
+        Bind { buffer: c.buffer(), offset: 0, size: c.binding_size() }
     }
 
     /// Reads the raw bytes back (async: no blocking wait in the browser).

@@ -8,10 +8,7 @@ use crate::error::{Error, Result};
 use crate::gpu::kernel::{KernelKey, Shader};
 use crate::gpu::GpuTensor;
 
-const SHADER: Shader = Shader {
-    name: "attention",
-    source: include_str!("../../shaders/attention.wgsl"),
-};
+const SHADER: Shader = Shader { name: "attention", source: include_str!("../../shaders/attention.wgsl") };
 
 /// Workgroup memory the K/V tiles may use: WebGPU's default limit, so every device runs it.
 const TILE_BUDGET_BYTES: usize = 16 * 1024;
@@ -60,30 +57,19 @@ pub fn attention(
     let dtype = float_dtype(OP, &[q, k, v])?;
     let dims = |t: &GpuTensor| -> Result<(usize, usize, usize)> {
         match (layout, t.shape()) {
-            (AttentionLayout::Merged, &[b, n, hd]) if heads > 0 && hd % heads == 0 => {
-                Ok((b, n, hd / heads))
-            }
+            (AttentionLayout::Merged, &[b, n, hd]) if heads > 0 && hd % heads == 0 => Ok((b, n, hd / heads)),
             (AttentionLayout::Split, &[b, h, n, d]) if h == heads => Ok((b, n, d)),
-            _ => Err(Error::shape(
-                OP,
-                format!("{:?} is not {layout:?} with {heads} heads", t.shape()),
-            )),
+            _ => Err(Error::shape(OP, format!("{:?} is not {layout:?} with {heads} heads", t.shape()))),
         }
     };
     let (b, nq, d) = dims(q)?;
     let (bk, nk, dk) = dims(k)?;
     if (bk, dk) != (b, d) || k.shape() != v.shape() || nk == 0 {
-        return Err(Error::shape(
-            OP,
-            format!("q {:?}, k {:?}, v {:?}", q.shape(), k.shape(), v.shape()),
-        ));
+        return Err(Error::shape(OP, format!("q {:?}, k {:?}, v {:?}", q.shape(), k.shape(), v.shape())));
     }
     let block = (TILE_BUDGET_BYTES / (8 * d)).clamp(1, 32);
     if block < 4 {
-        return Err(Error::shape(
-            OP,
-            format!("head dim {d} too large for the tiled kernel"),
-        ));
+        return Err(Error::shape(OP, format!("head dim {d} too large for the tiled kernel")));
     }
     // (batch, head, row) strides for a tensor with `n` rows.
     let strides = |n: usize| -> [u32; 3] {
@@ -113,16 +99,9 @@ pub fn attention(
         o_rs: sq[2],
     };
     let out = GpuTensor::empty(q.gpu(), q.shape(), dtype)?;
-    let key = KernelKey::new(SHADER, dtype)
-        .with("HEAD_DIM", d as u32)
-        .with("BK", block as u32)
-        .with("CAUSAL", causal as u32);
+    let key =
+        KernelKey::new(SHADER, dtype).with("HEAD_DIM", d as u32).with("BK", block as u32).with("CAUSAL", causal as u32);
     let binds = [q.bind(OP)?, k.bind(OP)?, v.bind(OP)?, out.bind(OP)?];
-    q.gpu().launch(
-        &key,
-        bytemuck::bytes_of(&params),
-        &binds,
-        [nq.div_ceil(64) as u32, heads as u32, b as u32],
-    )?;
+    q.gpu().launch(&key, bytemuck::bytes_of(&params), &binds, [nq.div_ceil(64) as u32, heads as u32, b as u32])?;
     Ok(out)
 }

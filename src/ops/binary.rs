@@ -8,10 +8,7 @@ use crate::error::{Error, Result};
 use crate::gpu::kernel::{KernelKey, Shader};
 use crate::gpu::GpuTensor;
 
-const SHADER: Shader = Shader {
-    name: "binary",
-    source: include_str!("../../shaders/binary.wgsl"),
-};
+const SHADER: Shader = Shader { name: "binary", source: include_str!("../../shaders/binary.wgsl") };
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -45,10 +42,7 @@ pub fn broadcast_strides(shape: &[usize], out: &[usize]) -> Option<Vec<usize>> {
 
 /// Merges adjacent dims that every stride set walks contiguously and drops size-1 dims, then
 /// left-pads to 4 dims. Fails if more than 4 dims remain.
-pub(crate) fn collapse4(
-    shape: &[usize],
-    strides: &[Vec<usize>],
-) -> Option<([usize; 4], Vec<[usize; 4]>)> {
+pub(crate) fn collapse4(shape: &[usize], strides: &[Vec<usize>]) -> Option<([usize; 4], Vec<[usize; 4]>)> {
     let mut dims: Vec<(usize, Vec<usize>)> = Vec::new();
     for (i, &size) in shape.iter().enumerate() {
         if size == 1 {
@@ -83,16 +77,8 @@ fn broadcast_shape(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
     let n = a.len().max(b.len());
     (0..n)
         .map(|i| {
-            let da = if i + a.len() >= n {
-                a[i + a.len() - n]
-            } else {
-                1
-            };
-            let db = if i + b.len() >= n {
-                b[i + b.len() - n]
-            } else {
-                1
-            };
+            let da = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
+            let db = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
             match (da, db) {
                 (x, y) if x == y => Some(x),
                 (1, y) => Some(y),
@@ -103,31 +89,14 @@ fn broadcast_shape(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
         .collect()
 }
 
-fn binary(
-    op: &'static str,
-    define: &'static str,
-    a: &GpuTensor,
-    b: &GpuTensor,
-) -> Result<GpuTensor> {
+fn binary(op: &'static str, define: &'static str, a: &GpuTensor, b: &GpuTensor) -> Result<GpuTensor> {
     let dtype = float_dtype(op, &[a, b])?;
-    let bad = || {
-        Error::shape(
-            op,
-            format!("cannot broadcast {:?} with {:?}", a.shape(), b.shape()),
-        )
-    };
+    let bad = || Error::shape(op, format!("cannot broadcast {:?} with {:?}", a.shape(), b.shape()));
     let shape = broadcast_shape(a.shape(), b.shape()).ok_or_else(bad)?;
     let sa = broadcast_strides(a.shape(), &shape).ok_or_else(bad)?;
     let sb = broadcast_strides(b.shape(), &shape).ok_or_else(bad)?;
     let (s4, st) = collapse4(&shape, &[sa, sb]).ok_or_else(|| {
-        Error::shape(
-            op,
-            format!(
-                "broadcast of {:?} with {:?} needs more than 4 dims",
-                a.shape(),
-                b.shape()
-            ),
-        )
+        Error::shape(op, format!("broadcast of {:?} with {:?} needs more than 4 dims", a.shape(), b.shape()))
     })?;
     let out = GpuTensor::empty(a.gpu(), &shape, dtype)?;
     let n = u32_of(op, out.numel())?;

@@ -7,10 +7,7 @@ use crate::error::{Error, Result};
 use crate::gpu::kernel::{KernelKey, Shader};
 use crate::gpu::GpuTensor;
 
-const SHADER: Shader = Shader {
-    name: "concat",
-    source: include_str!("../../shaders/concat.wgsl"),
-};
+const SHADER: Shader = Shader { name: "concat", source: include_str!("../../shaders/concat.wgsl") };
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -32,10 +29,7 @@ pub fn concat(xs: &[&GpuTensor], dim: usize) -> Result<GpuTensor> {
     for x in xs {
         let same = x.rank() == r && (0..r).all(|i| i == dim || x.dim(i) == first.dim(i));
         if !same {
-            return Err(Error::shape(
-                OP,
-                format!("{:?} vs {:?} along dim {dim}", first.shape(), x.shape()),
-            ));
+            return Err(Error::shape(OP, format!("{:?} vs {:?} along dim {dim}", first.shape(), x.shape())));
         }
     }
     let mut shape = first.shape().to_vec();
@@ -54,12 +48,7 @@ pub fn concat(xs: &[&GpuTensor], dim: usize) -> Result<GpuTensor> {
             offset: offset as u32,
         };
         let binds = [x.bind(OP)?, out.bind(OP)?];
-        first.gpu().launch(
-            &key,
-            bytemuck::bytes_of(&params),
-            &binds,
-            elementwise_grid(outer * len),
-        )?;
+        first.gpu().launch(&key, bytemuck::bytes_of(&params), &binds, elementwise_grid(outer * len))?;
         offset += len;
     }
     Ok(out)

@@ -7,10 +7,7 @@ use crate::error::{Error, Result};
 use crate::gpu::kernel::{KernelKey, Shader};
 use crate::gpu::GpuTensor;
 
-const SHADER: Shader = Shader {
-    name: "conv2d",
-    source: include_str!("../../shaders/conv2d.wgsl"),
-};
+const SHADER: Shader = Shader { name: "conv2d", source: include_str!("../../shaders/conv2d.wgsl") };
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -37,53 +34,29 @@ pub struct Conv2dParams {
 
 impl Default for Conv2dParams {
     fn default() -> Self {
-        Conv2dParams {
-            stride: 1,
-            padding: 0,
-        }
+        Conv2dParams { stride: 1, padding: 0 }
     }
 }
 
 /// `x` [N, Cin, H, W] * `weight` [Cout, Cin, KH, KW] (+ `bias` [Cout]) -> [N, Cout, Ho, Wo].
-pub fn conv2d(
-    x: &GpuTensor,
-    weight: &GpuTensor,
-    bias: Option<&GpuTensor>,
-    cp: Conv2dParams,
-) -> Result<GpuTensor> {
+pub fn conv2d(x: &GpuTensor, weight: &GpuTensor, bias: Option<&GpuTensor>, cp: Conv2dParams) -> Result<GpuTensor> {
     const OP: &str = "conv2d";
     let mut ts = vec![x, weight];
     ts.extend(bias);
     let dtype = float_dtype(OP, &ts)?;
     let (&[n, cin, h, w], &[cout, wcin, kh, kw]) = (x.shape(), weight.shape()) else {
-        return Err(Error::shape(
-            OP,
-            format!(
-                "needs NCHW x OIHW, got {:?} x {:?}",
-                x.shape(),
-                weight.shape()
-            ),
-        ));
+        return Err(Error::shape(OP, format!("needs NCHW x OIHW, got {:?} x {:?}", x.shape(), weight.shape())));
     };
     if cin != wcin {
-        return Err(Error::shape(
-            OP,
-            format!("input has {cin} channels, weight expects {wcin}"),
-        ));
+        return Err(Error::shape(OP, format!("input has {cin} channels, weight expects {wcin}")));
     }
     if let Some(b) = bias {
         if b.numel() != cout {
-            return Err(Error::shape(
-                OP,
-                format!("bias {:?} for {cout} output channels", b.shape()),
-            ));
+            return Err(Error::shape(OP, format!("bias {:?} for {cout} output channels", b.shape())));
         }
     }
     if cp.stride == 0 || h + 2 * cp.padding < kh || w + 2 * cp.padding < kw {
-        return Err(Error::shape(
-            OP,
-            format!("kernel {kh}x{kw} stride {} does not fit {h}x{w}", cp.stride),
-        ));
+        return Err(Error::shape(OP, format!("kernel {kh}x{kw} stride {} does not fit {h}x{w}", cp.stride)));
     }
     let ho = (h + 2 * cp.padding - kh) / cp.stride + 1;
     let wo = (w + 2 * cp.padding - kw) / cp.stride + 1;
@@ -107,12 +80,7 @@ pub fn conv2d(
     if let Some(b) = bias {
         binds.push(b.bind(OP)?);
     }
-    let groups = [
-        (ho * wo).div_ceil(64) as u32,
-        cout.div_ceil(64) as u32,
-        n as u32,
-    ];
-    x.gpu()
-        .launch(&key, bytemuck::bytes_of(&params), &binds, groups)?;
+    let groups = [(ho * wo).div_ceil(64) as u32, cout.div_ceil(64) as u32, n as u32];
+    x.gpu().launch(&key, bytemuck::bytes_of(&params), &binds, groups)?;
     Ok(out)
 }

@@ -7,10 +7,7 @@ use crate::error::{Error, Result};
 use crate::gpu::kernel::{KernelKey, Shader};
 use crate::gpu::{DType, GpuTensor};
 
-const SHADER: Shader = Shader {
-    name: "embedding",
-    source: include_str!("../../shaders/embedding.wgsl"),
-};
+const SHADER: Shader = Shader { name: "embedding", source: include_str!("../../shaders/embedding.wgsl") };
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -26,22 +23,13 @@ struct Params {
 pub fn embedding(table: &GpuTensor, ids: &[u32]) -> Result<GpuTensor> {
     const OP: &str = "embedding";
     let &[vocab, d] = table.shape() else {
-        return Err(Error::shape(
-            OP,
-            format!("table must be [V, D], got {:?}", table.shape()),
-        ));
+        return Err(Error::shape(OP, format!("table must be [V, D], got {:?}", table.shape())));
     };
     if table.dtype() == DType::U32 {
-        return Err(Error::DType {
-            op: OP,
-            dtype: table.dtype().to_string(),
-        });
+        return Err(Error::DType { op: OP, dtype: table.dtype().to_string() });
     }
     if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
-        return Err(Error::shape(
-            OP,
-            format!("id {bad} outside a vocabulary of {vocab}"),
-        ));
+        return Err(Error::shape(OP, format!("id {bad} outside a vocabulary of {vocab}")));
     }
     let gpu = table.gpu();
     let ids_t = GpuTensor::from_u32(gpu, ids, &[ids.len()])?;
@@ -50,19 +38,9 @@ pub fn embedding(table: &GpuTensor, ids: &[u32]) -> Result<GpuTensor> {
     let key = KernelKey::new(SHADER, table.dtype());
     for chunk in 0..table.num_chunks() {
         let rows = table.chunk_rows(chunk);
-        let params = Params {
-            n,
-            d: d as u32,
-            row0: rows.start as u32,
-            rows: rows.len() as u32,
-        };
+        let params = Params { n, d: d as u32, row0: rows.start as u32, rows: rows.len() as u32 };
         let binds = [ids_t.bind(OP)?, table.chunk_bind(chunk), out.bind(OP)?];
-        gpu.launch(
-            &key,
-            bytemuck::bytes_of(&params),
-            &binds,
-            elementwise_grid(out.numel()),
-        )?;
+        gpu.launch(&key, bytemuck::bytes_of(&params), &binds, elementwise_grid(out.numel()))?;
     }
     Ok(out)
 }

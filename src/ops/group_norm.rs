@@ -7,10 +7,7 @@ use crate::error::{Error, Result};
 use crate::gpu::kernel::{KernelKey, Shader};
 use crate::gpu::GpuTensor;
 
-const SHADER: Shader = Shader {
-    name: "group_norm",
-    source: include_str!("../../shaders/group_norm.wgsl"),
-};
+const SHADER: Shader = Shader { name: "group_norm", source: include_str!("../../shaders/group_norm.wgsl") };
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -34,37 +31,20 @@ pub fn group_norm(
     const OP: &str = "group_norm";
     let dtype = float_dtype(OP, &[x, gamma, beta])?;
     if x.rank() < 2 {
-        return Err(Error::shape(
-            OP,
-            format!("needs [N, C, ...], got {:?}", x.shape()),
-        ));
+        return Err(Error::shape(OP, format!("needs [N, C, ...], got {:?}", x.shape())));
     }
     let (n, c) = (x.dim(0), x.dim(1));
     if groups == 0 || c % groups != 0 || gamma.numel() != c || beta.numel() != c {
         return Err(Error::shape(
             OP,
-            format!(
-                "{c} channels, {groups} groups, gamma {:?}, beta {:?}",
-                gamma.shape(),
-                beta.shape()
-            ),
+            format!("{c} channels, {groups} groups, gamma {:?}, beta {:?}", gamma.shape(), beta.shape()),
         ));
     }
     let s = x.numel() / (n * c).max(1);
     let out = GpuTensor::empty(x.gpu(), x.shape(), dtype)?;
-    let params = Params {
-        c: c as u32,
-        s: s as u32,
-        groups: groups as u32,
-        eps,
-    };
+    let params = Params { c: c as u32, s: s as u32, groups: groups as u32, eps };
     let key = KernelKey::new(SHADER, dtype).with("SILU", silu as u32);
     let binds = [x.bind(OP)?, gamma.bind(OP)?, beta.bind(OP)?, out.bind(OP)?];
-    x.gpu().launch(
-        &key,
-        bytemuck::bytes_of(&params),
-        &binds,
-        [groups as u32, n as u32, 1],
-    )?;
+    x.gpu().launch(&key, bytemuck::bytes_of(&params), &binds, [groups as u32, n as u32, 1])?;
     Ok(out)
 }

@@ -7,10 +7,7 @@ use crate::error::{Error, Result};
 use crate::gpu::kernel::{grid_1d, KernelKey, Shader};
 use crate::gpu::GpuTensor;
 
-const SHADER: Shader = Shader {
-    name: "layer_norm",
-    source: include_str!("../../shaders/layer_norm.wgsl"),
-};
+const SHADER: Shader = Shader { name: "layer_norm", source: include_str!("../../shaders/layer_norm.wgsl") };
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -21,42 +18,17 @@ struct Params {
     pad: u32,
 }
 
-pub fn layer_norm(
-    x: &GpuTensor,
-    gamma: &GpuTensor,
-    beta: &GpuTensor,
-    eps: f32,
-) -> Result<GpuTensor> {
+pub fn layer_norm(x: &GpuTensor, gamma: &GpuTensor, beta: &GpuTensor, eps: f32) -> Result<GpuTensor> {
     const OP: &str = "layer_norm";
     let dtype = float_dtype(OP, &[x, gamma, beta])?;
-    let d = *x
-        .shape()
-        .last()
-        .ok_or_else(|| Error::shape(OP, "scalar input"))?;
+    let d = *x.shape().last().ok_or_else(|| Error::shape(OP, "scalar input"))?;
     if gamma.numel() != d || beta.numel() != d {
-        return Err(Error::shape(
-            OP,
-            format!(
-                "last dim {d}, gamma {:?}, beta {:?}",
-                gamma.shape(),
-                beta.shape()
-            ),
-        ));
+        return Err(Error::shape(OP, format!("last dim {d}, gamma {:?}, beta {:?}", gamma.shape(), beta.shape())));
     }
     let rows = x.numel() / d.max(1);
     let out = GpuTensor::empty(x.gpu(), x.shape(), dtype)?;
-    let params = Params {
-        rows: u32_of(OP, rows)?,
-        d: d as u32,
-        eps,
-        pad: 0,
-    };
+    let params = Params { rows: u32_of(OP, rows)?, d: d as u32, eps, pad: 0 };
     let binds = [x.bind(OP)?, gamma.bind(OP)?, beta.bind(OP)?, out.bind(OP)?];
-    x.gpu().launch(
-        &KernelKey::new(SHADER, dtype),
-        bytemuck::bytes_of(&params),
-        &binds,
-        grid_1d(rows as u32),
-    )?;
+    x.gpu().launch(&KernelKey::new(SHADER, dtype), bytemuck::bytes_of(&params), &binds, grid_1d(rows as u32))?;
     Ok(out)
 }

@@ -7,10 +7,7 @@ use crate::error::{Error, Result};
 use crate::gpu::kernel::{KernelKey, Shader};
 use crate::gpu::GpuTensor;
 
-const SHADER: Shader = Shader {
-    name: "matmul",
-    source: include_str!("../../shaders/matmul.wgsl"),
-};
+const SHADER: Shader = Shader { name: "matmul", source: include_str!("../../shaders/matmul.wgsl") };
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -38,21 +35,13 @@ pub struct MatmulSpec {
 /// `a` [.., M, K] x `b` [.., K, N] (or [.., N, K] with `trans_b`) (+ `bias` [N]).
 /// `b` may have no batch dims (shared by all batches). A transposed `b` may be split over
 /// several bindings: each chunk of its rows produces a slice of the output columns.
-pub fn matmul(
-    a: &GpuTensor,
-    b: &GpuTensor,
-    bias: Option<&GpuTensor>,
-    spec: MatmulSpec,
-) -> Result<GpuTensor> {
+pub fn matmul(a: &GpuTensor, b: &GpuTensor, bias: Option<&GpuTensor>, spec: MatmulSpec) -> Result<GpuTensor> {
     const OP: &str = "matmul";
     let mut ts = vec![a, b];
     ts.extend(bias);
     let dtype = float_dtype(OP, &ts)?;
     if a.rank() < 2 || b.rank() < 2 {
-        return Err(Error::shape(
-            OP,
-            format!("needs rank >= 2, got {:?} x {:?}", a.shape(), b.shape()),
-        ));
+        return Err(Error::shape(OP, format!("needs rank >= 2, got {:?} x {:?}", a.shape(), b.shape())));
     }
     let (m, k) = (a.dim(a.rank() - 2), a.dim(a.rank() - 1));
     let (kb, n) = if spec.trans_b {
@@ -63,52 +52,32 @@ pub fn matmul(
     if k != kb {
         return Err(Error::shape(
             OP,
-            format!(
-                "inner dims differ: {:?} x {:?} (trans_b={})",
-                a.shape(),
-                b.shape(),
-                spec.trans_b
-            ),
+            format!("inner dims differ: {:?} x {:?} (trans_b={})", a.shape(), b.shape(), spec.trans_b),
         ));
     }
     let batch: usize = a.shape()[..a.rank() - 2].iter().product();
     let b_batch: usize = b.shape()[..b.rank() - 2].iter().product();
     if b_batch != 1 && b_batch != batch {
-        return Err(Error::shape(
-            OP,
-            format!("batch dims differ: {:?} x {:?}", a.shape(), b.shape()),
-        ));
+        return Err(Error::shape(OP, format!("batch dims differ: {:?} x {:?}", a.shape(), b.shape())));
     }
     if let Some(bias) = bias {
         if bias.numel() != n {
-            return Err(Error::shape(
-                OP,
-                format!("bias {:?} for {n} output columns", bias.shape()),
-            ));
+            return Err(Error::shape(OP, format!("bias {:?} for {n} output columns", bias.shape())));
         }
     }
     if b.num_chunks() > 1 && !(spec.trans_b && b.rank() == 2) {
-        return Err(Error::shape(
-            OP,
-            "only a 2-D transposed weight may be split over bindings",
-        ));
+        return Err(Error::shape(OP, "only a 2-D transposed weight may be split over bindings"));
     }
     let mut out_shape = a.shape()[..a.rank() - 2].to_vec();
     out_shape.extend([m, n]);
     let out = GpuTensor::empty(a.gpu(), &out_shape, dtype)?;
 
-    let key = KernelKey::new(SHADER, dtype)
-        .with("TRANS_B", spec.trans_b as u32)
-        .with("BIAS", bias.is_some() as u32);
+    let key = KernelKey::new(SHADER, dtype).with("TRANS_B", spec.trans_b as u32).with("BIAS", bias.is_some() as u32);
     let a_bind = a.bind(OP)?;
     let c_bind = out.bind(OP)?;
     let bias_bind = bias.map(|t| t.bind(OP)).transpose()?;
     for chunk in 0..b.num_chunks() {
-        let rows = if b.num_chunks() > 1 {
-            b.chunk_rows(chunk)
-        } else {
-            0..n
-        };
+        let rows = if b.num_chunks() > 1 { b.chunk_rows(chunk) } else { 0..n };
         let params = Params {
             m: u32_of(OP, m)?,
             n: u32_of(OP, rows.len())?,
@@ -125,30 +94,17 @@ pub fn matmul(
         };
         let mut binds = vec![a_bind.clone(), b.chunk_bind(chunk), c_bind.clone()];
         binds.extend(bias_bind.clone());
-        let groups = [
-            rows.len().div_ceil(64) as u32,
-            m.div_ceil(64) as u32,
-            batch as u32,
-        ];
-        a.gpu()
-            .launch(&key, bytemuck::bytes_of(&params), &binds, groups)?;
+        let groups = [rows.len().div_ceil(64) as u32, m.div_ceil(64) as u32, batch as u32];
+        a.gpu().launch(&key, bytemuck::bytes_of(&params), &binds, groups)?;
     }
     Ok(out)
 }
 
 /// nn.Linear: `x` [.., K] x `weight` [N, K]^T + `bias`.
 pub fn linear(x: &GpuTensor, weight: &GpuTensor, bias: Option<&GpuTensor>) -> Result<GpuTensor> {
-    let k = *x
-        .shape()
-        .last()
-        .ok_or_else(|| Error::shape("linear", "scalar input"))?;
+    let k = *x.shape().last().ok_or_else(|| Error::shape("linear", "scalar input"))?;
     let rows = x.numel() / k.max(1);
-    let y = matmul(
-        &x.reshape(&[rows, k])?,
-        weight,
-        bias,
-        MatmulSpec { trans_b: true },
-    )?;
+    let y = matmul(&x.reshape(&[rows, k])?, weight, bias, MatmulSpec { trans_b: true })?;
     let mut shape = x.shape().to_vec();
     *shape.last_mut().unwrap_or(&mut 0) = weight.dim(0);
     y.reshape(&shape)

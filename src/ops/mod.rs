@@ -39,16 +39,10 @@ use crate::gpu::{DType, GpuTensor};
 fn float_dtype(op: &'static str, ts: &[&GpuTensor]) -> Result<DType> {
     let d = ts[0].dtype();
     if d == DType::U32 {
-        return Err(Error::DType {
-            op,
-            dtype: d.to_string(),
-        });
+        return Err(Error::DType { op, dtype: d.to_string() });
     }
     if let Some(t) = ts.iter().find(|t| t.dtype() != d) {
-        return Err(Error::shape(
-            op,
-            format!("mixed dtypes {d} and {}", t.dtype()),
-        ));
+        return Err(Error::shape(op, format!("mixed dtypes {d} and {}", t.dtype())));
     }
     Ok(d)
 }

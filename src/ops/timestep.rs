@@ -8,10 +8,8 @@ use crate::error::{Error, Result};
 use crate::gpu::kernel::{KernelKey, Shader};
 use crate::gpu::{DType, Gpu, GpuTensor};
 
-const SHADER: Shader = Shader {
-    name: "timestep_embedding",
-    source: include_str!("../../shaders/timestep_embedding.wgsl"),
-};
+const SHADER: Shader =
+    Shader { name: "timestep_embedding", source: include_str!("../../shaders/timestep_embedding.wgsl") };
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -26,9 +24,7 @@ struct Params {
 pub fn timestep_frequencies(dim: usize, downscale_freq_shift: f32) -> Vec<f32> {
     let half = dim / 2;
     let log_max = -(10000f64.ln() as f32); // torch turns the Python double into an f32 scalar
-    (0..half)
-        .map(|j| (log_max * j as f32 / (half as f32 - downscale_freq_shift)).exp())
-        .collect()
+    (0..half).map(|j| (log_max * j as f32 / (half as f32 - downscale_freq_shift)).exp()).collect()
 }
 
 /// Embeds each timestep in `timesteps` into `dim` values -> [len, dim] in `dtype`.
@@ -48,19 +44,9 @@ pub fn timestep_embedding(
     let freqs = timestep_frequencies(dim, downscale_freq_shift);
     let f = GpuTensor::from_f32(gpu, &freqs, &[freqs.len()])?;
     let out = GpuTensor::empty(gpu, &[timesteps.len(), dim], dtype)?;
-    let params = Params {
-        n: u32_of(OP, out.numel())?,
-        dim: dim as u32,
-        half_dim: (dim / 2) as u32,
-        pad: 0,
-    };
+    let params = Params { n: u32_of(OP, out.numel())?, dim: dim as u32, half_dim: (dim / 2) as u32, pad: 0 };
     let key = KernelKey::new(SHADER, dtype).with("FLIP", flip_sin_to_cos as u32);
     let binds = [t.bind(OP)?, f.bind(OP)?, out.bind(OP)?];
-    gpu.launch(
-        &key,
-        bytemuck::bytes_of(&params),
-        &binds,
-        elementwise_grid(out.numel()),
-    )?;
+    gpu.launch(&key, bytemuck::bytes_of(&params), &binds, elementwise_grid(out.numel()))?;
     Ok(out)
 }

@@ -7,10 +7,7 @@ use crate::error::Result;
 use crate::gpu::kernel::{KernelKey, Shader};
 use crate::gpu::GpuTensor;
 
-const SHADER: Shader = Shader {
-    name: "unary",
-    source: include_str!("../../shaders/unary.wgsl"),
-};
+const SHADER: Shader = Shader { name: "unary", source: include_str!("../../shaders/unary.wgsl") };
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -21,21 +18,10 @@ struct Params {
     pad: u32,
 }
 
-fn unary(
-    op: &'static str,
-    define: &'static str,
-    x: &GpuTensor,
-    alpha: f32,
-    beta: f32,
-) -> Result<GpuTensor> {
+fn unary(op: &'static str, define: &'static str, x: &GpuTensor, alpha: f32, beta: f32) -> Result<GpuTensor> {
     let dtype = float_dtype(op, &[x])?;
     let out = GpuTensor::empty(x.gpu(), x.shape(), dtype)?;
-    let params = Params {
-        n: u32_of(op, x.numel())?,
-        alpha,
-        beta,
-        pad: 0,
-    };
+    let params = Params { n: u32_of(op, x.numel())?, alpha, beta, pad: 0 };
     let binds = [x.bind(op)?, out.bind(op)?];
     x.gpu().launch(
         &KernelKey::new(SHADER, dtype).with(define, 1),

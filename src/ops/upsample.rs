@@ -7,10 +7,7 @@ use crate::error::{Error, Result};
 use crate::gpu::kernel::{KernelKey, Shader};
 use crate::gpu::GpuTensor;
 
-const SHADER: Shader = Shader {
-    name: "upsample_nearest",
-    source: include_str!("../../shaders/upsample_nearest.wgsl"),
-};
+const SHADER: Shader = Shader { name: "upsample_nearest", source: include_str!("../../shaders/upsample_nearest.wgsl") };
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -29,12 +26,7 @@ pub fn upsample_nearest2x(x: &GpuTensor) -> Result<GpuTensor> {
         return Err(Error::shape(OP, format!("needs NCHW, got {:?}", x.shape())));
     };
     let out = GpuTensor::empty(x.gpu(), &[n, c, 2 * h, 2 * w], dtype)?;
-    let params = Params {
-        n: u32_of(OP, out.numel())?,
-        h: h as u32,
-        w: w as u32,
-        pad: 0,
-    };
+    let params = Params { n: u32_of(OP, out.numel())?, h: h as u32, w: w as u32, pad: 0 };
     let binds = [x.bind(OP)?, out.bind(OP)?];
     x.gpu().launch(
         &KernelKey::new(SHADER, dtype),

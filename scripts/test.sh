@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Every test: Rust unit tests, GPU op tests on Mesa lavapipe against candle on the CPU, CLI tests,
+# then the wasm build in headless Chromium on WebGPU (SwiftShader).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh test
+start=$(date +%s)
+
+echo "== native: unit, op and CLI tests (GPU: lavapipe) =="
+cargo test --all-targets
+
+echo "== wasm build =="
+scripts/build-wasm.sh
+
+echo "== browser tests (headless Chromium, WebGPU) =="
+node --test --test-concurrency=1 tests/browser/
+echo "all tests passed in $(( $(date +%s) - start )) s"

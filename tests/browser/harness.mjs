@@ -1,0 +1,43 @@
+// Shared set-up for browser tests: the app served on 127.0.0.1 and headless Chromium with
+// WebGPU (SwiftShader), in a fresh profile.
+
+import { mkdtempSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+import { serve } from '../../tools/serve.mjs';
+
+export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+export const ARTIFACTS = join(ROOT, 'test-artifacts');
+
+export async function serveApp() {
+  const server = await serve({
+    host: '127.0.0.1',
+    port: 0,
+    mounts: [
+      { url: '/pkg/', dir: join(ROOT, 'pkg') },
+      { url: '/', dir: join(ROOT, 'www') },
+    ],
+  });
+  return { server, url: `http://127.0.0.1:${server.address().port}/` };
+}
+
+export async function launchBrowser() {
+  const profile = mkdtempSync(join(tmpdir(), 'webdiffusion-chromium-'));
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    headless: true,
+    args: [
+      '--enable-unsafe-webgpu',
+      '--no-sandbox',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      '--no-first-run',
+      '--disable-quic',
+    ],
+  });
+  mkdirSync(ARTIFACTS, { recursive: true });
+  return context;
+}

@@ -1,0 +1,138 @@
+//! The shared GPU-vs-CPU harness: every op test runs its kernel on the GPU (Mesa lavapipe in
+//! CI) and the same computation in candle on the CPU, on identical random inputs, in f32 and in
+//! f16 where the device has shader-f16, and compares against the per-op tolerance table below.
+
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use candle_core::{Device, Tensor};
+use webdiffusion::gpu::{DType, Gpu, GpuOptions, GpuTensor};
+use webdiffusion::selftest::random_values;
+
+/// One device per test binary. No adapter is a test failure with the library's own message
+/// (what to install), never a silent skip.
+pub fn gpu() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| match pollster::block_on(Gpu::new(&GpuOptions::default())) {
+        Ok(g) => g,
+        Err(e) => panic!("GPU tests need a GPU adapter: {e}"),
+    })
+}
+
+/// `|gpu - cpu| <= atol + rtol * |cpu|`, elementwise.
+#[derive(Clone, Copy, Debug)]
+pub struct Tol {
+    pub atol: f32,
+    pub rtol: f32,
+}
+
+/// Per-op tolerances. f32 bounds cover summation-order differences; f16 bounds cover the f16
+/// rounding of the output (inputs are rounded to f16 for both sides, kernels accumulate in f32).
+pub fn tolerance(op: &str, dtype: DType) -> Tol {
+    let t = |atol, rtol| Tol { atol, rtol };
+    match (op, dtype) {
+        ("matmul" | "linear" | "conv2d", DType::F32) => t(1e-4, 1e-5),
+        ("matmul" | "linear" | "conv2d", _) => t(2e-3, 2e-3),
+        ("group_norm" | "layer_norm", DType::F32) => t(2e-5, 1e-5),
+        ("group_norm" | "layer_norm", _) => t(2e-3, 2e-3),
+        ("softmax", DType::F32) => t(1e-6, 1e-5),
+        ("softmax", _) => t(1e-4, 2e-3),
+        ("attention", DType::F32) => t(2e-5, 1e-4),
+        ("attention", _) => t(2e-3, 4e-3),
+        ("silu" | "gelu" | "gelu_quick" | "geglu" | "affine", DType::F32) => t(1e-5, 1e-5),
+        ("silu" | "gelu" | "gelu_quick" | "geglu" | "affine", _) => t(1e-3, 2e-3),
+        ("add" | "mul", DType::F32) => t(0.0, 1e-7),
+        ("add" | "mul", _) => t(1e-4, 1e-3),
+        ("timestep_embedding", DType::F32) => t(1e-5, 0.0),
+        ("timestep_embedding", _) => t(1e-3, 1e-3),
+        // Pure data movement must be exact.
+        ("permute" | "upsample" | "concat" | "embedding", _) => t(0.0, 0.0),
+        _ => panic!("no tolerance for {op}"),
+    }
+}
+
+/// A random input: uniform in [offset - scale, offset + scale).
+#[derive(Clone, Debug)]
+pub struct Input {
+    pub shape: Vec<usize>,
+    pub scale: f32,
+    pub offset: f32,
+}
+
+pub fn inp(shape: &[usize]) -> Input {
+    Input { shape: shape.to_vec(), scale: 1.0, offset: 0.0 }
+}
+
+pub fn inp_scaled(shape: &[usize], scale: f32, offset: f32) -> Input {
+    Input { shape: shape.to_vec(), scale, offset }
+}
+
+pub fn dtypes() -> Vec<DType> {
+    if gpu().caps().shader_f16 {
+        vec![DType::F32, DType::F16]
+    } else {
+        vec![DType::F32]
+    }
+}
+
+fn round_to(dtype: DType, v: Vec<f32>) -> Vec<f32> {
+    match dtype {
+        DType::F16 => v.into_iter().map(|x| half::f16::from_f32(x).to_f32()).collect(),
+        _ => v,
+    }
+}
+
+pub fn to_vec(t: &GpuTensor) -> Vec<f32> {
+    pollster::block_on(t.to_vec_f32()).expect("readback")
+}
+
+/// Compares and returns the max abs error; panics with the worst element when out of bounds.
+pub fn compare(label: &str, tol: Tol, got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len(), "{label}: {} values, expected {}", got.len(), want.len());
+    let mut max_err = 0f32;
+    let mut worst: Option<(usize, f32)> = None;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g - w).abs();
+        let bound = tol.atol + tol.rtol * w.abs();
+        if !(err <= bound) && worst.is_none_or(|(_, e)| err > e) {
+            worst = Some((i, err));
+        }
+        max_err = max_err.max(if err.is_nan() { f32::INFINITY } else { err });
+    }
+    if let Some((i, err)) = worst {
+        panic!("{label}: element {i}: gpu {} vs cpu {} (|err| {err:e} > {tol:?})", got[i], want[i]);
+    }
+    max_err
+}
+
+/// Runs `gpu_fn` and `cpu_fn` on the same random inputs for every dtype the device has and
+/// checks them against `tolerance(op, dtype)`. Returns the max abs error per dtype.
+pub fn check_op<G, C>(op: &str, case: &str, inputs: &[Input], gpu_fn: G, cpu_fn: C) -> Vec<(DType, f32)>
+where
+    G: Fn(&[GpuTensor]) -> webdiffusion::Result<GpuTensor>,
+    C: Fn(&[Tensor]) -> candle_core::Result<Tensor>,
+{
+    let mut errs = Vec::new();
+    for dtype in dtypes() {
+        let mut gpu_in = Vec::new();
+        let mut cpu_in = Vec::new();
+        for (i, input) in inputs.iter().enumerate() {
+            let n = input.shape.iter().product();
+            let seed = case.bytes().fold(i as u64 * 7919 + 1, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+            let raw = random_values(seed, n).into_iter().map(|x| x * input.scale + input.offset).collect();
+            let vals = round_to(dtype, raw);
+            gpu_in.push(GpuTensor::from_f32_as(gpu(), &vals, &input.shape, dtype).expect("upload"));
+            cpu_in.push(Tensor::from_vec(vals, input.shape.as_slice(), &Device::Cpu).expect("cpu tensor"));
+        }
+        let out = gpu_fn(&gpu_in).unwrap_or_else(|e| panic!("{op} {case} {dtype}: {e}"));
+        let want = cpu_fn(&cpu_in).unwrap_or_else(|e| panic!("{op} {case} cpu: {e}"));
+        assert_eq!(out.shape(), want.dims(), "{op} {case} {dtype}: output shape");
+        let want: Vec<f32> = want.flatten_all().and_then(|t| t.to_vec1()).expect("cpu values");
+        let label = format!("{op} {case} {dtype}");
+        let err = compare(&label, tolerance(op, dtype), &to_vec(&out), &want);
+        eprintln!("{label}: max |err| {err:.3e}");
+        errs.push((dtype, err));
+    }
+    errs
+}

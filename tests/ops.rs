@@ -1,0 +1,315 @@
+//! Every GPU op against candle on the CPU through `common::check_op`, in f32 and f16, with odd
+//! sizes (edge tiles) and scaled-down Stable Diffusion shapes.
+
+mod common;
+
+use candle_core::{DType as CDType, Device, Tensor, D};
+use common::{check_op, inp, inp_scaled};
+use webdiffusion::ops::{self, AttentionLayout, Conv2dParams, MatmulSpec};
+use webdiffusion::selftest::cpu_attention;
+
+#[test]
+fn matmul_plain_and_transposed() {
+    // (batch, M, K, N): 1-element, odd, exactly one tile, multi-tile, batched.
+    for (b, m, k, n) in [(1, 1, 1, 1), (1, 17, 33, 9), (1, 64, 64, 64), (1, 130, 96, 200), (3, 31, 47, 29)] {
+        let case = format!("{b}x{m}x{k}x{n}");
+        check_op(
+            "matmul",
+            &case,
+            &[inp(&[b, m, k]), inp(&[b, k, n])],
+            |x| ops::matmul(&x[0], &x[1], None, MatmulSpec::default()),
+            |x| x[0].matmul(&x[1]),
+        );
+        check_op(
+            "matmul",
+            &format!("{case} trans_b"),
+            &[inp(&[b, m, k]), inp(&[b, n, k])],
+            |x| ops::matmul(&x[0], &x[1], None, MatmulSpec { trans_b: true }),
+            |x| x[0].matmul(&x[1].transpose(1, 2)?.contiguous()?),
+        );
+    }
+}
+
+#[test]
+fn linear_with_bias_and_shared_weight() {
+    // The attention projection of SD 1.5's first block, scaled down: [2, 256, 320] x [320, 320]^T.
+    for (rows, k, n) in [(2 * 256, 320, 320), (77, 96, 130), (5, 7, 3)] {
+        check_op(
+            "linear",
+            &format!("{rows}x{k}->{n}"),
+            &[inp(&[2, rows / 2 + rows % 2, k]), inp(&[n, k]), inp(&[n])],
+            |x| ops::linear(&x[0], &x[1], Some(&x[2])),
+            |x| x[0].broadcast_matmul(&x[1].t()?)?.broadcast_add(&x[2]),
+        );
+    }
+}
+
+fn cpu_conv(x: &[Tensor], stride: usize, padding: usize) -> candle_core::Result<Tensor> {
+    let y = x[0].conv2d(&x[1], padding, stride, 1, 1)?;
+    match x.get(2) {
+        Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
+        None => Ok(y),
+    }
+}
+
+#[test]
+fn conv2d_shapes() {
+    // (N, Cin, H, W, Cout, K, stride, pad): ResNet 3x3, downsampler, 1x1 shortcut, conv_in with
+    // 4 channels, odd spatial sizes, a tall kernel-sized input.
+    let cases = [
+        (2, 32, 16, 16, 32, 3, 1, 1),
+        (1, 32, 16, 16, 32, 3, 2, 1),
+        (2, 48, 9, 7, 24, 1, 1, 0),
+        (1, 4, 13, 11, 32, 3, 1, 1),
+        (1, 7, 3, 3, 5, 3, 1, 0),
+        (2, 3, 10, 12, 70, 3, 2, 0),
+    ];
+    for (n, cin, h, w, cout, k, s, p) in cases {
+        let case = format!("{n}x{cin}x{h}x{w}->{cout} k{k} s{s} p{p}");
+        let cp = Conv2dParams { stride: s, padding: p };
+        check_op(
+            "conv2d",
+            &case,
+            &[inp(&[n, cin, h, w]), inp(&[cout, cin, k, k]), inp(&[cout])],
+            |x| ops::conv2d(&x[0], &x[1], Some(&x[2]), cp),
+            |x| cpu_conv(x, s, p),
+        );
+    }
+    check_op(
+        "conv2d",
+        "no bias",
+        &[inp(&[1, 8, 6, 6]), inp(&[16, 8, 3, 3])],
+        |x| ops::conv2d(&x[0], &x[1], None, Conv2dParams { stride: 1, padding: 1 }),
+        |x| cpu_conv(x, 1, 1),
+    );
+}
+
+#[test]
+fn group_norm_with_and_without_silu() {
+    // Inputs offset from zero so a one-pass variance would lose precision.
+    for (shape, groups, eps) in [(vec![2, 32, 8, 8], 8, 1e-5), (vec![1, 64, 5, 7], 32, 1e-6), (vec![1, 6, 3], 3, 1e-5)]
+    {
+        let c = shape[1];
+        for silu in [false, true] {
+            check_op(
+                "group_norm",
+                &format!("{shape:?} g{groups} silu={silu}"),
+                &[inp_scaled(&shape, 3.0, 2.0), inp(&[c]), inp(&[c])],
+                |x| ops::group_norm(&x[0], groups, &x[1], &x[2], eps as f32, silu),
+                |x| {
+                    let gn = candle_nn::GroupNorm::new(x[1].clone(), x[2].clone(), c, groups, eps)?;
+                    let y = candle_core::Module::forward(&gn, &x[0])?;
+                    if silu {
+                        y.silu()
+                    } else {
+                        Ok(y)
+                    }
+                },
+            );
+        }
+    }
+}
+
+#[test]
+fn layer_norm_rows() {
+    for shape in [vec![2, 7, 96], vec![1, 77, 768], vec![3, 5]] {
+        let d = *shape.last().unwrap();
+        check_op(
+            "layer_norm",
+            &format!("{shape:?}"),
+            &[inp_scaled(&shape, 2.0, 1.0), inp(&[d]), inp(&[d])],
+            |x| ops::layer_norm(&x[0], &x[1], &x[2], 1e-5),
+            |x| candle_nn::ops::layer_norm(&x[0], &x[1], &x[2], 1e-5),
+        );
+    }
+}
+
+#[test]
+fn softmax_rows() {
+    for (shape, scale) in [(vec![3, 5, 77], 1.0), (vec![4, 1000], 0.125), (vec![2, 1], 3.0)] {
+        check_op(
+            "softmax",
+            &format!("{shape:?} x{scale}"),
+            &[inp_scaled(&shape, 4.0, 0.0)],
+            |x| ops::softmax(&x[0], scale),
+            |x| candle_nn::ops::softmax_last_dim(&(&x[0] * scale as f64)?),
+        );
+    }
+}
+
+/// [B, N, H*D] -> [B, H, N, D] on the CPU.
+fn split_heads(t: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let (b, n, hd) = t.dims3()?;
+    t.reshape((b, n, heads, hd / heads))?.transpose(1, 2)?.contiguous()
+}
+
+#[test]
+fn attention_layouts_and_shapes() {
+    // (batch, heads, Nq, Nk, D, causal): SD 1.5 self-attention at each width (D = 40, 80, 160),
+    // cross-attention over 77 text tokens, SD 2's D = 64, CLIP's causal self-attention.
+    let cases = [
+        (2, 8, 64, 64, 40, false),
+        (2, 8, 100, 77, 40, false),
+        (1, 8, 33, 33, 80, false),
+        (1, 8, 20, 77, 160, false),
+        (2, 5, 70, 70, 64, false),
+        (2, 12, 77, 77, 64, true),
+        (1, 1, 1, 1, 8, false),
+    ];
+    for (b, h, nq, nk, d, causal) in cases {
+        let case = format!("b{b} h{h} {nq}x{nk} d{d} causal={causal}");
+        check_op(
+            "attention",
+            &format!("{case} split"),
+            &[inp_scaled(&[b, h, nq, d], 2.0, 0.0), inp(&[b, h, nk, d]), inp(&[b, h, nk, d])],
+            |x| ops::attention(&x[0], &x[1], &x[2], h, AttentionLayout::Split, causal, None),
+            |x| cpu_attention(&x[0], &x[1], &x[2], causal).map_err(|e| candle_core::Error::Msg(e.to_string())),
+        );
+        check_op(
+            "attention",
+            &format!("{case} merged"),
+            &[inp_scaled(&[b, nq, h * d], 2.0, 0.0), inp(&[b, nk, h * d]), inp(&[b, nk, h * d])],
+            |x| ops::attention(&x[0], &x[1], &x[2], h, AttentionLayout::Merged, causal, None),
+            |x| {
+                let (q, k, v) = (split_heads(&x[0], h)?, split_heads(&x[1], h)?, split_heads(&x[2], h)?);
+                let o = cpu_attention(&q, &k, &v, causal).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                o.transpose(1, 2)?.reshape((b, nq, h * d))
+            },
+        );
+    }
+}
+
+#[test]
+fn activations() {
+    let shapes = [vec![1000], vec![3, 333], vec![1]];
+    for shape in &shapes {
+        let case = format!("{shape:?}");
+        let x = [inp_scaled(shape, 6.0, 0.0)];
+        check_op("silu", &case, &x, |x| ops::silu(&x[0]), |x| x[0].silu());
+        check_op("gelu", &case, &x, |x| ops::gelu(&x[0]), |x| x[0].gelu_erf());
+        check_op(
+            "gelu_quick",
+            &case,
+            &x,
+            |x| ops::gelu_quick(&x[0]),
+            |x| &x[0] * candle_nn::ops::sigmoid(&(&x[0] * 1.702)?)?,
+        );
+        check_op("affine", &case, &x, |x| ops::affine(&x[0], 0.18215, -0.5), |x| x[0].affine(0.18215, -0.5));
+    }
+}
+
+#[test]
+fn geglu_gating() {
+    for shape in [vec![2, 10, 96], vec![1, 77, 2 * 1280 / 8], vec![3, 2]] {
+        check_op(
+            "geglu",
+            &format!("{shape:?}"),
+            &[inp_scaled(&shape, 3.0, 0.0)],
+            |x| ops::geglu(&x[0]),
+            |x| {
+                let halves = x[0].chunk(2, D::Minus1)?;
+                &halves[0] * halves[1].gelu_erf()?
+            },
+        );
+    }
+}
+
+#[test]
+fn broadcasting_add_and_mul() {
+    let cases: [(Vec<usize>, Vec<usize>); 6] = [
+        (vec![2, 3, 4, 5], vec![2, 3, 4, 5]),
+        (vec![2, 32, 6, 6], vec![1, 32, 1, 1]),
+        (vec![2, 320, 7], vec![2, 320, 1]),
+        (vec![4, 5], vec![5]),
+        (vec![2, 1, 4], vec![3, 1]),
+        (vec![2, 3, 4, 5, 6], vec![3, 1, 1, 6]),
+    ];
+    for (a, b) in cases {
+        let case = format!("{a:?} {b:?}");
+        let x = [inp(&a), inp(&b)];
+        check_op("add", &case, &x, |x| ops::add(&x[0], &x[1]), |x| x[0].broadcast_add(&x[1]));
+        check_op("mul", &case, &x, |x| ops::mul(&x[0], &x[1]), |x| x[0].broadcast_mul(&x[1]));
+    }
+}
+
+#[test]
+fn data_movement() {
+    check_op(
+        "upsample",
+        "2x3x5x7",
+        &[inp(&[2, 3, 5, 7])],
+        |x| ops::upsample_nearest2x(&x[0]),
+        |x| x[0].upsample_nearest2d(10, 14),
+    );
+    for (dim, a, b) in
+        [(1, vec![2, 3, 4, 5], vec![2, 6, 4, 5]), (0, vec![1, 4], vec![3, 4]), (3, vec![2, 2, 2, 3], vec![2, 2, 2, 1])]
+    {
+        check_op(
+            "concat",
+            &format!("dim{dim} {a:?} {b:?}"),
+            &[inp(&a), inp(&b)],
+            |x| ops::concat(&[&x[0], &x[1]], dim),
+            |x| Tensor::cat(&[&x[0], &x[1]], dim),
+        );
+    }
+    let perms: [(Vec<usize>, Vec<usize>); 4] = [
+        (vec![2, 3, 4, 5], vec![0, 2, 3, 1]),
+        (vec![2, 3, 4, 5], vec![0, 2, 1, 3]),
+        (vec![7, 9], vec![1, 0]),
+        (vec![2, 3, 4, 5, 6], vec![0, 1, 3, 2, 4]),
+    ];
+    for (shape, perm) in perms {
+        check_op(
+            "permute",
+            &format!("{shape:?} {perm:?}"),
+            &[inp(&shape)],
+            |x| ops::permute(&x[0], &perm),
+            |x| x[0].permute(perm.as_slice())?.contiguous(),
+        );
+    }
+}
+
+#[test]
+fn embedding_gather() {
+    let ids = [0u32, 49, 3, 3, 17, 48];
+    check_op(
+        "embedding",
+        "50x16",
+        &[inp(&[50, 16])],
+        |x| ops::embedding(&x[0], &ids),
+        |x| x[0].index_select(&Tensor::new(&ids[..], &Device::Cpu)?, 0),
+    );
+    let table = webdiffusion::GpuTensor::from_f32(common::gpu(), &[0.0; 8], &[4, 2]).unwrap();
+    let err = ops::embedding(&table, &[4]).unwrap_err().to_string();
+    assert!(err.contains("id 4 outside a vocabulary of 4"), "{err}");
+}
+
+/// diffusers' get_timestep_embedding, step by step, in candle.
+fn cpu_timestep(t: &[f32], dim: usize, flip: bool, shift: f64) -> candle_core::Result<Tensor> {
+    let half = dim / 2;
+    let exponent = (Tensor::arange(0u32, half as u32, &Device::Cpu)?.to_dtype(CDType::F32)? * -(10000f64.ln()))?;
+    let freqs = (exponent / (half as f64 - shift))?.exp()?;
+    let ts = Tensor::from_slice(t, (t.len(), 1), &Device::Cpu)?;
+    let emb = ts.broadcast_mul(&freqs.unsqueeze(0)?)?;
+    let (s, c) = (emb.sin()?, emb.cos()?);
+    if flip {
+        Tensor::cat(&[c, s], 1)
+    } else {
+        Tensor::cat(&[s, c], 1)
+    }
+}
+
+#[test]
+fn timestep_embedding_matches_diffusers_formula() {
+    let t = [0.0, 1.0, 250.0, 500.0, 999.0];
+    for (dim, flip, shift) in [(320, true, 0.0), (32, false, 1.0)] {
+        check_op(
+            "timestep_embedding",
+            &format!("dim{dim} flip={flip}"),
+            // The one input only carries the dtype under test.
+            &[inp(&[1])],
+            |x| ops::timestep_embedding(common::gpu(), &t, dim, flip, shift as f32, x[0].dtype()),
+            |_| cpu_timestep(&t, dim, flip, shift),
+        );
+    }
+}

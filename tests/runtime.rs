@@ -1,0 +1,113 @@
+//! The runtime under the ops: batching across submits, buffer reuse without hazards, the
+//! pipeline cache, split storage for tensors over the binding limit, and clear errors.
+
+mod common;
+
+use candle_core::{Device, Tensor};
+use common::{compare, gpu, to_vec, tolerance};
+use webdiffusion::gpu::{DType, Gpu, GpuOptions, GpuTensor};
+use webdiffusion::ops::{self, MatmulSpec};
+use webdiffusion::selftest::random_values;
+use webdiffusion::Error;
+
+#[test]
+fn long_chains_span_many_submits() {
+    // 300 dispatches: several full batches, so the uniform slots are rewritten between submits.
+    let data = random_values(11, 1000);
+    let mut t = GpuTensor::from_f32(gpu(), &data, &[1000]).unwrap();
+    let before = gpu().stats();
+    for i in 0..300 {
+        t = ops::affine(&t, 1.0, if i % 2 == 0 { 0.5 } else { -0.25 }).unwrap();
+    }
+    let got = to_vec(&t);
+    let want: Vec<f32> = data.iter().map(|x| x + 150.0 * 0.5 - 150.0 * 0.25).collect();
+    compare("300 chained affines", tolerance("affine", DType::F32), &got, &want);
+    let after = gpu().stats();
+    assert!(after.dispatches - before.dispatches >= 300);
+    assert!(after.submits - before.submits >= 300 / webdiffusion::gpu::batch::MAX_DISPATCHES as u64);
+}
+
+#[test]
+fn pooled_buffer_reuse_keeps_queue_order() {
+    // `b` is recorded (not submitted) reading `a`; `a` is freed and its buffer handed to the
+    // upload of `c`. The upload must not overtake the pending read.
+    let own = pollster::block_on(Gpu::new(&GpuOptions::default())).unwrap();
+    let a_vals = vec![1.0f32; 4096];
+    let a = GpuTensor::from_f32(&own, &a_vals, &[4096]).unwrap();
+    own.flush();
+    let b = ops::affine(&a, 2.0, 0.0).unwrap();
+    drop(a);
+    let live_before = own.stats().bytes_live;
+    let c = GpuTensor::from_f32(&own, &vec![7.0f32; 4096], &[4096]).unwrap();
+    assert_eq!(own.stats().bytes_pooled, 0, "the freed buffer was reused");
+    assert!(own.stats().bytes_live > live_before);
+    assert!(to_vec(&b).iter().all(|&x| x == 2.0));
+    assert!(to_vec(&c).iter().all(|&x| x == 7.0));
+}
+
+#[test]
+fn pipelines_are_cached_per_variant() {
+    let own = pollster::block_on(Gpu::new(&GpuOptions::default())).unwrap();
+    let x = GpuTensor::from_f32(&own, &[1.0, -2.0, 3.0], &[3]).unwrap();
+    ops::silu(&x).unwrap();
+    let n = own.cached_pipelines();
+    ops::silu(&x).unwrap();
+    ops::silu(&x.reshape(&[1, 3]).unwrap()).unwrap();
+    assert_eq!(own.cached_pipelines(), n, "same variant, no new pipeline");
+    ops::gelu(&x).unwrap();
+    assert_eq!(own.cached_pipelines(), n + 1);
+}
+
+fn capped_gpu(cap: u64) -> Gpu {
+    let options = GpuOptions { binding_cap: Some(cap), ..GpuOptions::default() };
+    pollster::block_on(Gpu::new(&options)).unwrap()
+}
+
+#[test]
+fn split_weights_matmul_and_embedding() {
+    // A 64 KiB binding cap splits a [300, 100] f32 weight (117 KiB) over several bindings, as the
+    // 128 MiB cap of real browsers splits SD's 152 MB token embedding.
+    let g = capped_gpu(64 * 1024);
+    let (m, k, n) = (37, 100, 300);
+    let (x, w, b) = (random_values(1, m * k), random_values(2, n * k), random_values(3, n));
+    let wt = GpuTensor::from_f32(&g, &w, &[n, k]).unwrap();
+    assert!(wt.num_chunks() >= 2, "{wt:?}");
+    let y = ops::matmul(
+        &GpuTensor::from_f32(&g, &x, &[m, k]).unwrap(),
+        &wt,
+        Some(&GpuTensor::from_f32(&g, &b, &[n]).unwrap()),
+        MatmulSpec { trans_b: true },
+    )
+    .unwrap();
+    let cpu = |v: &[f32], s: &[usize]| Tensor::from_slice(v, s, &Device::Cpu).unwrap();
+    let want = cpu(&x, &[m, k]).matmul(&cpu(&w, &[n, k]).t().unwrap()).unwrap().broadcast_add(&cpu(&b, &[n])).unwrap();
+    let want: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
+    compare("split matmul", tolerance("matmul", DType::F32), &to_vec(&y), &want);
+
+    let ids = [0u32, 299, 150, 163, 164, 1];
+    let e = ops::embedding(&wt, &ids).unwrap();
+    let want: Vec<f32> = ids.iter().flat_map(|&i| w[i as usize * k..(i as usize + 1) * k].to_vec()).collect();
+    assert_eq!(to_vec(&e), want);
+    // Whole-tensor readback of a split tensor returns all chunks in order.
+    assert_eq!(to_vec(&wt), w);
+
+    // Activations must fit one binding; the error says what and by how much.
+    let err = ops::silu(&wt).unwrap_err();
+    assert!(matches!(err, Error::BindingTooLarge { .. }), "{err}");
+    assert!(err.to_string().contains("65536"), "{err}");
+}
+
+#[test]
+fn shape_and_dtype_errors_are_clear() {
+    let a = GpuTensor::from_f32(gpu(), &[0.0; 6], &[2, 3]).unwrap();
+    let b = GpuTensor::from_f32(gpu(), &[0.0; 8], &[4, 2]).unwrap();
+    let err = ops::matmul(&a, &b, None, MatmulSpec::default()).unwrap_err().to_string();
+    assert!(err.contains("inner dims differ"), "{err}");
+    let err = ops::add(&a, &b).unwrap_err().to_string();
+    assert!(err.contains("cannot broadcast [2, 3] with [4, 2]"), "{err}");
+    let err = GpuTensor::from_f32(gpu(), &[0.0; 5], &[2, 3]).unwrap_err().to_string();
+    assert!(err.contains("20 bytes for [2, 3] f32"), "{err}");
+    let ids = GpuTensor::from_u32(gpu(), &[1, 2], &[2]).unwrap();
+    assert!(matches!(ops::silu(&ids), Err(Error::DType { .. })));
+    assert!(a.reshape(&[4, 2]).is_err());
+}
