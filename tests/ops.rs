@@ -288,7 +288,9 @@ fn embedding_gather() {
 fn cpu_timestep(t: &[f32], dim: usize, flip: bool, shift: f64) -> candle_core::Result<Tensor> {
     let half = dim / 2;
     let exponent = (Tensor::arange(0u32, half as u32, &Device::Cpu)?.to_dtype(CDType::F32)? * -(10000f64.ln()))?;
-    let freqs = (exponent / (half as f64 - shift))?.exp()?;
+    // A true f32 division, as torch does (candle's scalar division multiplies by the inverse).
+    let denom = Tensor::new(&[(half as f64 - shift) as f32], &Device::Cpu)?;
+    let freqs = exponent.broadcast_div(&denom)?.exp()?;
     let ts = Tensor::from_slice(t, (t.len(), 1), &Device::Cpu)?;
     let emb = ts.broadcast_mul(&freqs.unsqueeze(0)?)?;
     let (s, c) = (emb.sin()?, emb.cos()?);
