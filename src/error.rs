@@ -42,6 +42,18 @@ pub enum Error {
     #[error("shader preprocessing failed for {shader}: {msg}")]
     Preprocess { shader: String, msg: String },
 
+    #[error("bad {component} config: {msg}")]
+    Config { component: String, msg: String },
+
+    #[error("weights: {0}")]
+    Weights(String),
+
+    #[error("tensor `{name}`: {msg}")]
+    Tensor { name: String, msg: String },
+
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
     #[error("CPU reference failed: {0}")]
     Candle(#[from] candle_core::Error),
 }
