@@ -1,9 +1,10 @@
-// Strided copy into a contiguous output of up to 4 dims: out[i0,i1,i2,i3] = x[sum ik * xk].
-// A permute passes the input's strides in the output's dim order.
+// Strided copy into a contiguous output of up to 4 dims: out[i0,i1,i2,i3] = x[off + sum ik*xk].
+// A permute passes the input's strides in the output's dim order; a narrow adds an offset.
 
 struct Params {
     n: u32, s1: u32, s2: u32, s3: u32,
     x0: u32, x1: u32, x2: u32, x3: u32,
+    off: u32, _p0: u32, _p1: u32, _p2: u32,
 };
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -22,5 +23,5 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
     let t1 = t2 / p.s2;
     let i1 = t1 % p.s1;
     let i0 = t1 / p.s1;
-    y[i] = x[i0 * p.x0 + i1 * p.x1 + i2 * p.x2 + i3 * p.x3];
+    y[i] = x[p.off + i0 * p.x0 + i1 * p.x1 + i2 * p.x2 + i3 * p.x3];
 }

@@ -1,5 +1,5 @@
 // Elementwise activations and y = alpha * x + beta, chosen by OP:
-// 0 silu, 1 gelu (erf), 2 quick_gelu, 3 affine.
+// silu, gelu (erf), quick_gelu, affine, or clamp to [alpha, beta].
 
 struct Params {
     n: u32, alpha: f32, beta: f32, _pad: u32,
@@ -29,5 +29,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
 #endif
 #if OP_AFFINE
     y[i] = T(p.alpha * v + p.beta);
+#endif
+#if OP_CLAMP
+    y[i] = T(clamp(v, p.alpha, p.beta));
 #endif
 }

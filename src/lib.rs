@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod gpu;
+pub mod models;
 pub mod ops;
 pub mod selftest;
 

@@ -99,7 +99,7 @@ pub async fn run(gpu: &Gpu) -> Result<Vec<CheckResult>> {
             &GpuTensor::from_f32_as(gpu, &x, &[2, cin, h, wd], dtype)?,
             &GpuTensor::from_f32_as(gpu, &wt, &[cout, cin, 3, 3], dtype)?,
             Some(&GpuTensor::from_f32_as(gpu, &b, &[cout], dtype)?),
-            ops::Conv2dParams { stride: 2, padding: 1 },
+            ops::Conv2dParams { stride: 2, padding: 1, pad_end: 0 },
         )?;
         let r = cpu(&x, &[2, cin, h, wd])?.conv2d(&cpu(&wt, &[cout, cin, 3, 3])?, 1, 2, 1, 1)?;
         let r = r.broadcast_add(&cpu(&b, &[1, cout, 1, 1])?)?;

@@ -66,7 +66,7 @@ fn conv2d_shapes() {
     ];
     for (n, cin, h, w, cout, k, s, p) in cases {
         let case = format!("{n}x{cin}x{h}x{w}->{cout} k{k} s{s} p{p}");
-        let cp = Conv2dParams { stride: s, padding: p };
+        let cp = Conv2dParams { stride: s, padding: p, pad_end: 0 };
         check_op(
             "conv2d",
             &case,
@@ -79,7 +79,7 @@ fn conv2d_shapes() {
         "conv2d",
         "no bias",
         &[inp(&[1, 8, 6, 6]), inp(&[16, 8, 3, 3])],
-        |x| ops::conv2d(&x[0], &x[1], None, Conv2dParams { stride: 1, padding: 1 }),
+        |x| ops::conv2d(&x[0], &x[1], None, Conv2dParams { stride: 1, padding: 1, pad_end: 0 }),
         |x| cpu_conv(x, 1, 1),
     );
 }

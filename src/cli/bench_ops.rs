@@ -60,7 +60,7 @@ pub fn run(gpu: &Gpu, args: &Args) -> Result<()> {
         let x = upload(gpu, 3, &[1, c, hw, hw], dtype)?;
         let w = upload(gpu, 4, &[c, c, 3, 3], dtype)?;
         let bias = upload(gpu, 5, &[c], dtype)?;
-        let cp = ops::Conv2dParams { stride: 1, padding: 1 };
+        let cp = ops::Conv2dParams { stride: 1, padding: 1, pad_end: 0 };
         let s = time(gpu, args.repeats, || Ok(ops::conv2d(&x, &w, Some(&bias), cp)?))?;
         report("conv2d 3x3 320->320 64x64 (batch 1)", s, 2.0 * (c * c * 9 * hw * hw) as f64);
 

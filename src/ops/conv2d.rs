@@ -29,12 +29,16 @@ struct Params {
 #[derive(Clone, Copy, Debug)]
 pub struct Conv2dParams {
     pub stride: usize,
+    /// Zero padding on every side.
     pub padding: usize,
+    /// Extra zero rows/columns at the bottom/right only: the VAE encoder's downsampler pads
+    /// (0, 1, 0, 1) before a stride-2 conv.
+    pub pad_end: usize,
 }
 
 impl Default for Conv2dParams {
     fn default() -> Self {
-        Conv2dParams { stride: 1, padding: 0 }
+        Conv2dParams { stride: 1, padding: 0, pad_end: 0 }
     }
 }
 
@@ -55,11 +59,12 @@ pub fn conv2d(x: &GpuTensor, weight: &GpuTensor, bias: Option<&GpuTensor>, cp: C
             return Err(Error::shape(OP, format!("bias {:?} for {cout} output channels", b.shape())));
         }
     }
-    if cp.stride == 0 || h + 2 * cp.padding < kh || w + 2 * cp.padding < kw {
+    let (ph, pw) = (h + 2 * cp.padding + cp.pad_end, w + 2 * cp.padding + cp.pad_end);
+    if cp.stride == 0 || ph < kh || pw < kw {
         return Err(Error::shape(OP, format!("kernel {kh}x{kw} stride {} does not fit {h}x{w}", cp.stride)));
     }
-    let ho = (h + 2 * cp.padding - kh) / cp.stride + 1;
-    let wo = (w + 2 * cp.padding - kw) / cp.stride + 1;
+    let ho = (ph - kh) / cp.stride + 1;
+    let wo = (pw - kw) / cp.stride + 1;
     let out = GpuTensor::empty(x.gpu(), &[n, cout, ho, wo], dtype)?;
     let params = Params {
         cin: cin as u32,

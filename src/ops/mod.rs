@@ -25,10 +25,10 @@ pub use geglu::geglu;
 pub use group_norm::group_norm;
 pub use layer_norm::layer_norm;
 pub use matmul::{linear, matmul, MatmulSpec};
-pub use permute::permute;
+pub use permute::{narrow, permute};
 pub use softmax::softmax;
 pub use timestep::{timestep_embedding, timestep_frequencies};
-pub use unary::{affine, gelu, gelu_quick, silu};
+pub use unary::{affine, clamp, gelu, gelu_quick, silu};
 pub use upsample::upsample_nearest2x;
 
 use crate::error::{Error, Result};
@@ -54,4 +54,12 @@ fn elementwise_grid(n: usize) -> [u32; 3] {
 
 fn u32_of(op: &'static str, v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::shape(op, format!("{v} does not fit in u32 indexing")))
+}
+
+/// The four dims of an NCHW activation, or a shape error naming `op`.
+pub fn nchw(x: &GpuTensor, op: &'static str) -> Result<[usize; 4]> {
+    match *x.shape() {
+        [n, c, h, w] => Ok([n, c, h, w]),
+        _ => Err(Error::shape(op, format!("expects NCHW, got {:?}", x.shape()))),
+    }
 }

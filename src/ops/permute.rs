@@ -1,4 +1,5 @@
-//! Dim permutation into a new contiguous tensor (`shaders/permute.wgsl`).
+//! Strided copies into a new contiguous tensor (`shaders/permute.wgsl`): dim permutations and
+//! narrowing along a dim.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -16,6 +17,16 @@ struct Params {
     n: u32,
     s: [u32; 3],
     x: [u32; 4],
+    off: u32,
+    pad: [u32; 3],
+}
+
+fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * shape[i + 1];
+    }
+    s
 }
 
 /// Output dim `i` is input dim `perm[i]` (as torch's `permute`).
@@ -26,20 +37,43 @@ pub fn permute(x: &GpuTensor, perm: &[usize]) -> Result<GpuTensor> {
     if perm.len() != r || perm.iter().any(|&p| p >= r || std::mem::replace(&mut seen[p], true)) {
         return Err(Error::shape(OP, format!("{perm:?} is not a permutation of {r} dims")));
     }
-    let mut in_strides = vec![1; r];
-    for i in (0..r.saturating_sub(1)).rev() {
-        in_strides[i] = in_strides[i + 1] * x.dim(i + 1);
-    }
+    let in_strides = contiguous_strides(x.shape());
     let shape: Vec<usize> = perm.iter().map(|&p| x.dim(p)).collect();
     let strides: Vec<usize> = perm.iter().map(|&p| in_strides[p]).collect();
-    let (s4, st) = collapse4(&shape, &[strides])
-        .ok_or_else(|| Error::shape(OP, format!("{perm:?} of {:?} needs more than 4 dims", x.shape())))?;
-    let out = GpuTensor::empty(x.gpu(), &shape, x.dtype())?;
-    let params =
-        Params { n: u32_of(OP, x.numel())?, s: [s4[1] as u32, s4[2] as u32, s4[3] as u32], x: st[0].map(|v| v as u32) };
+    strided_copy(OP, x, &shape, &strides, 0)
+}
+
+/// `len` entries of dim `dim` from `start` (torch's `narrow`), as a new tensor.
+pub fn narrow(x: &GpuTensor, dim: usize, start: usize, len: usize) -> Result<GpuTensor> {
+    const OP: &str = "narrow";
+    if dim >= x.rank() || start + len > x.dim(dim) {
+        return Err(Error::shape(OP, format!("{start}..{} of dim {dim} in {:?}", start + len, x.shape())));
+    }
+    let strides = contiguous_strides(x.shape());
+    let mut shape = x.shape().to_vec();
+    shape[dim] = len;
+    strided_copy(OP, x, &shape, &strides, start * strides[dim])
+}
+
+fn strided_copy(op: &'static str, x: &GpuTensor, shape: &[usize], strides: &[usize], off: usize) -> Result<GpuTensor> {
+    let (s4, st) = collapse4(shape, &[strides.to_vec()])
+        .ok_or_else(|| Error::shape(op, format!("copy of {:?} as {shape:?} needs more than 4 dims", x.shape())))?;
+    let out = GpuTensor::empty(x.gpu(), shape, x.dtype())?;
+    let params = Params {
+        n: u32_of(op, out.numel())?,
+        s: [s4[1] as u32, s4[2] as u32, s4[3] as u32],
+        x: st[0].map(|v| v as u32),
+        off: u32_of(op, off)?,
+        pad: [0; 3],
+    };
     // A pure copy: u32 storage moves f32 bits unchanged; f16 needs its own element size.
     let dtype = if x.dtype() == DType::F16 { DType::F16 } else { DType::F32 };
-    let binds = [x.bind(OP)?, out.bind(OP)?];
-    x.gpu().launch(&KernelKey::new(SHADER, dtype), bytemuck::bytes_of(&params), &binds, elementwise_grid(x.numel()))?;
+    let binds = [x.bind(op)?, out.bind(op)?];
+    x.gpu().launch(
+        &KernelKey::new(SHADER, dtype),
+        bytemuck::bytes_of(&params),
+        &binds,
+        elementwise_grid(out.numel()),
+    )?;
     Ok(out)
 }

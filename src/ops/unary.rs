@@ -50,3 +50,8 @@ pub fn gelu_quick(x: &GpuTensor) -> Result<GpuTensor> {
 pub fn affine(x: &GpuTensor, alpha: f32, beta: f32) -> Result<GpuTensor> {
     unary("affine", "OP_AFFINE", x, alpha, beta)
 }
+
+/// `x` clamped to [`lo`, `hi`].
+pub fn clamp(x: &GpuTensor, lo: f32, hi: f32) -> Result<GpuTensor> {
+    unary("clamp", "OP_CLAMP", x, lo, hi)
+}

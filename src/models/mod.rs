@@ -1,0 +1,16 @@
+//! The three networks of Stable Diffusion on our GPU ops, loaded under diffusers' names:
+//! `clip` (text encoder), `unet`, `vae`; their building blocks `resnet`, `attention`,
+//! `unet_blocks`, `nn`; `config` parsing; `weights` by name; `tokenizer`; `loader` for the
+//! diffusers folder layout. Model code never touches wgpu.
+
+pub mod attention;
+pub mod clip;
+pub mod config;
+pub mod loader;
+pub mod nn;
+pub mod resnet;
+pub mod tokenizer;
+pub mod unet;
+pub mod unet_blocks;
+pub mod vae;
+pub mod weights;

@@ -1,0 +1,56 @@
+//! diffusers' ResnetBlock2D: GroupNorm+SiLU, 3x3 conv, (+ projected time embedding), GroupNorm+
+//! SiLU, 3x3 conv, plus the input (through a 1x1 `conv_shortcut` when the width changes).
+
+use super::nn::{Conv2d, GroupNorm, Linear};
+use super::weights::Weights;
+use crate::error::Result;
+use crate::gpu::GpuTensor;
+use crate::ops;
+
+pub struct ResnetBlock2D {
+    norm1: GroupNorm,
+    conv1: Conv2d,
+    time_emb_proj: Option<Linear>,
+    norm2: GroupNorm,
+    conv2: Conv2d,
+    conv_shortcut: Option<Conv2d>,
+    out_channels: usize,
+}
+
+impl ResnetBlock2D {
+    /// `temb_channels` is None in the VAE, which has no time embedding.
+    pub fn load(
+        w: &Weights,
+        cin: usize,
+        cout: usize,
+        temb_channels: Option<usize>,
+        groups: usize,
+        eps: f64,
+    ) -> Result<Self> {
+        Ok(ResnetBlock2D {
+            norm1: GroupNorm::load(&w.pp("norm1"), cin, groups, eps)?,
+            conv1: Conv2d::load3(&w.pp("conv1"), cin, cout)?,
+            time_emb_proj: temb_channels.map(|t| Linear::load(&w.pp("time_emb_proj"), t, cout, true)).transpose()?,
+            norm2: GroupNorm::load(&w.pp("norm2"), cout, groups, eps)?,
+            conv2: Conv2d::load3(&w.pp("conv2"), cout, cout)?,
+            conv_shortcut: if cin != cout { Some(Conv2d::load1(&w.pp("conv_shortcut"), cin, cout)?) } else { None },
+            out_channels: cout,
+        })
+    }
+
+    /// `x` [B, C, H, W]; `temb_act` = SiLU(time embedding) [B, T], computed once per step by
+    /// the caller because every block applies the same activation to it.
+    pub fn forward(&self, x: &GpuTensor, temb_act: Option<&GpuTensor>) -> Result<GpuTensor> {
+        let mut h = self.conv1.forward(&self.norm1.forward(x, true)?)?;
+        if let (Some(proj), Some(t)) = (&self.time_emb_proj, temb_act) {
+            let t = proj.forward(t)?;
+            h = ops::add(&h, &t.reshape(&[t.dim(0), self.out_channels, 1, 1])?)?;
+        }
+        let h = self.conv2.forward(&self.norm2.forward(&h, true)?)?;
+        let skip = match &self.conv_shortcut {
+            Some(c) => c.forward(x)?,
+            None => x.clone(),
+        };
+        ops::add(&skip, &h)
+    }
+}
