@@ -1,4 +1,4 @@
-//! The native CLI: `info`, `selftest`, `bench-ops`. Later issues add generate/convert/bench.
+//! The native CLI: `info`, `selftest`, `bench-ops`, `tokenize`, `parity`.
 
 #[cfg(not(target_arch = "wasm32"))]
 mod cli;

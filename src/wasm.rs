@@ -3,7 +3,8 @@
 
 use wasm_bindgen::prelude::*;
 
-use crate::gpu::{Gpu, GpuOptions, LimitsPolicy};
+use crate::gpu::{DType, Gpu, GpuOptions, LimitsPolicy};
+use crate::models::loader::MemorySource;
 
 #[wasm_bindgen(start)]
 pub fn start() {
@@ -42,6 +43,21 @@ impl Engine {
     /// Adapter name, backend, features and limits, as a plain object.
     pub fn info(&self) -> Result<JsValue, JsError> {
         to_js(self.gpu.caps())
+    }
+
+    /// Runs a fixture's text encoder, U-Net and VAE and compares them with its diffusers
+    /// reference. `files` maps paths (`unet/config.json`, …) to `Uint8Array`s.
+    pub async fn parity(&self, files: &js_sys::Object, f16: bool) -> Result<JsValue, JsError> {
+        let mut src = MemorySource { name: "fixture".into(), ..Default::default() };
+        for entry in js_sys::Object::entries(files).iter() {
+            let pair = js_sys::Array::from(&entry);
+            let path = pair.get(0).as_string().ok_or_else(|| JsError::new("file names must be strings"))?;
+            let bytes = js_sys::Uint8Array::new(&pair.get(1)).to_vec();
+            src.files.insert(path, bytes);
+        }
+        let dtype = if f16 { DType::F16 } else { DType::F32 };
+        let outputs = crate::models::parity::run(&src, &self.gpu, dtype).await.map_err(js_err)?;
+        to_js(&outputs)
     }
 
     /// Runs matmul, conv2d and attention on the GPU against candle on the CPU (in wasm).

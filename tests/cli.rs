@@ -35,3 +35,25 @@ fn selftest_passes() {
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(stdout.matches(" ok").count(), stdout.lines().count(), "{stdout}");
 }
+
+#[test]
+fn tokenize_prints_77_ids_and_reports_truncation() {
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-sd2");
+    let out = cli().args(["tokenize", "--model", model, "wow!"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ids: Vec<u32> = serde_json::from_slice(&out.stdout).unwrap();
+    // SD 2 pads with `!` (id 0) but keeps a typed `!` as text (256), as OpenCLIP does.
+    assert_eq!(&ids[..5], &[49406, 2781, 256, 49407, 0]);
+    assert_eq!(ids.len(), 77);
+
+    let long = "a photo of a cat ".repeat(20);
+    let out = cli().args(["tokenize", "--model", model, &long]).output().unwrap();
+    let ids: Vec<u32> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((ids.len(), ids[76]), (77, 49407));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("102 tokens; 25 were dropped"), "{stderr}");
+
+    let out = cli().args(["tokenize", "--model", "/nonexistent", "x"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no tokenizer/vocab.json"));
+}

@@ -2,9 +2,12 @@
 
 mod bench_ops;
 
+use std::path::{Path, PathBuf};
+
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use webdiffusion::gpu::{Gpu, GpuOptions, LimitsPolicy};
+use webdiffusion::gpu::{DType, Gpu, GpuOptions, LimitsPolicy};
+use webdiffusion::models::loader::{self, DirSource};
 
 #[derive(Parser)]
 #[command(name = "webdiffusion", version, about = "Stable Diffusion on WebGPU (native CLI)")]
@@ -34,6 +37,24 @@ enum Command {
     Selftest,
     /// Time the core kernels at SD-like sizes and print GFLOP/s.
     BenchOps(bench_ops::Args),
+    /// Print a prompt's 77 CLIP token ids as JSON, tokenized as the model's tokenizer/ says.
+    Tokenize {
+        /// A diffusers model folder.
+        #[arg(long)]
+        model: PathBuf,
+        prompt: String,
+    },
+    /// Run a fixture's networks and compare with its diffusers reference.safetensors.
+    Parity {
+        #[arg(long)]
+        model: PathBuf,
+        /// Compute in f16 (the device must have shader-f16).
+        #[arg(long)]
+        f16: bool,
+        /// Print every output with its values as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn main() -> Result<()> {
@@ -47,12 +68,42 @@ pub fn main() -> Result<()> {
         allow_f16: !cli.no_f16,
         binding_cap: None,
     };
+    // Tokenizing needs no GPU; a machine without one can still do it.
+    if let Command::Tokenize { model, prompt } = &cli.command {
+        return tokenize(model, prompt);
+    }
     let gpu = pollster::block_on(Gpu::new(&options)).context("opening the GPU")?;
     match cli.command {
         Command::Info => info(&gpu),
         Command::Selftest => selftest(&gpu),
         Command::BenchOps(args) => bench_ops::run(&gpu, &args),
+        Command::Parity { model, f16, json } => parity(&gpu, &model, f16, json),
+        Command::Tokenize { .. } => Ok(()),
     }
+}
+
+fn tokenize(model: &Path, prompt: &str) -> Result<()> {
+    let tok =
+        loader::tokenizer(&DirSource(model.to_path_buf())).with_context(|| format!("loading {}", model.display()))?;
+    let t = tok.encode(prompt)?;
+    if t.dropped > 0 {
+        eprintln!("warning: the prompt has {} tokens; {} were dropped to fit {}", t.total, t.dropped, tok.max_len);
+    }
+    println!("{}", serde_json::to_string(&t.ids)?);
+    Ok(())
+}
+
+fn parity(gpu: &Gpu, model: &Path, f16: bool, json: bool) -> Result<()> {
+    let dtype = if f16 { DType::F16 } else { DType::F32 };
+    let outputs = pollster::block_on(webdiffusion::models::parity::run(&DirSource(model.to_path_buf()), gpu, dtype))?;
+    if json {
+        println!("{}", serde_json::to_string(&outputs)?);
+    } else {
+        for o in &outputs {
+            println!("{:<32} {dtype} max |err| {:.3e}  (max |ref| {:.3})", o.name, o.max_abs_err, o.max_abs_ref);
+        }
+    }
+    Ok(())
 }
 
 fn info(gpu: &Gpu) -> Result<()> {

@@ -41,6 +41,22 @@ impl FileSource for DirSource {
     }
 }
 
+/// Files held in memory (what the browser fetched, a test's inputs).
+#[derive(Default)]
+pub struct MemorySource {
+    pub files: std::collections::HashMap<String, Vec<u8>>,
+    pub name: String,
+}
+
+impl FileSource for MemorySource {
+    fn read(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.files.get(path).cloned())
+    }
+    fn describe(&self) -> String {
+        self.name.clone()
+    }
+}
+
 fn required(src: &dyn FileSource, path: &str) -> Result<Vec<u8>> {
     src.read(path)?.ok_or_else(|| Error::Weights(format!("{} has no {path}", src.describe())))
 }

@@ -8,6 +8,7 @@ pub mod clip;
 pub mod config;
 pub mod loader;
 pub mod nn;
+pub mod parity;
 pub mod resnet;
 pub mod tokenizer;
 pub mod unet;

@@ -17,6 +17,8 @@ export async function serveApp() {
     port: 0,
     mounts: [
       { url: '/pkg/', dir: join(ROOT, 'pkg') },
+      { url: '/fixtures/', dir: join(ROOT, 'tests/fixtures') },
+      { url: '/test/', dir: join(ROOT, 'tests/browser/pages') },
       { url: '/', dir: join(ROOT, 'www') },
     ],
   });
