@@ -87,6 +87,13 @@ impl GpuTensor {
         Ok(GpuTensor { gpu: gpu.clone(), chunks: Arc::new(chunks), rows_per_chunk, shape: shape.to_vec(), dtype })
     }
 
+    /// A tensor that claims `shape` over a 4-byte buffer: only for dry-run loading, where
+    /// model constructors check names and shapes and nothing is ever computed.
+    pub fn placeholder(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<GpuTensor> {
+        let chunks = Arc::new(vec![gpu.alloc(4)]);
+        Ok(GpuTensor { gpu: gpu.clone(), chunks, rows_per_chunk: usize::MAX, shape: shape.to_vec(), dtype })
+    }
+
     /// Uploads raw little-endian bytes.
     pub fn from_bytes(gpu: &Gpu, bytes: &[u8], shape: &[usize], dtype: DType) -> Result<GpuTensor> {
         let want = numel(shape) * dtype.size();

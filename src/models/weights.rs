@@ -113,11 +113,21 @@ pub struct Weights<'a> {
     gpu: &'a Gpu,
     dtype: DType,
     used: Arc<Mutex<BTreeSet<String>>>,
+    /// Check names and shapes only; hand out shape-only placeholders (see `dry_run`).
+    dry: bool,
 }
 
 impl<'a> Weights<'a> {
     pub fn new(source: &'a dyn TensorSource, gpu: &'a Gpu, dtype: DType) -> Self {
-        Weights { source, prefix: String::new(), gpu, dtype, used: Arc::default() }
+        Weights { source, prefix: String::new(), gpu, dtype, used: Arc::default(), dry: false }
+    }
+
+    /// A cursor that checks every tensor a model asks for (name, shape, float dtype) without
+    /// reading or uploading data: model constructors then validate a published tensor list
+    /// (from its header alone) in milliseconds. The tensors it returns are placeholders that
+    /// must never be computed with.
+    pub fn dry_run(source: &'a dyn TensorSource, gpu: &'a Gpu, dtype: DType) -> Self {
+        Weights { dry: true, ..Self::new(source, gpu, dtype) }
     }
 
     /// The same source under `prefix.name`.
@@ -170,6 +180,13 @@ impl<'a> Weights<'a> {
                 name: full,
                 msg: format!("has shape {:?}, the config implies {shape:?}", info.shape),
             });
+        }
+        if self.dry {
+            if !matches!(info.dtype, FileDType::F32 | FileDType::F16 | FileDType::BF16) {
+                return Err(Error::Tensor { name: full, msg: format!("{:?} is not a float weight", info.dtype) });
+            }
+            self.used.lock().unwrap_or_else(|p| p.into_inner()).insert(full);
+            return GpuTensor::placeholder(self.gpu, shape, dtype);
         }
         let bytes = self.source.bytes(&full)?;
         let data = convert(&bytes, info.dtype, dtype, &full)?;
