@@ -315,3 +315,29 @@ fn timestep_embedding_matches_diffusers_formula() {
         );
     }
 }
+
+#[test]
+fn conv2d_asymmetric_end_padding() {
+    // The VAE encoder's downsampler: pad (0, 1, 0, 1), then 3x3 stride 2 without padding.
+    let cp = Conv2dParams { stride: 2, padding: 0, pad_end: 1 };
+    check_op(
+        "conv2d",
+        "vae downsample 2x8x9x9",
+        &[inp(&[2, 8, 9, 9]), inp(&[8, 8, 3, 3]), inp(&[8])],
+        |x| ops::conv2d(&x[0], &x[1], Some(&x[2]), cp),
+        |x| {
+            let padded = x[0].pad_with_zeros(2, 0, 1)?.pad_with_zeros(3, 0, 1)?;
+            cpu_conv(&[padded, x[1].clone(), x[2].clone()], 2, 0)
+        },
+    );
+}
+
+#[test]
+fn narrow_and_clamp() {
+    for (dim, start, len) in [(1, 4, 4), (0, 1, 1), (2, 3, 2)] {
+        check_op("permute", &format!("narrow d{dim} {start}+{len}"), &[inp(&[2, 8, 5])], |x| ops::narrow(&x[0], dim, start, len), |x| {
+            x[0].narrow(dim, start, len)?.contiguous()
+        });
+    }
+    check_op("affine", "clamp", &[inp_scaled(&[500], 40.0, 0.0)], |x| ops::clamp(&x[0], -30.0, 20.0), |x| x[0].clamp(-30f32, 20f32));
+}
