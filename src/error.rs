@@ -54,6 +54,12 @@ pub enum Error {
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 
+    #[error("generation cancelled")]
+    Cancelled,
+
+    #[error("invalid request: {0}")]
+    Request(String),
+
     #[error("CPU reference failed: {0}")]
     Candle(#[from] candle_core::Error),
 }

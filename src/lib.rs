@@ -7,6 +7,7 @@ pub mod error;
 pub mod gpu;
 pub mod models;
 pub mod ops;
+pub mod pipeline;
 pub mod selftest;
 
 #[cfg(target_arch = "wasm32")]

@@ -128,3 +128,25 @@ pub fn check_index(src: &dyn FileSource) -> Result<()> {
         }
     }
 }
+
+/// Everything text-to-image needs from a diffusers folder.
+pub fn stable_diffusion(
+    src: &dyn FileSource,
+    gpu: &Gpu,
+    dtype: DType,
+) -> Result<crate::pipeline::txt2img::StableDiffusion> {
+    check_index(src)?;
+    let scheduler_config =
+        crate::pipeline::schedule::SchedulerConfig::from_json(&text(src, "scheduler/scheduler_config.json")?)?;
+    let (decoder, _) = vae(src, gpu, dtype, false)?;
+    Ok(crate::pipeline::txt2img::StableDiffusion {
+        gpu: gpu.clone(),
+        dtype,
+        tokenizer: tokenizer(src)?,
+        text_encoder: text_encoder(src, gpu, dtype)?,
+        unet: unet(src, gpu, dtype)?,
+        decoder,
+        vae_config: vae_config(src)?,
+        scheduler_config,
+    })
+}

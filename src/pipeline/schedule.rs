@@ -1,0 +1,194 @@
+//! The scheduler configuration (`scheduler/scheduler_config.json`) and the noise schedule every
+//! scheduler derives from: betas, cumulative alphas, timestep spacing. Arithmetic follows
+//! diffusers' dtypes (betas and alphas in f32, the cumulative product accumulated in f64 as torch
+//! does on the CPU) so timesteps and sigmas match to the last bit or two.
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct SchedulerConfig {
+    #[serde(rename = "_class_name", default)]
+    pub class_name: Option<String>,
+    #[serde(default = "d_train")]
+    pub num_train_timesteps: usize,
+    #[serde(default = "d_beta_start")]
+    pub beta_start: f64,
+    #[serde(default = "d_beta_end")]
+    pub beta_end: f64,
+    #[serde(default = "d_schedule")]
+    pub beta_schedule: String,
+    #[serde(default)]
+    pub trained_betas: Option<Vec<f64>>,
+    /// `epsilon`, `v_prediction` (SD 2.1-768) or `sample`.
+    #[serde(default = "d_epsilon")]
+    pub prediction_type: String,
+    /// `leading` (SD 1.x/2.x default), `trailing` (SD-Turbo) or `linspace`.
+    #[serde(default = "d_leading")]
+    pub timestep_spacing: String,
+    #[serde(default)]
+    pub steps_offset: usize,
+    #[serde(default = "d_true")]
+    pub set_alpha_to_one: bool,
+    #[serde(default)]
+    pub clip_sample: bool,
+    #[serde(default)]
+    pub use_karras_sigmas: bool,
+    #[serde(default)]
+    pub final_sigmas_type: Option<String>,
+    #[serde(default)]
+    pub interpolation_type: Option<String>,
+    #[serde(default)]
+    pub timestep_type: Option<String>,
+}
+
+fn d_train() -> usize {
+    1000
+}
+fn d_beta_start() -> f64 {
+    0.0001
+}
+fn d_beta_end() -> f64 {
+    0.02
+}
+fn d_schedule() -> String {
+    "linear".into()
+}
+fn d_epsilon() -> String {
+    "epsilon".into()
+}
+fn d_leading() -> String {
+    "leading".into()
+}
+fn d_true() -> bool {
+    true
+}
+
+fn bad(msg: impl Into<String>) -> Error {
+    Error::Config { component: "scheduler".into(), msg: msg.into() }
+}
+
+/// What the U-Net predicts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prediction {
+    Epsilon,
+    V,
+    Sample,
+}
+
+impl SchedulerConfig {
+    pub fn from_json(json: &str) -> Result<SchedulerConfig> {
+        let c: SchedulerConfig = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
+        c.prediction()?;
+        if !matches!(c.timestep_spacing.as_str(), "leading" | "trailing" | "linspace") {
+            return Err(bad(format!("timestep_spacing {} is not supported", c.timestep_spacing)));
+        }
+        if c.clip_sample {
+            return Err(bad("clip_sample is not supported (no Stable Diffusion model uses it)"));
+        }
+        if c.timestep_type.as_deref().is_some_and(|t| t != "discrete") {
+            return Err(bad("only discrete timesteps are supported"));
+        }
+        if c.interpolation_type.as_deref().is_some_and(|t| t != "linear") {
+            return Err(bad("only linear sigma interpolation is supported"));
+        }
+        Ok(c)
+    }
+
+    pub fn prediction(&self) -> Result<Prediction> {
+        match self.prediction_type.as_str() {
+            "epsilon" => Ok(Prediction::Epsilon),
+            "v_prediction" => Ok(Prediction::V),
+            "sample" => Ok(Prediction::Sample),
+            other => Err(bad(format!("prediction_type {other} is not supported"))),
+        }
+    }
+
+    /// Cumulative products of alphas, one per training timestep.
+    pub fn alphas_cumprod(&self) -> Result<Vec<f32>> {
+        let n = self.num_train_timesteps;
+        let betas: Vec<f32> = if let Some(t) = &self.trained_betas {
+            t.iter().map(|&b| b as f32).collect()
+        } else {
+            let lin = |a: f64, b: f64| -> Vec<f64> {
+                (0..n).map(|i| if n == 1 { a } else { a + (b - a) * i as f64 / (n - 1) as f64 }).collect()
+            };
+            match self.beta_schedule.as_str() {
+                "linear" => lin(self.beta_start, self.beta_end).into_iter().map(|b| b as f32).collect(),
+                "scaled_linear" => lin(self.beta_start.sqrt(), self.beta_end.sqrt())
+                    .into_iter()
+                    .map(|b| {
+                        let b = b as f32;
+                        b * b
+                    })
+                    .collect(),
+                "squaredcos_cap_v2" => {
+                    let abar = |t: f64| ((t + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2).cos().powi(2);
+                    (0..n)
+                        .map(|i| (1.0 - abar((i + 1) as f64 / n as f64) / abar(i as f64 / n as f64)).min(0.999) as f32)
+                        .collect()
+                }
+                other => return Err(bad(format!("beta_schedule {other} is not supported"))),
+            }
+        };
+        if betas.len() != n {
+            return Err(bad(format!("{} trained betas for {n} timesteps", betas.len())));
+        }
+        let mut acc = 1f64;
+        Ok(betas
+            .iter()
+            .map(|&b| {
+                acc *= (1.0 - b) as f64;
+                acc as f32
+            })
+            .collect())
+    }
+
+    /// The inference timesteps (descending) for `steps` steps, per `timestep_spacing`.
+    pub fn timesteps(&self, steps: usize) -> Result<Vec<f64>> {
+        let n = self.num_train_timesteps;
+        if steps == 0 || steps > n {
+            return Err(bad(format!("{steps} steps with {n} training timesteps")));
+        }
+        Ok(match self.timestep_spacing.as_str() {
+            "linspace" => (0..steps)
+                .rev()
+                .map(|i| if steps == 1 { 0.0 } else { (n - 1) as f64 * i as f64 / (steps - 1) as f64 })
+                .collect(),
+            "leading" => {
+                let ratio = n / steps;
+                (0..steps).rev().map(|i| (i * ratio + self.steps_offset) as f64).collect()
+            }
+            _ => {
+                // np.arange(n, 0, -n/steps).round() - 1
+                let ratio = n as f64 / steps as f64;
+                (0..steps).map(|i| round_half_even(n as f64 - i as f64 * ratio) - 1.0).collect()
+            }
+        })
+    }
+}
+
+/// numpy's `round`: halves go to the even neighbour.
+pub fn round_half_even(x: f64) -> f64 {
+    let r = x.round();
+    if (x - x.trunc()).abs() == 0.5 && r % 2.0 != 0.0 {
+        r - x.signum()
+    } else {
+        r
+    }
+}
+
+/// `np.interp(x, 0..len, table)`.
+pub fn interp(x: f64, table: &[f64]) -> f64 {
+    if x <= 0.0 {
+        return table[0];
+    }
+    let last = table.len() - 1;
+    if x >= last as f64 {
+        return table[last];
+    }
+    let i = x.floor() as usize;
+    let f = x - i as f64;
+    table[i] + (table[i + 1] - table[i]) * f
+}

@@ -1,0 +1,171 @@
+//! The denoising loop of diffusers' StableDiffusionPipeline: encode prompt (and the negative
+//! prompt for classifier-free guidance), scale the initial latents, run the U-Net on the
+//! [uncond, cond] batch each step, guide, step the scheduler, decode with the VAE.
+
+use super::schedule::SchedulerConfig;
+use super::scheduler::{Scheduler, SchedulerKind};
+use crate::error::{Error, Result};
+use crate::gpu::{DType, Gpu, GpuTensor};
+use crate::models::clip::ClipTextModel;
+use crate::models::config::VaeConfig;
+use crate::models::tokenizer::ClipTokenizer;
+use crate::models::unet::UNet;
+use crate::models::vae::Decoder;
+use crate::ops;
+
+/// Everything a generation needs, loaded once.
+pub struct StableDiffusion {
+    pub gpu: Gpu,
+    pub dtype: DType,
+    pub tokenizer: ClipTokenizer,
+    pub text_encoder: ClipTextModel,
+    pub unet: UNet,
+    pub decoder: Decoder,
+    pub vae_config: VaeConfig,
+    pub scheduler_config: SchedulerConfig,
+}
+
+#[derive(Clone, Debug)]
+pub struct Txt2Img {
+    pub prompt: String,
+    pub negative_prompt: Option<String>,
+    pub steps: usize,
+    pub guidance: f32,
+    pub width: usize,
+    pub height: usize,
+    pub scheduler: SchedulerKind,
+}
+
+/// Where standard-normal draws come from: the seeded RNG, or a recorded sequence (tests,
+/// `--noise FILE`) so a run can be replayed exactly as diffusers made it.
+pub trait NoiseSource {
+    fn draw(&mut self, n: usize) -> Result<Vec<f32>>;
+}
+
+/// Draws replayed from a list, in order.
+pub struct Recorded(pub std::collections::VecDeque<Vec<f32>>);
+
+impl NoiseSource for Recorded {
+    fn draw(&mut self, n: usize) -> Result<Vec<f32>> {
+        let d = self.0.pop_front().ok_or_else(|| Error::Request("the recorded noise ran out".into()))?;
+        if d.len() != n {
+            return Err(Error::Request(format!("a recorded noise draw has {} values, {n} needed", d.len())));
+        }
+        Ok(d)
+    }
+}
+
+/// Per-step progress: return `false` to cancel.
+pub struct Step<'a> {
+    pub index: usize,
+    pub total: usize,
+    pub timestep: f32,
+    pub latents: &'a [f32],
+}
+
+pub struct Generated {
+    /// Final latents [1, C, h, w] before the VAE.
+    pub latents: Vec<f32>,
+    pub latent_shape: [usize; 4],
+    /// RGB, row-major [height][width][3].
+    pub rgb: Vec<u8>,
+    pub width: usize,
+    pub height: usize,
+}
+
+impl StableDiffusion {
+    fn encode(&self, prompts: &[&str]) -> Result<GpuTensor> {
+        let mut ids = Vec::new();
+        for p in prompts {
+            ids.extend(self.tokenizer.encode(p)?.ids);
+        }
+        self.text_encoder.forward(&ids, prompts.len(), 0)
+    }
+
+    /// Runs text-to-image. `latents`: diffusers' `latents=` argument (standard normal, scaled by
+    /// the scheduler's init_noise_sigma here); drawn from `noise` when `None`.
+    pub async fn txt2img(
+        &self,
+        req: &Txt2Img,
+        latents: Option<Vec<f32>>,
+        noise: &mut dyn NoiseSource,
+        on_step: &mut dyn FnMut(Step<'_>) -> bool,
+    ) -> Result<Generated> {
+        let f = self.vae_config.downscale();
+        let unet_factor = 1 << (self.unet.config.block_out_channels.len() - 1);
+        if req.width == 0
+            || req.height == 0
+            || req.width % (f * unet_factor) != 0
+            || req.height % (f * unet_factor) != 0
+        {
+            return Err(Error::Request(format!(
+                "width and height must be positive multiples of {} (got {}x{})",
+                f * unet_factor,
+                req.width,
+                req.height
+            )));
+        }
+        if req.steps == 0 {
+            return Err(Error::Request("steps must be at least 1".into()));
+        }
+        let c = self.unet.config.in_channels;
+        let shape = [1, c, req.height / f, req.width / f];
+        let n: usize = shape.iter().product();
+        let cfg = req.guidance > 1.0 && self.unet.config.time_cond_proj_dim.is_none();
+
+        let context = if cfg {
+            self.encode(&[req.negative_prompt.as_deref().unwrap_or(""), &req.prompt])?
+        } else {
+            self.encode(&[&req.prompt])?
+        };
+        let scheduler = Scheduler::new(req.scheduler, &self.scheduler_config, req.steps)?;
+        let mut x = match latents {
+            Some(l) if l.len() == n => l,
+            Some(l) => return Err(Error::Request(format!("latents have {} values, {shape:?} needs {n}", l.len()))),
+            None => noise.draw(n)?,
+        };
+        let sigma0 = scheduler.init_noise_sigma();
+        x.iter_mut().for_each(|v| *v *= sigma0);
+
+        let total = scheduler.timesteps().len();
+        for (i, &t) in scheduler.timesteps().iter().enumerate() {
+            let mut input = x.clone();
+            scheduler.scale_model_input(&mut input, i);
+            let batch = if cfg { 2 } else { 1 };
+            let input = if cfg { [input.clone(), input].concat() } else { input };
+            let input = GpuTensor::from_f32_as(&self.gpu, &input, &[batch, c, shape[2], shape[3]], self.dtype)?;
+            let out = self.unet.forward(&input, t, &context, None)?.to_vec_f32().await?;
+            let guided: Vec<f32> = if cfg {
+                let (u, c) = out.split_at(n);
+                u.iter().zip(c).map(|(&u, &c)| u + req.guidance * (c - u)).collect()
+            } else {
+                out
+            };
+            let z = if scheduler.draws_noise(i) { Some(noise.draw(n)?) } else { None };
+            x = scheduler.step(i, &guided, &x, z.as_deref())?;
+            if !on_step(Step { index: i, total, timestep: t, latents: &x }) {
+                return Err(Error::Cancelled);
+            }
+        }
+        let (rgb, width, height) = self.decode(&x, shape).await?;
+        Ok(Generated { latents: x, latent_shape: shape, rgb, width, height })
+    }
+
+    /// VAE-decodes latents and converts to 8-bit RGB as diffusers' image processor does:
+    /// round(255 * clamp(x / 2 + 0.5, 0, 1)).
+    pub async fn decode(&self, latents: &[f32], shape: [usize; 4]) -> Result<(Vec<u8>, usize, usize)> {
+        let inv = 1.0 / self.vae_config.scaling_factor as f32;
+        let z = GpuTensor::from_f32_as(&self.gpu, latents, &shape, self.dtype)?;
+        let img = self.decoder.forward(&ops::affine(&z, inv, 0.0)?)?;
+        let [_, ch, h, w] = ops::nchw(&img, "decode")?;
+        let px = img.to_vec_f32().await?;
+        let mut rgb = vec![0u8; h * w * 3];
+        for c in 0..ch.min(3) {
+            for i in 0..h * w {
+                let v = (px[c * h * w + i] / 2.0 + 0.5).clamp(0.0, 1.0);
+                rgb[i * 3 + c] = (v * 255.0).round() as u8;
+            }
+        }
+        Ok((rgb, w, h))
+    }
+}
