@@ -335,9 +335,19 @@ fn conv2d_asymmetric_end_padding() {
 #[test]
 fn narrow_and_clamp() {
     for (dim, start, len) in [(1, 4, 4), (0, 1, 1), (2, 3, 2)] {
-        check_op("permute", &format!("narrow d{dim} {start}+{len}"), &[inp(&[2, 8, 5])], |x| ops::narrow(&x[0], dim, start, len), |x| {
-            x[0].narrow(dim, start, len)?.contiguous()
-        });
+        check_op(
+            "permute",
+            &format!("narrow d{dim} {start}+{len}"),
+            &[inp(&[2, 8, 5])],
+            |x| ops::narrow(&x[0], dim, start, len),
+            |x| x[0].narrow(dim, start, len)?.contiguous(),
+        );
     }
-    check_op("affine", "clamp", &[inp_scaled(&[500], 40.0, 0.0)], |x| ops::clamp(&x[0], -30.0, 20.0), |x| x[0].clamp(-30f32, 20f32));
+    check_op(
+        "affine",
+        "clamp",
+        &[inp_scaled(&[500], 40.0, 0.0)],
+        |x| ops::clamp(&x[0], -30.0, 20.0),
+        |x| x[0].clamp(-30f32, 20f32),
+    );
 }

@@ -24,9 +24,10 @@ pub struct SchedulerConfig {
     /// `epsilon`, `v_prediction` (SD 2.1-768) or `sample`.
     #[serde(default = "d_epsilon")]
     pub prediction_type: String,
-    /// `leading` (SD 1.x/2.x default), `trailing` (SD-Turbo) or `linspace`.
-    #[serde(default = "d_leading")]
-    pub timestep_spacing: String,
+    /// `leading`, `trailing` (SD-Turbo) or `linspace`; absent means the scheduler class's own
+    /// default (see `for_class`).
+    #[serde(default)]
+    pub timestep_spacing: Option<String>,
     #[serde(default)]
     pub steps_offset: usize,
     #[serde(default = "d_true")]
@@ -41,6 +42,24 @@ pub struct SchedulerConfig {
     pub interpolation_type: Option<String>,
     #[serde(default)]
     pub timestep_type: Option<String>,
+    /// LCM: the teacher's step count its timesteps are drawn from.
+    #[serde(default)]
+    pub original_inference_steps: Option<usize>,
+    /// Keys the saved config only had by default. diffusers' `from_config` drops them, so a
+    /// different scheduler class falls back to its own default (e.g. Euler's `linspace`).
+    #[serde(rename = "_use_default_values", default)]
+    pub use_default_values: Vec<String>,
+    #[serde(default)]
+    pub thresholding: bool,
+    #[serde(default)]
+    pub rescale_betas_zero_snr: bool,
+    /// DPM-Solver settings; only DPM-Solver++ 2M (midpoint, lower order final) is implemented.
+    #[serde(default)]
+    pub algorithm_type: Option<String>,
+    #[serde(default)]
+    pub solver_order: Option<usize>,
+    #[serde(default)]
+    pub solver_type: Option<String>,
 }
 
 fn d_train() -> usize {
@@ -57,9 +76,6 @@ fn d_schedule() -> String {
 }
 fn d_epsilon() -> String {
     "epsilon".into()
-}
-fn d_leading() -> String {
-    "leading".into()
 }
 fn d_true() -> bool {
     true
@@ -81,11 +97,20 @@ impl SchedulerConfig {
     pub fn from_json(json: &str) -> Result<SchedulerConfig> {
         let c: SchedulerConfig = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
         c.prediction()?;
-        if !matches!(c.timestep_spacing.as_str(), "leading" | "trailing" | "linspace") {
-            return Err(bad(format!("timestep_spacing {} is not supported", c.timestep_spacing)));
+        if let Some(sp) = c.timestep_spacing.as_deref().filter(|s| !matches!(*s, "leading" | "trailing" | "linspace")) {
+            return Err(bad(format!("timestep_spacing {sp} is not supported")));
+        }
+        if c.algorithm_type.as_deref().is_some_and(|a| a != "dpmsolver++")
+            || c.solver_order.is_some_and(|o| o != 2)
+            || c.solver_type.as_deref().is_some_and(|t| t != "midpoint")
+        {
+            return Err(bad("only DPM-Solver++ 2M with the midpoint solver is supported"));
         }
         if c.clip_sample {
             return Err(bad("clip_sample is not supported (no Stable Diffusion model uses it)"));
+        }
+        if c.thresholding || c.rescale_betas_zero_snr {
+            return Err(bad("thresholding and rescale_betas_zero_snr are not supported"));
         }
         if c.timestep_type.as_deref().is_some_and(|t| t != "discrete") {
             return Err(bad("only discrete timesteps are supported"));
@@ -103,6 +128,25 @@ impl SchedulerConfig {
             "sample" => Ok(Prediction::Sample),
             other => Err(bad(format!("prediction_type {other} is not supported"))),
         }
+    }
+
+    /// The config as diffusers' `SchedulerClass.from_config(config)` sees it for a class whose
+    /// default spacing is `default_spacing`: keys the file only had by default
+    /// (`_use_default_values`) fall back to the class's own defaults.
+    pub fn for_class(&self, default_spacing: &str) -> SchedulerConfig {
+        let mut c = self.clone();
+        let defaulted = |k: &str| c.use_default_values.iter().any(|v| v == k);
+        if c.timestep_spacing.is_none() || defaulted("timestep_spacing") {
+            c.timestep_spacing = Some(default_spacing.to_string());
+        }
+        if defaulted("prediction_type") {
+            c.prediction_type = "epsilon".into();
+        }
+        c
+    }
+
+    pub fn spacing(&self) -> &str {
+        self.timestep_spacing.as_deref().unwrap_or("leading")
     }
 
     /// Cumulative products of alphas, one per training timestep.
@@ -151,7 +195,7 @@ impl SchedulerConfig {
         if steps == 0 || steps > n {
             return Err(bad(format!("{steps} steps with {n} training timesteps")));
         }
-        Ok(match self.timestep_spacing.as_str() {
+        Ok(match self.spacing() {
             "linspace" => (0..steps)
                 .rev()
                 .map(|i| if steps == 1 { 0.0 } else { (n - 1) as f64 * i as f64 / (steps - 1) as f64 })

@@ -1,6 +1,7 @@
 //! Samplers, stepping latents on the CPU (they are small: 4 x H/8 x W/8) in f32 as diffusers does:
-//! DDIM (eta 0), Euler and Euler Ancestral. Each is configured from the model's
-//! `scheduler_config.json` the way `XScheduler.from_config(...)` configures it in diffusers.
+//! DDIM (eta 0), Euler, Euler Ancestral, DPM++ 2M (optionally with Karras sigmas) and LCM. Each is
+//! configured from the model's `scheduler_config.json` the way `XScheduler.from_config(...)`
+//! configures it in diffusers.
 
 use super::schedule::{interp, round_half_even, Prediction, SchedulerConfig};
 use crate::error::{Error, Result};
@@ -10,6 +11,9 @@ pub enum SchedulerKind {
     Ddim,
     Euler,
     EulerAncestral,
+    DpmPP2M,
+    DpmPP2MKarras,
+    Lcm,
 }
 
 impl SchedulerKind {
@@ -18,6 +22,9 @@ impl SchedulerKind {
             "ddim" => Ok(SchedulerKind::Ddim),
             "euler" => Ok(SchedulerKind::Euler),
             "euler-a" => Ok(SchedulerKind::EulerAncestral),
+            "dpm++2m" => Ok(SchedulerKind::DpmPP2M),
+            "dpm++2m-karras" => Ok(SchedulerKind::DpmPP2MKarras),
+            "lcm" => Ok(SchedulerKind::Lcm),
             other => Err(Error::Config { component: "scheduler".into(), msg: format!("unknown scheduler {other}") }),
         }
     }
@@ -33,10 +40,17 @@ pub struct Scheduler {
     sigmas: Vec<f32>,
     step_ratio: usize,
     init_noise_sigma: f32,
+    /// DPM++: the previous step's x0 prediction.
+    prev_x0: Option<Vec<f32>>,
 }
 
 impl Scheduler {
     pub fn new(kind: SchedulerKind, config: &SchedulerConfig, steps: usize) -> Result<Scheduler> {
+        let default_spacing = match kind {
+            SchedulerKind::Ddim | SchedulerKind::Lcm => "leading",
+            _ => "linspace",
+        };
+        let config = &config.for_class(default_spacing);
         let ac = config.alphas_cumprod()?;
         let spaced = config.timesteps(steps)?;
         let n = config.num_train_timesteps;
@@ -61,12 +75,23 @@ impl Scheduler {
                 };
                 sigmas.push(last);
                 let max = sigmas.iter().fold(0f32, |m, &s| m.max(s));
-                let init = if matches!(config.timestep_spacing.as_str(), "linspace" | "trailing") {
+                let init = if matches!(config.spacing(), "linspace" | "trailing") {
                     max
                 } else {
                     (max * max + 1.0).sqrt()
                 };
                 (spaced.iter().map(|&t| t as f32).collect(), sigmas, init)
+            }
+            SchedulerKind::DpmPP2M | SchedulerKind::DpmPP2MKarras => dpm_schedule(config, &ac, steps, kind == SchedulerKind::DpmPP2MKarras)?,
+            SchedulerKind::Lcm => {
+                let original = config.original_inference_steps.unwrap_or(50).min(n);
+                let k = n / original;
+                let origin: Vec<usize> = (1..=original).rev().map(|i| i * k - 1).collect();
+                if steps > original {
+                    return Err(Error::Request(format!("LCM runs at most {original} steps")));
+                }
+                let ts = (0..steps).map(|i| origin[(i * original) / steps] as f32).collect();
+                (ts, Vec::new(), 1.0)
             }
         };
         Ok(Scheduler {
@@ -78,6 +103,7 @@ impl Scheduler {
             sigmas,
             step_ratio: n / steps,
             init_noise_sigma,
+            prev_x0: None,
         })
     }
 
@@ -91,13 +117,38 @@ impl Scheduler {
     }
 
     /// Whether step `i` consumes a standard-normal draw (in diffusers' order).
-    pub fn draws_noise(&self, _i: usize) -> bool {
-        self.kind == SchedulerKind::EulerAncestral
+    pub fn draws_noise(&self, i: usize) -> bool {
+        match self.kind {
+            SchedulerKind::EulerAncestral => true,
+            SchedulerKind::Lcm => i + 1 < self.timesteps.len(),
+            _ => false,
+        }
+    }
+
+    /// Noises clean latents to the level of step `i` (img2img's start), as each scheduler's
+    /// `add_noise` does.
+    pub fn add_noise(&self, x: &[f32], noise: &[f32], i: usize) -> Result<Vec<f32>> {
+        let (a, b) = match self.kind {
+            SchedulerKind::Ddim | SchedulerKind::Lcm => {
+                let ac = self.alphas_cumprod[self.timesteps[i] as usize];
+                (ac.sqrt(), (1.0 - ac).sqrt())
+            }
+            SchedulerKind::Euler | SchedulerKind::EulerAncestral => (1.0, self.sigmas[i]),
+            SchedulerKind::DpmPP2M | SchedulerKind::DpmPP2MKarras => {
+                let s = self.sigmas[i];
+                let alpha = 1.0 / (s * s + 1.0).sqrt();
+                (alpha, s * alpha)
+            }
+        };
+        if x.len() != noise.len() {
+            return Err(Error::shape("add_noise", "latents and noise sizes differ"));
+        }
+        Ok(x.iter().zip(noise).map(|(&x, &n)| a * x + b * n).collect())
     }
 
     /// Scales the U-Net input at step `i` in place.
     pub fn scale_model_input(&self, x: &mut [f32], i: usize) {
-        if self.sigmas.is_empty() {
+        if !matches!(self.kind, SchedulerKind::Euler | SchedulerKind::EulerAncestral) {
             return;
         }
         let s = self.sigmas[i];
@@ -107,18 +158,81 @@ impl Scheduler {
 
     /// Advances `sample` by step `i` given the guided model output. `noise` is this step's
     /// standard-normal draw when `draws_noise(i)`.
-    pub fn step(&self, i: usize, model_output: &[f32], sample: &[f32], noise: Option<&[f32]>) -> Result<Vec<f32>> {
+    pub fn step(&mut self, i: usize, model_output: &[f32], sample: &[f32], noise: Option<&[f32]>) -> Result<Vec<f32>> {
         if model_output.len() != sample.len() || noise.is_some_and(|n| n.len() != sample.len()) {
             return Err(Error::shape("scheduler", "model output, sample and noise sizes differ"));
         }
+        let need = || Error::shape("scheduler", "this step needs a noise draw");
         match self.kind {
             SchedulerKind::Ddim => Ok(self.ddim_step(i, model_output, sample)),
             SchedulerKind::Euler => Ok(self.euler_step(i, model_output, sample, None)),
-            SchedulerKind::EulerAncestral => {
-                let noise =
-                    noise.ok_or_else(|| Error::shape("scheduler", "Euler Ancestral needs a noise draw every step"))?;
-                Ok(self.euler_step(i, model_output, sample, Some(noise)))
+            SchedulerKind::EulerAncestral => Ok(self.euler_step(i, model_output, sample, Some(noise.ok_or_else(need)?))),
+            SchedulerKind::DpmPP2M | SchedulerKind::DpmPP2MKarras => Ok(self.dpm_step(i, model_output, sample)),
+            SchedulerKind::Lcm => {
+                let noise = if self.draws_noise(i) { Some(noise.ok_or_else(need)?) } else { None };
+                Ok(self.lcm_step(i, model_output, sample, noise))
             }
+        }
+    }
+
+    fn x0(&self, m: f32, x: f32, sa: f32, sb: f32) -> f32 {
+        match self.prediction {
+            Prediction::Epsilon => (x - sb * m) / sa,
+            Prediction::V => sa * x - sb * m,
+            Prediction::Sample => m,
+        }
+    }
+
+    /// DPM-Solver++ (2M, midpoint), first order on the first and the last step (diffusers'
+    /// `lower_order_final` with a final sigma of 0).
+    fn dpm_step(&mut self, i: usize, out: &[f32], sample: &[f32]) -> Vec<f32> {
+        let at = |s: f32| {
+            let a = 1.0 / (s * s + 1.0).sqrt();
+            (a, s * a)
+        };
+        let (alpha_s0, sigma_s0) = at(self.sigmas[i]);
+        let (alpha_t, sigma_t) = at(self.sigmas[i + 1]);
+        let lambda = |a: f32, s: f32| a.ln() - s.ln();
+        let x0: Vec<f32> = out.iter().zip(sample).map(|(&m, &x)| self.x0(m, x, alpha_s0, sigma_s0)).collect();
+        let h = lambda(alpha_t, sigma_t) - lambda(alpha_s0, sigma_s0);
+        let (ratio, coef) = (sigma_t / sigma_s0, alpha_t * ((-h).exp() - 1.0));
+        let last = i + 1 == self.timesteps.len();
+        let next = match (&self.prev_x0, last) {
+            (Some(prev), false) => {
+                let (alpha_s1, sigma_s1) = at(self.sigmas[i - 1]);
+                let r0 = (lambda(alpha_s0, sigma_s0) - lambda(alpha_s1, sigma_s1)) / h;
+                x0.iter()
+                    .zip(prev)
+                    .zip(sample)
+                    .map(|((&d0, &m1), &x)| {
+                        let d1 = (1.0 / r0) * (d0 - m1);
+                        ratio * x - coef * d0 - 0.5 * coef * d1
+                    })
+                    .collect()
+            }
+            _ => x0.iter().zip(sample).map(|(&d0, &x)| ratio * x - coef * d0).collect(),
+        };
+        self.prev_x0 = Some(x0);
+        next
+    }
+
+    fn lcm_step(&self, i: usize, out: &[f32], sample: &[f32], noise: Option<&[f32]>) -> Vec<f32> {
+        let t = self.timesteps[i];
+        let prev = self.timesteps.get(i + 1).copied().unwrap_or(t);
+        let a_t = self.alphas_cumprod[t as usize];
+        let a_prev = self.alphas_cumprod[prev as usize];
+        let (sa, sb) = (a_t.sqrt(), (1.0 - a_t).sqrt());
+        // Consistency-model boundary scalings (sigma_data 0.5, timestep_scaling 10), in f64 as Python.
+        let st = t as f64 * 10.0;
+        let c_skip = (0.25 / (st * st + 0.25)) as f32;
+        let c_out = (st / (st * st + 0.25).sqrt()) as f32;
+        let denoised = out.iter().zip(sample).map(|(&m, &x)| c_out * self.x0(m, x, sa, sb) + c_skip * x);
+        match noise {
+            Some(z) => {
+                let (pa, pb) = (a_prev.sqrt(), (1.0 - a_prev).sqrt());
+                denoised.zip(z).map(|(d, &z)| pa * d + pb * z).collect()
+            }
+            None => denoised.collect(),
         }
     }
 
@@ -168,4 +282,52 @@ impl Scheduler {
             }
         }
     }
+}
+
+/// DPM-Solver multistep timesteps and sigmas: `steps + 1` points spaced per config with the last
+/// dropped, or Karras sigmas (rho 7) mapped back to (rounded) timesteps; a final sigma of 0.
+fn dpm_schedule(config: &SchedulerConfig, ac: &[f32], steps: usize, karras: bool) -> Result<(Vec<f32>, Vec<f32>, f32)> {
+    let n = config.num_train_timesteps;
+    let table: Vec<f32> = ac.iter().map(|&a| ((1.0 - a) / a).sqrt()).collect();
+    let table64: Vec<f64> = table.iter().map(|&s| s as f64).collect();
+    let (timesteps, mut sigmas): (Vec<f64>, Vec<f32>) = if karras {
+        let (smin, smax) = (table64[0], table64[n - 1]);
+        let rho = 7.0;
+        let (lo, hi) = (smin.powf(1.0 / rho), smax.powf(1.0 / rho));
+        let sig: Vec<f64> = (0..steps)
+            .map(|i| {
+                let ramp = if steps == 1 { 0.0 } else { i as f64 / (steps - 1) as f64 };
+                (hi + ramp * (lo - hi)).powf(rho)
+            })
+            .collect();
+        let logs: Vec<f64> = table.iter().map(|&s| s.ln() as f64).collect();
+        let ts = sig.iter().map(|&s| round_half_even(sigma_to_t(s, &logs))).collect();
+        (ts, sig.iter().map(|&s| s as f32).collect())
+    } else {
+        let ts: Vec<f64> = match config.spacing() {
+            "linspace" => (0..=steps).rev().map(|i| round_half_even((n - 1) as f64 * i as f64 / steps as f64)).take(steps).collect(),
+            "leading" => {
+                let ratio = n / (steps + 1);
+                (1..=steps).rev().map(|i| (i * ratio + config.steps_offset) as f64).collect()
+            }
+            _ => {
+                let ratio = n as f64 / steps as f64;
+                (0..steps).map(|i| round_half_even(n as f64 - i as f64 * ratio) - 1.0).collect()
+            }
+        };
+        let sig = ts.iter().map(|&t| interp(t, &table64) as f32).collect();
+        (ts, sig)
+    };
+    sigmas.push(0.0);
+    Ok((timesteps.iter().map(|&t| t as f32).collect(), sigmas, 1.0))
+}
+
+/// diffusers' `_sigma_to_t`: interpolates a sigma's position in the log-sigma table.
+fn sigma_to_t(sigma: f64, log_sigmas: &[f64]) -> f64 {
+    let ls = sigma.max(1e-10).ln();
+    let n = log_sigmas.len();
+    let low = log_sigmas.iter().rposition(|&l| ls - l >= 0.0).unwrap_or(0).min(n - 2);
+    let (lo, hi) = (log_sigmas[low], log_sigmas[low + 1]);
+    let w = ((lo - ls) / (lo - hi)).clamp(0.0, 1.0);
+    (1.0 - w) * low as f64 + w * (low + 1) as f64
 }

@@ -118,7 +118,7 @@ impl StableDiffusion {
         } else {
             self.encode(&[&req.prompt])?
         };
-        let scheduler = Scheduler::new(req.scheduler, &self.scheduler_config, req.steps)?;
+        let mut scheduler = Scheduler::new(req.scheduler, &self.scheduler_config, req.steps)?;
         let mut x = match latents {
             Some(l) if l.len() == n => l,
             Some(l) => return Err(Error::Request(format!("latents have {} values, {shape:?} needs {n}", l.len()))),
@@ -127,8 +127,9 @@ impl StableDiffusion {
         let sigma0 = scheduler.init_noise_sigma();
         x.iter_mut().for_each(|v| *v *= sigma0);
 
-        let total = scheduler.timesteps().len();
-        for (i, &t) in scheduler.timesteps().iter().enumerate() {
+        let timesteps = scheduler.timesteps().to_vec();
+        let total = timesteps.len();
+        for (i, &t) in timesteps.iter().enumerate() {
             let mut input = x.clone();
             scheduler.scale_model_input(&mut input, i);
             let batch = if cfg { 2 } else { 1 };

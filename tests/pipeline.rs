@@ -1,0 +1,122 @@
+//! The denoising loop against diffusers, step by step, on the tiny fixtures: the same initial
+//! latents and noise draws (recorded by `tools/reference/make_pipeline_fixtures.py`) must give
+//! the same per-step latents, final latents and PNG pixels.
+
+mod common;
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+
+use serde_json::Value;
+use webdiffusion::gpu::DType;
+use webdiffusion::models::loader::{self, DirSource};
+use webdiffusion::pipeline::schedule::SchedulerConfig;
+use webdiffusion::pipeline::scheduler::{Scheduler, SchedulerKind};
+use webdiffusion::pipeline::txt2img::{Recorded, Txt2Img};
+
+fn dir(model: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(model)
+}
+
+struct Case {
+    tensors: Vec<u8>,
+}
+
+impl Case {
+    fn f32(&self, name: &str) -> Option<(Vec<usize>, Vec<f32>)> {
+        let st = safetensors::SafeTensors::deserialize(&self.tensors).unwrap();
+        let t = st.tensor(name).ok()?;
+        let v = t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        Some((t.shape().to_vec(), v))
+    }
+    fn u8(&self, name: &str) -> Vec<u8> {
+        let st = safetensors::SafeTensors::deserialize(&self.tensors).unwrap();
+        st.tensor(name).unwrap().data().to_vec()
+    }
+}
+
+fn scheduler_kind(class: &str) -> Option<SchedulerKind> {
+    match class {
+        "DDIMScheduler" => Some(SchedulerKind::Ddim),
+        "EulerDiscreteScheduler" => Some(SchedulerKind::Euler),
+        "EulerAncestralDiscreteScheduler" => Some(SchedulerKind::EulerAncestral),
+        "DPMSolverMultistepScheduler" => Some(SchedulerKind::DpmPP2M),
+        "LCMScheduler" => Some(SchedulerKind::Lcm),
+        _ => None,
+    }
+}
+
+/// Runs every txt2img case whose scheduler we implement; returns (case, max rel err) pairs.
+fn run_cases(model: &str) -> usize {
+    let src = DirSource(dir(model));
+    let mut sd = loader::stable_diffusion(&src, common::gpu(), DType::F32).unwrap();
+    let model_config = sd.scheduler_config.clone();
+    let cases: Value = serde_json::from_slice(&std::fs::read(dir(model).join("pipeline/cases.json")).unwrap()).unwrap();
+    let mut ran = 0;
+    for case in cases["cases"].as_array().unwrap() {
+        let name = case["case"].as_str().unwrap();
+        let Some(mut kind) = scheduler_kind(case["scheduler_class"].as_str().unwrap()) else { continue };
+        if kind == SchedulerKind::DpmPP2M && case["scheduler_config"]["use_karras_sigmas"].as_bool() == Some(true) {
+            kind = SchedulerKind::DpmPP2MKarras;
+        }
+        if case["pipeline"].as_str() != Some("StableDiffusionPipeline") {
+            continue;
+        }
+        let c =
+            Case { tensors: std::fs::read(dir(model).join("pipeline").join(case["file"].as_str().unwrap())).unwrap() };
+        // Configured from the model's own scheduler_config.json, as `from_config` would be, the
+        // schedule must be the one diffusers ran (cases without overrides).
+        let no_overrides = case["scheduler_overrides"].as_object().is_some_and(|o| o.is_empty());
+        if no_overrides && kind != SchedulerKind::Lcm {
+            let s = Scheduler::new(kind, &model_config, case["num_inference_steps"].as_u64().unwrap() as usize).unwrap();
+            let want: Vec<f32> = case["timesteps"].as_array().unwrap().iter().map(|t| t.as_f64().unwrap() as f32).collect();
+            assert_eq!(s.timesteps(), want.as_slice(), "{model} {name}: schedule from the model's config");
+        }
+        sd.scheduler_config = SchedulerConfig::from_json(&case["scheduler_config"].to_string()).unwrap();
+        let req = Txt2Img {
+            prompt: case["prompt"].as_str().unwrap().into(),
+            negative_prompt: case["negative_prompt"].as_str().map(Into::into),
+            steps: case["num_inference_steps"].as_u64().unwrap() as usize,
+            guidance: case["guidance_scale"].as_f64().unwrap() as f32,
+            width: case["width"].as_u64().unwrap() as usize,
+            height: case["height"].as_u64().unwrap() as usize,
+            scheduler: kind,
+        };
+        let (_, latents) = c.f32("latents").unwrap();
+        let (nshape, noise) = c.f32("noise").unwrap();
+        let per = nshape[1..].iter().product::<usize>();
+        let draws: VecDeque<Vec<f32>> = noise.chunks(per.max(1)).take(nshape[0]).map(|d| d.to_vec()).collect();
+        let (_, step_latents) = c.f32("step_latents").unwrap();
+        let (_, want_ts) = c.f32("timesteps").unwrap();
+        let mut steps_seen = Vec::new();
+        let out = pollster::block_on(sd.txt2img(&req, Some(latents), &mut Recorded(draws), &mut |s| {
+            steps_seen.push((s.timestep, s.latents.to_vec()));
+            true
+        }))
+        .unwrap_or_else(|e| panic!("{model} {name}: {e}"));
+        assert_eq!(steps_seen.iter().map(|s| s.0).collect::<Vec<_>>(), want_ts, "{model} {name}: timesteps");
+        // Per-step and final latents: relative error <= 1e-4 of the largest value (the bound).
+        let mut worst = 0f32;
+        for (i, (_, got)) in steps_seen.iter().enumerate() {
+            let want = &step_latents[i * got.len()..(i + 1) * got.len()];
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let err = got.iter().zip(want).fold(0f32, |m, (g, w)| m.max((g - w).abs()));
+            worst = worst.max(err / scale);
+            assert!(err <= 1e-4 * scale, "{model} {name} step {i}: max |err| {err:e}, max |ref| {scale}");
+        }
+        let (_, fin) = c.f32("final_latents").unwrap();
+        let ferr = out.latents.iter().zip(&fin).fold(0f32, |m, (g, w)| m.max((g - w).abs()));
+        let want_rgb = c.u8("image");
+        let px_err = out.rgb.iter().zip(&want_rgb).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+        eprintln!("{model} {name}: max rel step err {worst:.2e}, final |err| {ferr:.2e}, image max diff {px_err}/255");
+        assert!(px_err <= 1, "{model} {name}: image differs by {px_err}/255");
+        ran += 1;
+    }
+    ran
+}
+
+#[test]
+fn txt2img_matches_diffusers_step_by_step() {
+    let ran: usize = ["tiny-sd1", "tiny-sd2"].iter().map(|m| run_cases(m)).sum();
+    assert!(ran >= 10, "only {ran} cases ran");
+}
