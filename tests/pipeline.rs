@@ -10,9 +10,9 @@ use std::path::PathBuf;
 use serde_json::Value;
 use webdiffusion::gpu::DType;
 use webdiffusion::models::loader::{self, DirSource};
+use webdiffusion::pipeline::generate::{InitImage, Recorded, Request};
 use webdiffusion::pipeline::schedule::SchedulerConfig;
 use webdiffusion::pipeline::scheduler::{Scheduler, SchedulerKind};
-use webdiffusion::pipeline::txt2img::{Recorded, Txt2Img};
 
 fn dir(model: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(model)
@@ -49,7 +49,7 @@ fn scheduler_kind(class: &str) -> Option<SchedulerKind> {
 /// Runs every txt2img case whose scheduler we implement; returns (case, max rel err) pairs.
 fn run_cases(model: &str) -> usize {
     let src = DirSource(dir(model));
-    let mut sd = loader::stable_diffusion(&src, common::gpu(), DType::F32).unwrap();
+    let mut sd = loader::stable_diffusion(&src, common::gpu(), DType::F32, true).unwrap();
     let model_config = sd.scheduler_config.clone();
     let cases: Value = serde_json::from_slice(&std::fs::read(dir(model).join("pipeline/cases.json")).unwrap()).unwrap();
     let mut ran = 0;
@@ -59,21 +59,25 @@ fn run_cases(model: &str) -> usize {
         if kind == SchedulerKind::DpmPP2M && case["scheduler_config"]["use_karras_sigmas"].as_bool() == Some(true) {
             kind = SchedulerKind::DpmPP2MKarras;
         }
-        if case["pipeline"].as_str() != Some("StableDiffusionPipeline") {
-            continue;
-        }
+        let img2img = case["pipeline"].as_str() == Some("StableDiffusionImg2ImgPipeline");
         let c =
             Case { tensors: std::fs::read(dir(model).join("pipeline").join(case["file"].as_str().unwrap())).unwrap() };
         // Configured from the model's own scheduler_config.json, as `from_config` would be, the
         // schedule must be the one diffusers ran (cases without overrides).
         let no_overrides = case["scheduler_overrides"].as_object().is_some_and(|o| o.is_empty());
-        if no_overrides && kind != SchedulerKind::Lcm {
-            let s = Scheduler::new(kind, &model_config, case["num_inference_steps"].as_u64().unwrap() as usize).unwrap();
-            let want: Vec<f32> = case["timesteps"].as_array().unwrap().iter().map(|t| t.as_f64().unwrap() as f32).collect();
+        let own_config = case["scheduler_config_source"].as_str().is_some_and(|s| s.starts_with("tests/fixtures"));
+        if no_overrides && own_config {
+            let s =
+                Scheduler::new(kind, &model_config, case["num_inference_steps"].as_u64().unwrap() as usize).unwrap();
+            let key = if img2img { "scheduler_timesteps" } else { "timesteps" };
+            let want: Vec<f32> = case[key].as_array().unwrap().iter().map(|t| t.as_f64().unwrap() as f32).collect();
             assert_eq!(s.timesteps(), want.as_slice(), "{model} {name}: schedule from the model's config");
         }
         sd.scheduler_config = SchedulerConfig::from_json(&case["scheduler_config"].to_string()).unwrap();
-        let req = Txt2Img {
+        let init =
+            img2img.then(|| InitImage { rgb: c.u8("init_image"), strength: case["strength"].as_f64().unwrap() as f32 });
+        let req = Request {
+            init,
             prompt: case["prompt"].as_str().unwrap().into(),
             negative_prompt: case["negative_prompt"].as_str().map(Into::into),
             steps: case["num_inference_steps"].as_u64().unwrap() as usize,
@@ -82,14 +86,14 @@ fn run_cases(model: &str) -> usize {
             height: case["height"].as_u64().unwrap() as usize,
             scheduler: kind,
         };
-        let (_, latents) = c.f32("latents").unwrap();
+        let latents = c.f32("latents").map(|l| l.1);
         let (nshape, noise) = c.f32("noise").unwrap();
         let per = nshape[1..].iter().product::<usize>();
         let draws: VecDeque<Vec<f32>> = noise.chunks(per.max(1)).take(nshape[0]).map(|d| d.to_vec()).collect();
         let (_, step_latents) = c.f32("step_latents").unwrap();
         let (_, want_ts) = c.f32("timesteps").unwrap();
         let mut steps_seen = Vec::new();
-        let out = pollster::block_on(sd.txt2img(&req, Some(latents), &mut Recorded(draws), &mut |s| {
+        let out = pollster::block_on(sd.generate(&req, latents, &mut Recorded(draws), &mut |s| {
             steps_seen.push((s.timestep, s.latents.to_vec()));
             true
         }))
@@ -116,7 +120,7 @@ fn run_cases(model: &str) -> usize {
 }
 
 #[test]
-fn txt2img_matches_diffusers_step_by_step() {
+fn txt2img_and_img2img_match_diffusers_step_by_step() {
     let ran: usize = ["tiny-sd1", "tiny-sd2"].iter().map(|m| run_cases(m)).sum();
-    assert!(ran >= 10, "only {ran} cases ran");
+    assert_eq!(ran, 34, "every fixture case runs");
 }

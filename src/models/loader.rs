@@ -129,23 +129,26 @@ pub fn check_index(src: &dyn FileSource) -> Result<()> {
     }
 }
 
-/// Everything text-to-image needs from a diffusers folder.
+/// Everything generation needs from a diffusers folder; `with_encoder` also loads the VAE
+/// encoder (img2img).
 pub fn stable_diffusion(
     src: &dyn FileSource,
     gpu: &Gpu,
     dtype: DType,
-) -> Result<crate::pipeline::txt2img::StableDiffusion> {
+    with_encoder: bool,
+) -> Result<crate::pipeline::generate::StableDiffusion> {
     check_index(src)?;
     let scheduler_config =
         crate::pipeline::schedule::SchedulerConfig::from_json(&text(src, "scheduler/scheduler_config.json")?)?;
-    let (decoder, _) = vae(src, gpu, dtype, false)?;
-    Ok(crate::pipeline::txt2img::StableDiffusion {
+    let (decoder, encoder) = vae(src, gpu, dtype, with_encoder)?;
+    Ok(crate::pipeline::generate::StableDiffusion {
         gpu: gpu.clone(),
         dtype,
         tokenizer: tokenizer(src)?,
         text_encoder: text_encoder(src, gpu, dtype)?,
         unet: unet(src, gpu, dtype)?,
         decoder,
+        encoder,
         vae_config: vae_config(src)?,
         scheduler_config,
     })

@@ -1,6 +1,6 @@
 //! Text-to-image on top of the models: schedules, samplers and the denoising loop.
 
+pub mod generate;
 pub mod rng;
 pub mod schedule;
 pub mod scheduler;
-pub mod txt2img;

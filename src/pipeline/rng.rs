@@ -6,7 +6,7 @@
 //! whose last bits differ between glibc and wasm) and rounded to f32. Draws are consumed in order:
 //! initial latents first, then per-step noise, so a seed fixes the whole image.
 
-use super::txt2img::NoiseSource;
+use super::generate::NoiseSource;
 use crate::error::Result;
 
 const M0: u64 = 0xD251_1F53;

@@ -75,14 +75,13 @@ impl Scheduler {
                 };
                 sigmas.push(last);
                 let max = sigmas.iter().fold(0f32, |m, &s| m.max(s));
-                let init = if matches!(config.spacing(), "linspace" | "trailing") {
-                    max
-                } else {
-                    (max * max + 1.0).sqrt()
-                };
+                let init =
+                    if matches!(config.spacing(), "linspace" | "trailing") { max } else { (max * max + 1.0).sqrt() };
                 (spaced.iter().map(|&t| t as f32).collect(), sigmas, init)
             }
-            SchedulerKind::DpmPP2M | SchedulerKind::DpmPP2MKarras => dpm_schedule(config, &ac, steps, kind == SchedulerKind::DpmPP2MKarras)?,
+            SchedulerKind::DpmPP2M | SchedulerKind::DpmPP2MKarras => {
+                dpm_schedule(config, &ac, steps, kind == SchedulerKind::DpmPP2MKarras)?
+            }
             SchedulerKind::Lcm => {
                 let original = config.original_inference_steps.unwrap_or(50).min(n);
                 let k = n / original;
@@ -166,7 +165,9 @@ impl Scheduler {
         match self.kind {
             SchedulerKind::Ddim => Ok(self.ddim_step(i, model_output, sample)),
             SchedulerKind::Euler => Ok(self.euler_step(i, model_output, sample, None)),
-            SchedulerKind::EulerAncestral => Ok(self.euler_step(i, model_output, sample, Some(noise.ok_or_else(need)?))),
+            SchedulerKind::EulerAncestral => {
+                Ok(self.euler_step(i, model_output, sample, Some(noise.ok_or_else(need)?)))
+            }
             SchedulerKind::DpmPP2M | SchedulerKind::DpmPP2MKarras => Ok(self.dpm_step(i, model_output, sample)),
             SchedulerKind::Lcm => {
                 let noise = if self.draws_noise(i) { Some(noise.ok_or_else(need)?) } else { None };
@@ -305,7 +306,11 @@ fn dpm_schedule(config: &SchedulerConfig, ac: &[f32], steps: usize, karras: bool
         (ts, sig.iter().map(|&s| s as f32).collect())
     } else {
         let ts: Vec<f64> = match config.spacing() {
-            "linspace" => (0..=steps).rev().map(|i| round_half_even((n - 1) as f64 * i as f64 / steps as f64)).take(steps).collect(),
+            "linspace" => (0..=steps)
+                .rev()
+                .map(|i| round_half_even((n - 1) as f64 * i as f64 / steps as f64))
+                .take(steps)
+                .collect(),
             "leading" => {
                 let ratio = n / (steps + 1);
                 (1..=steps).rev().map(|i| (i * ratio + config.steps_offset) as f64).collect()

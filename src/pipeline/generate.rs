@@ -1,5 +1,6 @@
-//! The denoising loop of diffusers' StableDiffusionPipeline: encode prompt (and the negative
-//! prompt for classifier-free guidance), scale the initial latents, run the U-Net on the
+//! The denoising loop of diffusers' StableDiffusionPipeline and StableDiffusionImg2ImgPipeline:
+//! encode the prompt (and the negative prompt for classifier-free guidance), start from scaled
+//! noise (txt2img) or from the noised VAE encoding of an image (img2img), run the U-Net on the
 //! [uncond, cond] batch each step, guide, step the scheduler, decode with the VAE.
 
 use super::schedule::SchedulerConfig;
@@ -10,7 +11,7 @@ use crate::models::clip::ClipTextModel;
 use crate::models::config::VaeConfig;
 use crate::models::tokenizer::ClipTokenizer;
 use crate::models::unet::UNet;
-use crate::models::vae::Decoder;
+use crate::models::vae::{Decoder, Encoder};
 use crate::ops;
 
 /// Everything a generation needs, loaded once.
@@ -21,12 +22,14 @@ pub struct StableDiffusion {
     pub text_encoder: ClipTextModel,
     pub unet: UNet,
     pub decoder: Decoder,
+    /// Only loaded when img2img is wanted.
+    pub encoder: Option<Encoder>,
     pub vae_config: VaeConfig,
     pub scheduler_config: SchedulerConfig,
 }
 
 #[derive(Clone, Debug)]
-pub struct Txt2Img {
+pub struct Request {
     pub prompt: String,
     pub negative_prompt: Option<String>,
     pub steps: usize,
@@ -34,6 +37,15 @@ pub struct Txt2Img {
     pub width: usize,
     pub height: usize,
     pub scheduler: SchedulerKind,
+    /// img2img: the starting picture (RGB, `width` x `height`) and how much to change it.
+    pub init: Option<InitImage>,
+}
+
+#[derive(Clone, Debug)]
+pub struct InitImage {
+    pub rgb: Vec<u8>,
+    /// 0..=1: the fraction of the schedule that runs (diffusers' `strength`).
+    pub strength: f32,
 }
 
 /// Where standard-normal draws come from: the seeded RNG, or a recorded sequence (tests,
@@ -82,11 +94,13 @@ impl StableDiffusion {
         self.text_encoder.forward(&ids, prompts.len(), 0)
     }
 
-    /// Runs text-to-image. `latents`: diffusers' `latents=` argument (standard normal, scaled by
-    /// the scheduler's init_noise_sigma here); drawn from `noise` when `None`.
-    pub async fn txt2img(
+    /// Runs a generation. `latents`: diffusers' `latents=` argument for txt2img (standard normal,
+    /// scaled by the scheduler's init_noise_sigma here), drawn from `noise` when `None`. Every
+    /// other draw (img2img's posterior sample and start noise, ancestral steps) comes from `noise`
+    /// in diffusers' order.
+    pub async fn generate(
         &self,
-        req: &Txt2Img,
+        req: &Request,
         latents: Option<Vec<f32>>,
         noise: &mut dyn NoiseSource,
         on_step: &mut dyn FnMut(Step<'_>) -> bool,
@@ -119,17 +133,40 @@ impl StableDiffusion {
             self.encode(&[&req.prompt])?
         };
         let mut scheduler = Scheduler::new(req.scheduler, &self.scheduler_config, req.steps)?;
-        let mut x = match latents {
-            Some(l) if l.len() == n => l,
-            Some(l) => return Err(Error::Request(format!("latents have {} values, {shape:?} needs {n}", l.len()))),
-            None => noise.draw(n)?,
-        };
-        let sigma0 = scheduler.init_noise_sigma();
-        x.iter_mut().for_each(|v| *v *= sigma0);
-
         let timesteps = scheduler.timesteps().to_vec();
         let total = timesteps.len();
-        for (i, &t) in timesteps.iter().enumerate() {
+        let (start, mut x) = match &req.init {
+            None => {
+                let mut x = match latents {
+                    Some(l) if l.len() == n => l,
+                    Some(l) => {
+                        return Err(Error::Request(format!("latents have {} values, {shape:?} needs {n}", l.len())))
+                    }
+                    None => noise.draw(n)?,
+                };
+                let sigma0 = scheduler.init_noise_sigma();
+                x.iter_mut().for_each(|v| *v *= sigma0);
+                (0, x)
+            }
+            Some(init) => {
+                let keep = ((req.steps as f32 * init.strength) as usize).min(req.steps);
+                if keep == 0 || !(0.0..=1.0).contains(&init.strength) {
+                    return Err(Error::Request(format!(
+                        "strength {} leaves no step to run at {} steps",
+                        init.strength, req.steps
+                    )));
+                }
+                if req.scheduler == SchedulerKind::Lcm {
+                    return Err(Error::Request("img2img with the LCM scheduler is not supported".into()));
+                }
+                let start = req.steps - keep;
+                let clean = self.encode_image(init, req.width, req.height, noise).await?;
+                let z = noise.draw(n)?;
+                (start, scheduler.add_noise(&clean, &z, start)?)
+            }
+        };
+
+        for (i, &t) in timesteps.iter().enumerate().skip(start) {
             let mut input = x.clone();
             scheduler.scale_model_input(&mut input, i);
             let batch = if cfg { 2 } else { 1 };
@@ -144,12 +181,42 @@ impl StableDiffusion {
             };
             let z = if scheduler.draws_noise(i) { Some(noise.draw(n)?) } else { None };
             x = scheduler.step(i, &guided, &x, z.as_deref())?;
-            if !on_step(Step { index: i, total, timestep: t, latents: &x }) {
+            if !on_step(Step { index: i - start, total: total - start, timestep: t, latents: &x }) {
                 return Err(Error::Cancelled);
             }
         }
         let (rgb, width, height) = self.decode(&x, shape).await?;
         Ok(Generated { latents: x, latent_shape: shape, rgb, width, height })
+    }
+
+    /// The img2img start point: the VAE posterior sample of the image, times `scaling_factor`.
+    async fn encode_image(
+        &self,
+        init: &InitImage,
+        width: usize,
+        height: usize,
+        noise: &mut dyn NoiseSource,
+    ) -> Result<Vec<f32>> {
+        let encoder = self
+            .encoder
+            .as_ref()
+            .ok_or_else(|| Error::Request("this model was loaded without the VAE encoder".into()))?;
+        if init.rgb.len() != width * height * 3 {
+            return Err(Error::Request(format!("the init image must be {width}x{height} RGB")));
+        }
+        // HWC bytes -> NCHW in [-1, 1], as diffusers' image processor does.
+        let mut px = vec![0f32; 3 * width * height];
+        for (i, rgb) in init.rgb.chunks_exact(3).enumerate() {
+            for c in 0..3 {
+                px[c * width * height + i] = rgb[c] as f32 / 255.0 * 2.0 - 1.0;
+            }
+        }
+        let img = GpuTensor::from_f32_as(&self.gpu, &px, &[1, 3, height, width], self.dtype)?;
+        let (mean, logvar) = encoder.forward(&img)?;
+        let (mean, logvar) = (mean.to_vec_f32().await?, logvar.to_vec_f32().await?);
+        let z = noise.draw(mean.len())?;
+        let sf = self.vae_config.scaling_factor as f32;
+        Ok(mean.iter().zip(&logvar).zip(&z).map(|((&m, &lv), &z)| (m + (0.5 * lv).exp() * z) * sf).collect())
     }
 
     /// VAE-decodes latents and converts to 8-bit RGB as diffusers' image processor does:
