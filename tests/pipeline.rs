@@ -124,3 +124,32 @@ fn txt2img_and_img2img_match_diffusers_step_by_step() {
     let ran: usize = ["tiny-sd1", "tiny-sd2"].iter().map(|m| run_cases(m)).sum();
     assert_eq!(ran, 34, "every fixture case runs");
 }
+
+#[test]
+fn cancelling_stops_between_steps() {
+    let sd = loader::stable_diffusion(&DirSource(dir("tiny-sd2")), common::gpu(), DType::F32, false).unwrap();
+    let req = Request {
+        prompt: "a cat".into(),
+        negative_prompt: None,
+        steps: 5,
+        guidance: 7.5,
+        width: 64,
+        height: 64,
+        scheduler: SchedulerKind::Euler,
+        init: None,
+    };
+    let mut calls = Vec::new();
+    let mut rng = webdiffusion::pipeline::rng::NormalRng::new(1);
+    let err = pollster::block_on(sd.generate(&req, None, &mut rng, &mut |s| {
+        calls.push((s.index, s.total, s.latents.len()));
+        s.index < 1
+    }))
+    .err()
+    .expect("cancelled");
+    assert!(matches!(err, webdiffusion::Error::Cancelled), "{err}");
+    assert_eq!(calls, [(0, 5, 256), (1, 5, 256)]);
+    // img2img without a loaded encoder is a clear error, not a panic.
+    let req = Request { init: Some(InitImage { rgb: vec![0; 64 * 64 * 3], strength: 0.5 }), ..req };
+    let err = pollster::block_on(sd.generate(&req, None, &mut rng, &mut |_| true)).err().unwrap().to_string();
+    assert!(err.contains("without the VAE encoder"), "{err}");
+}

@@ -1,6 +1,7 @@
 //! Command-line front end. Everything here is glue: parse, call the library, print.
 
 mod bench_ops;
+mod generate;
 
 use std::path::{Path, PathBuf};
 
@@ -37,6 +38,8 @@ enum Command {
     Selftest,
     /// Time the core kernels at SD-like sizes and print GFLOP/s.
     BenchOps(bench_ops::Args),
+    /// Generate an image (txt2img, or img2img with --init-image).
+    Generate(Box<generate::Args>),
     /// Print a prompt's 77 CLIP token ids as JSON, tokenized as the model's tokenizer/ says.
     Tokenize {
         /// A diffusers model folder.
@@ -78,6 +81,7 @@ pub fn main() -> Result<()> {
         Command::Selftest => selftest(&gpu),
         Command::BenchOps(args) => bench_ops::run(&gpu, &args),
         Command::Parity { model, f16, json } => parity(&gpu, &model, f16, json),
+        Command::Generate(args) => generate::run(&gpu, &args),
         Command::Tokenize { .. } => Ok(()),
     }
 }

@@ -1,6 +1,7 @@
 //! Text-to-image on top of the models: schedules, samplers and the denoising loop.
 
 pub mod generate;
+pub mod image;
 pub mod rng;
 pub mod schedule;
 pub mod scheduler;

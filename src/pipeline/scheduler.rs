@@ -17,6 +17,18 @@ pub enum SchedulerKind {
 }
 
 impl SchedulerKind {
+    /// The sampler's name in AUTOMATIC1111's parameters text.
+    pub fn a1111_name(self) -> &'static str {
+        match self {
+            SchedulerKind::Ddim => "DDIM",
+            SchedulerKind::Euler => "Euler",
+            SchedulerKind::EulerAncestral => "Euler a",
+            SchedulerKind::DpmPP2M => "DPM++ 2M",
+            SchedulerKind::DpmPP2MKarras => "DPM++ 2M Karras",
+            SchedulerKind::Lcm => "LCM",
+        }
+    }
+
     pub fn parse(name: &str) -> Result<SchedulerKind> {
         match name {
             "ddim" => Ok(SchedulerKind::Ddim),

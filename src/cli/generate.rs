@@ -1,0 +1,204 @@
+//! `webdiffusion generate`: text-to-image and img2img from a diffusers folder.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use webdiffusion::gpu::{DType, Gpu};
+use webdiffusion::models::loader::{self, DirSource};
+use webdiffusion::pipeline::generate::{InitImage, NoiseSource, Recorded, Request};
+use webdiffusion::pipeline::image::{a1111_parameters, decode_png, encode_png};
+use webdiffusion::pipeline::rng::NormalRng;
+use webdiffusion::pipeline::scheduler::SchedulerKind;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A diffusers model folder.
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long)]
+    negative_prompt: Option<String>,
+    /// Denoising steps (default 50, diffusers' default).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Classifier-free guidance scale; <= 1 skips the unconditional pass (default 7.5).
+    #[arg(long)]
+    guidance: Option<f32>,
+    /// ddim, euler, euler-a, dpm++2m, dpm++2m-karras or lcm (default: the model's scheduler).
+    #[arg(long)]
+    scheduler: Option<String>,
+    /// Pixels; default the U-Net's sample_size times the VAE factor.
+    #[arg(long)]
+    width: Option<usize>,
+    #[arg(long)]
+    height: Option<usize>,
+    /// Seed of the normal RNG (random when absent; printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// safetensors with tensor `latents` [1,4,H/8,W/8]: diffusers' `latents=` argument.
+    #[arg(long)]
+    latents: Option<PathBuf>,
+    /// safetensors with tensor `noise` [K,1,4,H/8,W/8]: every other draw, in diffusers' order.
+    #[arg(long)]
+    noise: Option<PathBuf>,
+    /// img2img: the starting picture (PNG, resized by nobody: it must be width x height).
+    #[arg(long)]
+    init_image: Option<PathBuf>,
+    /// img2img: how much of the schedule runs (0..1].
+    #[arg(long, default_value_t = 0.8)]
+    strength: f32,
+    /// Compute precision: f16 where the device has it (auto), or f32.
+    #[arg(long, default_value = "auto")]
+    precision: String,
+    #[arg(long)]
+    out: PathBuf,
+    /// Also write the final latents (before the VAE) as safetensors tensor `latents`.
+    #[arg(long)]
+    out_latents: Option<PathBuf>,
+}
+
+/// Our name for the scheduler class a model ships with.
+fn default_scheduler(class: Option<&str>, karras: bool) -> Result<SchedulerKind> {
+    Ok(match class {
+        Some("DDIMScheduler") => SchedulerKind::Ddim,
+        Some("EulerDiscreteScheduler") => SchedulerKind::Euler,
+        Some("EulerAncestralDiscreteScheduler") => SchedulerKind::EulerAncestral,
+        Some("DPMSolverMultistepScheduler") if karras => SchedulerKind::DpmPP2MKarras,
+        Some("DPMSolverMultistepScheduler") => SchedulerKind::DpmPP2M,
+        Some("LCMScheduler") => SchedulerKind::Lcm,
+        // SD 1.x ships PNDM, which we do not implement; DDIM is the closest deterministic sampler.
+        Some("PNDMScheduler") | None => {
+            eprintln!("note: the model's PNDM scheduler is not implemented; using DDIM");
+            SchedulerKind::Ddim
+        }
+        Some(other) => bail!("the model's scheduler {other} is not supported; pick one with --scheduler"),
+    })
+}
+
+fn read_tensor(path: &Path, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .with_context(|| format!("{} is not safetensors", path.display()))?;
+    let t = st.tensor(name).with_context(|| format!("{} has no tensor `{name}`", path.display()))?;
+    if t.dtype() != safetensors::Dtype::F32 {
+        bail!("{}: tensor `{name}` must be f32", path.display());
+    }
+    let v = t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    Ok((t.shape().to_vec(), v))
+}
+
+fn write_latents(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
+    let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.to_vec(), &bytes)?;
+    let out = safetensors::serialize([("latents", view)], None)?;
+    std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
+}
+
+pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
+    let dtype = match a.precision.as_str() {
+        "f32" => DType::F32,
+        "f16" if gpu.caps().shader_f16 => DType::F16,
+        "f16" => bail!("this device has no shader-f16; use --precision f32"),
+        "auto" => {
+            if gpu.caps().shader_f16 {
+                DType::F16
+            } else {
+                DType::F32
+            }
+        }
+        other => bail!("--precision must be auto, f16 or f32, not {other}"),
+    };
+    let t0 = Instant::now();
+    let src = DirSource(a.model.clone());
+    let sd = loader::stable_diffusion(&src, gpu, dtype, a.init_image.is_some())
+        .with_context(|| format!("loading {}", a.model.display()))?;
+    eprintln!("loaded {} ({dtype}) in {:.1} s", a.model.display(), t0.elapsed().as_secs_f64());
+    if sd.unet.config.time_cond_proj_dim.is_some() {
+        bail!("models with a guidance embedding (LCM's time_cond_proj_dim) are not supported yet");
+    }
+    let scheduler = match &a.scheduler {
+        Some(s) => SchedulerKind::parse(s)?,
+        None => default_scheduler(sd.scheduler_config.class_name.as_deref(), sd.scheduler_config.use_karras_sigmas)?,
+    };
+    let factor = sd.vae_config.downscale();
+    let default_px = sd.unet.config.sample_size.unwrap_or(64) * factor;
+    let init = match &a.init_image {
+        Some(p) => {
+            let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            let (rgb, w, h) = decode_png(&bytes)?;
+            Some((InitImage { rgb, strength: a.strength }, w, h))
+        }
+        None => None,
+    };
+    let (width, height) = match &init {
+        Some((_, w, h)) => {
+            if a.width.is_some_and(|x| x != *w) || a.height.is_some_and(|x| x != *h) {
+                bail!("--width/--height must match the init image ({w}x{h})");
+            }
+            (*w, *h)
+        }
+        None => (a.width.unwrap_or(default_px), a.height.unwrap_or(default_px)),
+    };
+    let req = Request {
+        prompt: a.prompt.clone(),
+        negative_prompt: a.negative_prompt.clone(),
+        steps: a.steps.unwrap_or(50),
+        guidance: a.guidance.unwrap_or(7.5),
+        width,
+        height,
+        scheduler,
+        init: init.map(|(i, _, _)| i),
+    };
+    let latents = match &a.latents {
+        Some(p) => Some(read_tensor(p, "latents")?.1),
+        None => None,
+    };
+    let seed = a.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+    });
+    let mut noise: Box<dyn NoiseSource> = match &a.noise {
+        Some(p) => {
+            let (shape, v) = read_tensor(p, "noise")?;
+            let per: usize = shape.iter().skip(1).product();
+            Box::new(Recorded(
+                v.chunks(per.max(1))
+                    .take(shape.first().copied().unwrap_or(0))
+                    .map(<[f32]>::to_vec)
+                    .collect::<VecDeque<_>>(),
+            ))
+        }
+        None => Box::new(NormalRng::new(seed)),
+    };
+    if a.noise.is_none() {
+        eprintln!("seed {seed}");
+    }
+    let t1 = Instant::now();
+    let mut last = Instant::now();
+    let out = pollster::block_on(sd.generate(&req, latents, noise.as_mut(), &mut |s| {
+        eprintln!("step {}/{} (t={}) {:.2} s", s.index + 1, s.total, s.timestep, last.elapsed().as_secs_f64());
+        last = Instant::now();
+        true
+    }))?;
+    eprintln!("generated in {:.1} s", t1.elapsed().as_secs_f64());
+    let params = a1111_parameters(
+        &a.prompt,
+        a.negative_prompt.as_deref(),
+        req.steps,
+        scheduler.a1111_name(),
+        req.guidance,
+        a.noise.is_none().then_some(seed),
+        out.width,
+        out.height,
+        &a.model.file_name().map_or("model".into(), |n| n.to_string_lossy().into_owned()),
+    );
+    let png = encode_png(&out.rgb, out.width, out.height, Some(&params))?;
+    std::fs::write(&a.out, png).with_context(|| format!("writing {}", a.out.display()))?;
+    if let Some(p) = &a.out_latents {
+        write_latents(p, &out.latent_shape, &out.latents)?;
+    }
+    println!("{}", a.out.display());
+    Ok(())
+}
