@@ -19,6 +19,7 @@ export async function serveApp() {
       { url: '/pkg/', dir: join(ROOT, 'pkg') },
       { url: '/fixtures/', dir: join(ROOT, 'tests/fixtures') },
       { url: '/test/', dir: join(ROOT, 'tests/browser/pages') },
+      { url: '/artifacts/', dir: ARTIFACTS },
       { url: '/', dir: join(ROOT, 'www') },
     ],
   });

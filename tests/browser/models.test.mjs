@@ -5,9 +5,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
-import { ROOT, launchBrowser, serveApp } from './harness.mjs';
+import { ARTIFACTS, ROOT, launchBrowser, serveApp } from './harness.mjs';
 
 const MODEL = 'tiny-sd2';
 // The issue's f32 bound. Native lavapipe stays under 2e-5 (tests/models.rs); SwiftShader's
@@ -21,14 +21,18 @@ function listFiles(dir) {
   });
 }
 
-function nativeOutputs() {
-  // The newest build of the CLI (`cargo test` builds the debug one).
+// The newest build of the CLI (`cargo test` builds the debug one).
+function cliBinary() {
   const bin = process.env.WEBDIFFUSION_BIN || ['release', 'debug']
     .map((p) => join(ROOT, 'target', p, 'webdiffusion'))
     .filter(existsSync)
     .sort((a, b) => statSync(b).mtimeMs - statSync(a).mtimeMs)[0];
   assert.ok(bin, 'build the CLI first (cargo build)');
-  const json = execFileSync(bin, ['parity', '--model', join(ROOT, 'tests/fixtures', MODEL), '--json'], { maxBuffer: 64 << 20 });
+  return bin;
+}
+
+function nativeOutputs() {
+  const json = execFileSync(cliBinary(), ['parity', '--model', join(ROOT, 'tests/fixtures', MODEL), '--json'], { maxBuffer: 64 << 20 });
   return JSON.parse(json);
 }
 
@@ -58,6 +62,33 @@ test(`${MODEL} text encoder, U-Net and VAE agree with diffusers and with native`
       assert.ok(vsNative <= TOLERANCE, `${o.name}: browser vs native ${vsNative}`);
     }
     console.log(`browser parity run: ${Math.round(result.ms)} ms`);
+  } finally {
+    await browser.close();
+    server.close();
+  }
+});
+
+test('the same seed gives the same image in the browser as natively', { timeout: 300_000 }, async () => {
+  const model = 'tiny-sd1';
+  const dir = join(ROOT, 'tests/fixtures', model);
+  const files = listFiles(dir).map((f) => relative(dir, f)).filter((f) => !f.startsWith('pipeline/') && !f.startsWith('reference'));
+  mkdirSync(ARTIFACTS, { recursive: true });
+  const nativePng = join(ARTIFACTS, 'native-seed-1234.png');
+  const prompt = 'a red circle on a blue background';
+  execFileSync(cliBinary(), ['generate', '--model', dir, '--prompt', prompt, '--steps', '3', '--scheduler', 'euler-a',
+    '--width', '64', '--height', '64', '--seed', '1234', '--precision', 'f32', '--out', nativePng], { stdio: 'pipe' });
+  const { server, url } = await serveApp();
+  const browser = await launchBrowser();
+  try {
+    const page = await browser.newPage();
+    const q = new URLSearchParams({ model, files: files.join(','), prompt, steps: '3', scheduler: 'euler-a', seed: '1234', native: '/artifacts/native-seed-1234.png' });
+    await page.goto(`${url}test/generate.html?${q}`);
+    await page.waitForFunction(() => window.generation && window.generation.done, null, { timeout: 280_000 });
+    const g = await page.evaluate(() => window.generation);
+    assert.equal(g.error, undefined, g.error);
+    assert.deepEqual(g.steps, [[0, 3], [1, 3], [2, 3]], 'a progress callback per step');
+    console.log(`seed 1234, euler-a, 3 steps: browser vs native max pixel difference ${g.maxDiff}/255`);
+    assert.ok(g.maxDiff <= 1, `browser and native images differ by ${g.maxDiff}/255`);
   } finally {
     await browser.close();
     server.close();
