@@ -6,11 +6,19 @@ struct Params {
     cin: u32, h: u32, w: u32, cout: u32,
     ho: u32, wo: u32, kh: u32, kw: u32,
     stride: u32, pad: u32, K: u32, P: u32,
+    wpr: u32, _p0: u32, _p1: u32, _p2: u32,
 };
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<T>;
+#if QUANT
+// q8_0 / q4_0 weight, [Cout, K] rows repacked as u32 words (wpr per row).
+@group(0) @binding(2) var<storage, read> bq: array<u32>;
+const QWORDS: u32 = {{QWORDS}}u;
+#include "quant.wgsl"
+#else
 @group(0) @binding(2) var<storage, read> wt: array<T>;
+#endif
 @group(0) @binding(3) var<storage, read_write> y: array<T>;
 #if BIAS
 @group(0) @binding(4) var<storage, read> bias: array<T>;
@@ -43,7 +51,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
             let co = co0 + r;
             let gk = k0 + kk;
             var v = 0.0;
+#if QUANT
+            if (co < p.cout && gk < p.K) { v = dequant(co * p.wpr, p.K / 32u, gk); }
+#else
             if (co < p.cout && gk < p.K) { v = f32(wt[co * p.K + gk]); }
+#endif
             As[kk * TM + r] = v;
         }
         for (var i = 0u; i < 4u; i++) {

@@ -2,7 +2,8 @@
 // (N x K, the layout of nn.Linear weights). 64x64 output tile per workgroup, 16x16 threads each
 // computing a 4x4 block, K staged through workgroup memory 16 at a time. Accumulates in f32.
 //
-// Batch strides may be 0 (one weight shared by all batches). `c_off`/`bias_off` place the output
+// Batch strides may be 0 (one weight shared by all batches). QUANT reads a q8_0/q4_0 weight
+// (transposed layout) and dequantizes each element as it is staged, never expanding the matrix. `c_off`/`bias_off` place the output
 // columns when a split weight is processed one chunk of rows at a time.
 
 struct Params {
@@ -13,7 +14,14 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<T>;
+#if QUANT
+// q8_0 / q4_0 weight, [N, K] rows repacked as u32 words; ldb = words per row.
+@group(0) @binding(2) var<storage, read> bq: array<u32>;
+const QWORDS: u32 = {{QWORDS}}u;
+#include "quant.wgsl"
+#else
 @group(0) @binding(2) var<storage, read> b: array<T>;
+#endif
 @group(0) @binding(3) var<storage, read_write> c: array<T>;
 #if BIAS
 @group(0) @binding(4) var<storage, read> bias: array<T>;
@@ -52,6 +60,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
         }
         for (var i = 0u; i < 4u; i++) {
             let e = li + i * 256u;
+#if QUANT
+            let cn = e / TK;
+            let kk = e % TK;
+            let gn = col0 + cn;
+            let gk = k0 + kk;
+            var v = 0.0;
+            if (gn < p.N && gk < p.K) { v = dequant(gn * p.ldb, p.K / 32u, gk); }
+#else
 #if TRANS_B
             let cn = e / TK;
             let kk = e % TK;
@@ -66,6 +82,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
             let gk = k0 + kk;
             var v = 0.0;
             if (gn < p.N && gk < p.K) { v = f32(b[b_base + gk * p.ldb + gn]); }
+#endif
 #endif
             Bs[kk * TN + cn] = v;
         }

@@ -8,6 +8,7 @@ pub mod gpu;
 pub mod models;
 pub mod ops;
 pub mod pipeline;
+pub mod quant;
 pub mod selftest;
 
 #[cfg(target_arch = "wasm32")]

@@ -87,6 +87,11 @@ fn run_cases(model: &str) -> usize {
             scheduler: kind,
         };
         let latents = c.f32("latents").map(|l| l.1);
+        if let Some((shape, w)) = c.f32("w_embedding") {
+            let ours = webdiffusion::pipeline::generate::guidance_embedding(req.guidance - 1.0, shape[1]);
+            let err = ours.iter().zip(&w).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(err <= 1e-5, "{model} {name}: guidance embedding off by {err}");
+        }
         let (nshape, noise) = c.f32("noise").unwrap();
         let per = nshape[1..].iter().product::<usize>();
         let draws: VecDeque<Vec<f32>> = noise.chunks(per.max(1)).take(nshape[0]).map(|d| d.to_vec()).collect();
@@ -121,8 +126,8 @@ fn run_cases(model: &str) -> usize {
 
 #[test]
 fn txt2img_and_img2img_match_diffusers_step_by_step() {
-    let ran: usize = ["tiny-sd1", "tiny-sd2"].iter().map(|m| run_cases(m)).sum();
-    assert_eq!(ran, 34, "every fixture case runs");
+    let ran: usize = ["tiny-sd1", "tiny-sd2", "tiny-lcm"].iter().map(|m| run_cases(m)).sum();
+    assert_eq!(ran, 37, "every fixture case runs");
 }
 
 #[test]

@@ -21,10 +21,11 @@ pub struct Args {
     prompt: String,
     #[arg(long)]
     negative_prompt: Option<String>,
-    /// Denoising steps (default 50, diffusers' default).
+    /// Denoising steps (default 50, or 4 for LCM models, as diffusers' pipelines).
     #[arg(long)]
     steps: Option<usize>,
-    /// Classifier-free guidance scale; <= 1 skips the unconditional pass (default 7.5).
+    /// Classifier-free guidance scale; <= 1 skips the unconditional pass (default 7.5; LCM
+    /// models embed it instead, default 8.5).
     #[arg(long)]
     guidance: Option<f32>,
     /// ddim, euler, euler-a, dpm++2m, dpm++2m-karras or lcm (default: the model's scheduler).
@@ -116,9 +117,9 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
     let sd = loader::stable_diffusion(&src, gpu, dtype, a.init_image.is_some())
         .with_context(|| format!("loading {}", a.model.display()))?;
     eprintln!("loaded {} ({dtype}) in {:.1} s", a.model.display(), t0.elapsed().as_secs_f64());
-    if sd.unet.config.time_cond_proj_dim.is_some() {
-        bail!("models with a guidance embedding (LCM's time_cond_proj_dim) are not supported yet");
-    }
+    // LatentConsistencyModelPipeline's defaults for LCM-distilled U-Nets, else StableDiffusionPipeline's.
+    let lcm = sd.unet.config.time_cond_proj_dim.is_some();
+    let (default_steps, default_guidance) = if lcm { (4, 8.5) } else { (50, 7.5) };
     let scheduler = match &a.scheduler {
         Some(s) => SchedulerKind::parse(s)?,
         None => default_scheduler(sd.scheduler_config.class_name.as_deref(), sd.scheduler_config.use_karras_sigmas)?,
@@ -145,8 +146,8 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
     let req = Request {
         prompt: a.prompt.clone(),
         negative_prompt: a.negative_prompt.clone(),
-        steps: a.steps.unwrap_or(50),
-        guidance: a.guidance.unwrap_or(7.5),
+        steps: a.steps.unwrap_or(default_steps),
+        guidance: a.guidance.unwrap_or(default_guidance),
         width,
         height,
         scheduler,

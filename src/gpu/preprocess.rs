@@ -11,28 +11,42 @@
 
 use crate::error::{Error, Result};
 
-const INCLUDES: &[(&str, &str)] = &[("activation.wgsl", include_str!("../../shaders/common/activation.wgsl"))];
+const INCLUDES: &[(&str, &str)] = &[
+    ("activation.wgsl", include_str!("../../shaders/common/activation.wgsl")),
+    ("quant.wgsl", include_str!("../../shaders/common/quant.wgsl")),
+];
 
 /// Expands `source` for the given defines. `f16` selects the storage type `T`.
 pub fn preprocess(name: &str, source: &str, defines: &[(&str, u32)], f16: bool) -> Result<String> {
-    let err = |msg: String| Error::Preprocess { shader: name.to_string(), msg };
     let mut out = String::with_capacity(source.len() + 256);
-    if f16 {
-        out.push_str("enable f16;\nalias T = f16;\n");
-    } else {
-        out.push_str("alias T = f32;\n");
-    }
+    out.push_str(if f16 { "enable f16;\nalias T = f16;\n" } else { "alias T = f32;\n" });
     let lookup = |key: &str| -> Option<u32> {
         if key == "F16" {
             return Some(f16 as u32);
         }
         defines.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
     };
+    expand(name, source, &lookup, &mut out, 0)?;
+    Ok(out)
+}
+
+/// Appends the expansion of `source` (and, recursively, of its includes) to `out`.
+fn expand(
+    name: &str,
+    source: &str,
+    lookup: &dyn Fn(&str) -> Option<u32>,
+    out: &mut String,
+    depth: usize,
+) -> Result<()> {
+    let err = |msg: String| Error::Preprocess { shader: name.to_string(), msg };
+    if depth > 4 {
+        return Err(err("includes nest too deeply".into()));
+    }
     // Each entry: (this branch active, some branch of this #if already taken).
     let mut stack: Vec<(bool, bool)> = Vec::new();
-    let active = |stack: &[(bool, bool)]| stack.iter().all(|(a, _)| *a);
     for line in source.lines() {
         let trimmed = line.trim_start();
+        let active = stack.iter().all(|(a, _)| *a);
         if let Some(rest) = trimmed.strip_prefix("#if ") {
             let cond = lookup(rest.trim()).unwrap_or(0) != 0;
             stack.push((cond, cond));
@@ -41,7 +55,7 @@ pub fn preprocess(name: &str, source: &str, defines: &[(&str, u32)], f16: bool) 
             *top = (!top.1, true);
         } else if trimmed.starts_with("#endif") {
             stack.pop().ok_or_else(|| err("#endif without #if".into()))?;
-        } else if !active(&stack) {
+        } else if !active {
             continue;
         } else if let Some(rest) = trimmed.strip_prefix("#include ") {
             let file = rest.trim().trim_matches('"');
@@ -50,8 +64,7 @@ pub fn preprocess(name: &str, source: &str, defines: &[(&str, u32)], f16: bool) 
                 .find(|(n, _)| *n == file)
                 .map(|(_, s)| *s)
                 .ok_or_else(|| err(format!("unknown include {file}")))?;
-            out.push_str(snippet);
-            out.push('\n');
+            expand(name, snippet, lookup, out, depth + 1)?;
         } else {
             let mut rest = line;
             while let Some(start) = rest.find("{{") {
@@ -69,7 +82,7 @@ pub fn preprocess(name: &str, source: &str, defines: &[(&str, u32)], f16: bool) 
     if !stack.is_empty() {
         return Err(err("missing #endif".into()));
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]

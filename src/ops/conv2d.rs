@@ -6,6 +6,7 @@ use super::{float_dtype, u32_of};
 use crate::error::{Error, Result};
 use crate::gpu::kernel::{KernelKey, Shader};
 use crate::gpu::GpuTensor;
+use crate::quant::{QTensor, QuantFormat};
 
 const SHADER: Shader = Shader { name: "conv2d", source: include_str!("../../shaders/conv2d.wgsl") };
 
@@ -24,6 +25,8 @@ struct Params {
     pad: u32,
     k: u32,
     p: u32,
+    wpr: u32,
+    pad_: [u32; 3],
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -48,7 +51,7 @@ pub fn conv2d(x: &GpuTensor, weight: &GpuTensor, bias: Option<&GpuTensor>, cp: C
     let mut ts = vec![x, weight];
     ts.extend(bias);
     let dtype = float_dtype(OP, &ts)?;
-    let (&[n, cin, h, w], &[cout, wcin, kh, kw]) = (x.shape(), weight.shape()) else {
+    let (&[_, cin, h, w], &[cout, wcin, kh, kw]) = (x.shape(), weight.shape()) else {
         return Err(Error::shape(OP, format!("needs NCHW x OIHW, got {:?} x {:?}", x.shape(), weight.shape())));
     };
     if cin != wcin {
@@ -65,7 +68,32 @@ pub fn conv2d(x: &GpuTensor, weight: &GpuTensor, bias: Option<&GpuTensor>, cp: C
     }
     let ho = (ph - kh) / cp.stride + 1;
     let wo = (pw - kw) / cp.stride + 1;
-    let out = GpuTensor::empty(x.gpu(), &[n, cout, ho, wo], dtype)?;
+    let key = KernelKey::new(SHADER, dtype).with("BIAS", bias.is_some() as u32);
+    launch(&key, x, weight, bias, cp, Geometry { cout, kh, kw, ho, wo, wpr: 0 })
+}
+
+struct Geometry {
+    cout: usize,
+    kh: usize,
+    kw: usize,
+    ho: usize,
+    wo: usize,
+    /// u32 words per weight row when quantized.
+    wpr: usize,
+}
+
+fn launch(
+    key: &KernelKey,
+    x: &GpuTensor,
+    weight: &GpuTensor,
+    bias: Option<&GpuTensor>,
+    cp: Conv2dParams,
+    g: Geometry,
+) -> Result<GpuTensor> {
+    const OP: &str = "conv2d";
+    let [n, cin, h, w] = super::nchw(x, OP)?;
+    let Geometry { cout, kh, kw, ho, wo, wpr } = g;
+    let out = GpuTensor::empty(x.gpu(), &[n, cout, ho, wo], x.dtype())?;
     let params = Params {
         cin: cin as u32,
         h: h as u32,
@@ -79,13 +107,55 @@ pub fn conv2d(x: &GpuTensor, weight: &GpuTensor, bias: Option<&GpuTensor>, cp: C
         pad: cp.padding as u32,
         k: u32_of(OP, cin * kh * kw)?,
         p: u32_of(OP, ho * wo)?,
+        wpr: wpr as u32,
+        pad_: [0; 3],
     };
-    let key = KernelKey::new(SHADER, dtype).with("BIAS", bias.is_some() as u32);
     let mut binds = vec![x.bind(OP)?, weight.bind(OP)?, out.bind(OP)?];
     if let Some(b) = bias {
         binds.push(b.bind(OP)?);
     }
     let groups = [(ho * wo).div_ceil(64) as u32, cout.div_ceil(64) as u32, n as u32];
-    x.gpu().launch(&key, bytemuck::bytes_of(&params), &binds, groups)?;
+    x.gpu().launch(key, bytemuck::bytes_of(&params), &binds, groups)?;
     Ok(out)
+}
+
+/// conv2d with a quantized weight: `weight` is [Cout, Cin*KH*KW] (the conv weight flattened along
+/// its reduction dimension), dequantized as tiles are staged.
+pub fn conv2d_quant(
+    x: &GpuTensor,
+    weight: &QTensor,
+    kh: usize,
+    kw: usize,
+    bias: Option<&GpuTensor>,
+    cp: Conv2dParams,
+) -> Result<GpuTensor> {
+    const OP: &str = "conv2d_quant";
+    let mut ts = vec![x];
+    ts.extend(bias);
+    let dtype = float_dtype(OP, &ts)?;
+    let [_, cin, h, w] = super::nchw(x, OP)?;
+    if weight.cols != cin * kh * kw || bias.is_some_and(|b| b.numel() != weight.rows) {
+        return Err(Error::shape(
+            OP,
+            format!("input {:?} vs quantized weight [{}, {}] ({kh}x{kw})", x.shape(), weight.rows, weight.cols),
+        ));
+    }
+    let (ph, pw) = (h + 2 * cp.padding + cp.pad_end, w + 2 * cp.padding + cp.pad_end);
+    if cp.stride == 0 || ph < kh || pw < kw {
+        return Err(Error::shape(OP, format!("kernel {kh}x{kw} stride {} does not fit {h}x{w}", cp.stride)));
+    }
+    let key = KernelKey::new(SHADER, dtype)
+        .with("BIAS", bias.is_some() as u32)
+        .with("QUANT", 1)
+        .with("Q8", (weight.format == QuantFormat::Q8_0) as u32)
+        .with("QWORDS", weight.format.quant_words() as u32);
+    let g = Geometry {
+        cout: weight.rows,
+        kh,
+        kw,
+        ho: (ph - kh) / cp.stride + 1,
+        wo: (pw - kw) / cp.stride + 1,
+        wpr: weight.format.row_words(weight.cols),
+    };
+    launch(&key, x, &weight.data, bias, cp, g)
 }

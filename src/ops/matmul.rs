@@ -6,6 +6,7 @@ use super::{float_dtype, u32_of};
 use crate::error::{Error, Result};
 use crate::gpu::kernel::{KernelKey, Shader};
 use crate::gpu::GpuTensor;
+use crate::quant::{QTensor, QuantFormat};
 
 const SHADER: Shader = Shader { name: "matmul", source: include_str!("../../shaders/matmul.wgsl") };
 
@@ -68,11 +69,28 @@ pub fn matmul(a: &GpuTensor, b: &GpuTensor, bias: Option<&GpuTensor>, spec: Matm
     if b.num_chunks() > 1 && !(spec.trans_b && b.rank() == 2) {
         return Err(Error::shape(OP, "only a 2-D transposed weight may be split over bindings"));
     }
+    let key = KernelKey::new(SHADER, dtype).with("TRANS_B", spec.trans_b as u32).with("BIAS", bias.is_some() as u32);
+    let ldb = if spec.trans_b { k } else { n };
+    let b_bs = if b_batch == 1 { 0 } else { k * n };
+    dispatch(&key, a, b, bias, Dims { m, n, k, batch, ldb, b_bs })
+}
+
+struct Dims {
+    m: usize,
+    n: usize,
+    k: usize,
+    batch: usize,
+    ldb: usize,
+    b_bs: usize,
+}
+
+/// One dispatch per chunk of `b`'s rows (a split transposed weight gives output column slices).
+fn dispatch(key: &KernelKey, a: &GpuTensor, b: &GpuTensor, bias: Option<&GpuTensor>, d: Dims) -> Result<GpuTensor> {
+    const OP: &str = "matmul";
+    let Dims { m, n, k, batch, ldb, b_bs } = d;
     let mut out_shape = a.shape()[..a.rank() - 2].to_vec();
     out_shape.extend([m, n]);
-    let out = GpuTensor::empty(a.gpu(), &out_shape, dtype)?;
-
-    let key = KernelKey::new(SHADER, dtype).with("TRANS_B", spec.trans_b as u32).with("BIAS", bias.is_some() as u32);
+    let out = GpuTensor::empty(a.gpu(), &out_shape, a.dtype())?;
     let a_bind = a.bind(OP)?;
     let c_bind = out.bind(OP)?;
     let bias_bind = bias.map(|t| t.bind(OP)).transpose()?;
@@ -84,20 +102,45 @@ pub fn matmul(a: &GpuTensor, b: &GpuTensor, bias: Option<&GpuTensor>, spec: Matm
             k: u32_of(OP, k)?,
             batch: u32_of(OP, batch)?,
             lda: k as u32,
-            ldb: if spec.trans_b { k as u32 } else { n as u32 },
+            ldb: u32_of(OP, ldb)?,
             ldc: n as u32,
             c_off: rows.start as u32,
             a_bs: u32_of(OP, m * k)?,
-            b_bs: if b_batch == 1 { 0 } else { u32_of(OP, k * n)? },
+            b_bs: u32_of(OP, b_bs)?,
             c_bs: u32_of(OP, m * n)?,
             bias_off: rows.start as u32,
         };
         let mut binds = vec![a_bind.clone(), b.chunk_bind(chunk), c_bind.clone()];
         binds.extend(bias_bind.clone());
         let groups = [rows.len().div_ceil(64) as u32, m.div_ceil(64) as u32, batch as u32];
-        a.gpu().launch(&key, bytemuck::bytes_of(&params), &binds, groups)?;
+        a.gpu().launch(key, bytemuck::bytes_of(&params), &binds, groups)?;
     }
     Ok(out)
+}
+
+/// `a` [.., M, K] x a quantized weight [N, K]^T (+ `bias` [N]): weights are dequantized as
+/// they are staged into workgroup memory, never expanded in GPU memory.
+pub fn matmul_quant(a: &GpuTensor, w: &QTensor, bias: Option<&GpuTensor>) -> Result<GpuTensor> {
+    const OP: &str = "matmul_quant";
+    let mut ts = vec![a];
+    ts.extend(bias);
+    let dtype = float_dtype(OP, &ts)?;
+    let k = *a.shape().last().ok_or_else(|| Error::shape(OP, "scalar input"))?;
+    if a.rank() < 2 || k != w.cols {
+        return Err(Error::shape(OP, format!("{:?} x quantized [{}, {}]^T", a.shape(), w.rows, w.cols)));
+    }
+    if bias.is_some_and(|b| b.numel() != w.rows) {
+        return Err(Error::shape(OP, format!("bias for {} output columns", w.rows)));
+    }
+    let (m, batch) = (a.dim(a.rank() - 2), a.numel() / (a.dim(a.rank() - 2) * k).max(1));
+    let key = KernelKey::new(SHADER, dtype)
+        .with("TRANS_B", 1)
+        .with("BIAS", bias.is_some() as u32)
+        .with("QUANT", 1)
+        .with("Q8", (w.format == QuantFormat::Q8_0) as u32)
+        .with("QWORDS", w.format.quant_words() as u32);
+    let ldb = w.format.row_words(w.cols);
+    dispatch(&key, a, &w.data, bias, Dims { m, n: w.rows, k, batch, ldb, b_bs: 0 })
 }
 
 /// nn.Linear: `x` [.., K] x `weight` [N, K]^T + `bias`.

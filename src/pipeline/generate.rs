@@ -125,7 +125,9 @@ impl StableDiffusion {
         let c = self.unet.config.in_channels;
         let shape = [1, c, req.height / f, req.width / f];
         let n: usize = shape.iter().product();
-        let cfg = req.guidance > 1.0 && self.unet.config.time_cond_proj_dim.is_none();
+        // LCM-distilled U-Nets take the guidance scale as an embedding instead of running CFG.
+        let w_embedding = self.unet.config.time_cond_proj_dim.map(|d| guidance_embedding(req.guidance - 1.0, d));
+        let cfg = req.guidance > 1.0 && w_embedding.is_none();
 
         let context = if cfg {
             self.encode(&[req.negative_prompt.as_deref().unwrap_or(""), &req.prompt])?
@@ -172,7 +174,11 @@ impl StableDiffusion {
             let batch = if cfg { 2 } else { 1 };
             let input = if cfg { [input.clone(), input].concat() } else { input };
             let input = GpuTensor::from_f32_as(&self.gpu, &input, &[batch, c, shape[2], shape[3]], self.dtype)?;
-            let out = self.unet.forward(&input, t, &context, None)?.to_vec_f32().await?;
+            let cond = match &w_embedding {
+                Some(w) => Some(GpuTensor::from_f32_as(&self.gpu, &w.repeat(batch), &[batch, w.len()], self.dtype)?),
+                None => None,
+            };
+            let out = self.unet.forward(&input, t, &context, cond.as_ref())?.to_vec_f32().await?;
             let guided: Vec<f32> = if cfg {
                 let (u, c) = out.split_at(n);
                 u.iter().zip(c).map(|(&u, &c)| u + req.guidance * (c - u)).collect()
@@ -236,4 +242,22 @@ impl StableDiffusion {
         }
         Ok((rgb, w, h))
     }
+}
+
+/// diffusers' `get_guidance_scale_embedding(w, dim)` for one w, in its f32 operation order:
+/// [sin(1000 w f_j), cos(1000 w f_j)] with f_j = exp(-j ln(10000) / (dim/2 - 1)). The
+/// transcendentals are evaluated in f64 and rounded, which reproduces torch's f32 results (its
+/// exp/sin/cos are accurate to the last bit here; arguments reach ~7500 rad).
+pub fn guidance_embedding(w: f32, dim: usize) -> Vec<f32> {
+    let half = dim / 2;
+    let step = (10000f64.ln() as f32) / (half as f32 - 1.0);
+    let w = w * 1000.0;
+    let args: Vec<f32> = (0..half).map(|j| w * (libm::exp((j as f32 * -step) as f64) as f32)).collect();
+    let mut out: Vec<f32> = args
+        .iter()
+        .map(|&a| libm::sin(a as f64) as f32)
+        .chain(args.iter().map(|&a| libm::cos(a as f64) as f32))
+        .collect();
+    out.resize(dim, 0.0);
+    out
 }

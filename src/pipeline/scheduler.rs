@@ -105,6 +105,11 @@ impl Scheduler {
                 (ts, Vec::new(), 1.0)
             }
         };
+        if timesteps.iter().any(|&t| t < 0.0 || t as usize >= n) {
+            return Err(Error::Request(format!(
+                "{steps} steps with this schedule reach past the {n} training timesteps"
+            )));
+        }
         Ok(Scheduler {
             kind,
             prediction: config.prediction()?,
@@ -347,4 +352,42 @@ fn sigma_to_t(sigma: f64, log_sigmas: &[f64]) -> f64 {
     let (lo, hi) = (log_sigmas[low], log_sigmas[low + 1]);
     let w = ((lo - ls) / (lo - hi)).clamp(0.0, 1.0);
     (1.0 - w) * low as f64 + w * (low + 1) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sd15() -> SchedulerConfig {
+        SchedulerConfig::from_json(
+            r#"{"_class_name":"PNDMScheduler","beta_start":0.00085,"beta_end":0.012,"beta_schedule":"scaled_linear",
+                "num_train_timesteps":1000,"set_alpha_to_one":false,"steps_offset":1,"skip_prk_steps":true}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn bad_step_counts_are_errors_not_panics() {
+        let c = sd15();
+        for kind in [SchedulerKind::Ddim, SchedulerKind::Euler, SchedulerKind::DpmPP2MKarras, SchedulerKind::Lcm] {
+            assert!(Scheduler::new(kind, &c, 0).is_err(), "{kind:?} 0 steps");
+            assert!(Scheduler::new(kind, &c, 1001).is_err(), "{kind:?} 1001 steps");
+            assert!(Scheduler::new(kind, &c, 1).is_ok(), "{kind:?} 1 step");
+        }
+        // Leading spacing plus steps_offset would reach timestep 1000 at 1000 DDIM steps.
+        assert!(Scheduler::new(SchedulerKind::Ddim, &c, 1000).is_err());
+        assert!(Scheduler::new(SchedulerKind::Lcm, &c, 51).is_err());
+    }
+
+    #[test]
+    fn defaults_follow_the_scheduler_class() {
+        // SD 1.5's config has no timestep_spacing: DDIM uses leading (+offset), Euler linspace.
+        let c = sd15();
+        assert_eq!(Scheduler::new(SchedulerKind::Ddim, &c, 4).unwrap().timesteps(), [751.0, 501.0, 251.0, 1.0]);
+        assert_eq!(Scheduler::new(SchedulerKind::Euler, &c, 3).unwrap().timesteps(), [999.0, 499.5, 0.0]);
+        assert_eq!(Scheduler::new(SchedulerKind::DpmPP2M, &c, 4).unwrap().timesteps(), [999.0, 749.0, 500.0, 250.0]);
+        assert_eq!(Scheduler::new(SchedulerKind::Lcm, &c, 4).unwrap().timesteps(), [999.0, 759.0, 499.0, 259.0]);
+        let euler = Scheduler::new(SchedulerKind::Euler, &c, 3).unwrap();
+        assert!((euler.init_noise_sigma() - 14.614647).abs() < 1e-4, "{}", euler.init_noise_sigma());
+    }
 }

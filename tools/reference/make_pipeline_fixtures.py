@@ -11,6 +11,8 @@ StableDiffusionPipeline / StableDiffusionImg2ImgPipeline end to end with several
                                                           timesteps, sigmas, noise-draw count/order, notes
 
 so the Rust pipeline can replay exactly the same call: same initial latents, same random draws, same schedule.
+(tests/fixtures/tiny-lcm -- model and pipeline cases, same format -- is built by make_lcm_fixture.py, which reuses
+this module's noise injection and instrumentation.)
 
 Randomness is injected, not reproduced
 --------------------------------------

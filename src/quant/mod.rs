@@ -1,0 +1,175 @@
+//! Block quantization in GGML's layouts (so GGUF files of stable-diffusion.cpp read without
+//! re-encoding): 32 weights per block with an f16 scale.
+//! - `q8_0`: 34 bytes/block = f16 d + 32 x i8; x = d * q.
+//! - `q4_0`: 18 bytes/block = f16 d + 16 bytes of nibbles (low nibble element j, high nibble
+//!   element j + 16); x = d * (q - 8).
+//!
+//! On the GPU each weight row is repacked as [quant words of the row][f16 scales, two per u32], so
+//! a weight split over bindings by rows stays addressable chunk by chunk and kernels read whole
+//! u32 words (see `shaders/common/quant.wgsl`).
+
+mod gpu;
+
+pub use gpu::QTensor;
+
+use half::f16;
+
+use crate::error::{Error, Result};
+
+pub const BLOCK: usize = 32;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum QuantFormat {
+    Q8_0,
+    Q4_0,
+}
+
+impl QuantFormat {
+    pub fn parse(s: &str) -> Result<QuantFormat> {
+        match s {
+            "q8_0" => Ok(QuantFormat::Q8_0),
+            "q4_0" => Ok(QuantFormat::Q4_0),
+            other => Err(Error::Request(format!("unknown quantization {other} (q8_0 or q4_0)"))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            QuantFormat::Q8_0 => "q8_0",
+            QuantFormat::Q4_0 => "q4_0",
+        }
+    }
+
+    /// GGML block size in bytes.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            QuantFormat::Q8_0 => 34,
+            QuantFormat::Q4_0 => 18,
+        }
+    }
+
+    /// Quant bytes of a block (without its scale).
+    fn quant_bytes(self) -> usize {
+        self.block_bytes() - 2
+    }
+
+    /// u32 words of a block's quants in the GPU layout.
+    pub fn quant_words(self) -> usize {
+        self.quant_bytes() / 4
+    }
+
+    /// u32 words of one repacked GPU row of `cols` weights.
+    pub fn row_words(self, cols: usize) -> usize {
+        let blocks = cols / BLOCK;
+        blocks * self.quant_bytes() / 4 + blocks.div_ceil(2)
+    }
+}
+
+/// Quantizes `x` (a multiple of 32 values) into GGML blocks, as ggml's reference code does.
+pub fn quantize(format: QuantFormat, x: &[f32]) -> Result<Vec<u8>> {
+    if x.len() % BLOCK != 0 {
+        return Err(Error::Request(format!("{} values are not a whole number of {BLOCK}-blocks", x.len())));
+    }
+    let mut out = Vec::with_capacity(x.len() / BLOCK * format.block_bytes());
+    for b in x.chunks_exact(BLOCK) {
+        match format {
+            QuantFormat::Q8_0 => {
+                let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let d = amax / 127.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                out.extend(f16::from_f32(d).to_le_bytes());
+                out.extend(b.iter().map(|&v| (v * id).round() as i8 as u8));
+            }
+            QuantFormat::Q4_0 => {
+                // The signed value of largest magnitude maps to -8, keeping the full range.
+                let (mut amax, mut max) = (0f32, 0f32);
+                for &v in b {
+                    if v.abs() > amax {
+                        amax = v.abs();
+                        max = v;
+                    }
+                }
+                let d = max / -8.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                out.extend(f16::from_f32(d).to_le_bytes());
+                let q = |v: f32| ((v * id + 8.5) as i8).clamp(0, 15) as u8;
+                out.extend((0..16).map(|j| q(b[j]) | (q(b[j + 16]) << 4)));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Expands GGML blocks back to f32.
+pub fn dequantize(format: QuantFormat, blocks: &[u8]) -> Result<Vec<f32>> {
+    if blocks.len() % format.block_bytes() != 0 {
+        return Err(Error::Request(format!("{} bytes are not whole {} blocks", blocks.len(), format.name())));
+    }
+    let mut out = Vec::with_capacity(blocks.len() / format.block_bytes() * BLOCK);
+    for b in blocks.chunks_exact(format.block_bytes()) {
+        let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
+        match format {
+            QuantFormat::Q8_0 => out.extend(b[2..].iter().map(|&q| d * q as i8 as f32)),
+            QuantFormat::Q4_0 => {
+                out.extend(b[2..].iter().map(|&q| d * ((q & 15) as f32 - 8.0)));
+                out.extend(b[2..].iter().map(|&q| d * ((q >> 4) as f32 - 8.0)));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Repacks GGML blocks of a `rows` x `cols` matrix into the GPU row layout, as u32 words.
+pub fn pack_rows(format: QuantFormat, blocks: &[u8], rows: usize, cols: usize) -> Result<Vec<u32>> {
+    let nb = cols / BLOCK;
+    if cols % BLOCK != 0 || blocks.len() != rows * nb * format.block_bytes() {
+        return Err(Error::Request(format!("{} bytes of {} for a {rows}x{cols} matrix", blocks.len(), format.name())));
+    }
+    let words = format.row_words(cols);
+    let mut out = Vec::with_capacity(rows * words);
+    let mut row = vec![0u8; words * 4];
+    for r in blocks.chunks_exact(nb * format.block_bytes()) {
+        row.iter_mut().for_each(|b| *b = 0);
+        let qb = format.quant_bytes();
+        for (i, blk) in r.chunks_exact(format.block_bytes()).enumerate() {
+            row[i * qb..(i + 1) * qb].copy_from_slice(&blk[2..]);
+            row[nb * qb + 2 * i..nb * qb + 2 * i + 2].copy_from_slice(&blk[..2]);
+        }
+        out.extend(row.chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_stay_within_half_a_step() {
+        let x: Vec<f32> = (0..256).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+        for f in [QuantFormat::Q8_0, QuantFormat::Q4_0] {
+            let q = quantize(f, &x).unwrap();
+            assert_eq!(q.len(), 8 * f.block_bytes());
+            let y = dequantize(f, &q).unwrap();
+            for (b, (xs, ys)) in x.chunks(32).zip(y.chunks(32)).enumerate() {
+                let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let step = if f == QuantFormat::Q8_0 { amax / 127.0 } else { amax / 8.0 };
+                let err = xs.iter().zip(ys).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(err <= 0.5 * step * 1.01 + 1e-3 * amax, "{f:?} block {b}: {err} vs step {step}");
+            }
+        }
+        assert!(quantize(QuantFormat::Q8_0, &[0.0; 31]).is_err());
+    }
+
+    #[test]
+    fn packing_keeps_rows_separate() {
+        let (rows, cols) = (3, 64);
+        let x: Vec<f32> = (0..rows * cols).map(|i| i as f32 - 90.0).collect();
+        for f in [QuantFormat::Q8_0, QuantFormat::Q4_0] {
+            let packed = pack_rows(f, &quantize(f, &x).unwrap(), rows, cols).unwrap();
+            assert_eq!(packed.len(), rows * f.row_words(cols));
+        }
+        assert_eq!(QuantFormat::Q8_0.row_words(64), 16 + 1);
+        assert_eq!(QuantFormat::Q4_0.row_words(96), 12 + 2);
+    }
+}

@@ -1,0 +1,114 @@
+//! q8_0 / q4_0: our GGML blocks byte-for-byte against candle's quantizer, and the quantized
+//! matmul and conv kernels (dequantizing on the fly) against candle's dequantize + matmul/conv.
+
+mod common;
+
+use candle_core::quantized::{GgmlDType, QTensor as CandleQ};
+use candle_core::{Device, Tensor};
+use common::{compare, gpu, to_vec, tolerance};
+use webdiffusion::gpu::{DType, Gpu, GpuOptions, GpuTensor};
+use webdiffusion::ops::{self, Conv2dParams};
+use webdiffusion::quant::{self, QTensor, QuantFormat};
+use webdiffusion::selftest::random_values;
+
+const FORMATS: [(QuantFormat, GgmlDType); 2] =
+    [(QuantFormat::Q8_0, GgmlDType::Q8_0), (QuantFormat::Q4_0, GgmlDType::Q4_0)];
+
+fn cpu(v: &[f32], shape: &[usize]) -> Tensor {
+    Tensor::from_slice(v, shape, &Device::Cpu).unwrap()
+}
+
+/// candle's quantization of `w` [rows, cols], dequantized again: the weights the GPU must use.
+fn candle_roundtrip(w: &[f32], rows: usize, cols: usize, g: GgmlDType) -> (Vec<u8>, Tensor) {
+    let q = CandleQ::quantize(&cpu(w, &[rows, cols]), g).unwrap();
+    (q.data().unwrap().into_owned(), q.dequantize(&Device::Cpu).unwrap())
+}
+
+#[test]
+fn blocks_match_candle_byte_for_byte() {
+    let (rows, cols) = (7, 96);
+    let w: Vec<f32> = random_values(5, rows * cols).iter().map(|x| x * 3.0).collect();
+    for (f, g) in FORMATS {
+        let ours = quant::quantize(f, &w).unwrap();
+        let (theirs, deq) = candle_roundtrip(&w, rows, cols, g);
+        assert_eq!(ours, theirs, "{f:?} blocks");
+        let back = quant::dequantize(f, &ours).unwrap();
+        assert_eq!(back, deq.flatten_all().unwrap().to_vec1::<f32>().unwrap(), "{f:?} dequantize");
+    }
+}
+
+fn check_matmul(g: &Gpu, f: QuantFormat, cf: GgmlDType, m: usize, k: usize, n: usize, dtype: DType) -> f32 {
+    let (a, w, b) = (random_values(1, m * k), random_values(2, n * k), random_values(3, n));
+    let qt = QTensor::from_f32(g, f, &w, n, k).unwrap();
+    let a_up = GpuTensor::from_f32_as(g, &a, &[m, k], dtype).unwrap();
+    let b_up = GpuTensor::from_f32_as(g, &b, &[n], dtype).unwrap();
+    let got = ops::matmul_quant(&a_up, &qt, Some(&b_up)).unwrap();
+    let a_ref: Vec<f32> = to_vec(&a_up);
+    let b_ref: Vec<f32> = to_vec(&b_up);
+    let (_, deq) = candle_roundtrip(&w, n, k, cf);
+    let want = cpu(&a_ref, &[m, k]).matmul(&deq.t().unwrap()).unwrap().broadcast_add(&cpu(&b_ref, &[n])).unwrap();
+    let want: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
+    compare(&format!("{f:?} matmul {m}x{k}x{n} {dtype}"), tolerance("matmul", dtype), &to_vec(&got), &want)
+}
+
+#[test]
+fn quantized_matmul_matches_candle_dequantize_matmul() {
+    for (f, cf) in FORMATS {
+        for dtype in common::dtypes() {
+            for (m, k, n) in [(1, 32, 1), (77, 320, 96), (130, 64, 200), (5, 1280, 33)] {
+                let err = check_matmul(gpu(), f, cf, m, k, n, dtype);
+                eprintln!("{f:?} {dtype} {m}x{k}x{n}: max |err| {err:.2e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn quantized_weights_split_over_bindings() {
+    // 16 KiB bindings split a [300, 128] q8_0 weight (300 x 136 bytes) into several chunks.
+    let g =
+        pollster::block_on(Gpu::new(&GpuOptions { binding_cap: Some(16 * 1024), ..GpuOptions::default() })).unwrap();
+    let qt = QTensor::from_f32(&g, QuantFormat::Q8_0, &random_values(2, 300 * 128), 300, 128).unwrap();
+    assert!(qt.data.num_chunks() >= 2);
+    check_matmul(&g, QuantFormat::Q8_0, GgmlDType::Q8_0, 9, 128, 300, DType::F32);
+}
+
+#[test]
+fn quantized_conv2d_matches_candle() {
+    for (f, cf) in FORMATS {
+        for dtype in common::dtypes() {
+            // 3x3 with Cin*9 a multiple of 32 (as SD's 320-channel convs), and a 1x1 shortcut.
+            for (cin, cout, k, stride, pad) in [(32, 40, 3, 1, 1), (64, 24, 1, 1, 0), (32, 16, 3, 2, 1)] {
+                let (h, w) = (9, 11);
+                let x = random_values(7, 2 * cin * h * w);
+                let wt = random_values(8, cout * cin * k * k);
+                let bias = random_values(9, cout);
+                let qt = QTensor::from_f32(gpu(), f, &wt, cout, cin * k * k).unwrap();
+                let x_up = GpuTensor::from_f32_as(gpu(), &x, &[2, cin, h, w], dtype).unwrap();
+                let b_up = GpuTensor::from_f32_as(gpu(), &bias, &[cout], dtype).unwrap();
+                let cp = Conv2dParams { stride, padding: pad, pad_end: 0 };
+                let got = ops::conv2d_quant(&x_up, &qt, k, k, Some(&b_up), cp).unwrap();
+                let (_, deq) = candle_roundtrip(&wt, cout, cin * k * k, cf);
+                let deq = deq.reshape((cout, cin, k, k)).unwrap();
+                let want = cpu(&to_vec(&x_up), &[2, cin, h, w]).conv2d(&deq, pad, stride, 1, 1).unwrap();
+                let want = want.broadcast_add(&cpu(&to_vec(&b_up), &[1, cout, 1, 1])).unwrap();
+                let label = format!("{f:?} conv {cin}->{cout} k{k} s{stride} {dtype}");
+                let err = compare(
+                    &label,
+                    tolerance("conv2d", dtype),
+                    &to_vec(&got),
+                    &want.flatten_all().unwrap().to_vec1().unwrap(),
+                );
+                eprintln!("{label}: max |err| {err:.2e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn quantized_shapes_are_checked() {
+    let qt = QTensor::from_f32(gpu(), QuantFormat::Q4_0, &random_values(1, 64), 2, 32).unwrap();
+    let a = GpuTensor::from_f32(gpu(), &[0.0; 48], &[3, 16]).unwrap();
+    assert!(ops::matmul_quant(&a, &qt, None).unwrap_err().to_string().contains("quantized [2, 32]"));
+    assert!(QTensor::from_f32(gpu(), QuantFormat::Q8_0, &[0.0; 40], 2, 20).is_err());
+}
