@@ -17,17 +17,7 @@ struct Params {
 const WG: u32 = 256u;
 var<workgroup> red: array<f32, WG>;
 
-fn reduce_sum(li: u32, v: f32) -> f32 {
-    red[li] = v;
-    workgroupBarrier();
-    for (var step = WG / 2u; step > 0u; step >>= 1u) {
-        if (li < step) { red[li] += red[li + step]; }
-        workgroupBarrier();
-    }
-    let total = red[0];
-    workgroupBarrier();
-    return total;
-}
+#include "reduce.wgsl"
 
 @compute @workgroup_size(256, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {

@@ -27,13 +27,7 @@ const QWORDS: u32 = {{QWORDS}}u;
 @group(0) @binding(4) var<storage, read> bias: array<T>;
 #endif
 
-const TM: u32 = 64u;
-const TN: u32 = 64u;
-const TK: u32 = 16u;
-
-// k-major tiles so the inner loop reads consecutive rows/cols across threads.
-var<workgroup> As: array<f32, 1024>; // [TK][TM]
-var<workgroup> Bs: array<f32, 1024>; // [TK][TN]
+#include "gemm_tile.wgsl"
 
 @compute @workgroup_size(16, 16, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>,
@@ -87,19 +81,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
             Bs[kk * TN + cn] = v;
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < TK; kk++) {
-            var av: array<f32, 4>;
-            var bv: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                av[i] = As[kk * TM + lid.y + 16u * i];
-                bv[i] = Bs[kk * TN + lid.x + 16u * i];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i * 4u + j] = fma(av[i], bv[j], acc[i * 4u + j]);
-                }
-            }
-        }
+        accumulate_tile(lid, &acc);
         workgroupBarrier();
     }
 

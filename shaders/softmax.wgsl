@@ -11,6 +11,8 @@ struct Params {
 const WG: u32 = 128u;
 var<workgroup> red: array<f32, WG>;
 
+#include "reduce.wgsl"
+
 @compute @workgroup_size(128, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>,
@@ -21,24 +23,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
 
     var m = -3.0e38;
     for (var i = li; i < p.d; i += WG) { m = max(m, p.scale * f32(x[base + i])); }
-    red[li] = m;
-    workgroupBarrier();
-    for (var step = WG / 2u; step > 0u; step >>= 1u) {
-        if (li < step) { red[li] = max(red[li], red[li + step]); }
-        workgroupBarrier();
-    }
-    let row_max = red[0];
-    workgroupBarrier();
-
+    let row_max = reduce_max(li, m);
     var s = 0.0;
     for (var i = li; i < p.d; i += WG) { s += exp(p.scale * f32(x[base + i]) - row_max); }
-    red[li] = s;
-    workgroupBarrier();
-    for (var step = WG / 2u; step > 0u; step >>= 1u) {
-        if (li < step) { red[li] += red[li + step]; }
-        workgroupBarrier();
-    }
-    let inv = 1.0 / red[0];
+    let inv = 1.0 / reduce_sum(li, s);
     for (var i = li; i < p.d; i += WG) {
         y[base + i] = T(exp(p.scale * f32(x[base + i]) - row_max) * inv);
     }

@@ -14,6 +14,8 @@ use crate::error::{Error, Result};
 const INCLUDES: &[(&str, &str)] = &[
     ("activation.wgsl", include_str!("../../shaders/common/activation.wgsl")),
     ("quant.wgsl", include_str!("../../shaders/common/quant.wgsl")),
+    ("gemm_tile.wgsl", include_str!("../../shaders/common/gemm_tile.wgsl")),
+    ("reduce.wgsl", include_str!("../../shaders/common/reduce.wgsl")),
 ];
 
 /// Expands `source` for the given defines. `f16` selects the storage type `T`.
