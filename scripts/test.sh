@@ -13,5 +13,5 @@ echo "== wasm build =="
 scripts/build-wasm.sh
 
 echo "== browser tests (headless Chromium, WebGPU) =="
-node --test --test-concurrency=1 tests/browser/
+node --test tests/browser/
 echo "all tests passed in $(( $(date +%s) - start )) s"

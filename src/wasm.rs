@@ -77,7 +77,7 @@ impl Engine {
     /// Loads a diffusers model from `files` (path -> `Uint8Array`) and generates one image.
     /// `request`: `{prompt, negativePrompt?, steps, guidance, width, height, scheduler, seed}`.
     /// `onStep(index, total)` is called after every step; returning `false` cancels.
-    /// Returns `{width, height, rgb: Uint8Array, png: Uint8Array}`.
+    /// Returns `{width, height, rgb, rgba, png}` (the last three `Uint8Array`s).
     pub async fn generate(
         &self,
         files: &js_sys::Object,
@@ -128,6 +128,7 @@ impl Engine {
         set("width", (out.width as u32).into())?;
         set("height", (out.height as u32).into())?;
         set("rgb", js_sys::Uint8Array::from(out.rgb.as_slice()).into())?;
+        set("rgba", js_sys::Uint8Array::from(out.rgba().as_slice()).into())?;
         set("png", js_sys::Uint8Array::from(png.as_slice()).into())?;
         Ok(obj.into())
     }

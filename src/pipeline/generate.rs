@@ -85,6 +85,13 @@ pub struct Generated {
     pub height: usize,
 }
 
+impl Generated {
+    /// The image as RGBA (opaque), the layout a canvas `ImageData` takes.
+    pub fn rgba(&self) -> Vec<u8> {
+        self.rgb.chunks_exact(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect()
+    }
+}
+
 impl StableDiffusion {
     fn encode(&self, prompts: &[&str]) -> Result<GpuTensor> {
         let mut ids = Vec::new();
@@ -260,4 +267,16 @@ pub fn guidance_embedding(w: f32, dim: usize) -> Vec<f32> {
         .collect();
     out.resize(dim, 0.0);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rgba_is_opaque_rgb() {
+        let g =
+            Generated { latents: vec![], latent_shape: [1, 4, 1, 1], rgb: vec![1, 2, 3, 4, 5, 6], width: 2, height: 1 };
+        assert_eq!(g.rgba(), [1, 2, 3, 255, 4, 5, 6, 255]);
+    }
 }

@@ -87,6 +87,7 @@ test('the same seed gives the same image in the browser as natively', { timeout:
     const g = await page.evaluate(() => window.generation);
     assert.equal(g.error, undefined, g.error);
     assert.deepEqual(g.steps, [[0, 3], [1, 3], [2, 3]], 'a progress callback per step');
+    assert.ok(g.rgbaMatches, 'RGBA output is the RGB image, opaque');
     console.log(`seed 1234, euler-a, 3 steps: browser vs native max pixel difference ${g.maxDiff}/255`);
     assert.ok(g.maxDiff <= 1, `browser and native images differ by ${g.maxDiff}/255`);
   } finally {
