@@ -42,9 +42,40 @@ impl VaeMid {
     }
 }
 
+/// One encoder/decoder level: resnets, then an optional resampling conv.
 struct Stage {
     resnets: Vec<ResnetBlock2D>,
     resample: Option<Conv2d>,
+}
+
+impl Stage {
+    /// `layers` resnets under `w.resnets.*`, the first taking `cin` channels.
+    fn load_resnets(w: &Weights, layers: usize, cin: usize, cout: usize, groups: usize) -> Result<Vec<ResnetBlock2D>> {
+        (0..layers)
+            .map(|j| {
+                ResnetBlock2D::load(
+                    &w.pp(format!("resnets.{j}")),
+                    if j == 0 { cin } else { cout },
+                    cout,
+                    None,
+                    groups,
+                    EPS,
+                )
+            })
+            .collect()
+    }
+
+    /// Runs the resnets; `upsample` doubles the size before the resampling conv (decoder).
+    fn forward(&self, mut x: GpuTensor, upsample: bool) -> Result<GpuTensor> {
+        for r in &self.resnets {
+            x = r.forward(&x, None)?;
+        }
+        match &self.resample {
+            Some(conv) if upsample => conv.forward(&ops::upsample_nearest2x(&x)?),
+            Some(conv) => conv.forward(&x),
+            None => Ok(x),
+        }
+    }
 }
 
 pub struct Decoder {
@@ -67,18 +98,7 @@ impl Decoder {
         for (i, &cout) in rev.iter().enumerate() {
             let prev = if i == 0 { rev[0] } else { rev[i - 1] };
             let b = d.pp(format!("up_blocks.{i}"));
-            let resnets = (0..c.layers_per_block + 1)
-                .map(|j| {
-                    ResnetBlock2D::load(
-                        &b.pp(format!("resnets.{j}")),
-                        if j == 0 { prev } else { cout },
-                        cout,
-                        None,
-                        g,
-                        EPS,
-                    )
-                })
-                .collect::<Result<_>>()?;
+            let resnets = Stage::load_resnets(&b, c.layers_per_block + 1, prev, cout, g)?;
             let resample =
                 if i + 1 < rev.len() { Some(Conv2d::load3(&b.pp("upsamplers.0.conv"), cout, cout)?) } else { None };
             up.push(Stage { resnets, resample });
@@ -99,12 +119,7 @@ impl Decoder {
         let mut x = self.conv_in.forward(&self.post_quant_conv.forward(z)?)?;
         x = self.mid.forward(&x)?;
         for stage in &self.up {
-            for r in &stage.resnets {
-                x = r.forward(&x, None)?;
-            }
-            if let Some(up) = &stage.resample {
-                x = up.forward(&ops::upsample_nearest2x(&x)?)?;
-            }
+            x = stage.forward(x, true)?;
         }
         self.conv_out.forward(&self.norm_out.forward(&x, true)?)
     }
@@ -129,18 +144,7 @@ impl Encoder {
         for (i, &cout) in ch.iter().enumerate() {
             let cin = if i == 0 { ch[0] } else { ch[i - 1] };
             let b = e.pp(format!("down_blocks.{i}"));
-            let resnets = (0..c.layers_per_block)
-                .map(|j| {
-                    ResnetBlock2D::load(
-                        &b.pp(format!("resnets.{j}")),
-                        if j == 0 { cin } else { cout },
-                        cout,
-                        None,
-                        g,
-                        EPS,
-                    )
-                })
-                .collect::<Result<_>>()?;
+            let resnets = Stage::load_resnets(&b, c.layers_per_block, cin, cout, g)?;
             // Downsample2D(padding=0) pads (0, 1, 0, 1) and convolves with stride 2.
             let p = ops::Conv2dParams { stride: 2, padding: 0, pad_end: 1 };
             let resample = if i + 1 < ch.len() {
@@ -168,12 +172,7 @@ impl Encoder {
     pub fn forward(&self, x: &GpuTensor) -> Result<(GpuTensor, GpuTensor)> {
         let mut h = self.conv_in.forward(x)?;
         for stage in &self.down {
-            for r in &stage.resnets {
-                h = r.forward(&h, None)?;
-            }
-            if let Some(down) = &stage.resample {
-                h = down.forward(&h)?;
-            }
+            h = stage.forward(h, false)?;
         }
         h = self.mid.forward(&h)?;
         let moments = self.quant_conv.forward(&self.conv_out.forward(&self.norm_out.forward(&h, true)?)?)?;
