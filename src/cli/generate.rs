@@ -163,6 +163,7 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
     let mut noise: Box<dyn NoiseSource> = match &a.noise {
         Some(p) => {
             let (shape, v) = read_tensor(p, "noise")?;
+            // [K, 1, C, h, w]: K draws of everything after the leading dim.
             let per: usize = shape.iter().skip(1).product();
             Box::new(Recorded(
                 v.chunks(per.max(1))

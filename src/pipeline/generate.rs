@@ -175,16 +175,18 @@ impl StableDiffusion {
             }
         };
 
+        let batch = if cfg { 2 } else { 1 };
+        // The guidance embedding is the same every step: upload it once.
+        let cond = match &w_embedding {
+            Some(w) => Some(GpuTensor::from_f32_as(&self.gpu, &w.repeat(batch), &[batch, w.len()], self.dtype)?),
+            None => None,
+        };
+        // img2img starts part-way through the schedule (the first `start` steps are not run).
         for (i, &t) in timesteps.iter().enumerate().skip(start) {
             let mut input = x.clone();
             scheduler.scale_model_input(&mut input, i);
-            let batch = if cfg { 2 } else { 1 };
             let input = if cfg { [input.clone(), input].concat() } else { input };
             let input = GpuTensor::from_f32_as(&self.gpu, &input, &[batch, c, shape[2], shape[3]], self.dtype)?;
-            let cond = match &w_embedding {
-                Some(w) => Some(GpuTensor::from_f32_as(&self.gpu, &w.repeat(batch), &[batch, w.len()], self.dtype)?),
-                None => None,
-            };
             let out = self.unet.forward(&input, t, &context, cond.as_ref())?.to_vec_f32().await?;
             let guided: Vec<f32> = if cfg {
                 let (u, c) = out.split_at(n);

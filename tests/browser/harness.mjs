@@ -44,3 +44,12 @@ export async function launchBrowser() {
   mkdirSync(ARTIFACTS, { recursive: true });
   return context;
 }
+
+/// A new page whose console output and page errors are collected in `logs` (for failure messages).
+export async function openPage(browser) {
+  const page = await browser.newPage();
+  const logs = [];
+  page.on('console', (m) => logs.push(`${m.type()}: ${m.text()}`));
+  page.on('pageerror', (e) => logs.push(`pageerror: ${e.message}`));
+  return { page, logs };
+}

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
-import { ARTIFACTS, ROOT, launchBrowser, serveApp } from './harness.mjs';
+import { ARTIFACTS, ROOT, launchBrowser, openPage, serveApp } from './harness.mjs';
 
 const MODEL = 'tiny-sd2';
 // The issue's f32 bound. Native lavapipe stays under 2e-5 (tests/models.rs); SwiftShader's
@@ -43,9 +43,7 @@ test(`${MODEL} text encoder, U-Net and VAE agree with diffusers and with native`
   const { server, url } = await serveApp();
   const browser = await launchBrowser();
   try {
-    const page = await browser.newPage();
-    const logs = [];
-    page.on('console', (m) => logs.push(`${m.type()}: ${m.text()}`));
+    const { page, logs } = await openPage(browser);
     await page.goto(`${url}test/parity.html?model=${MODEL}&files=${files.join(',')}`);
     await page.waitForFunction(() => window.parity && window.parity.done, null, { timeout: 280_000 });
     const result = await page.evaluate(() => window.parity);
@@ -80,12 +78,12 @@ test('the same seed gives the same image in the browser as natively', { timeout:
   const { server, url } = await serveApp();
   const browser = await launchBrowser();
   try {
-    const page = await browser.newPage();
+    const { page, logs } = await openPage(browser);
     const q = new URLSearchParams({ model, files: files.join(','), prompt, steps: '3', scheduler: 'euler-a', seed: '1234', native: '/artifacts/native-seed-1234.png' });
     await page.goto(`${url}test/generate.html?${q}`);
     await page.waitForFunction(() => window.generation && window.generation.done, null, { timeout: 280_000 });
     const g = await page.evaluate(() => window.generation);
-    assert.equal(g.error, undefined, g.error);
+    assert.equal(g.error, undefined, `${g.error}\n${logs.join('\n')}`);
     assert.deepEqual(g.steps, [[0, 3], [1, 3], [2, 3]], 'a progress callback per step');
     assert.ok(g.rgbaMatches, 'RGBA output is the RGB image, opaque');
     console.log(`seed 1234, euler-a, 3 steps: browser vs native max pixel difference ${g.maxDiff}/255`);

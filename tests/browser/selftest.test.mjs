@@ -4,16 +4,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { ARTIFACTS, launchBrowser, serveApp } from './harness.mjs';
+import { ARTIFACTS, launchBrowser, openPage, serveApp } from './harness.mjs';
 
 test('kernel self-test passes in headless Chromium on WebGPU', { timeout: 180_000 }, async () => {
   const { server, url } = await serveApp();
   const browser = await launchBrowser();
   try {
-    const page = await browser.newPage();
-    const logs = [];
-    page.on('console', (m) => logs.push(`${m.type()}: ${m.text()}`));
-    page.on('pageerror', (e) => logs.push(`pageerror: ${e.message}`));
+    const { page, logs } = await openPage(browser);
     await page.goto(url);
     await page.waitForFunction(() => window.webdiffusion && window.webdiffusion.done, null, { timeout: 150_000 });
     const state = await page.evaluate(() => window.webdiffusion);
