@@ -48,6 +48,10 @@ pub enum Error {
     #[error("weights: {0}")]
     Weights(String),
 
+    /// A package shard that is missing, short or fails its checksum: fetch it again.
+    #[error("package shard {file}: {msg}")]
+    Shard { file: String, msg: String },
+
     #[error("tensor `{name}`: {msg}")]
     Tensor { name: String, msg: String },
 

@@ -4,7 +4,7 @@
 use wasm_bindgen::prelude::*;
 
 use crate::gpu::{DType, Gpu, GpuOptions, LimitsPolicy};
-use crate::models::loader::MemorySource;
+use crate::models::loader::{LoadOptions, MemorySource};
 use crate::pipeline::generate::Request;
 use crate::pipeline::image::{a1111_parameters, encode_png};
 use crate::pipeline::rng::NormalRng;
@@ -88,7 +88,7 @@ impl Engine {
             serde_wasm_bindgen::from_value(request).map_err(|e| JsError::new(&format!("bad request: {e}")))?;
         let src = memory_source(files)?;
         let dtype = if self.gpu.caps().shader_f16 { DType::F16 } else { DType::F32 };
-        let sd = crate::models::loader::stable_diffusion(&src, &self.gpu, dtype, false).map_err(js_err)?;
+        let sd = crate::models::loader::stable_diffusion(&src, &self.gpu, &LoadOptions::new(dtype)).map_err(js_err)?;
         let req = Request {
             prompt: r.prompt.clone(),
             negative_prompt: r.negative_prompt.clone(),
@@ -138,7 +138,7 @@ impl Engine {
     pub async fn parity(&self, files: &js_sys::Object, f16: bool) -> Result<JsValue, JsError> {
         let src = memory_source(files)?;
         let dtype = if f16 { DType::F16 } else { DType::F32 };
-        let outputs = crate::models::parity::run(&src, &self.gpu, dtype).await.map_err(js_err)?;
+        let outputs = crate::models::parity::run(&src, &self.gpu, &LoadOptions::new(dtype)).await.map_err(js_err)?;
         to_js(&outputs)
     }
 

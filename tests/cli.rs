@@ -231,3 +231,184 @@ mod generate {
         assert_ne!(a, c);
     }
 }
+
+/// `convert`, then `generate` from the package folder and over HTTP, equal to quantize-on-load.
+mod package {
+    use super::cli;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    fn fixture(model: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(model)
+    }
+
+    fn tmp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("webdiffusion-pkg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join(name)
+    }
+
+    /// A static file server on 127.0.0.1 with HTTP Range, counting requests and body bytes.
+    struct Server {
+        base: String,
+        requests: Arc<AtomicU64>,
+        ranged: Arc<AtomicU64>,
+        bytes: Arc<AtomicU64>,
+    }
+
+    fn serve(root: PathBuf) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}/", listener.local_addr().unwrap());
+        let (requests, ranged, bytes) =
+            (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let counters = (requests.clone(), ranged.clone(), bytes.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let (root, (requests, ranged, bytes)) = (root.clone(), counters.clone());
+                std::thread::spawn(move || loop {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let path = line.split_whitespace().nth(1).unwrap_or("/").trim_start_matches('/').to_string();
+                    let mut range = None;
+                    loop {
+                        let mut h = String::new();
+                        reader.read_line(&mut h).unwrap();
+                        if h.trim().is_empty() {
+                            break;
+                        }
+                        if let Some(r) = h.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                            let (a, b) = r.trim().split_once('-').unwrap();
+                            range = Some((a.parse::<usize>().unwrap(), b.parse::<usize>().unwrap()));
+                        }
+                    }
+                    requests.fetch_add(1, Ordering::SeqCst);
+                    let Ok(mut file) = std::fs::File::open(root.join(&path)) else {
+                        write!(stream, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n").unwrap();
+                        continue;
+                    };
+                    let mut all = Vec::new();
+                    file.read_to_end(&mut all).unwrap();
+                    let (status, body, extra) = match range {
+                        Some((a, b)) => {
+                            ranged.fetch_add(1, Ordering::SeqCst);
+                            let b = b.min(all.len() - 1);
+                            (
+                                "206 Partial Content",
+                                &all[a..=b],
+                                format!("Content-Range: bytes {a}-{b}/{}\r\n", all.len()),
+                            )
+                        }
+                        None => ("200 OK", &all[..], String::new()),
+                    };
+                    bytes.fetch_add(body.len() as u64, Ordering::SeqCst);
+                    write!(stream, "HTTP/1.1 {status}\r\nContent-Length: {}\r\n{extra}\r\n", body.len()).unwrap();
+                    stream.write_all(body).unwrap();
+                });
+            }
+        });
+        Server { base, requests, ranged, bytes }
+    }
+
+    fn run(args: &[&str]) -> std::process::Output {
+        cli().args(args).output().unwrap()
+    }
+
+    fn generate(model: &str, extra: &[&str], out: &Path) -> Vec<u8> {
+        let mut args = vec!["generate", "--model", model, "--prompt", "a red circle", "--steps", "2", "--seed", "5"];
+        args.extend(["--width", "64", "--height", "64", "--precision", "f32", "--scheduler", "euler"]);
+        args.extend(extra);
+        args.extend(["--out", out.to_str().unwrap()]);
+        let o = run(&args);
+        assert!(o.status.success(), "{model}: {}", String::from_utf8_lossy(&o.stderr));
+        webdiffusion::pipeline::image::decode_png(&std::fs::read(out).unwrap()).unwrap().0
+    }
+
+    #[test]
+    fn convert_then_generate_from_folder_and_url() {
+        let model = fixture("tiny-sd1");
+        let pkg = tmp("q4");
+        let o = run(&[
+            "convert",
+            "--model",
+            model.to_str().unwrap(),
+            "--out",
+            pkg.to_str().unwrap(),
+            "--quant",
+            "q4_0",
+            "--shard-mib",
+            "1",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let report = String::from_utf8_lossy(&o.stdout);
+        assert!(report.contains("unet") && report.contains("q4_0"), "{report}");
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(pkg.join("manifest.json")).unwrap()).unwrap();
+        let shards = manifest["shards"].as_array().unwrap();
+        assert!(shards.len() >= 3 && shards.iter().all(|s| s["size"].as_u64().unwrap() <= 1 << 20));
+
+        let from_pkg = generate(pkg.to_str().unwrap(), &[], &tmp("pkg.png"));
+        let on_load = generate(model.to_str().unwrap(), &["--quant", "q4_0"], &tmp("onload.png"));
+        assert_eq!(from_pkg, on_load, "package and quantize-on-load images differ");
+        let dense = generate(model.to_str().unwrap(), &[], &tmp("dense.png"));
+        assert_ne!(from_pkg, dense, "q4_0 must change some pixel");
+
+        let server = serve(pkg.clone());
+        assert_eq!(generate(&server.base, &[], &tmp("url.png")), from_pkg);
+        let shard_bytes: u64 = shards.iter().map(|s| s["size"].as_u64().unwrap()).sum();
+        let got = server.bytes.load(Ordering::SeqCst);
+        assert!(got >= shard_bytes && got < shard_bytes + 3_000_000, "{got} bytes served for {shard_bytes} of shards");
+
+        // A diffusers folder over HTTP: headers, then one range per tensor.
+        let server = serve(model.clone());
+        assert_eq!(generate(&server.base, &["--quant", "q4_0"], &tmp("url2.png")), from_pkg);
+        let (requests, ranged) = (server.requests.load(Ordering::SeqCst), server.ranged.load(Ordering::SeqCst));
+        assert!(ranged > 100 && ranged + 20 > requests, "{requests} requests, {ranged} with Range");
+    }
+
+    #[test]
+    fn a_damaged_shard_is_named() {
+        let pkg = tmp("q8");
+        let model = fixture("tiny-sd2");
+        let o =
+            run(&["convert", "--model", model.to_str().unwrap(), "--out", pkg.to_str().unwrap(), "--quant", "q8_0"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let shard = pkg.join("shards/unet-000.bin");
+        let mut bytes = std::fs::read(&shard).unwrap();
+        bytes[1234] ^= 1;
+        std::fs::write(&shard, &bytes).unwrap();
+        let o = run(&[
+            "generate",
+            "--model",
+            pkg.to_str().unwrap(),
+            "--prompt",
+            "x",
+            "--steps",
+            "1",
+            "--out",
+            tmp("x.png").to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains("shards/unet-000.bin") && err.contains("corrupt"), "{err}");
+        std::fs::write(&shard, &bytes[..1000]).unwrap();
+        let o = run(&[
+            "generate",
+            "--model",
+            pkg.to_str().unwrap(),
+            "--prompt",
+            "x",
+            "--steps",
+            "1",
+            "--out",
+            tmp("x.png").to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains("shards/unet-000.bin") && err.contains("truncated"), "{err}");
+    }
+}

@@ -71,7 +71,8 @@ fn text_encoder_unet_and_vae_match_diffusers() {
     ];
     for model in MODELS {
         for dtype in common::dtypes() {
-            let outputs = pollster::block_on(parity::run(&fixture(model), gpu(), dtype)).unwrap();
+            let outputs =
+                pollster::block_on(parity::run(&fixture(model), gpu(), &loader::LoadOptions::new(dtype))).unwrap();
             let names: Vec<&str> = outputs.iter().map(|o| o.name.as_str()).collect();
             assert_eq!(names, expected);
             let (atol, rtol) = tol(dtype);
@@ -92,11 +93,9 @@ fn text_encoder_unet_and_vae_match_diffusers() {
 fn loaders_read_every_published_tensor() {
     for model in MODELS {
         let src = fixture(model);
-        let cases =
-            [("text_encoder", "model"), ("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model")];
-        for (component, stem) in cases {
-            let file = loader::component_weights(&src, component, stem).unwrap();
-            let w = Weights::new(&file, gpu(), DType::F32);
+        for component in ["text_encoder", "unet", "vae"] {
+            let file = loader::component_tensors(&src, component).unwrap();
+            let w = Weights::new(&*file, gpu(), DType::F32);
             let text = |p: &str| String::from_utf8(src.read(p).unwrap().unwrap()).unwrap();
             use webdiffusion::models::{clip, config, unet, vae};
             match component {
@@ -125,8 +124,8 @@ fn loaders_read_every_published_tensor() {
 #[test]
 fn missing_and_misshapen_tensors_are_named() {
     let src = fixture("tiny-sd2");
-    let file = loader::component_weights(&src, "unet", "diffusion_pytorch_model").unwrap();
-    let w = Weights::new(&file, gpu(), DType::F32);
+    let file = loader::component_tensors(&src, "unet").unwrap();
+    let w = Weights::new(&*file, gpu(), DType::F32);
     let err = w.pp("conv_in").get("weight", &[16, 4, 5, 5]).unwrap_err().to_string();
     assert!(err.contains("conv_in.weight") && err.contains("[16, 4, 3, 3]"), "{err}");
     let err = w.get("down_blocks.9.resnets.0.conv1.weight", &[1]).unwrap_err().to_string();

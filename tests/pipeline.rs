@@ -49,7 +49,12 @@ fn scheduler_kind(class: &str) -> Option<SchedulerKind> {
 /// Runs every txt2img case whose scheduler we implement; returns (case, max rel err) pairs.
 fn run_cases(model: &str) -> usize {
     let src = DirSource(dir(model));
-    let mut sd = loader::stable_diffusion(&src, common::gpu(), DType::F32, true).unwrap();
+    let mut sd = loader::stable_diffusion(
+        &src,
+        common::gpu(),
+        &loader::LoadOptions { with_encoder: true, ..loader::LoadOptions::new(DType::F32) },
+    )
+    .unwrap();
     let model_config = sd.scheduler_config.clone();
     let cases: Value = serde_json::from_slice(&std::fs::read(dir(model).join("pipeline/cases.json")).unwrap()).unwrap();
     let mut ran = 0;
@@ -132,7 +137,9 @@ fn txt2img_and_img2img_match_diffusers_step_by_step() {
 
 #[test]
 fn cancelling_stops_between_steps() {
-    let sd = loader::stable_diffusion(&DirSource(dir("tiny-sd2")), common::gpu(), DType::F32, false).unwrap();
+    let sd =
+        loader::stable_diffusion(&DirSource(dir("tiny-sd2")), common::gpu(), &loader::LoadOptions::new(DType::F32))
+            .unwrap();
     let req = Request {
         prompt: "a cat".into(),
         negative_prompt: None,

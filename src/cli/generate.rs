@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use webdiffusion::gpu::{DType, Gpu};
-use webdiffusion::models::loader::{self, DirSource};
+use webdiffusion::models::loader;
 use webdiffusion::pipeline::generate::{InitImage, NoiseSource, Recorded, Request};
 use webdiffusion::pipeline::image::{a1111_parameters, decode_png, encode_png};
 use webdiffusion::pipeline::rng::NormalRng;
@@ -14,9 +14,16 @@ use webdiffusion::pipeline::scheduler::SchedulerKind;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A diffusers model folder.
+    /// A diffusers model or a package: a folder or an http(s) URL.
     #[arg(long)]
-    model: PathBuf,
+    model: String,
+    /// Quantize on load: q8_0, q4_0 or f16 storage with the standard policy (a package is
+    /// already quantized; this re-quantizes only its float tensors).
+    #[arg(long)]
+    quant: Option<String>,
+    /// A JSON quantization policy file (implies quantize-on-load).
+    #[arg(long)]
+    policy: Option<PathBuf>,
     #[arg(long)]
     prompt: String,
     #[arg(long)]
@@ -113,10 +120,14 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
         other => bail!("--precision must be auto, f16 or f32, not {other}"),
     };
     let t0 = Instant::now();
-    let src = DirSource(a.model.clone());
-    let sd = loader::stable_diffusion(&src, gpu, dtype, a.init_image.is_some())
-        .with_context(|| format!("loading {}", a.model.display()))?;
-    eprintln!("loaded {} ({dtype}) in {:.1} s", a.model.display(), t0.elapsed().as_secs_f64());
+    let src = super::http::open_model(&a.model);
+    let quant = match (&a.quant, &a.policy) {
+        (None, None) => None,
+        (q, p) => Some(std::sync::Arc::new(super::convert::policy(q.as_deref().unwrap_or("q8_0"), p.as_deref())?)),
+    };
+    let opts = loader::LoadOptions { dtype, quant, with_encoder: a.init_image.is_some() };
+    let sd = loader::stable_diffusion(&*src, gpu, &opts).with_context(|| format!("loading {}", a.model))?;
+    eprintln!("loaded {} ({dtype}) in {:.1} s", a.model, t0.elapsed().as_secs_f64());
     // LatentConsistencyModelPipeline's defaults for LCM-distilled U-Nets, else StableDiffusionPipeline's.
     let lcm = sd.unet.config.time_cond_proj_dim.is_some();
     let (default_steps, default_guidance) = if lcm { (4, 8.5) } else { (50, 7.5) };
@@ -194,7 +205,7 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
         a.noise.is_none().then_some(seed),
         out.width,
         out.height,
-        &a.model.file_name().map_or("model".into(), |n| n.to_string_lossy().into_owned()),
+        a.model.trim_end_matches('/').rsplit('/').next().unwrap_or("model"),
     );
     let png = encode_png(&out.rgb, out.width, out.height, Some(&params))?;
     std::fs::write(&a.out, png).with_context(|| format!("writing {}", a.out.display()))?;

@@ -1,7 +1,10 @@
 //! Command-line front end. Everything here is glue: parse, call the library, print.
 
 mod bench_ops;
+mod convert;
 mod generate;
+mod http;
+mod quality;
 
 use std::path::{Path, PathBuf};
 
@@ -38,6 +41,12 @@ enum Command {
     Selftest,
     /// Time the core kernels at SD-like sizes and print GFLOP/s.
     BenchOps(bench_ops::Args),
+    /// Convert a diffusers model into a CDN package (manifest.json + shards of <= 64 MiB).
+    Convert(convert::Args),
+    /// Measure how far quantized networks drift from f32 (cosine, max error).
+    QuantQuality(quality::QualityArgs),
+    /// Package sizes of the published architectures under each quantization policy.
+    PackageSizes(quality::SizesArgs),
     /// Generate an image (txt2img, or img2img with --init-image).
     Generate(Box<generate::Args>),
     /// Print a prompt's 77 CLIP token ids as JSON, tokenized as the model's tokenizer/ says.
@@ -82,6 +91,9 @@ pub fn main() -> Result<()> {
         Command::BenchOps(args) => bench_ops::run(&gpu, &args),
         Command::Parity { model, f16, json } => parity(&gpu, &model, f16, json),
         Command::Generate(args) => generate::run(&gpu, &args),
+        Command::Convert(args) => convert::run(&gpu, &args),
+        Command::QuantQuality(args) => quality::quality(&gpu, &args),
+        Command::PackageSizes(args) => quality::sizes(&gpu, &args),
         Command::Tokenize { .. } => Ok(()),
     }
 }
@@ -99,7 +111,8 @@ fn tokenize(model: &Path, prompt: &str) -> Result<()> {
 
 fn parity(gpu: &Gpu, model: &Path, f16: bool, json: bool) -> Result<()> {
     let dtype = if f16 { DType::F16 } else { DType::F32 };
-    let outputs = pollster::block_on(webdiffusion::models::parity::run(&DirSource(model.to_path_buf()), gpu, dtype))?;
+    let opts = loader::LoadOptions::new(dtype);
+    let outputs = pollster::block_on(webdiffusion::models::parity::run(&DirSource(model.to_path_buf()), gpu, &opts))?;
     if json {
         println!("{}", serde_json::to_string(&outputs)?);
     } else {

@@ -1,26 +1,55 @@
-//! A Stable Diffusion model as Hugging Face publishes it (the diffusers folder layout), read
-//! through a `FileSource` so the same code loads from a local folder, a package or a CDN.
+//! A Stable Diffusion model as Hugging Face publishes it (the diffusers folder layout) or as our
+//! converter packages it (`package`), read through a `FileSource` so the same code loads from a
+//! local folder, memory or a CDN.
 //!
 //! Weight files: `<component>/{model,diffusion_pytorch_model}[.fp16].safetensors`; the plain
-//! (usually fp32) file is preferred when present, else the `.fp16` variant — either is converted to
-//! the compute dtype while uploading.
+//! (usually fp32) file is preferred when present, else the `.fp16` variant. Only the header is
+//! read whole; each tensor is then read by byte range, so loading never holds more than one
+//! tensor beyond what the source itself keeps (a CDN source fetches exactly those ranges).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
 use super::clip::ClipTextModel;
 use super::config::{ClipConfig, UNetConfig, VaeConfig};
+use super::package::Package;
 use super::tokenizer::ClipTokenizer;
 use super::unet::UNet;
 use super::vae::{Decoder, Encoder};
-use super::weights::{SafeTensorsBytes, Weights};
+use super::weights::{FileDType, TensorInfo, TensorSource, Weights};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu};
+use crate::quant::QuantPolicy;
 
 /// Files of a model repo by relative path (`unet/config.json`). `Ok(None)` when absent.
 pub trait FileSource {
     fn read(&self, path: &str) -> Result<Option<Vec<u8>>>;
+
+    /// `len` bytes at `start`; an error if the file is shorter.
+    fn read_range(&self, path: &str, start: u64, len: u64) -> Result<Option<Vec<u8>>> {
+        Ok(match self.read(path)? {
+            Some(all) => Some(slice_range(&all, path, start, len)?.to_vec()),
+            None => None,
+        })
+    }
+
     /// Where the files come from, for messages.
     fn describe(&self) -> String;
+
+    /// The package these files are, if they are one (see `Package`).
+    fn as_package(&self) -> Option<&Package<'_>> {
+        None
+    }
+}
+
+fn slice_range<'b>(all: &'b [u8], path: &str, start: u64, len: u64) -> Result<&'b [u8]> {
+    let end = start
+        .checked_add(len)
+        .filter(|&e| e <= all.len() as u64)
+        .ok_or_else(|| Error::Weights(format!("{path} is truncated: {} bytes, needed {start}+{len}", all.len())))?;
+    Ok(&all[start as usize..end as usize])
 }
 
 /// A folder on disk (native only: shared code never sees paths).
@@ -36,6 +65,22 @@ impl FileSource for DirSource {
             Err(e) => Err(Error::Weights(format!("reading {}: {e}", self.0.join(path).display()))),
         }
     }
+
+    fn read_range(&self, path: &str, start: u64, len: u64) -> Result<Option<Vec<u8>>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let full = self.0.join(path);
+        let mut f = match std::fs::File::open(&full) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::Weights(format!("reading {}: {e}", full.display()))),
+        };
+        let mut buf = vec![0u8; len as usize];
+        f.seek(SeekFrom::Start(start)).and_then(|_| f.read_exact(&mut buf)).map_err(|e| {
+            Error::Weights(format!("{} is truncated or unreadable at {start}+{len}: {e}", full.display()))
+        })?;
+        Ok(Some(buf))
+    }
+
     fn describe(&self) -> String {
         self.0.display().to_string()
     }
@@ -52,6 +97,9 @@ impl FileSource for MemorySource {
     fn read(&self, path: &str) -> Result<Option<Vec<u8>>> {
         Ok(self.files.get(path).cloned())
     }
+    fn read_range(&self, path: &str, start: u64, len: u64) -> Result<Option<Vec<u8>>> {
+        self.files.get(path).map(|all| slice_range(all, path, start, len).map(<[u8]>::to_vec)).transpose()
+    }
     fn describe(&self) -> String {
         self.name.clone()
     }
@@ -65,14 +113,123 @@ fn text(src: &dyn FileSource, path: &str) -> Result<String> {
     String::from_utf8(required(src, path)?).map_err(|_| Error::Weights(format!("{path} is not UTF-8")))
 }
 
-/// Reads a component's weights, preferring the plain file over the `.fp16` variant.
-pub fn component_weights(src: &dyn FileSource, component: &str, stem: &str) -> Result<SafeTensorsBytes> {
+/// One safetensors file read by byte ranges: the header once, then each tensor on request.
+pub struct SafeTensorsRanges<'a> {
+    src: &'a dyn FileSource,
+    path: String,
+    entries: BTreeMap<String, (TensorInfo, u64, u64)>,
+}
+
+#[derive(Deserialize)]
+struct HeaderEntry {
+    dtype: String,
+    shape: Vec<usize>,
+    data_offsets: [u64; 2],
+}
+
+impl<'a> SafeTensorsRanges<'a> {
+    /// `Ok(None)` when the file does not exist.
+    pub fn open(src: &'a dyn FileSource, path: &str) -> Result<Option<SafeTensorsRanges<'a>>> {
+        let bad = |msg: String| Error::Weights(format!("{path} is not a valid safetensors file: {msg}"));
+        let Some(len) = src.read_range(path, 0, 8)? else { return Ok(None) };
+        let n = u64::from_le_bytes(len.try_into().map_err(|_| bad("short header".into()))?);
+        if n > 100 << 20 {
+            return Err(bad(format!("a {n}-byte header")));
+        }
+        let header = src.read_range(path, 8, n)?.ok_or_else(|| bad("vanished while reading".into()))?;
+        let mut map: BTreeMap<String, serde_json::Value> =
+            serde_json::from_slice(&header).map_err(|e| bad(e.to_string()))?;
+        map.remove("__metadata__");
+        let mut entries = BTreeMap::new();
+        for (name, v) in map {
+            let e: HeaderEntry = serde_json::from_value(v).map_err(|e| bad(format!("{name}: {e}")))?;
+            let [a, b] = e.data_offsets;
+            if b < a {
+                return Err(bad(format!("{name} has offsets {a}..{b}")));
+            }
+            let info = TensorInfo { dtype: FileDType::parse(&e.dtype), shape: e.shape };
+            entries.insert(name, (info, 8 + n + a, b - a));
+        }
+        Ok(Some(SafeTensorsRanges { src, path: path.to_string(), entries }))
+    }
+}
+
+impl TensorSource for SafeTensorsRanges<'_> {
+    fn info(&self, name: &str) -> Option<TensorInfo> {
+        self.entries.get(name).map(|(i, _, _)| i.clone())
+    }
+    fn bytes(&self, name: &str) -> Result<std::borrow::Cow<'_, [u8]>> {
+        let (_, start, len) = self
+            .entries
+            .get(name)
+            .ok_or_else(|| Error::Tensor { name: name.into(), msg: "missing from the weights".into() })?;
+        let bytes = self
+            .src
+            .read_range(&self.path, *start, *len)?
+            .ok_or_else(|| Error::Weights(format!("{} vanished while loading", self.path)))?;
+        Ok(std::borrow::Cow::Owned(bytes))
+    }
+    fn names(&self) -> Vec<String> {
+        self.entries.keys().cloned().collect()
+    }
+}
+
+/// The weights file stem of each component.
+pub fn stem(component: &str) -> &'static str {
+    if component == "text_encoder" {
+        "model"
+    } else {
+        "diffusion_pytorch_model"
+    }
+}
+
+/// A component's tensors: from the package, or from its safetensors file (the plain file
+/// preferred over the `.fp16` variant).
+pub fn component_tensors<'a>(src: &'a dyn FileSource, component: &str) -> Result<Box<dyn TensorSource + 'a>> {
+    if let Some(p) = src.as_package() {
+        return Ok(Box::new(p.tensors(component)?));
+    }
+    let stem = stem(component);
     for file in [format!("{component}/{stem}.safetensors"), format!("{component}/{stem}.fp16.safetensors")] {
-        if let Some(bytes) = src.read(&file)? {
-            return SafeTensorsBytes::new(bytes, &file);
+        if let Some(t) = SafeTensorsRanges::open(src, &file)? {
+            return Ok(Box::new(t));
         }
     }
     Err(Error::Weights(format!("{} has no {component}/{stem}[.fp16].safetensors", src.describe())))
+}
+
+/// How to load: the compute dtype, and optionally a quantization policy applied on load.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub dtype: DType,
+    pub quant: Option<Arc<QuantPolicy>>,
+    /// Also load the VAE encoder (img2img).
+    pub with_encoder: bool,
+}
+
+impl LoadOptions {
+    pub fn new(dtype: DType) -> LoadOptions {
+        LoadOptions { dtype, quant: None, with_encoder: false }
+    }
+
+    pub fn weights<'a>(&self, t: &'a dyn TensorSource, gpu: &'a Gpu, component: &str) -> Weights<'a> {
+        let w = Weights::new(t, gpu, self.dtype);
+        match &self.quant {
+            Some(p) => w.with_policy(component, p.clone()),
+            None => w,
+        }
+    }
+}
+
+/// Runs `f` on the model's files, seen as a package when they are one.
+fn with_model<T>(src: &dyn FileSource, f: impl FnOnce(&dyn FileSource) -> Result<T>) -> Result<T> {
+    if src.as_package().is_some() {
+        return f(src);
+    }
+    match Package::detect(src)? {
+        Some(p) => f(&p),
+        None => f(src),
+    }
 }
 
 #[derive(Deserialize)]
@@ -82,38 +239,46 @@ struct ModelIndex {
 }
 
 pub fn tokenizer(src: &dyn FileSource) -> Result<ClipTokenizer> {
-    ClipTokenizer::from_files(
-        &required(src, "tokenizer/vocab.json")?,
-        &required(src, "tokenizer/merges.txt")?,
-        src.read("tokenizer/tokenizer_config.json")?.as_deref(),
-        src.read("tokenizer/special_tokens_map.json")?.as_deref(),
-    )
+    with_model(src, |src| {
+        ClipTokenizer::from_files(
+            &required(src, "tokenizer/vocab.json")?,
+            &required(src, "tokenizer/merges.txt")?,
+            src.read("tokenizer/tokenizer_config.json")?.as_deref(),
+            src.read("tokenizer/special_tokens_map.json")?.as_deref(),
+        )
+    })
 }
 
-pub fn text_encoder(src: &dyn FileSource, gpu: &Gpu, dtype: DType) -> Result<ClipTextModel> {
-    let config = ClipConfig::from_json(&text(src, "text_encoder/config.json")?)?;
-    let file = component_weights(src, "text_encoder", "model")?;
-    ClipTextModel::load(config, &Weights::new(&file, gpu, dtype))
+pub fn text_encoder(src: &dyn FileSource, gpu: &Gpu, opts: &LoadOptions) -> Result<ClipTextModel> {
+    with_model(src, |src| {
+        let config = ClipConfig::from_json(&text(src, "text_encoder/config.json")?)?;
+        let t = component_tensors(src, "text_encoder")?;
+        ClipTextModel::load(config, &opts.weights(&*t, gpu, "text_encoder"))
+    })
 }
 
-pub fn unet(src: &dyn FileSource, gpu: &Gpu, dtype: DType) -> Result<UNet> {
-    let config = UNetConfig::from_json(&text(src, "unet/config.json")?)?;
-    let file = component_weights(src, "unet", "diffusion_pytorch_model")?;
-    UNet::load(config, &Weights::new(&file, gpu, dtype))
+pub fn unet(src: &dyn FileSource, gpu: &Gpu, opts: &LoadOptions) -> Result<UNet> {
+    with_model(src, |src| {
+        let config = UNetConfig::from_json(&text(src, "unet/config.json")?)?;
+        let t = component_tensors(src, "unet")?;
+        UNet::load(config, &opts.weights(&*t, gpu, "unet"))
+    })
 }
 
 pub fn vae_config(src: &dyn FileSource) -> Result<VaeConfig> {
-    VaeConfig::from_json(&text(src, "vae/config.json")?)
+    with_model(src, |src| VaeConfig::from_json(&text(src, "vae/config.json")?))
 }
 
-/// The VAE decoder, and the encoder when `with_encoder` (img2img).
-pub fn vae(src: &dyn FileSource, gpu: &Gpu, dtype: DType, with_encoder: bool) -> Result<(Decoder, Option<Encoder>)> {
-    let config = vae_config(src)?;
-    let file = component_weights(src, "vae", "diffusion_pytorch_model")?;
-    let w = Weights::new(&file, gpu, dtype);
-    let decoder = Decoder::load(&config, &w)?;
-    let encoder = if with_encoder { Some(Encoder::load(&config, &w)?) } else { None };
-    Ok((decoder, encoder))
+/// The VAE decoder, and the encoder when `opts.with_encoder` (img2img).
+pub fn vae(src: &dyn FileSource, gpu: &Gpu, opts: &LoadOptions) -> Result<(Decoder, Option<Encoder>)> {
+    with_model(src, |src| {
+        let config = vae_config(src)?;
+        let t = component_tensors(src, "vae")?;
+        let w = opts.weights(&*t, gpu, "vae");
+        let decoder = Decoder::load(&config, &w)?;
+        let encoder = if opts.with_encoder { Some(Encoder::load(&config, &w)?) } else { None };
+        Ok((decoder, encoder))
+    })
 }
 
 /// Checks `model_index.json` names a pipeline we can run.
@@ -129,27 +294,28 @@ pub fn check_index(src: &dyn FileSource) -> Result<()> {
     }
 }
 
-/// Everything generation needs from a diffusers folder; `with_encoder` also loads the VAE
-/// encoder (img2img).
+/// Everything generation needs from a diffusers folder or a package. Components load in the
+/// order the converter writes them (VAE, text encoder, U-Net), so a package streams in order.
 pub fn stable_diffusion(
     src: &dyn FileSource,
     gpu: &Gpu,
-    dtype: DType,
-    with_encoder: bool,
+    opts: &LoadOptions,
 ) -> Result<crate::pipeline::generate::StableDiffusion> {
-    check_index(src)?;
-    let scheduler_config =
-        crate::pipeline::schedule::SchedulerConfig::from_json(&text(src, "scheduler/scheduler_config.json")?)?;
-    let (decoder, encoder) = vae(src, gpu, dtype, with_encoder)?;
-    Ok(crate::pipeline::generate::StableDiffusion {
-        gpu: gpu.clone(),
-        dtype,
-        tokenizer: tokenizer(src)?,
-        text_encoder: text_encoder(src, gpu, dtype)?,
-        unet: unet(src, gpu, dtype)?,
-        decoder,
-        encoder,
-        vae_config: vae_config(src)?,
-        scheduler_config,
+    with_model(src, |src| {
+        check_index(src)?;
+        let scheduler_config =
+            crate::pipeline::schedule::SchedulerConfig::from_json(&text(src, "scheduler/scheduler_config.json")?)?;
+        let (decoder, encoder) = vae(src, gpu, opts)?;
+        Ok(crate::pipeline::generate::StableDiffusion {
+            gpu: gpu.clone(),
+            dtype: opts.dtype,
+            tokenizer: tokenizer(src)?,
+            text_encoder: text_encoder(src, gpu, opts)?,
+            unet: unet(src, gpu, opts)?,
+            decoder,
+            encoder,
+            vae_config: vae_config(src)?,
+            scheduler_config,
+        })
     })
 }

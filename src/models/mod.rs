@@ -3,11 +3,14 @@
 //! `unet_blocks`, `nn`; `config` parsing; `weights` by name; `tokenizer`; `loader` for the
 //! diffusers folder layout. Model code never touches wgpu.
 
+pub mod arch;
 pub mod attention;
 pub mod clip;
 pub mod config;
+pub mod convert;
 pub mod loader;
 pub mod nn;
+pub mod package;
 pub mod parity;
 pub mod resnet;
 pub mod tokenizer;

@@ -5,36 +5,58 @@ use super::weights::Weights;
 use crate::error::Result;
 use crate::gpu::GpuTensor;
 use crate::ops;
+use crate::quant::QTensor;
+
+/// A matmul/conv weight, dense in the compute dtype or in q8_0/q4_0 blocks (dequantized inside
+/// the kernels).
+pub enum Weight {
+    Dense(GpuTensor),
+    Quant(QTensor),
+}
+
+impl Weight {
+    /// Bytes of GPU memory it holds.
+    pub fn bytes(&self) -> u64 {
+        match self {
+            Weight::Dense(t) => (t.numel() * t.dtype().size()) as u64,
+            Weight::Quant(q) => (q.data.numel() * 4) as u64,
+        }
+    }
+}
 
 /// nn.Linear: `weight` [out, in], optional `bias` [out].
 pub struct Linear {
-    pub weight: GpuTensor,
+    pub weight: Weight,
     pub bias: Option<GpuTensor>,
 }
 
 impl Linear {
     pub fn load(w: &Weights, in_dim: usize, out_dim: usize, bias: bool) -> Result<Linear> {
         Ok(Linear {
-            weight: w.get("weight", &[out_dim, in_dim])?,
+            weight: w.matrix("weight", &[out_dim, in_dim])?,
             bias: if bias { Some(w.get("bias", &[out_dim])?) } else { None },
         })
     }
 
     pub fn forward(&self, x: &GpuTensor) -> Result<GpuTensor> {
-        ops::linear(x, &self.weight, self.bias.as_ref())
+        match &self.weight {
+            Weight::Dense(weight) => ops::linear(x, weight, self.bias.as_ref()),
+            Weight::Quant(q) => ops::matmul_quant(x, q, self.bias.as_ref()),
+        }
     }
 }
 
 /// nn.Conv2d with bias.
 pub struct Conv2d {
-    pub weight: GpuTensor,
+    pub weight: Weight,
     pub bias: GpuTensor,
+    pub kernel: usize,
     pub params: ops::Conv2dParams,
 }
 
 impl Conv2d {
     pub fn load(w: &Weights, cin: usize, cout: usize, k: usize, params: ops::Conv2dParams) -> Result<Conv2d> {
-        Ok(Conv2d { weight: w.get("weight", &[cout, cin, k, k])?, bias: w.get("bias", &[cout])?, params })
+        Ok(Conv2d { weight: w.matrix("weight", &[cout, cin, k, k])?, bias: w.get("bias", &[cout])?, kernel: k, params })
     }
 
     /// 3x3, stride 1, padding 1: the shape-preserving conv of ResNet blocks.
@@ -47,7 +69,10 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: &GpuTensor) -> Result<GpuTensor> {
-        ops::conv2d(x, &self.weight, Some(&self.bias), self.params)
+        match &self.weight {
+            Weight::Dense(weight) => ops::conv2d(x, weight, Some(&self.bias), self.params),
+            Weight::Quant(q) => ops::conv2d_quant(x, q, self.kernel, self.kernel, Some(&self.bias), self.params),
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::loader::{self, FileSource};
+use super::loader::{self, FileSource, LoadOptions};
 use super::weights::{FileDType, SafeTensorsBytes, TensorSource};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, GpuTensor};
@@ -67,21 +67,22 @@ impl Reference {
 
 /// Text encoder (and its clip_skip=1 output), U-Net at every reference timestep, VAE decode and
 /// encode, computed in `dtype` and compared with the reference.
-pub async fn run(src: &dyn FileSource, gpu: &Gpu, dtype: DType) -> Result<Vec<ParityOutput>> {
+pub async fn run(src: &dyn FileSource, gpu: &Gpu, opts: &LoadOptions) -> Result<Vec<ParityOutput>> {
+    let dtype = opts.dtype;
     let bytes = src
         .read("reference.safetensors")?
         .ok_or_else(|| Error::Weights(format!("{} has no reference.safetensors", src.describe())))?;
     let r = Reference(SafeTensorsBytes::new(bytes, "reference.safetensors")?);
     let mut out = Vec::new();
 
-    let te = loader::text_encoder(src, gpu, dtype)?;
+    let te = loader::text_encoder(src, gpu, opts)?;
     let (shape, ids) = r.ids("text_encoder.input_ids")?;
     for (skip, name) in [(0, "text_encoder.last_hidden_state"), (1, "text_encoder.clip_skip1")] {
         out.push(r.compare(name, &te.forward(&ids, shape[0], skip)?).await?);
     }
     drop(te);
 
-    let unet = loader::unet(src, gpu, dtype)?;
+    let unet = loader::unet(src, gpu, opts)?;
     let sample = r.upload(gpu, "unet.sample", dtype)?;
     let context = r.upload(gpu, "unet.encoder_hidden_states", dtype)?;
     for t in r.f32("unet.timesteps")?.1 {
@@ -90,7 +91,7 @@ pub async fn run(src: &dyn FileSource, gpu: &Gpu, dtype: DType) -> Result<Vec<Pa
     }
     drop(unet);
 
-    let (decoder, encoder) = loader::vae(src, gpu, dtype, true)?;
+    let (decoder, encoder) = loader::vae(src, gpu, &LoadOptions { with_encoder: true, ..opts.clone() })?;
     out.push(r.compare("vae.decoded", &decoder.forward(&r.upload(gpu, "vae.latents", dtype)?)?).await?);
     if let Some(encoder) = encoder {
         let (mean, logvar) = encoder.forward(&r.upload(gpu, "vae.image", dtype)?)?;

@@ -2,6 +2,11 @@
 //! and bytes; `Weights` is the cursor model code walks with `pp("down_blocks.0")` (like candle's
 //! VarBuilder), checking every shape and converting f32/f16/bf16 files to the compute dtype on
 //! the way to the GPU. Shared code reads bytes, never paths.
+//!
+//! Each tensor passes through its *storage type* on the way: the file's own (f32/f16 or GGML
+//! blocks from a package), or the one a `QuantPolicy` picks (quantize-on-load). A model loaded
+//! from a diffusers file with a policy therefore gets bit-for-bit the weights of the package the
+//! converter writes with that policy.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -9,8 +14,10 @@ use std::sync::{Arc, Mutex};
 
 use half::{bf16, f16};
 
+use super::nn::Weight;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, GpuTensor};
+use crate::quant::{self, QTensor, QuantPolicy, StoreType};
 
 /// Element types found in published checkpoints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,8 +25,46 @@ pub enum FileDType {
     F32,
     F16,
     BF16,
+    /// GGML blocks of a matrix (packages, GGUF): the shape is the logical one.
+    Q8_0,
+    Q4_0,
     I64,
     Other,
+}
+
+impl FileDType {
+    pub fn parse(s: &str) -> FileDType {
+        match s {
+            "F32" | "f32" => FileDType::F32,
+            "F16" | "f16" => FileDType::F16,
+            "BF16" | "bf16" => FileDType::BF16,
+            "q8_0" => FileDType::Q8_0,
+            "q4_0" => FileDType::Q4_0,
+            "I64" => FileDType::I64,
+            _ => FileDType::Other,
+        }
+    }
+
+    fn store(self) -> Option<StoreType> {
+        match self {
+            FileDType::F32 => Some(StoreType::F32),
+            FileDType::F16 => Some(StoreType::F16),
+            FileDType::Q8_0 => Some(StoreType::Q8_0),
+            FileDType::Q4_0 => Some(StoreType::Q4_0),
+            _ => None,
+        }
+    }
+}
+
+impl From<StoreType> for FileDType {
+    fn from(s: StoreType) -> FileDType {
+        match s {
+            StoreType::F32 => FileDType::F32,
+            StoreType::F16 => FileDType::F16,
+            StoreType::Q8_0 => FileDType::Q8_0,
+            StoreType::Q4_0 => FileDType::Q4_0,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -50,14 +95,7 @@ impl SafeTensorsBytes {
         let data_start = 8 + header_len;
         let mut entries = BTreeMap::new();
         for (name, info) in meta.tensors() {
-            use safetensors::Dtype as D;
-            let dtype = match info.dtype {
-                D::F32 => FileDType::F32,
-                D::F16 => FileDType::F16,
-                D::BF16 => FileDType::BF16,
-                D::I64 => FileDType::I64,
-                _ => FileDType::Other,
-            };
+            let dtype = FileDType::parse(&info.dtype.to_string());
             let (a, b) = info.data_offsets;
             if data_start + b > bytes.len() {
                 return Err(Error::Weights(format!("{what} is truncated: tensor {name} ends past the file")));
@@ -88,21 +126,68 @@ impl TensorSource for SafeTensorsBytes {
     }
 }
 
-/// Converts little-endian `bytes` of `from` into the bytes of `to` (F32 or F16).
-fn convert(bytes: &[u8], from: FileDType, to: DType, name: &str) -> Result<Vec<u8>> {
-    let f32s: Vec<f32> = match from {
-        FileDType::F32 if to == DType::F32 => return Ok(bytes.to_vec()),
-        FileDType::F16 if to == DType::F16 => return Ok(bytes.to_vec()),
+/// Values of little-endian float `bytes`.
+fn decode(bytes: &[u8], from: FileDType, name: &str) -> Result<Vec<f32>> {
+    Ok(match from {
         FileDType::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
         FileDType::F16 => bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
         FileDType::BF16 => bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        FileDType::Q8_0 => quant::dequantize(quant::QuantFormat::Q8_0, bytes)?,
+        FileDType::Q4_0 => quant::dequantize(quant::QuantFormat::Q4_0, bytes)?,
         _ => return Err(Error::Tensor { name: name.into(), msg: format!("{from:?} is not a float weight") }),
-    };
-    Ok(match to {
-        DType::F32 => bytemuck::cast_slice(&f32s).to_vec(),
-        DType::F16 => f32s.iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()).collect(),
-        DType::U32 => return Err(Error::Tensor { name: name.into(), msg: "cannot load as u32".into() }),
     })
+}
+
+/// Values in storage type `to`: the bytes a package holds.
+pub fn encode(values: &[f32], to: StoreType) -> Result<Vec<u8>> {
+    Ok(match to {
+        StoreType::F32 => bytemuck::cast_slice(values).to_vec(),
+        StoreType::F16 => values.iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()).collect(),
+        StoreType::Q8_0 | StoreType::Q4_0 => quant::quantize(to.quant().unwrap_or(quant::QuantFormat::Q8_0), values)?,
+    })
+}
+
+/// Stored float bytes as the compute dtype's bytes.
+fn to_compute(bytes: &[u8], from: FileDType, to: DType, name: &str) -> Result<Vec<u8>> {
+    if (from == FileDType::F32 && to == DType::F32) || (from == FileDType::F16 && to == DType::F16) {
+        return Ok(bytes.to_vec());
+    }
+    let values = decode(bytes, from, name)?;
+    match to {
+        DType::F32 => Ok(bytemuck::cast_slice(&values).to_vec()),
+        DType::F16 => encode(&values, StoreType::F16),
+        DType::U32 => Err(Error::Tensor { name: name.into(), msg: "cannot load as u32".into() }),
+    }
+}
+
+/// A tensor a model asked for: what the converter packages, in the order models load them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Access {
+    pub name: String,
+    pub shape: Vec<usize>,
+    /// `[rows, cols]` when used as a matmul/conv weight (cols = the reduction dimension).
+    pub matrix: Option<[usize; 2]>,
+}
+
+#[derive(Default)]
+struct Log {
+    used: BTreeSet<String>,
+    order: Vec<Access>,
+}
+
+/// No tensors at all (the source of synthetic weights).
+struct NoTensors;
+
+impl TensorSource for NoTensors {
+    fn info(&self, _: &str) -> Option<TensorInfo> {
+        None
+    }
+    fn bytes(&self, name: &str) -> Result<Cow<'_, [u8]>> {
+        Err(Error::Tensor { name: name.into(), msg: "no tensors in this source".into() })
+    }
+    fn names(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// A cursor into a `TensorSource` at a name prefix. Cloning is cheap.
@@ -112,22 +197,50 @@ pub struct Weights<'a> {
     prefix: String,
     gpu: &'a Gpu,
     dtype: DType,
-    used: Arc<Mutex<BTreeSet<String>>>,
+    log: Arc<Mutex<Log>>,
     /// Check names and shapes only; hand out shape-only placeholders (see `dry_run`).
     dry: bool,
+    /// Quantize-on-load: the component's name in policy rules, and the policy.
+    policy: Option<(Arc<str>, Arc<QuantPolicy>)>,
+    /// Make up every tensor from this seed (see `synthetic`).
+    synth: Option<u64>,
 }
 
 impl<'a> Weights<'a> {
     pub fn new(source: &'a dyn TensorSource, gpu: &'a Gpu, dtype: DType) -> Self {
-        Weights { source, prefix: String::new(), gpu, dtype, used: Arc::default(), dry: false }
+        Weights {
+            source,
+            prefix: String::new(),
+            gpu,
+            dtype,
+            log: Arc::default(),
+            dry: false,
+            policy: None,
+            synth: None,
+        }
     }
 
     /// A cursor that checks every tensor a model asks for (name, shape, float dtype) without
     /// reading or uploading data: model constructors then validate a published tensor list
-    /// (from its header alone) in milliseconds. The tensors it returns are placeholders that
-    /// must never be computed with.
+    /// (from its header alone) in milliseconds, and the converter learns which tensors are
+    /// matrices and in what order they load. The tensors it returns are placeholders that must
+    /// never be computed with.
     pub fn dry_run(source: &'a dyn TensorSource, gpu: &'a Gpu, dtype: DType) -> Self {
         Weights { dry: true, ..Self::new(source, gpu, dtype) }
+    }
+
+    /// Random weights of whatever shapes the model asks for, deterministic in `seed` and the
+    /// tensor's name, scaled like PyTorch's default init (uniform ±1/sqrt(fan_in) for matrices,
+    /// norms at 1): real-size architectures for benchmarks and quantization studies without
+    /// downloading anything. With `dry`, only the shapes (for package sizes).
+    pub fn synthetic(gpu: &'a Gpu, dtype: DType, seed: u64, dry: bool) -> Self {
+        Weights { synth: Some(seed), dry, ..Self::new(&NoTensors, gpu, dtype) }
+    }
+
+    /// Quantize-on-load: tensors stored as floats get the storage `policy` picks for
+    /// `component.name`.
+    pub fn with_policy(self, component: &str, policy: Arc<QuantPolicy>) -> Self {
+        Weights { policy: Some((component.into(), policy)), ..self }
     }
 
     /// The same source under `prefix.name`.
@@ -153,7 +266,7 @@ impl<'a> Weights<'a> {
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.source.info(&self.full(name)).is_some()
+        self.synth.is_some() || self.source.info(&self.full(name)).is_some()
     }
 
     /// Loads `name` with exactly `shape` (trailing 1-dims are tolerated either way, as in 1x1
@@ -163,7 +276,74 @@ impl<'a> Weights<'a> {
     }
 
     pub fn get_as(&self, name: &str, shape: &[usize], dtype: DType) -> Result<GpuTensor> {
+        let (full, info) = self.lookup(name, shape)?;
+        self.record(&full, shape, None);
+        if self.dry {
+            return GpuTensor::placeholder(self.gpu, shape, dtype);
+        }
+        let (stored, bytes) = self.stored(&full, &info, None)?;
+        let data = to_compute(&bytes, stored.into(), dtype, &full)?;
+        GpuTensor::from_bytes(self.gpu, &data, shape, dtype)
+    }
+
+    /// A matmul/conv weight `shape` = [rows, ...] whose trailing dims flatten into the reduction
+    /// dimension: quantized when stored quantized (or when the policy says so), else dense.
+    pub fn matrix(&self, name: &str, shape: &[usize]) -> Result<Weight> {
+        let (full, info) = self.lookup(name, shape)?;
+        let rows = shape.first().copied().unwrap_or(1);
+        let cols = shape.iter().skip(1).product::<usize>();
+        self.record(&full, shape, Some([rows, cols]));
+        if self.dry {
+            return Ok(Weight::Dense(GpuTensor::placeholder(self.gpu, shape, self.dtype)?));
+        }
+        let (stored, bytes) = self.stored(&full, &info, Some([rows, cols]))?;
+        if let Some(format) = stored.quant() {
+            return Ok(Weight::Quant(QTensor::from_blocks(self.gpu, format, &bytes, rows, cols)?));
+        }
+        let data = to_compute(&bytes, stored.into(), self.dtype, &full)?;
+        Ok(Weight::Dense(GpuTensor::from_bytes(self.gpu, &data, shape, self.dtype)?))
+    }
+
+    /// The first of `names` present (for renamed tensors, e.g. the VAE's old attention names).
+    pub fn get_any(&self, names: &[&str], shape: &[usize]) -> Result<GpuTensor> {
+        let name = names.iter().find(|n| self.contains(n)).unwrap_or(&names[0]);
+        self.get(name, shape)
+    }
+
+    /// Tensors of the source never loaded so far (to check a loader reads the whole file).
+    pub fn unused(&self) -> Vec<String> {
+        let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        self.source.names().into_iter().filter(|n| !log.used.contains(n)).collect()
+    }
+
+    /// Every tensor loaded so far, in order, once each.
+    pub fn accesses(&self) -> Vec<Access> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).order.clone()
+    }
+
+    /// A tensor the model loaded (`accesses`) in its storage type: the bytes a package holds.
+    pub fn stored_access(&self, a: &Access) -> Result<(StoreType, Cow<'a, [u8]>)> {
+        let info = if self.synth.is_some() {
+            TensorInfo { dtype: FileDType::F32, shape: a.shape.clone() }
+        } else {
+            self.source.info(&a.name).ok_or_else(|| Error::Tensor { name: a.name.clone(), msg: "missing".into() })?
+        };
+        self.stored(&a.name, &info, a.matrix)
+    }
+
+    fn record(&self, full: &str, shape: &[usize], matrix: Option<[usize; 2]>) {
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        if log.used.insert(full.to_string()) {
+            log.order.push(Access { name: full.to_string(), shape: shape.to_vec(), matrix });
+        }
+    }
+
+    /// The full name and file info of `name`, checked against the `shape` the config implies.
+    fn lookup(&self, name: &str, shape: &[usize]) -> Result<(String, TensorInfo)> {
         let full = self.full(name);
+        if self.synth.is_some() {
+            return Ok((full, TensorInfo { dtype: FileDType::F32, shape: shape.to_vec() }));
+        }
         let info = self.source.info(&full).ok_or_else(|| Error::Tensor {
             name: full.clone(),
             msg: "missing from the weights (wrong model type or an incomplete file?)".into(),
@@ -181,28 +361,50 @@ impl<'a> Weights<'a> {
                 msg: format!("has shape {:?}, the config implies {shape:?}", info.shape),
             });
         }
-        if self.dry {
-            if !matches!(info.dtype, FileDType::F32 | FileDType::F16 | FileDType::BF16) {
-                return Err(Error::Tensor { name: full, msg: format!("{:?} is not a float weight", info.dtype) });
-            }
-            self.used.lock().unwrap_or_else(|p| p.into_inner()).insert(full);
-            return GpuTensor::placeholder(self.gpu, shape, dtype);
+        if !matches!(info.dtype, FileDType::F32 | FileDType::F16 | FileDType::BF16 | FileDType::Q8_0 | FileDType::Q4_0)
+        {
+            return Err(Error::Tensor { name: full, msg: format!("{:?} is not a float weight", info.dtype) });
         }
-        let bytes = self.source.bytes(&full)?;
-        let data = convert(&bytes, info.dtype, dtype, &full)?;
-        self.used.lock().unwrap_or_else(|p| p.into_inner()).insert(full);
-        GpuTensor::from_bytes(self.gpu, &data, shape, dtype)
+        Ok((full, info))
     }
 
-    /// The first of `names` present (for renamed tensors, e.g. the VAE's old attention names).
-    pub fn get_any(&self, names: &[&str], shape: &[usize]) -> Result<GpuTensor> {
-        let name = names.iter().find(|n| self.contains(n)).unwrap_or(&names[0]);
-        self.get(name, shape)
+    /// The tensor in its storage type: as the file has it, or as the policy wants it.
+    fn stored(&self, full: &str, info: &TensorInfo, matrix: Option<[usize; 2]>) -> Result<(StoreType, Cow<'a, [u8]>)> {
+        let bytes: Cow<'a, [u8]> = match self.synth {
+            Some(seed) => Cow::Owned(encode(&synthesize(seed, full, &info.shape, matrix), StoreType::F32)?),
+            None => self.source.bytes(full)?,
+        };
+        let want = info.dtype.store().map_or(0, |s| s.bytes(info.shape.iter().product()));
+        if want != 0 && bytes.len() != want {
+            return Err(Error::Tensor {
+                name: full.into(),
+                msg: format!("has {} bytes, expected {want}", bytes.len()),
+            });
+        }
+        let target = self.policy.as_ref().map(|(component, p)| p.decide(&format!("{component}.{full}"), matrix));
+        match (info.dtype.store(), target) {
+            // Already quantized (a package), or no policy: as stored.
+            (Some(s), _) if s.quant().is_some() => Ok((s, bytes)),
+            (Some(s), None) => Ok((s, bytes)),
+            (Some(s), Some(t)) if s == t => Ok((s, bytes)),
+            (_, t) => {
+                let t = t.unwrap_or(StoreType::F32);
+                Ok((t, Cow::Owned(encode(&decode(&bytes, info.dtype, full)?, t)?)))
+            }
+        }
     }
+}
 
-    /// Tensors of the source never loaded so far (to check a loader reads the whole file).
-    pub fn unused(&self) -> Vec<String> {
-        let used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        self.source.names().into_iter().filter(|n| !used.contains(n)).collect()
-    }
+/// Deterministic stand-in weights (see `Weights::synthetic`).
+fn synthesize(seed: u64, name: &str, shape: &[usize], matrix: Option<[usize; 2]>) -> Vec<f32> {
+    let n: usize = shape.iter().product();
+    // FNV-1a of the name, so a tensor's values do not depend on load order.
+    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    let scale = match matrix {
+        Some([_, cols]) => 1.0 / (cols.max(1) as f32).sqrt(),
+        None if shape.len() == 1 && name.ends_with("weight") => return vec![1.0; n], // norm gains
+        None if shape.len() == 1 => 0.02,                                            // biases
+        None => 0.03,                                                                // embeddings
+    };
+    crate::selftest::random_values(seed ^ h, n).into_iter().map(|v| v * scale).collect()
 }

@@ -9,8 +9,10 @@
 //! u32 words (see `shaders/common/quant.wgsl`).
 
 mod gpu;
+mod policy;
 
 pub use gpu::QTensor;
+pub use policy::{QuantPolicy, Rule, StoreType};
 
 use half::f16;
 
@@ -140,6 +142,33 @@ pub fn pack_rows(format: QuantFormat, blocks: &[u8], rows: usize, cols: usize) -
     Ok(out)
 }
 
+/// How close `got` is to `want`: cosine similarity, max |error|, and the PSNR of images in [0, 1]
+/// (`peak` 1) or bytes (`peak` 255).
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct Closeness {
+    pub cosine: f64,
+    pub max_abs_err: f64,
+    pub psnr_db: f64,
+}
+
+pub fn closeness(got: &[f32], want: &[f32], peak: f64) -> Closeness {
+    let (mut dot, mut gg, mut ww, mut max, mut se) = (0f64, 0f64, 0f64, 0f64, 0f64);
+    for (&g, &w) in got.iter().zip(want) {
+        let (g, w) = (g as f64, w as f64);
+        dot += g * w;
+        gg += g * g;
+        ww += w * w;
+        max = max.max((g - w).abs());
+        se += (g - w) * (g - w);
+    }
+    let mse = se / want.len().max(1) as f64;
+    Closeness {
+        cosine: if gg == 0.0 || ww == 0.0 { f64::from(u8::from(gg == ww)) } else { dot / (gg * ww).sqrt() },
+        max_abs_err: max,
+        psnr_db: if mse == 0.0 { f64::INFINITY } else { 10.0 * (peak * peak / mse).log10() },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,6 +190,17 @@ mod tests {
             }
         }
         assert!(quantize(QuantFormat::Q8_0, &[0.0; 31]).is_err());
+    }
+
+    #[test]
+    fn closeness_measures() {
+        let c = closeness(&[1.0, 0.0], &[1.0, 0.0], 1.0);
+        assert_eq!((c.cosine, c.max_abs_err), (1.0, 0.0));
+        assert!(c.psnr_db.is_infinite());
+        let c = closeness(&[0.0, 1.0], &[1.0, 0.0], 1.0);
+        assert_eq!((c.cosine, c.max_abs_err), (0.0, 1.0));
+        assert!((c.psnr_db - 0.0).abs() < 1e-12);
+        assert!((closeness(&[0.5], &[0.6], 1.0).psnr_db - 20.0).abs() < 1e-9);
     }
 
     #[test]

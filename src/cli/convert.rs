@@ -1,0 +1,95 @@
+//! `webdiffusion convert`: a diffusers model (folder or URL) into a CDN package.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use webdiffusion::gpu::Gpu;
+use webdiffusion::models::convert::{convert, ShardSink};
+use webdiffusion::models::package::{MANIFEST, MAX_SHARD};
+use webdiffusion::quant::{QuantPolicy, StoreType};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A diffusers model folder or URL (or a package, to re-quantize).
+    #[arg(long)]
+    model: String,
+    /// Output folder (created).
+    #[arg(long)]
+    out: PathBuf,
+    /// Storage of matrices: q8_0, q4_0, f16 or f32 (with the standard policy; see --policy).
+    #[arg(long)]
+    quant: String,
+    /// A JSON policy file replacing the standard one (see src/quant/policy.rs).
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Largest shard in MiB.
+    #[arg(long, default_value_t = (MAX_SHARD >> 20) as u64)]
+    shard_mib: u64,
+}
+
+struct DirSink(PathBuf);
+
+impl ShardSink for DirSink {
+    fn write_shard(&mut self, file: &str, bytes: &[u8]) -> webdiffusion::Result<()> {
+        let path = self.0.join(file);
+        let io = |e: std::io::Error| webdiffusion::Error::Weights(format!("writing {}: {e}", path.display()));
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        std::fs::write(&path, bytes).map_err(io)
+    }
+}
+
+/// The policy `--quant` and `--policy` ask for (shared with `generate`).
+pub fn policy(quant: &str, file: Option<&Path>) -> Result<QuantPolicy> {
+    match file {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            Ok(QuantPolicy::from_json(&text)?)
+        }
+        None => Ok(QuantPolicy::standard(StoreType::parse(quant)?)),
+    }
+}
+
+pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
+    let t0 = Instant::now();
+    let policy = policy(&a.quant, a.policy.as_deref())?;
+    let src = super::http::open_model(&a.model);
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    // A stale manifest must not describe the new shards while they are written.
+    let manifest_path = a.out.join(MANIFEST);
+    if manifest_path.exists() {
+        std::fs::remove_file(&manifest_path)?;
+    }
+    let mut sink = DirSink(a.out.clone());
+    let max = usize::try_from(a.shard_mib << 20)?;
+    let done =
+        convert(&*src, gpu, &a.quant, &policy, max, &mut sink).with_context(|| format!("converting {}", a.model))?;
+    let m = &done.manifest;
+    let tmp = a.out.join("manifest.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec(m)?)?;
+    std::fs::rename(&tmp, &manifest_path)?;
+
+    let mut by: BTreeMap<(String, &str), (usize, u64)> = BTreeMap::new();
+    for t in &m.tensors {
+        let e = by.entry((t.component.clone(), t.dtype.name())).or_default();
+        e.0 += 1;
+        e.1 += t.length;
+    }
+    for ((component, dtype), (n, bytes)) in &by {
+        println!("{component:<13} {dtype:<5} {n:>5} tensors {:>10.1} MB", *bytes as f64 / 1e6);
+    }
+    println!(
+        "{}: {} shards, {:.1} MB in {:.1} s",
+        a.out.display(),
+        m.shards.len(),
+        m.total_bytes() as f64 / 1e6,
+        t0.elapsed().as_secs_f64()
+    );
+    if !done.dropped.is_empty() {
+        println!("left out (no model uses them): {}", done.dropped.join(", "));
+    }
+    Ok(())
+}

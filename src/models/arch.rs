@@ -1,0 +1,50 @@
+//! The published architectures, by their diffusers configs (copied from the Hugging Face repos;
+//! `tests/published.rs` checks our models load their real tensor lists): what benchmarks and
+//! package-size estimates build with synthetic weights, nothing downloaded.
+
+use crate::error::{Error, Result};
+
+pub struct Arch {
+    pub name: &'static str,
+    /// The Hugging Face repo it comes from.
+    pub repo: &'static str,
+    pub unet: &'static str,
+    pub vae: &'static str,
+    pub text_encoder: &'static str,
+}
+
+impl Arch {
+    pub fn config(&self, component: &str) -> Result<&'static str> {
+        match component {
+            "unet" => Ok(self.unet),
+            "vae" => Ok(self.vae),
+            "text_encoder" => Ok(self.text_encoder),
+            other => Err(Error::Request(format!("unknown component {other}"))),
+        }
+    }
+}
+
+macro_rules! arch {
+    ($name:literal, $repo:literal) => {
+        Arch {
+            name: $name,
+            repo: $repo,
+            unet: include_str!(concat!("arch/", $name, "/unet.json")),
+            vae: include_str!(concat!("arch/", $name, "/vae.json")),
+            text_encoder: include_str!(concat!("arch/", $name, "/text_encoder.json")),
+        }
+    };
+}
+
+pub const ARCHS: [Arch; 3] = [
+    arch!("sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5"),
+    arch!("sd21-base", "stabilityai/stable-diffusion-2-1-base"),
+    arch!("sd-turbo", "stabilityai/sd-turbo"),
+];
+
+pub fn by_name(name: &str) -> Result<&'static Arch> {
+    ARCHS.iter().find(|a| a.name == name).ok_or_else(|| {
+        let names: Vec<_> = ARCHS.iter().map(|a| a.name).collect();
+        Error::Request(format!("unknown architecture {name} (one of {})", names.join(", ")))
+    })
+}

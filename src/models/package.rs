@@ -1,0 +1,220 @@
+//! Our CDN package: `manifest.json` plus shards of at most 64 MiB — small enough for one
+//! storage binding, one IndexedDB record and one HTTP request.
+//!
+//! The manifest holds the format version, the conversion policy, the small files of the
+//! diffusers layout verbatim (configs, scheduler, tokenizer), every shard's size and sha256, and
+//! every tensor's component, name, storage type (f32/f16/q8_0/q4_0 in GGML blocks), logical shape
+//! and place: `length` bytes at `offset` of shard `shard`. Tensors are written in the order the
+//! models load them, so shards stream in order; a tensor larger than a shard starts a fresh shard
+//! and runs on into the next ones.
+//!
+//! Reading verifies each shard's size and sha256 before any of its bytes is used, and errors
+//! name the shard (`Error::Shard`), so a client knows exactly what to fetch again.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::loader::FileSource;
+use super::weights::{FileDType, TensorInfo, TensorSource};
+use crate::error::{Error, Result};
+use crate::quant::{QuantPolicy, StoreType};
+
+pub const FORMAT: &str = "webdiffusion-package";
+pub const VERSION: u32 = 1;
+/// The largest shard the converter writes (and a client should expect).
+pub const MAX_SHARD: usize = 64 << 20;
+pub const MANIFEST: &str = "manifest.json";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub version: u32,
+    /// What the converter was asked for (`q4_0`, `f16`, ...) and the whole policy it applied.
+    pub quant: String,
+    pub policy: QuantPolicy,
+    /// Small text files of the diffusers layout by path (`unet/config.json`), verbatim.
+    pub files: BTreeMap<String, String>,
+    pub shards: Vec<ShardEntry>,
+    pub tensors: Vec<TensorEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShardEntry {
+    /// Path relative to the manifest (`shards/unet-003.bin`).
+    pub file: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TensorEntry {
+    pub component: String,
+    pub name: String,
+    pub dtype: StoreType,
+    pub shape: Vec<usize>,
+    pub shard: usize,
+    pub offset: u64,
+    pub length: u64,
+}
+
+impl Manifest {
+    pub fn parse(bytes: &[u8]) -> Result<Manifest> {
+        let m: Manifest = serde_json::from_slice(bytes)
+            .map_err(|e| Error::Weights(format!("{MANIFEST} is not a valid package manifest: {e}")))?;
+        if m.format != FORMAT {
+            return Err(Error::Weights(format!("{MANIFEST} is a {:?}, not a {FORMAT}", m.format)));
+        }
+        if m.version != VERSION {
+            return Err(Error::Weights(format!(
+                "package format version {} is not supported by this build (it reads version {VERSION})",
+                m.version
+            )));
+        }
+        for t in &m.tensors {
+            let end = t.shard < m.shards.len() && {
+                let span: u64 = m.shards[t.shard..].iter().map(|s| s.size).sum();
+                t.offset + t.length <= span
+            };
+            let numel: usize = t.shape.iter().product();
+            if !end || t.length != t.dtype.bytes(numel) as u64 {
+                return Err(Error::Weights(format!(
+                    "{MANIFEST}: tensor {}.{} has a bad place or length",
+                    t.component, t.name
+                )));
+            }
+        }
+        Ok(m)
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.shards.iter().map(|s| s.size).sum()
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Checks a shard's bytes against its manifest entry.
+pub fn verify_shard(entry: &ShardEntry, bytes: &[u8]) -> Result<()> {
+    let err = |msg: String| Err(Error::Shard { file: entry.file.clone(), msg });
+    if (bytes.len() as u64) < entry.size {
+        return err(format!(
+            "truncated: {} of {} bytes (an interrupted download? fetch it again)",
+            bytes.len(),
+            entry.size
+        ));
+    }
+    if bytes.len() as u64 != entry.size {
+        return err(format!("{} bytes, the manifest says {}", bytes.len(), entry.size));
+    }
+    let got = sha256_hex(bytes);
+    if got != entry.sha256 {
+        return err(format!("corrupt: sha256 {got}, the manifest says {} (fetch it again)", entry.sha256));
+    }
+    Ok(())
+}
+
+/// A package read through the `FileSource` holding its files.
+pub struct Package<'a> {
+    inner: &'a dyn FileSource,
+    pub manifest: Manifest,
+    /// The last two verified shards: tensors are read in shard order, and one may straddle two.
+    cache: Mutex<Vec<(usize, Arc<Vec<u8>>)>>,
+}
+
+impl<'a> Package<'a> {
+    /// The package at `src`, if `src` has a manifest.
+    pub fn detect(src: &'a dyn FileSource) -> Result<Option<Package<'a>>> {
+        match src.read(MANIFEST)? {
+            Some(bytes) => {
+                Ok(Some(Package { inner: src, manifest: Manifest::parse(&bytes)?, cache: Mutex::default() }))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Shard `i`, verified.
+    fn shard(&self, i: usize) -> Result<Arc<Vec<u8>>> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, b)) = cache.iter().find(|(j, _)| *j == i) {
+            return Ok(b.clone());
+        }
+        let entry = &self.manifest.shards[i];
+        let bytes = self.inner.read(&entry.file)?.ok_or_else(|| Error::Shard {
+            file: entry.file.clone(),
+            msg: format!("missing from {}", self.inner.describe()),
+        })?;
+        verify_shard(entry, &bytes)?;
+        let bytes = Arc::new(bytes);
+        if cache.len() == 2 {
+            cache.remove(0);
+        }
+        cache.push((i, bytes.clone()));
+        Ok(bytes)
+    }
+
+    pub fn tensors(&self, component: &str) -> Result<PackageTensors<'_, 'a>> {
+        let entries: BTreeMap<String, &TensorEntry> =
+            self.manifest.tensors.iter().filter(|t| t.component == component).map(|t| (t.name.clone(), t)).collect();
+        if entries.is_empty() {
+            return Err(Error::Weights(format!("the package at {} has no {component} tensors", self.inner.describe())));
+        }
+        Ok(PackageTensors { package: self, entries })
+    }
+}
+
+impl FileSource for Package<'_> {
+    /// The manifest's small files, else the underlying files (shards).
+    fn read(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        match self.manifest.files.get(path) {
+            Some(text) => Ok(Some(text.as_bytes().to_vec())),
+            None => self.inner.read(path),
+        }
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn as_package(&self) -> Option<&Package<'_>> {
+        Some(self)
+    }
+}
+
+/// One component's tensors in a package.
+pub struct PackageTensors<'p, 'a> {
+    package: &'p Package<'a>,
+    entries: BTreeMap<String, &'p TensorEntry>,
+}
+
+impl TensorSource for PackageTensors<'_, '_> {
+    fn info(&self, name: &str) -> Option<TensorInfo> {
+        self.entries.get(name).map(|t| TensorInfo { dtype: FileDType::from(t.dtype), shape: t.shape.clone() })
+    }
+
+    fn bytes(&self, name: &str) -> Result<std::borrow::Cow<'_, [u8]>> {
+        let t = self
+            .entries
+            .get(name)
+            .ok_or_else(|| Error::Tensor { name: name.into(), msg: "missing from the package".into() })?;
+        let mut out = Vec::with_capacity(t.length as usize);
+        let (mut shard, mut offset) = (t.shard, t.offset as usize);
+        while (out.len() as u64) < t.length {
+            let bytes = self.package.shard(shard)?;
+            let take = (t.length as usize - out.len()).min(bytes.len().saturating_sub(offset));
+            out.extend_from_slice(&bytes[offset..offset + take]);
+            shard += 1;
+            offset = 0;
+            if shard > self.package.manifest.shards.len() && (out.len() as u64) < t.length {
+                return Err(Error::Tensor { name: name.into(), msg: "runs past the last shard".into() });
+            }
+        }
+        Ok(std::borrow::Cow::Owned(out))
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.entries.keys().cloned().collect()
+    }
+}

@@ -1,0 +1,154 @@
+//! Packages: convert → load gives exactly the weights of quantize-on-load, shards stay within
+//! their size, damaged shards are named, and quantized networks stay close to f32.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use webdiffusion::gpu::DType;
+use webdiffusion::models::convert::{convert, ShardSink};
+use webdiffusion::models::loader::{self, DirSource, FileSource, LoadOptions, MemorySource};
+use webdiffusion::models::package::{Manifest, MANIFEST};
+use webdiffusion::models::parity;
+use webdiffusion::pipeline::generate::{Generated, Request};
+use webdiffusion::pipeline::rng::NormalRng;
+use webdiffusion::pipeline::scheduler::SchedulerKind;
+use webdiffusion::quant::{closeness, QuantPolicy, StoreType};
+use webdiffusion::Error;
+
+fn dir(model: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(model)
+}
+
+struct MemSink(HashMap<String, Vec<u8>>);
+
+impl ShardSink for MemSink {
+    fn write_shard(&mut self, file: &str, bytes: &[u8]) -> webdiffusion::Result<()> {
+        assert!(self.0.insert(file.to_string(), bytes.to_vec()).is_none(), "{file} written twice");
+        Ok(())
+    }
+}
+
+/// A package of `model` in memory, and its manifest.
+fn package(model: &str, quant: &str, policy: &QuantPolicy, max_shard: usize) -> (MemorySource, Manifest) {
+    let mut sink = MemSink(HashMap::new());
+    let done = convert(&DirSource(dir(model)), common::gpu(), quant, policy, max_shard, &mut sink).unwrap();
+    let mut files = sink.0;
+    files.insert(MANIFEST.into(), serde_json::to_vec(&done.manifest).unwrap());
+    (MemorySource { files, name: format!("{model} {quant} package") }, done.manifest)
+}
+
+fn generate(src: &dyn FileSource, opts: &LoadOptions, steps: usize) -> Generated {
+    let sd = loader::stable_diffusion(src, common::gpu(), opts).unwrap();
+    let req = Request {
+        prompt: "a red circle".into(),
+        negative_prompt: None,
+        steps,
+        guidance: 7.5,
+        width: 64,
+        height: 64,
+        scheduler: SchedulerKind::Euler,
+        init: None,
+    };
+    pollster::block_on(sd.generate(&req, None, &mut NormalRng::new(7), &mut |_| true)).unwrap()
+}
+
+fn quantized(policy: &QuantPolicy) -> LoadOptions {
+    LoadOptions { quant: Some(Arc::new(policy.clone())), ..LoadOptions::new(DType::F32) }
+}
+
+#[test]
+fn packages_load_to_exactly_the_weights_of_quantize_on_load() {
+    let max = 200_000;
+    let mut sizes = Vec::new();
+    for quant in ["f16", "q8_0", "q4_0"] {
+        let policy = QuantPolicy::standard(StoreType::parse(quant).unwrap());
+        let (pkg, manifest) = package("tiny-sd1", quant, &policy, max);
+        assert_eq!(Manifest::parse(&pkg.files[MANIFEST]).unwrap().tensors, manifest.tensors);
+        assert!(manifest.shards.len() > 3, "{quant}: {} shards", manifest.shards.len());
+        assert!(manifest.shards.iter().all(|s| s.size as usize <= max && pkg.files[&s.file].len() == s.size as usize));
+        // The 49408-token embedding is larger than a shard: it must run over several.
+        let emb = manifest.tensors.iter().find(|t| t.name.ends_with("token_embedding.weight")).unwrap();
+        assert!(emb.length as usize > max && emb.dtype == StoreType::F16);
+        let n_quant = manifest.tensors.iter().filter(|t| t.dtype.quant().is_some()).count();
+        assert_eq!(n_quant > 0, quant != "f16", "{quant}: {n_quant} quantized tensors");
+        sizes.push(manifest.total_bytes());
+
+        let from_package = generate(&pkg, &LoadOptions::new(DType::F32), 3);
+        let on_load = generate(&DirSource(dir("tiny-sd1")), &quantized(&policy), 3);
+        assert_eq!(from_package.latents, on_load.latents, "{quant}: package and quantize-on-load differ");
+        assert_eq!(from_package.rgb, on_load.rgb);
+    }
+    assert!(sizes[0] > sizes[1] && sizes[1] > sizes[2], "f16 > q8_0 > q4_0 in bytes: {sizes:?}");
+}
+
+#[test]
+fn damaged_shards_are_named() {
+    let policy = QuantPolicy::standard(StoreType::Q8_0);
+    let (pkg, manifest) = package("tiny-sd2", "q8_0", &policy, 200_000);
+    let shard = manifest.shards.iter().find(|s| s.file.contains("unet")).unwrap().file.clone();
+    let load = |files: &HashMap<String, Vec<u8>>| {
+        let src = MemorySource { files: files.clone(), name: "damaged".into() };
+        match loader::stable_diffusion(&src, common::gpu(), &LoadOptions::new(DType::F32)) {
+            Ok(_) => panic!("a damaged package loaded"),
+            Err(e) => e,
+        }
+    };
+    let mut files = pkg.files.clone();
+    let len = files[&shard].len();
+    files.get_mut(&shard).unwrap().truncate(len - 1000);
+    let err = load(&files);
+    assert!(matches!(&err, Error::Shard { file, .. } if *file == shard), "{err}");
+    assert!(err.to_string().contains("truncated") && err.to_string().contains(&shard), "{err}");
+
+    let mut files = pkg.files.clone();
+    files.get_mut(&shard).unwrap()[len / 2] ^= 0x40;
+    let err = load(&files).to_string();
+    assert!(err.contains(&shard) && err.contains("corrupt") && err.contains("sha256"), "{err}");
+
+    let mut files = pkg.files.clone();
+    files.remove(&shard);
+    let err = load(&files).to_string();
+    assert!(err.contains(&shard) && err.contains("missing"), "{err}");
+
+    let mut files = pkg.files.clone();
+    let text = String::from_utf8(files[MANIFEST].clone()).unwrap().replacen("\"version\":1", "\"version\":9", 1);
+    files.insert(MANIFEST.into(), text.into_bytes());
+    let err = load(&files).to_string();
+    assert!(err.contains("version 9 is not supported"), "{err}");
+}
+
+/// Every quantizable matrix of every network in `format` (the VAE included), to measure each.
+fn everything(format: StoreType) -> QuantPolicy {
+    QuantPolicy { matrices: format, other: StoreType::F16, min_elements: 0, rules: vec![] }
+}
+
+#[test]
+fn quantized_networks_stay_close_to_f32() {
+    for model in ["tiny-sd1", "tiny-sd2"] {
+        let src = DirSource(dir(model));
+        let base = pollster::block_on(parity::run(&src, common::gpu(), &LoadOptions::new(DType::F32))).unwrap();
+        let f32_image = generate(&src, &LoadOptions::new(DType::F32), 10);
+        for (format, min_cos) in [(StoreType::Q8_0, 0.999), (StoreType::Q4_0, 0.99)] {
+            let got = pollster::block_on(parity::run(&src, common::gpu(), &quantized(&everything(format)))).unwrap();
+            for (g, b) in got.iter().zip(&base) {
+                let c = closeness(&g.values, &b.values, 1.0);
+                eprintln!(
+                    "{model} {} {:<28} cos {:.6} max|err| {:.2e}",
+                    format.name(),
+                    g.name,
+                    c.cosine,
+                    c.max_abs_err
+                );
+                assert!(c.cosine >= min_cos, "{model} {} {}: cosine {}", format.name(), g.name, c.cosine);
+            }
+            let img = generate(&src, &quantized(&QuantPolicy::standard(format)), 10);
+            let to_f = |v: &[u8]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
+            let c = closeness(&to_f(&img.rgb), &to_f(&f32_image.rgb), 255.0);
+            eprintln!("{model} {} 10-step image PSNR {:.1} dB", format.name(), c.psnr_db);
+            assert!(c.psnr_db > if format == StoreType::Q8_0 { 30.0 } else { 20.0 }, "{model}: {c:?}");
+        }
+    }
+}
