@@ -351,3 +351,44 @@ fn narrow_and_clamp() {
         |x| x[0].clamp(-30f32, 20f32),
     );
 }
+
+/// The VAE decoder's real sizes: wide groups, a 512-dim single-head attention, 64x64 convs.
+/// (A random real-size VAE decoded differently from run to run: the 512-wide head overflowed the
+/// per-thread arrays; it is now split into column slices.)
+#[test]
+fn vae_sized_ops() {
+    for (shape, groups) in [(vec![1, 128, 64, 64], 32), (vec![1, 512, 16, 16], 32), (vec![1, 256, 32, 32], 32)] {
+        let c = shape[1];
+        check_op(
+            "group_norm",
+            &format!("{shape:?} g{groups}"),
+            &[inp_scaled(&shape, 3.0, 2.0), inp(&[c]), inp(&[c])],
+            |x| ops::group_norm(&x[0], groups, &x[1], &x[2], 1e-6, true),
+            |x| {
+                let gn = candle_nn::GroupNorm::new(x[1].clone(), x[2].clone(), c, groups, 1e-6)?;
+                candle_core::Module::forward(&gn, &x[0])?.silu()
+            },
+        );
+    }
+    for (n, d) in [(64, 512)] {
+        check_op(
+            "attention",
+            &format!("vae mid attention {n}x{d}"),
+            &[inp_scaled(&[1, n, d], 2.0, 0.0), inp(&[1, n, d]), inp(&[1, n, d])],
+            |x| ops::attention(&x[0], &x[1], &x[2], 1, AttentionLayout::Merged, false, None),
+            |x| {
+                let (q, k, v) = (split_heads(&x[0], 1)?, split_heads(&x[1], 1)?, split_heads(&x[2], 1)?);
+                let o = cpu_attention(&q, &k, &v, false).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                o.transpose(1, 2)?.reshape((1, n, d))
+            },
+        );
+    }
+    let cp = Conv2dParams { stride: 1, padding: 1, pad_end: 0 };
+    check_op(
+        "conv2d",
+        "1x128x64x64->128 k3",
+        &[inp(&[1, 128, 64, 64]), inp(&[128, 128, 3, 3]), inp(&[128])],
+        |x| ops::conv2d(&x[0], &x[1], Some(&x[2]), cp),
+        |x| cpu_conv(x, 1, 1),
+    );
+}

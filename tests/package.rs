@@ -125,30 +125,35 @@ fn everything(format: StoreType) -> QuantPolicy {
     QuantPolicy { matrices: format, other: StoreType::F16, min_elements: 0, rules: vec![] }
 }
 
+/// The targets on the U-Net output: cosine >= 0.999 for q8_0 and >= 0.99 for q4_0 with
+/// the standard policy. Quantizing everything to q4_0 misses (about 0.97 here), which is why the
+/// standard policy keeps the residual-path tensors in q8_0; the floor below keeps that naive
+/// figure honest too. Printed figures go to BENCHMARKS.md.
 #[test]
 fn quantized_networks_stay_close_to_f32() {
     for model in ["tiny-sd1", "tiny-sd2"] {
         let src = DirSource(dir(model));
         let base = pollster::block_on(parity::run(&src, common::gpu(), &LoadOptions::new(DType::F32))).unwrap();
         let f32_image = generate(&src, &LoadOptions::new(DType::F32), 10);
-        for (format, min_cos) in [(StoreType::Q8_0, 0.999), (StoreType::Q4_0, 0.99)] {
-            let got = pollster::block_on(parity::run(&src, common::gpu(), &quantized(&everything(format)))).unwrap();
+        let variants = [
+            ("q8_0 uniform", everything(StoreType::Q8_0), 0.999),
+            ("q4_0 uniform", everything(StoreType::Q4_0), 0.95),
+            ("q8_0 standard", QuantPolicy::standard(StoreType::Q8_0), 0.999),
+            ("q4_0 standard", QuantPolicy::standard(StoreType::Q4_0), 0.99),
+        ];
+        for (label, policy, min_cos) in variants {
+            let got = pollster::block_on(parity::run(&src, common::gpu(), &quantized(&policy))).unwrap();
             for (g, b) in got.iter().zip(&base) {
                 let c = closeness(&g.values, &b.values, 1.0);
-                eprintln!(
-                    "{model} {} {:<28} cos {:.6} max|err| {:.2e}",
-                    format.name(),
-                    g.name,
-                    c.cosine,
-                    c.max_abs_err
-                );
-                assert!(c.cosine >= min_cos, "{model} {} {}: cosine {}", format.name(), g.name, c.cosine);
+                eprintln!("{model} {label} {:<28} cos {:.6} max|err| {:.2e}", g.name, c.cosine, c.max_abs_err);
+                assert!(c.cosine >= min_cos, "{model} {label} {}: cosine {}", g.name, c.cosine);
             }
-            let img = generate(&src, &quantized(&QuantPolicy::standard(format)), 10);
+            let img = generate(&src, &quantized(&policy), 10);
             let to_f = |v: &[u8]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
             let c = closeness(&to_f(&img.rgb), &to_f(&f32_image.rgb), 255.0);
-            eprintln!("{model} {} 10-step image PSNR {:.1} dB", format.name(), c.psnr_db);
-            assert!(c.psnr_db > if format == StoreType::Q8_0 { 30.0 } else { 20.0 }, "{model}: {c:?}");
+            eprintln!("{model} {label} 10-step image PSNR {:.1} dB", c.psnr_db);
+            let min_psnr = if policy.matrices == StoreType::Q8_0 { 35.0 } else { 20.0 };
+            assert!(c.psnr_db > min_psnr, "{model} {label}: {c:?}");
         }
     }
 }

@@ -37,6 +37,12 @@ pub struct QualityArgs {
     /// Latent side for the U-Net and VAE inputs (8 = a 64-pixel image).
     #[arg(long, default_value_t = 8)]
     latent: usize,
+    /// U-Net timesteps to compare at.
+    #[arg(long, value_delimiter = ',', default_value = "999,500")]
+    timesteps: Vec<u32>,
+    /// Networks to measure (a real-size U-Net forward takes minutes on lavapipe).
+    #[arg(long, value_delimiter = ',', default_value = "text_encoder,unet,vae")]
+    only: Vec<String>,
 }
 
 /// Where weights come from: a model's files, or synthetic weights for an architecture.
@@ -65,6 +71,12 @@ impl Source {
         f: impl FnOnce(&Weights) -> webdiffusion::Result<T>,
     ) -> Result<T> {
         let opts = LoadOptions { quant: policy.clone(), ..LoadOptions::new(DType::F32) };
+        let t0 = std::time::Instant::now();
+        let f = |w: &Weights| {
+            let r = f(w);
+            log::info!("{component}: loaded and ran in {:.1} s", t0.elapsed().as_secs_f64());
+            r
+        };
         Ok(match self {
             Source::Model(src) => {
                 let pkg = webdiffusion::models::package::Package::detect(&**src)?;
@@ -87,12 +99,9 @@ impl Source {
 }
 
 /// Outputs of the three networks on fixed inputs.
-fn outputs(
-    src: &Source,
-    gpu: &Gpu,
-    policy: &Option<Arc<QuantPolicy>>,
-    latent: usize,
-) -> Result<Vec<(String, Vec<f32>)>> {
+fn outputs(src: &Source, gpu: &Gpu, policy: &Option<Arc<QuantPolicy>>, a: &QualityArgs) -> Result<Vec<(String, Vec<f32>)>> {
+    let latent = a.latent;
+    let want = |c: &str| a.only.iter().any(|o| o == c);
     let te = ClipConfig::from_json(&src.config("text_encoder")?)?;
     let un = UNetConfig::from_json(&src.config("unet")?)?;
     let vae = VaeConfig::from_json(&src.config("vae")?)?;
@@ -105,23 +114,24 @@ fn outputs(
         .map(|i| if i == 0 { 49406 } else { ((i * 7919) % (te.vocab_size - 2)) as u32 })
         .map(|id| id.min(te.vocab_size as u32 - 1))
         .collect();
-    let h = src.with(gpu, "text_encoder", policy, |w| ClipTextModel::load(te.clone(), w)?.forward(&ids, 1, 0))?;
-    out.push(("text_encoder.last_hidden_state".into(), read(&h)?));
+    if want("text_encoder") {
+        let h = src.with(gpu, "text_encoder", policy, |w| ClipTextModel::load(te.clone(), w)?.forward(&ids, 1, 0))?;
+        out.push(("text_encoder.last_hidden_state".into(), read(&h)?));
+    }
 
     let sample =
         GpuTensor::from_f32(gpu, &rng.normals(un.in_channels * latent * latent), &[1, un.in_channels, latent, latent])?;
     let context =
         GpuTensor::from_f32(gpu, &rng.normals(77 * un.cross_attention_dim), &[1, 77, un.cross_attention_dim])?;
     let cond = un.time_cond_proj_dim.map(|d| GpuTensor::from_f32(gpu, &rng.normals(d), &[1, d])).transpose()?;
-    let eps = src.with(gpu, "unet", policy, |w| {
-        let unet = UNet::load(un.clone(), w)?;
-        [999.0, 500.0]
-            .map(|t| unet.forward(&sample, t, &context, cond.as_ref()))
-            .into_iter()
-            .collect::<webdiffusion::Result<Vec<_>>>()
-    })?;
-    for (t, e) in [999, 500].iter().zip(eps) {
-        out.push((format!("unet.out_t{t}"), read(&e)?));
+    if want("unet") {
+        let eps = src.with(gpu, "unet", policy, |w| {
+            let unet = UNet::load(un.clone(), w)?;
+            a.timesteps.iter().map(|&t| unet.forward(&sample, t as f32, &context, cond.as_ref())).collect::<webdiffusion::Result<Vec<_>>>()
+        })?;
+        for (t, e) in a.timesteps.iter().zip(eps) {
+            out.push((format!("unet.out_t{t}"), read(&e)?));
+        }
     }
 
     let z = GpuTensor::from_f32(
@@ -129,8 +139,10 @@ fn outputs(
         &rng.normals(vae.latent_channels * latent * latent),
         &[1, vae.latent_channels, latent, latent],
     )?;
-    let img = src.with(gpu, "vae", policy, |w| Decoder::load(&vae, w)?.forward(&z))?;
-    out.push(("vae.decoded".into(), read(&img)?));
+    if want("vae") {
+        let img = src.with(gpu, "vae", policy, |w| Decoder::load(&vae, w)?.forward(&z))?;
+        out.push(("vae.decoded".into(), read(&img)?));
+    }
     Ok(out)
 }
 
@@ -156,17 +168,19 @@ pub fn quality(gpu: &Gpu, a: &QualityArgs) -> Result<()> {
         variants.push((p.display().to_string(), super::convert::policy("", Some(p))?));
     }
     let t0 = std::time::Instant::now();
-    let base = outputs(&src, gpu, &None, a.latent)?;
+    let base = outputs(&src, gpu, &None, a)?;
     eprintln!("f32 reference in {:.1} s", t0.elapsed().as_secs_f64());
+    let t0 = std::time::Instant::now();
     println!("| policy | output | cosine | max abs err | max abs f32 |");
     println!("|---|---|---|---|---|");
     for (label, policy) in variants {
-        let got = outputs(&src, gpu, &Some(Arc::new(policy)), a.latent)?;
+        let got = outputs(&src, gpu, &Some(Arc::new(policy)), a)?;
         for ((name, g), (_, b)) in got.iter().zip(&base) {
             let c = closeness(g, b, 1.0);
             let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
             println!("| {label} | {name} | {:.6} | {:.3e} | {amax:.3} |", c.cosine, c.max_abs_err);
         }
+        eprintln!("{label} in {:.1} s", t0.elapsed().as_secs_f64());
     }
     Ok(())
 }

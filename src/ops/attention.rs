@@ -67,7 +67,10 @@ pub fn attention(
     if (bk, dk) != (b, d) || k.shape() != v.shape() || nk == 0 {
         return Err(Error::shape(OP, format!("q {:?}, k {:?}, v {:?}", q.shape(), k.shape(), v.shape())));
     }
-    let block = (TILE_BUDGET_BYTES / (8 * d)).clamp(1, 32);
+    // Heads up to 160 wide (SD's U-Net, CLIP) keep whole rows per thread; wider ones (the VAE's
+    // 512) are split into column slices of at most 128.
+    let cols = if d <= 160 { d } else { (1..=128).rev().find(|c| d % c == 0).unwrap_or(1) };
+    let block = (TILE_BUDGET_BYTES / (4 * (d + cols))).clamp(1, 32);
     if block < 4 {
         return Err(Error::shape(OP, format!("head dim {d} too large for the tiled kernel")));
     }
@@ -99,9 +102,13 @@ pub fn attention(
         o_rs: sq[2],
     };
     let out = GpuTensor::empty(q.gpu(), q.shape(), dtype)?;
-    let key =
-        KernelKey::new(SHADER, dtype).with("HEAD_DIM", d as u32).with("BK", block as u32).with("CAUSAL", causal as u32);
+    let key = KernelKey::new(SHADER, dtype)
+        .with("HEAD_DIM", d as u32)
+        .with("COLS", cols as u32)
+        .with("QREG", (cols == d) as u32)
+        .with("BK", block as u32)
+        .with("CAUSAL", causal as u32);
     let binds = [q.bind(OP)?, k.bind(OP)?, v.bind(OP)?, out.bind(OP)?];
-    q.gpu().launch(&key, bytemuck::bytes_of(&params), &binds, [nq.div_ceil(64) as u32, heads as u32, b as u32])?;
+    q.gpu().launch(&key, bytemuck::bytes_of(&params), &binds, [nq.div_ceil(64) as u32, (heads * d / cols) as u32, b as u32])?;
     Ok(out)
 }

@@ -92,21 +92,26 @@ fn default_other() -> StoreType {
 impl QuantPolicy {
     /// The policy `convert --quant` and `generate --quant` use unless given a file.
     ///
-    /// Kept out of quantization, because size gains are small and errors there are seen directly:
-    /// the VAE (its convs produce the pixels; 84M parameters, 10-20% of a package), the U-Net's
-    /// `conv_in`/`conv_out` and time embedding. With `q4_0`, attention projections stay q8_0:
-    /// BENCHMARKS.md ("Quantization quality") shows what that buys on the U-Net output.
+    /// Kept out of quantization because size gains are small and errors there are seen directly:
+    /// the VAE decoder (its convs produce the pixels) and the U-Net's `conv_in`/`conv_out`. The
+    /// VAE encoder (img2img only) is q8_0. With `q4_0`, the tensors on the U-Net's residual
+    /// paths stay q8_0 — skip-connection `conv_shortcut`s, transformer `proj_in`/`proj_out`,
+    /// the feed-forward output `ff.net.2` and the down/upsampler convs: quantizing one group at
+    /// a time showed these carry most of q4_0's error (BENCHMARKS.md, "Quantization quality"),
+    /// while the bulk — ResNet convs, attention projections, `ff.net.0` — tolerates 4 bits.
     pub fn standard(matrices: StoreType) -> QuantPolicy {
         let other = if matrices == StoreType::F32 { StoreType::F32 } else { StoreType::F16 };
+        let rule = |pattern: &str, dtype| Rule { pattern: pattern.into(), dtype };
         let mut rules = Vec::new();
         if matrices.quant().is_some() {
-            for pattern in ["vae.*", "unet.conv_in.*", "unet.conv_out.*", "unet.time_embedding.*"] {
-                rules.push(Rule { pattern: pattern.into(), dtype: other });
+            rules.push(rule("vae.encoder.*", StoreType::Q8_0));
+            for pattern in ["vae.*", "unet.conv_in.*", "unet.conv_out.*"] {
+                rules.push(rule(pattern, other));
             }
         }
         if matrices == StoreType::Q4_0 {
-            for pattern in ["unet.*.attn1.*", "unet.*.attn2.*"] {
-                rules.push(Rule { pattern: pattern.into(), dtype: StoreType::Q8_0 });
+            for pattern in ["unet.*conv_shortcut.*", "unet.*proj_in.*", "unet.*proj_out.*", "unet.*samplers.*", "unet.*ff.net.2.*"] {
+                rules.push(rule(pattern, StoreType::Q8_0));
             }
         }
         QuantPolicy { matrices, other, min_elements: 0, rules }
@@ -179,8 +184,12 @@ mod tests {
         assert_eq!(d("unet.down_blocks.0.resnets.0.conv1.bias", None), StoreType::F16);
         assert_eq!(
             d("unet.mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight", Some([1280, 768])),
-            StoreType::Q8_0
+            StoreType::Q4_0
         );
+        assert_eq!(d("unet.up_blocks.1.resnets.0.conv_shortcut.weight", Some([1280, 2560])), StoreType::Q8_0);
+        assert_eq!(d("unet.down_blocks.0.downsamplers.0.conv.weight", Some([320, 2880])), StoreType::Q8_0);
+        assert_eq!(d("unet.mid_block.attentions.0.transformer_blocks.0.ff.net.2.weight", Some([1280, 5120])), StoreType::Q8_0);
+        assert_eq!(d("vae.encoder.down_blocks.0.resnets.0.conv1.weight", Some([128, 1152])), StoreType::Q8_0);
         assert_eq!(d("unet.conv_out.weight", Some([4, 2880])), StoreType::F16);
         assert_eq!(d("vae.decoder.up_blocks.0.resnets.0.conv1.weight", Some([512, 4608])), StoreType::F16);
         // A reduction dimension that is not whole blocks cannot be quantized.
