@@ -99,7 +99,12 @@ impl Source {
 }
 
 /// Outputs of the three networks on fixed inputs.
-fn outputs(src: &Source, gpu: &Gpu, policy: &Option<Arc<QuantPolicy>>, a: &QualityArgs) -> Result<Vec<(String, Vec<f32>)>> {
+fn outputs(
+    src: &Source,
+    gpu: &Gpu,
+    policy: &Option<Arc<QuantPolicy>>,
+    a: &QualityArgs,
+) -> Result<Vec<(String, Vec<f32>)>> {
     let latent = a.latent;
     let want = |c: &str| a.only.iter().any(|o| o == c);
     let te = ClipConfig::from_json(&src.config("text_encoder")?)?;
@@ -127,7 +132,10 @@ fn outputs(src: &Source, gpu: &Gpu, policy: &Option<Arc<QuantPolicy>>, a: &Quali
     if want("unet") {
         let eps = src.with(gpu, "unet", policy, |w| {
             let unet = UNet::load(un.clone(), w)?;
-            a.timesteps.iter().map(|&t| unet.forward(&sample, t as f32, &context, cond.as_ref())).collect::<webdiffusion::Result<Vec<_>>>()
+            a.timesteps
+                .iter()
+                .map(|&t| unet.forward(&sample, t as f32, &context, cond.as_ref()))
+                .collect::<webdiffusion::Result<Vec<_>>>()
         })?;
         for (t, e) in a.timesteps.iter().zip(eps) {
             out.push((format!("unet.out_t{t}"), read(&e)?));

@@ -112,11 +112,10 @@ impl Gpu {
         let label = key.to_string();
         let source = preprocess(&label, key.shader.source, &key.defines, f16)?;
         let device = &self.inner.device;
-        let desc = wgpu::ShaderModuleDescriptor { label: Some(&label), source: wgpu::ShaderSource::Wgsl(source.into()) };
-        let mut checks = wgpu::ShaderRuntimeChecks::checked();
-        if std::env::var("NOLB").is_ok() { checks.force_loop_bounding = false; }
-        if std::env::var("NOBC").is_ok() { checks.bounds_checks = false; }
-        let module = unsafe { device.create_shader_module_trusted(desc, checks) };
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(&label),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        });
         let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(&label),
             layout: None,

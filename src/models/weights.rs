@@ -143,7 +143,9 @@ pub fn encode(values: &[f32], to: StoreType) -> Result<Vec<u8>> {
     Ok(match to {
         StoreType::F32 => bytemuck::cast_slice(values).to_vec(),
         StoreType::F16 => values.iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()).collect(),
-        StoreType::Q8_0 | StoreType::Q4_0 => quant::quantize_fit(to.quant().unwrap_or(quant::QuantFormat::Q8_0), values)?,
+        StoreType::Q8_0 | StoreType::Q4_0 => {
+            quant::quantize_fit(to.quant().unwrap_or(quant::QuantFormat::Q8_0), values)?
+        }
     })
 }
 

@@ -153,7 +153,8 @@ fn fit_q4_block(b: &[f32]) -> (f32, [i32; BLOCK]) {
     }
     for d in candidates {
         let (q, _) = levels(d);
-        let (sxq, sqq) = q.iter().zip(b).fold((0f32, 0f32), |(a, c), (&qi, &v)| (a + v * qi as f32, c + (qi * qi) as f32));
+        let (sxq, sqq) =
+            q.iter().zip(b).fold((0f32, 0f32), |(a, c), (&qi, &v)| (a + v * qi as f32, c + (qi * qi) as f32));
         for d in [d, if sqq > 0.0 { sxq / sqq } else { d }] {
             let d = f16::from_f32(d).to_f32();
             let (q, err) = levels(d);
@@ -259,16 +260,23 @@ mod tests {
     fn fitted_q4_scales_never_lose_to_the_reference() {
         let x: Vec<f32> = crate::selftest::random_values(9, 32 * 512);
         // Gaussian-like: sum of uniforms, with an outlier per block.
-        let g: Vec<f32> = x.chunks(4).flat_map(|c| {
-            let s: f32 = c.iter().sum();
-            [s, s * 0.5, -s, s * 0.25]
-        }).collect();
+        let g: Vec<f32> = x
+            .chunks(4)
+            .flat_map(|c| {
+                let s: f32 = c.iter().sum();
+                [s, s * 0.5, -s, s * 0.25]
+            })
+            .collect();
         for data in [&x, &g] {
             let sq = |blocks: &[u8]| -> Vec<f32> {
                 let y = dequantize(QuantFormat::Q4_0, blocks).unwrap();
-                data.chunks(32).zip(y.chunks(32)).map(|(a, b)| a.iter().zip(b).map(|(p, q)| (p - q).powi(2)).sum()).collect()
+                data.chunks(32)
+                    .zip(y.chunks(32))
+                    .map(|(a, b)| a.iter().zip(b).map(|(p, q)| (p - q).powi(2)).sum())
+                    .collect()
             };
-            let (reference, fit) = (sq(&quantize(QuantFormat::Q4_0, data).unwrap()), sq(&quantize_fit(QuantFormat::Q4_0, data).unwrap()));
+            let (reference, fit) =
+                (sq(&quantize(QuantFormat::Q4_0, data).unwrap()), sq(&quantize_fit(QuantFormat::Q4_0, data).unwrap()));
             for (r, f) in reference.iter().zip(&fit) {
                 assert!(f <= &(r * (1.0 + 1e-5) + 1e-12), "a fitted block is worse: {f} > {r}");
             }
@@ -276,7 +284,10 @@ mod tests {
             assert!(f < 0.9 * r, "fitting gained too little: {f} vs {r}");
         }
         assert_eq!(quantize_fit(QuantFormat::Q8_0, &x).unwrap(), quantize(QuantFormat::Q8_0, &x).unwrap());
-        assert_eq!(dequantize(QuantFormat::Q4_0, &quantize_fit(QuantFormat::Q4_0, &[0.0; 32]).unwrap()).unwrap(), vec![0.0; 32]);
+        assert_eq!(
+            dequantize(QuantFormat::Q4_0, &quantize_fit(QuantFormat::Q4_0, &[0.0; 32]).unwrap()).unwrap(),
+            vec![0.0; 32]
+        );
     }
 
     #[test]

@@ -110,7 +110,9 @@ impl QuantPolicy {
             }
         }
         if matrices == StoreType::Q4_0 {
-            for pattern in ["unet.*conv_shortcut.*", "unet.*proj_in.*", "unet.*proj_out.*", "unet.*samplers.*", "unet.*ff.net.2.*"] {
+            for pattern in
+                ["unet.*conv_shortcut.*", "unet.*proj_in.*", "unet.*proj_out.*", "unet.*samplers.*", "unet.*ff.net.2.*"]
+            {
                 rules.push(rule(pattern, StoreType::Q8_0));
             }
         }
@@ -188,7 +190,10 @@ mod tests {
         );
         assert_eq!(d("unet.up_blocks.1.resnets.0.conv_shortcut.weight", Some([1280, 2560])), StoreType::Q8_0);
         assert_eq!(d("unet.down_blocks.0.downsamplers.0.conv.weight", Some([320, 2880])), StoreType::Q8_0);
-        assert_eq!(d("unet.mid_block.attentions.0.transformer_blocks.0.ff.net.2.weight", Some([1280, 5120])), StoreType::Q8_0);
+        assert_eq!(
+            d("unet.mid_block.attentions.0.transformer_blocks.0.ff.net.2.weight", Some([1280, 5120])),
+            StoreType::Q8_0
+        );
         assert_eq!(d("vae.encoder.down_blocks.0.resnets.0.conv1.weight", Some([128, 1152])), StoreType::Q8_0);
         assert_eq!(d("unet.conv_out.weight", Some([4, 2880])), StoreType::F16);
         assert_eq!(d("vae.decoder.up_blocks.0.resnets.0.conv1.weight", Some([512, 4608])), StoreType::F16);
