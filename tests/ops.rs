@@ -179,6 +179,55 @@ fn attention_layouts_and_shapes() {
     }
 }
 
+/// Split and Merged attention of one case against the CPU reference.
+fn check_attention(case: &str, b: usize, h: usize, nq: usize, nk: usize, d: usize, causal: bool) {
+    check_op(
+        "attention",
+        &format!("{case} split"),
+        &[inp_scaled(&[b, h, nq, d], 2.0, 0.0), inp(&[b, h, nk, d]), inp(&[b, h, nk, d])],
+        |x| ops::attention(&x[0], &x[1], &x[2], h, AttentionLayout::Split, causal, None),
+        |x| cpu_attention(&x[0], &x[1], &x[2], causal).map_err(|e| candle_core::Error::Msg(e.to_string())),
+    );
+    check_op(
+        "attention",
+        &format!("{case} merged"),
+        &[inp_scaled(&[b, nq, h * d], 2.0, 0.0), inp(&[b, nk, h * d]), inp(&[b, nk, h * d])],
+        |x| ops::attention(&x[0], &x[1], &x[2], h, AttentionLayout::Merged, causal, None),
+        |x| {
+            let (q, k, v) = (split_heads(&x[0], h)?, split_heads(&x[1], h)?, split_heads(&x[2], h)?);
+            let o = cpu_attention(&q, &k, &v, causal).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            o.transpose(1, 2)?.reshape((b, nq, h * d))
+        },
+    );
+}
+
+#[test]
+fn attention_long_sequences() {
+    // Regression: lavapipe ends every loop of an invocation once 65535 iterations (all loops
+    // together) have run, and the kernel used to need ~130 per key at D = 64: N = 1024 came back
+    // ~98% zeros. Self-attention over 1024 tokens (SD's 32x32 level) at SD 1.5's D = 40 and
+    // SD 2's D = 64, two heads to keep lavapipe's time down.
+    for d in [40, 64] {
+        check_attention(&format!("h2 1024x1024 d{d}"), 1, 2, 1024, 1024, d, false);
+    }
+}
+
+#[test]
+fn attention_key_chunks() {
+    // More keys than one dispatch takes: the softmax state is carried to the next dispatch. The
+    // first dispatch uses its whole loop budget, so an estimate (`attention_keys_per_dispatch`)
+    // that drifts from the shader fails here on lavapipe. U-Net head dims, the VAE's 512 (column
+    // slices), and an odd one (zero-padded vec4s), with two heads.
+    for (h, d) in [(1, 40), (1, 64), (1, 160), (1, 512), (2, 37)] {
+        let nk = ops::attention_keys_per_dispatch(d) + 37;
+        check_attention(&format!("h{h} 50x{nk} d{d}"), 1, h, 50, nk, d, false);
+    }
+    // Causal with three chunks: the later ones hold no key of this workgroup's rows and must
+    // pass the state through untouched.
+    let nk = 2 * ops::attention_keys_per_dispatch(160) + 37;
+    check_attention(&format!("causal 50x{nk} d160"), 1, 1, 50, nk, 160, true);
+}
+
 #[test]
 fn activations() {
     let shapes = [vec![1000], vec![3, 333], vec![1]];
@@ -370,7 +419,8 @@ fn vae_sized_ops() {
             },
         );
     }
-    for (n, d) in [(64, 512)] {
+    // 256 keys: more than the kernel's loops used to survive on lavapipe at D = 512.
+    for (n, d) in [(64, 512), (256, 512)] {
         check_op(
             "attention",
             &format!("vae mid attention {n}x{d}"),

@@ -16,7 +16,7 @@ mod timestep;
 mod unary;
 mod upsample;
 
-pub use attention::{attention, AttentionLayout};
+pub use attention::{attention, attention_keys_per_dispatch, AttentionLayout};
 pub use binary::{add, broadcast_strides, mul};
 pub use concat::concat;
 pub use conv2d::{conv2d, conv2d_quant, Conv2dParams};
