@@ -58,19 +58,20 @@ fn tokenize_prints_77_ids_and_reports_truncation() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("has no tokenizer/vocab.json"));
 }
 
+fn fixture(model: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(model)
+}
+
+/// A path in this test process's scratch folder.
+fn tmp(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("webdiffusion-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
 mod generate {
-    use super::cli;
-    use std::path::{Path, PathBuf};
-
-    fn fixture(model: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(model)
-    }
-
-    fn tmp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("webdiffusion-cli-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir.join(name)
-    }
+    use super::{cli, fixture, tmp};
+    use std::path::Path;
 
     /// Copies tensor `from` of a case file into its own safetensors file as `to`.
     fn extract(case: &Path, from: &str, to: &str, out: &Path) {
@@ -234,22 +235,12 @@ mod generate {
 
 /// `convert`, then `generate` from the package folder and over HTTP, equal to quantize-on-load.
 mod package {
-    use super::cli;
+    use super::{cli, fixture, tmp};
     use std::io::{BufRead, BufReader, Read, Write};
     use std::net::TcpListener;
     use std::path::{Path, PathBuf};
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
-
-    fn fixture(model: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(model)
-    }
-
-    fn tmp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("webdiffusion-pkg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir.join(name)
-    }
 
     /// A static file server on 127.0.0.1 with HTTP Range, counting requests and body bytes.
     struct Server {

@@ -157,25 +157,7 @@ fn attention_layouts_and_shapes() {
         (1, 1, 1, 1, 8, false),
     ];
     for (b, h, nq, nk, d, causal) in cases {
-        let case = format!("b{b} h{h} {nq}x{nk} d{d} causal={causal}");
-        check_op(
-            "attention",
-            &format!("{case} split"),
-            &[inp_scaled(&[b, h, nq, d], 2.0, 0.0), inp(&[b, h, nk, d]), inp(&[b, h, nk, d])],
-            |x| ops::attention(&x[0], &x[1], &x[2], h, AttentionLayout::Split, causal, None),
-            |x| cpu_attention(&x[0], &x[1], &x[2], causal).map_err(|e| candle_core::Error::Msg(e.to_string())),
-        );
-        check_op(
-            "attention",
-            &format!("{case} merged"),
-            &[inp_scaled(&[b, nq, h * d], 2.0, 0.0), inp(&[b, nk, h * d]), inp(&[b, nk, h * d])],
-            |x| ops::attention(&x[0], &x[1], &x[2], h, AttentionLayout::Merged, causal, None),
-            |x| {
-                let (q, k, v) = (split_heads(&x[0], h)?, split_heads(&x[1], h)?, split_heads(&x[2], h)?);
-                let o = cpu_attention(&q, &k, &v, causal).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-                o.transpose(1, 2)?.reshape((b, nq, h * d))
-            },
-        );
+        check_attention(&format!("b{b} h{h} {nq}x{nk} d{d} causal={causal}"), b, h, nq, nk, d, causal);
     }
 }
 

@@ -10,7 +10,7 @@ use webdiffusion::models::arch::{self, ARCHS};
 use webdiffusion::models::clip::ClipTextModel;
 use webdiffusion::models::config::{ClipConfig, UNetConfig, VaeConfig};
 use webdiffusion::models::convert::{component_accesses, COMPONENTS};
-use webdiffusion::models::loader::{component_tensors, FileSource, LoadOptions};
+use webdiffusion::models::loader::{component_tensors, with_model, FileSource, LoadOptions};
 use webdiffusion::models::unet::UNet;
 use webdiffusion::models::vae::Decoder;
 use webdiffusion::models::weights::Weights;
@@ -56,7 +56,8 @@ impl Source {
         Ok(match self {
             Source::Model(src) => {
                 let path = format!("{component}/config.json");
-                String::from_utf8(src.read(&path)?.with_context(|| format!("no {path}"))?)?
+                let bytes = with_model(&**src, |files| files.read(&path))?;
+                String::from_utf8(bytes.with_context(|| format!("no {path}"))?)?
             }
             Source::Arch(a) => a.config(component)?.to_string(),
         })
@@ -78,22 +79,11 @@ impl Source {
             r
         };
         Ok(match self {
-            Source::Model(src) => {
-                let pkg = webdiffusion::models::package::Package::detect(&**src)?;
-                let files: &dyn FileSource = match &pkg {
-                    Some(p) => p,
-                    None => &**src,
-                };
+            Source::Model(src) => with_model(&**src, |files| {
                 let t = component_tensors(files, component)?;
-                f(&opts.weights(&*t, gpu, component))?
-            }
-            Source::Arch(_) => {
-                let w = Weights::synthetic(gpu, DType::F32, 0, false);
-                f(&match policy {
-                    Some(p) => w.with_policy(component, p.clone()),
-                    None => w,
-                })?
-            }
+                f(&opts.weights(&*t, gpu, component))
+            })?,
+            Source::Arch(_) => f(&opts.apply(Weights::synthetic(gpu, DType::F32, 0, false), component))?,
         })
     }
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use super::clip::ClipTextModel;
 use super::config::{ClipConfig, UNetConfig, VaeConfig};
-use super::loader::{check_index, component_tensors, FileSource};
+use super::loader::{component_tensors, FileSource};
 use super::package::{sha256_hex, Manifest, ShardEntry, TensorEntry, FORMAT, VERSION};
 use super::unet::UNet;
 use super::vae::{Decoder, Encoder};
@@ -157,7 +157,6 @@ pub fn convert(
         shards.extend(writer.shards);
         tensors.extend(entries);
     }
-    let _ = check_index;
     let manifest = Manifest {
         format: FORMAT.into(),
         version: VERSION,

@@ -213,7 +213,11 @@ impl LoadOptions {
     }
 
     pub fn weights<'a>(&self, t: &'a dyn TensorSource, gpu: &'a Gpu, component: &str) -> Weights<'a> {
-        let w = Weights::new(t, gpu, self.dtype);
+        self.apply(Weights::new(t, gpu, self.dtype), component)
+    }
+
+    /// `w` with this policy (if any) for `component`.
+    pub fn apply<'a>(&self, w: Weights<'a>, component: &str) -> Weights<'a> {
         match &self.quant {
             Some(p) => w.with_policy(component, p.clone()),
             None => w,
@@ -222,7 +226,7 @@ impl LoadOptions {
 }
 
 /// Runs `f` on the model's files, seen as a package when they are one.
-fn with_model<T>(src: &dyn FileSource, f: impl FnOnce(&dyn FileSource) -> Result<T>) -> Result<T> {
+pub fn with_model<T>(src: &dyn FileSource, f: impl FnOnce(&dyn FileSource) -> Result<T>) -> Result<T> {
     if src.as_package().is_some() {
         return f(src);
     }

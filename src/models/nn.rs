@@ -14,16 +14,6 @@ pub enum Weight {
     Quant(QTensor),
 }
 
-impl Weight {
-    /// Bytes of GPU memory it holds.
-    pub fn bytes(&self) -> u64 {
-        match self {
-            Weight::Dense(t) => (t.numel() * t.dtype().size()) as u64,
-            Weight::Quant(q) => (q.data.numel() * 4) as u64,
-        }
-    }
-}
-
 /// nn.Linear: `weight` [out, in], optional `bias` [out].
 pub struct Linear {
     pub weight: Weight,

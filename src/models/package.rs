@@ -143,7 +143,8 @@ impl<'a> Package<'a> {
         if let Some((_, b)) = cache.iter().find(|(j, _)| *j == i) {
             return Ok(b.clone());
         }
-        let entry = &self.manifest.shards[i];
+        let entry =
+            self.manifest.shards.get(i).ok_or_else(|| Error::Weights(format!("{MANIFEST} has no shard {i}")))?;
         let bytes = self.inner.read(&entry.file)?.ok_or_else(|| Error::Shard {
             file: entry.file.clone(),
             msg: format!("missing from {}", self.inner.describe()),
@@ -207,7 +208,7 @@ impl TensorSource for PackageTensors<'_, '_> {
             out.extend_from_slice(&bytes[offset..offset + take]);
             shard += 1;
             offset = 0;
-            if shard > self.package.manifest.shards.len() && (out.len() as u64) < t.length {
+            if shard >= self.package.manifest.shards.len() && (out.len() as u64) < t.length {
                 return Err(Error::Tensor { name: name.into(), msg: "runs past the last shard".into() });
             }
         }

@@ -143,9 +143,8 @@ pub fn encode(values: &[f32], to: StoreType) -> Result<Vec<u8>> {
     Ok(match to {
         StoreType::F32 => bytemuck::cast_slice(values).to_vec(),
         StoreType::F16 => values.iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()).collect(),
-        StoreType::Q8_0 | StoreType::Q4_0 => {
-            quant::quantize_fit(to.quant().unwrap_or(quant::QuantFormat::Q8_0), values)?
-        }
+        StoreType::Q8_0 => quant::quantize_fit(quant::QuantFormat::Q8_0, values)?,
+        StoreType::Q4_0 => quant::quantize_fit(quant::QuantFormat::Q4_0, values)?,
     })
 }
 
@@ -293,6 +292,8 @@ impl<'a> Weights<'a> {
     pub fn matrix(&self, name: &str, shape: &[usize]) -> Result<Weight> {
         let (full, info) = self.lookup(name, shape)?;
         let rows = shape.first().copied().unwrap_or(1);
+        // A conv weight [Cout, Cin, KH, KW] is row-major, so each output channel's weights are one
+        // contiguous row of Cin*KH*KW: the reduction dimension the kernels dequantize along.
         let cols = shape.iter().skip(1).product::<usize>();
         self.record(&full, shape, Some([rows, cols]));
         if self.dry {
