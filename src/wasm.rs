@@ -3,9 +3,13 @@
 
 use wasm_bindgen::prelude::*;
 
+use wasm_bindgen::JsCast;
+
 use crate::gpu::{DType, Gpu, GpuOptions, LimitsPolicy};
-use crate::models::loader::{LoadOptions, MemorySource};
-use crate::pipeline::generate::Request;
+use crate::models::loader::{FileSource, LoadOptions, MemorySource};
+use crate::pipeline::generate::{Request, StableDiffusion, Step};
+use crate::pipeline::preview::{self, PreviewFit};
+use crate::quant::{QuantPolicy, StoreType};
 use crate::pipeline::image::{a1111_parameters, encode_png};
 use crate::pipeline::rng::NormalRng;
 use crate::pipeline::scheduler::SchedulerKind;
@@ -41,6 +45,109 @@ struct GenerateRequest {
     seed: u64,
 }
 
+impl GenerateRequest {
+    fn parse(v: JsValue) -> Result<GenerateRequest, JsError> {
+        serde_wasm_bindgen::from_value(v).map_err(|e| JsError::new(&format!("bad request: {e}")))
+    }
+
+    fn request(&self) -> Result<Request, JsError> {
+        Ok(Request {
+            prompt: self.prompt.clone(),
+            negative_prompt: self.negative_prompt.clone(),
+            steps: self.steps,
+            guidance: self.guidance,
+            width: self.width,
+            height: self.height,
+            scheduler: SchedulerKind::parse(&self.scheduler).map_err(js_err)?,
+            init: None,
+        })
+    }
+}
+
+/// A model's files as the page's worker sees them: a JS object with synchronous
+/// `read(path) -> Uint8Array | null`, optional `readRange(path, start, len) -> Uint8Array | null`
+/// and optional `describe() -> string`. The worker backs it with IndexedDB blobs read through
+/// `FileReaderSync`, so only what the loader asks for at a time (a shard, a tensor) is ever in
+/// wasm memory.
+struct JsReader {
+    this: JsValue,
+    read: js_sys::Function,
+    read_range: Option<js_sys::Function>,
+    name: String,
+}
+
+impl JsReader {
+    fn new(reader: &JsValue) -> Result<JsReader, JsError> {
+        let method = |name: &str| {
+            js_sys::Reflect::get(reader, &name.into()).ok().and_then(|f| f.dyn_into::<js_sys::Function>().ok())
+        };
+        let read = method("read").ok_or_else(|| JsError::new("the model reader has no read(path) method"))?;
+        let name = method("describe")
+            .and_then(|f| f.call0(reader).ok())
+            .and_then(|v| v.as_string())
+            .unwrap_or_else(|| "the model's files".into());
+        Ok(JsReader { this: reader.clone(), read, read_range: method("readRange"), name })
+    }
+
+    fn bytes(&self, path: &str, result: Result<JsValue, JsValue>) -> crate::Result<Option<Vec<u8>>> {
+        let v = result.map_err(|e| {
+            let msg = e
+                .dyn_ref::<js_sys::Error>()
+                .map(|e| String::from(e.message()))
+                .or_else(|| e.as_string())
+                .unwrap_or_else(|| format!("{e:?}"));
+            crate::Error::Weights(format!("reading {path} from {}: {msg}", self.name))
+        })?;
+        if v.is_null() || v.is_undefined() {
+            return Ok(None);
+        }
+        let arr = v
+            .dyn_into::<js_sys::Uint8Array>()
+            .map_err(|_| crate::Error::Weights(format!("reading {path}: the reader did not return a Uint8Array")))?;
+        Ok(Some(arr.to_vec()))
+    }
+}
+
+impl FileSource for JsReader {
+    fn read(&self, path: &str) -> crate::Result<Option<Vec<u8>>> {
+        self.bytes(path, self.read.call1(&self.this, &path.into()))
+    }
+
+    fn read_range(&self, path: &str, start: u64, len: u64) -> crate::Result<Option<Vec<u8>>> {
+        let Some(f) = &self.read_range else {
+            let Some(all) = self.read(path)? else { return Ok(None) };
+            let range = usize::try_from(start).ok().zip(usize::try_from(start.saturating_add(len)).ok());
+            return range.and_then(|(a, b)| all.get(a..b)).map(|b| Some(b.to_vec())).ok_or_else(|| {
+                crate::Error::Weights(format!("{path} in {} is shorter than {start}+{len} bytes", self.name))
+            });
+        };
+        let got = self.bytes(path, f.call3(&self.this, &path.into(), &(start as f64).into(), &(len as f64).into()))?;
+        match got {
+            Some(b) if b.len() as u64 != len => Err(crate::Error::Weights(format!(
+                "reading {path} from {}: asked for {len} bytes at {start}, got {}",
+                self.name,
+                b.len()
+            ))),
+            other => Ok(other),
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.name.clone()
+    }
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct LoadRequest {
+    /// `none` (the files' own precision), `q8_0` or `q4_0` (standard policy, quantized on load).
+    #[serde(default)]
+    quant: Option<String>,
+    /// A name for PNG metadata.
+    #[serde(default)]
+    name: Option<String>,
+}
+
 fn js_err(e: crate::Error) -> JsError {
     JsError::new(&e.to_string())
 }
@@ -74,63 +181,50 @@ impl Engine {
         to_js(self.gpu.caps())
     }
 
-    /// Loads a diffusers model from `files` (path -> `Uint8Array`) and generates one image.
-    /// `request`: `{prompt, negativePrompt?, steps, guidance, width, height, scheduler, seed}`.
-    /// `onStep(index, total)` is called after every step; returning `false` cancels.
-    /// Returns `{width, height, rgb, rgba, png}` (the last three `Uint8Array`s).
+    /// Why the GPU device was lost, or `null`. After a loss, create a new `Engine` and load again.
+    pub fn lost(&self) -> Option<String> {
+        self.gpu.lost_reason()
+    }
+
+    /// Loads a model (a diffusers folder or a webdiffusion package) through `reader` (see
+    /// `JsReader`). `options`: `{quant?: 'none'|'q8_0'|'q4_0', name?}`. Synchronous reads
+    /// inside: call it from a worker, never from the page's main thread.
+    pub async fn load(&self, reader: JsValue, options: JsValue) -> Result<Model, JsError> {
+        let opts: LoadRequest = if options.is_undefined() || options.is_null() {
+            LoadRequest::default()
+        } else {
+            serde_wasm_bindgen::from_value(options).map_err(|e| JsError::new(&format!("bad load options: {e}")))?
+        };
+        let src = JsReader::new(&reader)?;
+        let dtype = if self.gpu.caps().shader_f16 { DType::F16 } else { DType::F32 };
+        let mut load = LoadOptions::new(dtype);
+        match opts.quant.as_deref() {
+            None | Some("none" | "") => {}
+            Some(q) => {
+                let store = StoreType::parse(q).map_err(js_err)?;
+                load.quant = Some(std::sync::Arc::new(QuantPolicy::standard(store)));
+            }
+        }
+        let sd = crate::models::loader::stable_diffusion(&src, &self.gpu, &load).map_err(js_err)?;
+        let fit = preview::initial_fit(&sd, 8).await.map_err(js_err)?;
+        let name = opts.name.unwrap_or_else(|| src.describe());
+        Ok(Model { sd, name, preview: std::cell::RefCell::new(fit) })
+    }
+
+    /// Loads a diffusers model from `files` (path -> `Uint8Array`) and generates one image
+    /// (tests and small models; the app uses `load` + `Model.generate`).
     pub async fn generate(
         &self,
         files: &js_sys::Object,
         request: JsValue,
         on_step: Option<js_sys::Function>,
     ) -> Result<JsValue, JsError> {
-        let r: GenerateRequest =
-            serde_wasm_bindgen::from_value(request).map_err(|e| JsError::new(&format!("bad request: {e}")))?;
+        let r = GenerateRequest::parse(request)?;
         let src = memory_source(files)?;
         let dtype = if self.gpu.caps().shader_f16 { DType::F16 } else { DType::F32 };
         let sd = crate::models::loader::stable_diffusion(&src, &self.gpu, &LoadOptions::new(dtype)).map_err(js_err)?;
-        let req = Request {
-            prompt: r.prompt.clone(),
-            negative_prompt: r.negative_prompt.clone(),
-            steps: r.steps,
-            guidance: r.guidance,
-            width: r.width,
-            height: r.height,
-            scheduler: SchedulerKind::parse(&r.scheduler).map_err(js_err)?,
-            init: None,
-        };
-        let mut rng = NormalRng::new(r.seed);
-        let out = sd
-            .generate(&req, None, &mut rng, &mut |s| match &on_step {
-                Some(f) => f
-                    .call2(&JsValue::NULL, &(s.index as u32).into(), &(s.total as u32).into())
-                    .map_or(false, |v| v.as_bool() != Some(false)),
-                None => true,
-            })
-            .await
-            .map_err(js_err)?;
-        let params = a1111_parameters(
-            &r.prompt,
-            r.negative_prompt.as_deref(),
-            r.steps,
-            req.scheduler.a1111_name(),
-            r.guidance,
-            Some(r.seed),
-            out.width,
-            out.height,
-            "model",
-        );
-        let png = encode_png(&out.rgb, out.width, out.height, Some(&params)).map_err(js_err)?;
-        let obj = js_sys::Object::new();
-        let set = |k: &str, v: JsValue| {
-            js_sys::Reflect::set(&obj, &k.into(), &v).map(drop).map_err(|_| JsError::new("building the result"))
-        };
-        set("width", (out.width as u32).into())?;
-        set("height", (out.height as u32).into())?;
-        set("rgb", js_sys::Uint8Array::from(out.rgb.as_slice()).into())?;
-        set("rgba", js_sys::Uint8Array::from(out.rgba().as_slice()).into())?;
-        set("png", js_sys::Uint8Array::from(png.as_slice()).into())?;
-        Ok(obj.into())
+        let model = Model { sd, name: "model".into(), preview: std::cell::RefCell::new(PreviewFit::new(0)) };
+        model.run(r, on_step, false).await
     }
 
     /// Runs a fixture's text encoder, U-Net and VAE and compares them with its diffusers
@@ -147,5 +241,110 @@ impl Engine {
     pub async fn self_test(&self) -> Result<JsValue, JsError> {
         let results = crate::selftest::run(&self.gpu).await.map_err(js_err)?;
         to_js(&results)
+    }
+}
+
+/// A loaded model on the GPU.
+#[wasm_bindgen]
+pub struct Model {
+    sd: StableDiffusion,
+    name: String,
+    preview: std::cell::RefCell<PreviewFit>,
+}
+
+#[wasm_bindgen]
+impl Model {
+    /// `{name, defaultWidth, defaultHeight, sizeMultiple, latentChannels}`.
+    pub fn info(&self) -> Result<JsValue, JsError> {
+        let f = self.sd.vae_config.downscale();
+        let multiple = f << (self.sd.unet.config.block_out_channels.len() - 1);
+        let side = self.sd.unet.config.sample_size.unwrap_or(64) * f;
+        to_js(&serde_json::json!({
+            "name": self.name,
+            "defaultWidth": side,
+            "defaultHeight": side,
+            "sizeMultiple": multiple,
+            "latentChannels": self.sd.vae_config.latent_channels,
+        }))
+    }
+
+    /// Generates one image. `request`: `{prompt, negativePrompt?, steps, guidance, width,
+    /// height, scheduler, seed}`. `onStep(index, total, preview)` runs after every step, with
+    /// `preview = {width, height, rgba}` at latent resolution; returning `false` cancels (the
+    /// result then has `cancelled: true` and no image). Every step awaits a GPU readback, so the
+    /// worker's message handlers (a cancel button) run between steps.
+    /// Returns `{width, height, rgb, rgba, png, parameters, cancelled}`.
+    pub async fn generate(&self, request: JsValue, on_step: Option<js_sys::Function>) -> Result<JsValue, JsError> {
+        let r = GenerateRequest::parse(request)?;
+        self.run(r, on_step, true).await
+    }
+}
+
+impl Model {
+    async fn run(
+        &self,
+        r: GenerateRequest,
+        on_step: Option<js_sys::Function>,
+        previews: bool,
+    ) -> Result<JsValue, JsError> {
+        let req = r.request()?;
+        let f = self.sd.vae_config.downscale();
+        let latent_shape = [1, self.sd.vae_config.latent_channels, r.height / f.max(1), r.width / f.max(1)];
+        let projection = self.preview.borrow().solve();
+        let mut rng = NormalRng::new(r.seed);
+        let mut callback = |s: Step<'_>| -> bool {
+            let Some(f) = &on_step else { return true };
+            let preview = if previews {
+                let rgba = projection.rgba(s.latents, latent_shape);
+                let obj = js_sys::Object::new();
+                let _ = js_sys::Reflect::set(&obj, &"width".into(), &(latent_shape[3] as u32).into());
+                let _ = js_sys::Reflect::set(&obj, &"height".into(), &(latent_shape[2] as u32).into());
+                let _ = js_sys::Reflect::set(&obj, &"rgba".into(), &js_sys::Uint8Array::from(rgba.as_slice()).into());
+                obj.into()
+            } else {
+                JsValue::UNDEFINED
+            };
+            // A throwing callback is the page's bug; it must not abort the generation silently,
+            // so it counts as "go on" and the exception is logged by the browser.
+            f.call3(&JsValue::NULL, &(s.index as u32).into(), &(s.total as u32).into(), &preview)
+                .map_or(true, |v| v.as_bool() != Some(false))
+        };
+        let out = match self.sd.generate(&req, None, &mut rng, &mut callback).await {
+            Ok(out) => out,
+            Err(crate::Error::Cancelled) => {
+                let obj = js_sys::Object::new();
+                js_sys::Reflect::set(&obj, &"cancelled".into(), &true.into())
+                    .map_err(|_| JsError::new("building the result"))?;
+                return Ok(obj.into());
+            }
+            Err(e) => return Err(js_err(e)),
+        };
+        if previews {
+            self.preview.borrow_mut().add(&out.latents, out.latent_shape, &out.rgb, f);
+        }
+        let params = a1111_parameters(
+            &r.prompt,
+            r.negative_prompt.as_deref(),
+            r.steps,
+            req.scheduler.a1111_name(),
+            r.guidance,
+            Some(r.seed),
+            out.width,
+            out.height,
+            &self.name,
+        );
+        let png = encode_png(&out.rgb, out.width, out.height, Some(&params)).map_err(js_err)?;
+        let obj = js_sys::Object::new();
+        let set = |k: &str, v: JsValue| {
+            js_sys::Reflect::set(&obj, &k.into(), &v).map(drop).map_err(|_| JsError::new("building the result"))
+        };
+        set("width", (out.width as u32).into())?;
+        set("height", (out.height as u32).into())?;
+        set("rgb", js_sys::Uint8Array::from(out.rgb.as_slice()).into())?;
+        set("rgba", js_sys::Uint8Array::from(out.rgba().as_slice()).into())?;
+        set("png", js_sys::Uint8Array::from(png.as_slice()).into())?;
+        set("parameters", params.into())?;
+        set("cancelled", false.into())?;
+        Ok(obj.into())
     }
 }

@@ -245,6 +245,11 @@ impl Gpu {
         s.largest_binding = 0;
     }
 
+    /// Why the device was lost, if it was.
+    pub fn lost_reason(&self) -> Option<String> {
+        lock(&self.inner.lost).clone()
+    }
+
     /// Returns an error for anything wgpu reported asynchronously since the last check.
     pub fn check(&self) -> Result<()> {
         if let Some(reason) = lock(&self.inner.lost).clone() {

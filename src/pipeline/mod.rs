@@ -2,6 +2,7 @@
 
 pub mod generate;
 pub mod image;
+pub mod preview;
 pub mod rng;
 pub mod schedule;
 pub mod scheduler;

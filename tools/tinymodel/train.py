@@ -392,6 +392,9 @@ def main():
     ap.add_argument("--max-steps", type=int, default=0)
     ap.add_argument("--resume-diffusion", action="store_true")
     ap.add_argument("--vae-resume", action="store_true")
+    ap.add_argument("--vae-from", default="",
+                    help="start from the VAE of an exported model folder (e.g. models/shapes-demo) instead of "
+                         "training one; its weights are fp16, so this reuses a VAE, it does not reproduce one")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--ema", type=float, default=0.999)
@@ -413,6 +416,11 @@ def main():
     # 1. VAE
     vae_ckpt = work / "vae.pt"
     cache_path = work / "cache.pt"
+    if not vae_ckpt.exists() and args.vae_from:
+        src = AutoencoderKL.from_pretrained(Path(args.vae_from) / "vae", torch_dtype=torch.float32)
+        vae.load_state_dict(src.state_dict())
+        torch.save({"model": vae.state_dict(), "log": [], "steps": 0}, vae_ckpt)
+        print("[vae] taken from", args.vae_from, flush=True)
     if vae_ckpt.exists():
         st = torch.load(vae_ckpt)
         vae.load_state_dict(st["model"])
