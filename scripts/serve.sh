@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh serve
 scripts/build-wasm.sh
-exec node tools/serve.mjs --port "${PORT:-8080}" --mount /=www --mount /pkg=pkg
+exec node tools/serve.mjs --port "${PORT:-8080}" --mount /=www --mount /pkg=pkg --mount /models=models

@@ -1,84 +1,734 @@
-// The self-test page: opens the GPU through our wasm runtime, shows what the device offers and
-// checks the core kernels against the CPU. `window.webdiffusion` exposes the outcome to tests.
+// The page: model catalog and cache, prompt form, progress, live preview, result and gallery.
+// The GPU work happens in worker.js; this file only talks to it and draws.
+//
+// URL parameters (tests and sharing): ?model=<id> preselects a catalog model, &autoload=1 loads
+// it at once (downloading if needed), &cdn=<base url> replaces the catalog's CDN base for
+// relative model URLs, &chunk=<bytes> sets the download chunk size, &sw=0 skips the service worker.
+//
+// Test hooks on window.webdiffusion: `state` (see below), `load(id)`, `generate(request)`,
+// `cancel()`, `catalog`.
 
-import init, { Engine } from './pkg/webdiffusion.js';
+import * as store from './store.js';
 
 const $ = (id) => document.getElementById(id);
-const state = { info: null, results: null, error: null, done: false };
-window.webdiffusion = state;
+const params = new URLSearchParams(location.search);
+const LAST_MODEL = 'webdiffusion.lastModel';
+const FORM = 'webdiffusion.form';
+
+const state = {
+  ready: false, // the worker has a GPU device
+  modelLoaded: false,
+  model: null, // {id, name, sizeStep, quant, info, ...} of the loaded model
+  generating: false,
+  loading: false,
+  lastImage: null, // {width, height, rgba: base64, seed, parameters}
+  lastError: null,
+  steps: [], // [[index, total]] of the current or last generation
+  download: { requests: 0, bytesFetched: 0, bytesFromCache: 0 }, // of the last load
+  // downloadMs/loadMs: the last load's download and GPU load (read + upload) in the worker;
+  // firstImageMs: performance.now() when the first image of this page view was done.
+  timings: { downloadMs: null, loadMs: null, firstImageMs: null },
+  wasmHeapBytes: null, // wasm linear memory after the last load (it only grows: the peak)
+  info: null, // adapter info from the engine
+  f16Fallback: null,
+  recoveries: 0,
+};
+const api = { state, load, generate, cancel, catalog: [] };
+window.webdiffusion = api;
+
+// ---- small helpers -----------------------------------------------------------------------
+
+const fmtBytes = store.formatBytes;
+function fmtTime(s) {
+  if (s === null || !Number.isFinite(s)) return '';
+  if (s < 90) return `${Math.max(1, Math.round(s))} s`;
+  if (s < 5400) return `${Math.round(s / 60)} min`;
+  return `${(s / 3600).toFixed(1)} h`;
+}
+const message = (e) => (e && e.message ? e.message : String(e));
+
+function toBase64(u8) {
+  let s = '';
+  for (let i = 0; i < u8.length; i += 0x8000) s += String.fromCharCode.apply(null, u8.subarray(i, i + 0x8000));
+  return btoa(s);
+}
+
+function notice(key, text, kind = 'warn') {
+  let el = document.querySelector(`.notice[data-key="${key}"]`);
+  if (!text) {
+    el?.remove();
+    return;
+  }
+  if (!el) {
+    el = document.createElement('p');
+    el.dataset.key = key;
+    $('notices').append(el);
+  }
+  el.className = `notice ${kind}`;
+  el.textContent = text;
+}
 
 function setStatus(text, isError = false) {
-  $('status').textContent = text;
-  $('status').classList.toggle('error', isError);
+  $('model-status').textContent = text;
+  $('model-status').classList.toggle('error', isError);
 }
 
-function showInfo(info) {
-  const mib = (b) => `${Math.round(b / 2 ** 20)} MiB`;
-  const rows = [
-    ['Adapter', info.adapter_name || '(not disclosed by the browser)'],
-    ['Backend', info.backend],
-    ['shader-f16', info.shader_f16 ? 'yes' : 'no (f32 kernels)'],
-    ['Max storage binding', mib(info.max_storage_binding)],
-    ['Max buffer size', mib(info.max_buffer_size)],
-    ['Workgroup storage', `${info.max_workgroup_storage} bytes`],
-  ];
-  const table = $('info');
-  table.replaceChildren(...rows.map(([k, v]) => {
-    const tr = document.createElement('tr');
-    for (const text of [k, v]) {
-      const td = document.createElement('td');
-      td.textContent = text;
-      tr.append(td);
+function fail(where, e) {
+  state.lastError = message(e);
+  console.error(`webdiffusion: ${where}:`, e);
+  return state.lastError;
+}
+
+// ---- the worker --------------------------------------------------------------------------
+
+let worker = null;
+let nextId = 1;
+const pending = new Map(); // id -> {resolve, reject, onEvent}
+const FINAL = new Set(['ready', 'models', 'loaded', 'done', 'cancelled', 'deleted', 'error']);
+
+function startWorker() {
+  worker = new Worker(new URL('worker.js', import.meta.url), { type: 'module' });
+  worker.onmessage = (ev) => onWorkerMessage(ev.data);
+  worker.onerror = (ev) => {
+    // A module that fails to load (missing /pkg build, a syntax error) lands here, not in onmessage.
+    ev.preventDefault();
+    const text = `The GPU worker failed: ${ev.message || 'it could not start (is the wasm build in /pkg/?)'}`;
+    fail('worker', text);
+    notice('worker', text, 'error');
+    for (const p of pending.values()) p.reject(new Error(text));
+    pending.clear();
+  };
+}
+
+function onWorkerMessage(m) {
+  if (m.type === 'recovering') {
+    state.recoveries++;
+    notice('lost', `The GPU device was lost (${m.reason}). Starting a new one and reloading the model…`);
+  } else if (m.type === 'recovered') {
+    notice('lost', 'The GPU device was lost and has been recovered: the model was reloaded and the request retried once.', 'info');
+  }
+  const p = pending.get(m.id);
+  if (!p) {
+    if (m.type === 'error') notice('worker', fail(m.op, m.message), 'error');
+    return;
+  }
+  if (!FINAL.has(m.type)) {
+    p.onEvent?.(m);
+    return;
+  }
+  pending.delete(m.id);
+  if (m.type === 'error') {
+    const e = new Error(m.message);
+    e.op = m.op;
+    e.lost = m.lost;
+    e.loaded = m.loaded;
+    p.reject(e);
+  } else p.resolve(m);
+}
+
+function call(type, data = {}, onEvent = null) {
+  if (!worker) return Promise.reject(new Error('The GPU worker is not running.'));
+  const id = nextId++;
+  return new Promise((resolve, reject) => {
+    pending.set(id, { resolve, reject, onEvent });
+    worker.postMessage({ type, id, ...data });
+  });
+}
+
+// ---- catalog and cache -------------------------------------------------------------------
+
+let catalog = { models: [] };
+let cdnBase = '';
+let cachedRecords = [];
+const customEntries = new Map();
+
+async function loadCatalog() {
+  try {
+    const r = await fetch('catalog.json');
+    if (!r.ok) throw new Error(`HTTP ${r.status}`);
+    catalog = await r.json();
+  } catch (e) {
+    notice('catalog', `The model catalog could not be loaded (${message(e)}). Cached models still work.`, 'error');
+    catalog = { models: [] };
+  }
+  cdnBase = new URL(params.get('cdn') || catalog.cdn || 'models/', location.href).href;
+  if (!cdnBase.endsWith('/')) cdnBase += '/';
+  for (const m of catalog.models) {
+    m.url = new URL(m.url, cdnBase).href;
+    if (!m.url.endsWith('/')) m.url += '/';
+  }
+  api.catalog = catalog.models;
+}
+
+function entries() {
+  const list = [...catalog.models];
+  for (const r of cachedRecords) {
+    if (!list.some((e) => e.id === r.id)) list.push({ ...(r.entry || {}), id: r.id, name: r.name, url: r.url, bytes: r.bytes });
+  }
+  for (const e of customEntries.values()) if (!list.some((x) => x.id === e.id)) list.push(e);
+  return list;
+}
+
+const findEntry = (id) => entries().find((e) => e.id === id) || null;
+const isCached = (id) => cachedRecords.some((r) => r.id === id);
+
+function customEntry(url) {
+  let u;
+  try {
+    u = new URL(url, location.href);
+  } catch {
+    throw new Error(`Not a URL: ${url}`);
+  }
+  if (!u.pathname.endsWith('/')) u.pathname += '/';
+  const href = u.href;
+  const name = href.replace(/^https?:\/\//, '').replace(/\/resolve\/main\/$/, '').replace(/^huggingface\.co\//, '');
+  return {
+    id: `url:${href}`, name, url: href, quant: 'q4_0', source: new URL(href).host,
+    description: `A model from ${href}. Its size is known once the download starts.`,
+  };
+}
+
+async function refreshCache() {
+  try {
+    cachedRecords = await store.listModels();
+  } catch (e) {
+    cachedRecords = [];
+    notice('idb', `This browser does not let the page store models (IndexedDB: ${message(e)}). Private windows often block it.`, 'error');
+  }
+  renderModelSelect();
+  renderCached();
+  renderStorage();
+}
+
+function renderModelSelect() {
+  const select = $('model');
+  const current = select.value;
+  select.replaceChildren(...entries().map((e) => {
+    const o = document.createElement('option');
+    o.value = e.id;
+    const size = e.bytes ? ` · ${fmtBytes(e.bytes)}` : '';
+    o.textContent = `${e.name}${size}${isCached(e.id) ? ' · on this device' : ''}`;
+    return o;
+  }));
+  const want = current || params.get('model') || localStorage.getItem(LAST_MODEL) || catalog.default;
+  if (want && findEntry(want)) select.value = want;
+  onModelSelected();
+}
+
+function onModelSelected() {
+  const e = findEntry($('model').value);
+  if (!e) {
+    $('model-note').textContent = 'No model available.';
+    return;
+  }
+  const where = e.source ? `Source: ${e.source}` : '';
+  const size = e.bytes ? `Download: ${fmtBytes(e.bytes)}` : '';
+  const license = e.license ? `License: ${e.license}` : '';
+  $('model-note').textContent = [e.description, [where, size, license].filter(Boolean).join(' · ')].filter(Boolean).join(' ');
+  $('quant').value = e.quant || 'none';
+  updateButtons();
+}
+
+function renderCached() {
+  const ul = $('cached');
+  if (!cachedRecords.length) {
+    const li = document.createElement('li');
+    li.textContent = 'No models stored yet.';
+    ul.replaceChildren(li);
+    return;
+  }
+  ul.replaceChildren(...cachedRecords.map((r) => {
+    const li = document.createElement('li');
+    const label = document.createElement('span');
+    label.textContent = `${r.name} — ${fmtBytes(r.bytes)}${state.model && state.model.id === r.id ? ' (loaded)' : ''}`;
+    const del = document.createElement('button');
+    del.className = 'danger';
+    del.type = 'button';
+    del.textContent = 'Delete this model';
+    del.disabled = state.loading || state.generating;
+    del.onclick = () => deleteModel(r).catch((e) => setStatus(fail('delete', e), true));
+    li.append(label, del);
+    return li;
+  }));
+}
+
+async function renderStorage() {
+  const { usage, quota, persisted } = await store.storageEstimate();
+  $('storage').textContent = quota
+    ? `This site stores ${fmtBytes(usage)}; the browser allows up to ${fmtBytes(quota)}. ${persisted ? 'Storage is persistent (the browser will not evict it).' : 'The browser may evict it when the disk runs low.'}`
+    : 'This browser does not report its storage use.';
+}
+
+async function deleteModel(r) {
+  if (!confirm(`Delete ${r.name} (${fmtBytes(r.bytes)}) from this device? It would have to be downloaded again.`)) return;
+  if (worker && state.ready) await call('delete', { modelId: r.id });
+  else await store.deleteModel(r.id);
+  if (state.model && state.model.id === r.id) {
+    state.model = null;
+    state.modelLoaded = false;
+    setStatus('The model was deleted; load one to generate.');
+  }
+  await refreshCache();
+  updateButtons();
+}
+
+// ---- loading -----------------------------------------------------------------------------
+
+function workerEntry(e) {
+  // Only what the worker needs, as plain data.
+  const { id, name, url, files, format, defaults, quant, examplePrompt, description, source, license, bytes } = e;
+  return JSON.parse(JSON.stringify({ id, name, url, files, format, defaults, quant, examplePrompt, description, source, license, bytes }));
+}
+
+/// Loads a model by catalog id (or a custom base URL), downloading what is not cached.
+/// Resolves with the worker's `loaded` message; rejects with the error shown on the page.
+async function load(idOrUrl = $('model').value, opts = {}) {
+  if (state.loading || state.generating) throw new Error('Busy: wait for the current download or generation.');
+  let entry = findEntry(idOrUrl);
+  if (!entry && /^https?:/.test(idOrUrl)) {
+    entry = customEntry(idOrUrl);
+    customEntries.set(entry.id, entry);
+    renderModelSelect();
+  }
+  if (!entry) throw new Error(`Unknown model ${idOrUrl}`);
+  if ($('model').value !== entry.id) {
+    $('model').value = entry.id;
+    onModelSelected();
+  }
+  const quant = opts.quant || $('quant').value || entry.quant || 'none';
+  state.loading = true;
+  state.modelLoaded = false;
+  state.lastError = null;
+  state.download = { requests: 0, bytesFetched: 0, bytesFromCache: 0 };
+  updateButtons();
+  renderCached();
+  const cached = isCached(entry.id);
+  setStatus(cached ? `Loading ${entry.name} from this device…` : `Downloading ${entry.name}…`);
+  $('download').hidden = false;
+  $('download-bar').value = 0;
+  $('download-text').textContent = '';
+  try {
+    if (!state.ready) await initWorker();
+    const chunk = Number(params.get('chunk')) || undefined;
+    const m = await call('load', { entry: workerEntry(entry), quant, chunkSize: chunk }, onLoadEvent);
+    if (m.type === 'cancelled') {
+      throw Object.assign(new Error('Download stopped. What was fetched is kept; loading again resumes it.'), { name: 'AbortError', loaded: m.loaded });
     }
-    return tr;
-  }));
-  table.hidden = false;
+    state.model = m.model;
+    state.modelLoaded = true;
+    state.download = m.download;
+    state.timings.downloadMs = m.downloadMs;
+    state.timings.loadMs = m.ms;
+    state.wasmHeapBytes = m.wasmHeapBytes;
+    localStorage.setItem(LAST_MODEL, entry.id);
+    applyModelDefaults(entry, m.model);
+    const fetched = m.download.bytesFetched ? `, ${fmtBytes(m.download.bytesFetched)} downloaded` : ', from this device';
+    setStatus(`${m.model.name} is ready (${(m.ms / 1000).toFixed(1)} s to load${fetched}; ${quantName(m.model.quant)}).`);
+    $('download').hidden = true;
+    return m;
+  } catch (e) {
+    const text = fail('load', e);
+    // A failed download leaves the previous model on the GPU, still usable.
+    state.modelLoaded = !!(state.model && e.loaded === state.model.id);
+    if (!state.modelLoaded) state.model = null;
+    setStatus(state.modelLoaded ? `${text} (${state.model.name} is still loaded.)` : text, e.name !== 'AbortError');
+    throw e;
+  } finally {
+    state.loading = false;
+    await refreshCache();
+    updateButtons();
+  }
 }
 
-function showResults(results) {
-  const body = $('results').querySelector('tbody');
-  body.replaceChildren(...results.map((r) => {
-    const tr = document.createElement('tr');
-    const cells = [r.name, r.dtype, r.max_abs_err.toExponential(2), r.tolerance.toExponential(0), r.passed ? 'pass' : 'FAIL'];
-    cells.forEach((text, i) => {
-      const td = document.createElement('td');
-      td.textContent = text;
-      if (i === 4) td.className = r.passed ? 'pass' : 'fail';
-      tr.append(td);
-    });
-    return tr;
-  }));
-  $('results').hidden = false;
+const quantName = (q) => ({ none: 'weights as published', q8_0: '8-bit weights', q4_0: '4-bit weights' })[q] || q;
+
+function onLoadEvent(m) {
+  const bar = $('download-bar');
+  const text = $('download-text');
+  if (m.type === 'download') {
+    state.download = { requests: m.requests, bytesFetched: m.bytesFetched, bytesFromCache: m.bytesFromCache };
+    bar.value = m.total ? m.done / m.total : 0;
+    if (m.phase === 'verify') {
+      text.textContent = `Checking ${m.file}…`;
+      return;
+    }
+    const parts = [`${fmtBytes(m.done)} of ${fmtBytes(m.total)}`];
+    if (m.speed) parts.push(`${(m.speed / 1e6).toFixed(1)} MB/s`);
+    if (m.eta !== null && m.eta !== undefined && m.done < m.total) parts.push(`${fmtTime(m.eta)} left`);
+    if (m.bytesFromCache) parts.push(`${fmtBytes(m.bytesFromCache)} already here`);
+    text.textContent = parts.join(' · ');
+  } else if (m.type === 'loading') {
+    setStatus('Loading onto the GPU…');
+    bar.value = m.total ? m.done / m.total : 0;
+    text.textContent = `Reading weights: ${Math.round((100 * m.done) / (m.total || 1))}%`;
+  }
 }
 
-async function runSelfTest(engine) {
-  $('rerun').disabled = true;
-  setStatus('Running the kernel self-test…');
+function applyModelDefaults(entry, model) {
+  const d = { ...(entry.defaults || {}) };
+  const info = model.info || {};
+  d.width ??= info.defaultWidth;
+  d.height ??= info.defaultHeight;
+  d.scheduler ??= info.scheduler;
+  const step = model.sizeStep || 8;
+  for (const k of ['width', 'height']) {
+    $(k).step = step;
+    $(k).min = step;
+  }
+  setForm(d);
+  if (!$('prompt').value && entry.examplePrompt) $('prompt').value = entry.examplePrompt;
+  $('prompt').placeholder = entry.examplePrompt || '';
+  $('size-hint').textContent = `Width and height: multiples of ${step} for this model.`;
+}
+
+// ---- the form ------------------------------------------------------------------------------
+
+function setForm(r) {
+  for (const k of ['prompt', 'steps', 'guidance', 'width', 'height']) if (r[k] !== undefined && r[k] !== null) $(k).value = r[k];
+  if (r.negativePrompt !== undefined) $('negative').value = r.negativePrompt || '';
+  if (r.scheduler && [...$('scheduler').options].some((o) => o.value === r.scheduler)) $('scheduler').value = r.scheduler;
+  if (r.seed !== undefined && r.seed !== null) {
+    $('seed').value = r.seed;
+    $('seed-random').checked = false;
+    $('seed').disabled = false;
+  }
+}
+
+function readForm() {
+  return {
+    prompt: $('prompt').value.trim(),
+    negativePrompt: $('negative').value.trim(),
+    steps: Number($('steps').value),
+    guidance: Number($('guidance').value),
+    width: Number($('width').value),
+    height: Number($('height').value),
+    scheduler: $('scheduler').value,
+    seed: $('seed-random').checked ? null : Number($('seed').value),
+  };
+}
+
+function randomSeed() {
+  return crypto.getRandomValues(new Uint32Array(1))[0];
+}
+
+// ---- generation ----------------------------------------------------------------------------
+
+/// Generates one image. `overrides` replaces form fields ({prompt, negativePrompt, steps,
+/// guidance, width, height, scheduler, seed}); seed null or absent with "random" ticked picks one.
+/// Resolves {cancelled, width, height, seed, ms, parameters}.
+async function generate(overrides = {}) {
+  if (!state.modelLoaded) throw new Error('Load a model first.');
+  if (state.generating || state.loading) throw new Error('Busy: wait for the current download or generation.');
+  setForm(overrides);
+  const req = { ...readForm(), ...overrides };
+  if (req.seed === null || req.seed === undefined || req.seed === '') req.seed = randomSeed();
+  req.seed = Math.floor(Math.abs(Number(req.seed))) % 2 ** 53;
+  const step = state.model.sizeStep || 8;
+  for (const k of ['width', 'height']) {
+    const v = Math.max(step, Math.round(Number(req[k]) / step) * step);
+    if (v !== req[k]) {
+      $('size-hint').textContent = `${k} rounded to ${v}: this model needs multiples of ${step}.`;
+      req[k] = v;
+    }
+    $(k).value = v;
+  }
+  if (!req.prompt) req.prompt = $('prompt').placeholder || '';
+  if (!req.negativePrompt) delete req.negativePrompt;
+  try {
+    localStorage.setItem(FORM, JSON.stringify({ prompt: req.prompt, negativePrompt: req.negativePrompt || '' }));
+  } catch {
+    // storage full or blocked: remembering the prompt is optional
+  }
+
+  state.generating = true;
+  state.steps = [];
+  lastMsPerStep = 0;
+  state.lastError = null;
+  updateButtons();
+  $('gen-progress').hidden = false;
+  $('gen-bar').value = 0;
+  $('gen-text').textContent = 'Encoding the prompt…';
+  $('gen-text').classList.remove('error');
+  $('result-info').textContent = `Seed ${req.seed}`;
   const t0 = performance.now();
-  const results = await engine.selfTest();
-  state.results = results;
-  showResults(results);
-  const failed = results.filter((r) => !r.passed).length;
-  const ms = Math.round(performance.now() - t0);
-  setStatus(failed ? `${failed} check(s) failed.` : `All ${results.length} checks passed in ${ms} ms.`, failed > 0);
-  $('rerun').disabled = false;
+  try {
+    const m = await call('generate', { request: req }, onStep);
+    if (m.type === 'cancelled') {
+      $('gen-text').textContent = `Cancelled after ${state.steps.length} step(s).`;
+      return { cancelled: true, seed: req.seed };
+    }
+    showImage(m.image, false);
+    state.lastImage = { width: m.image.width, height: m.image.height, rgba: toBase64(m.image.rgba), seed: m.seed, parameters: m.parameters };
+    if (state.timings.firstImageMs === null) state.timings.firstImageMs = performance.now();
+    const secs = (performance.now() - t0) / 1000;
+    const perStep = lastMsPerStep ? ` · ${(lastMsPerStep / 1000).toFixed(2)} s per step` : '';
+    $('gen-text').textContent = `Done in ${secs.toFixed(1)} s${perStep}.`;
+    $('gen-bar').value = 1;
+    $('result-info').textContent = `Seed ${m.seed} · ${m.image.width}×${m.image.height} · ${req.steps} steps · ${req.scheduler} · ${state.model.name}`;
+    const png = new Blob([m.png], { type: 'image/png' });
+    setDownload(png, `webdiffusion-${req.seed}.png`);
+    await addToGallery(req, m, png).catch((e) => console.warn('webdiffusion: gallery', e));
+    return { cancelled: false, width: m.image.width, height: m.image.height, seed: m.seed, ms: m.ms, parameters: m.parameters };
+  } catch (e) {
+    const text = fail('generate', e);
+    if (e.loaded !== undefined && !(state.model && e.loaded === state.model.id)) {
+      // The worker lost the model (a device loss it could not recover from).
+      state.model = null;
+      state.modelLoaded = false;
+      setStatus('The model is no longer loaded; load it again.', true);
+    }
+    $('gen-text').textContent = text;
+    $('gen-text').classList.add('error');
+    throw e;
+  } finally {
+    state.generating = false;
+    updateButtons();
+    renderCached();
+  }
+}
+
+let lastMsPerStep = 0;
+function onStep(m) {
+  if (m.type !== 'step') return;
+  lastMsPerStep = m.msPerStep;
+  state.steps.push([m.index, m.total]);
+  $('gen-text').classList.remove('error');
+  $('gen-bar').value = (m.index + 1) / m.total;
+  $('gen-text').textContent = `Step ${m.index + 1} of ${m.total} · ${(m.msPerStep / 1000).toFixed(2)} s per step`;
+  if (m.preview) showImage(m.preview, true);
+}
+
+function cancel() {
+  worker?.postMessage({ type: 'cancel' });
+}
+
+function showImage({ width, height, rgba }, preview) {
+  const canvas = $('output');
+  canvas.width = width;
+  canvas.height = height;
+  const data = new ImageData(new Uint8ClampedArray(rgba.buffer, rgba.byteOffset, width * height * 4), width, height);
+  canvas.getContext('2d').putImageData(data, 0, 0);
+  // Previews are tiny latent projections and small demo images would blur: show their pixels.
+  canvas.classList.toggle('pixelated', preview || width < 256);
+  canvas.classList.remove('empty');
+  $('output-empty').hidden = true;
+}
+
+let downloadUrl = null;
+function setDownload(blob, name) {
+  if (downloadUrl) URL.revokeObjectURL(downloadUrl);
+  downloadUrl = URL.createObjectURL(blob);
+  const a = $('download-png');
+  a.href = downloadUrl;
+  a.download = name;
+  a.hidden = false;
+}
+
+// ---- gallery -------------------------------------------------------------------------------
+
+async function thumbnail(image) {
+  const size = 128;
+  const scale = Math.min(1, size / Math.max(image.width, image.height));
+  const src = document.createElement('canvas');
+  src.width = image.width;
+  src.height = image.height;
+  src.getContext('2d').putImageData(new ImageData(new Uint8ClampedArray(image.rgba.buffer, image.rgba.byteOffset, image.width * image.height * 4), image.width, image.height), 0, 0);
+  if (scale === 1) return new Promise((ok) => src.toBlob(ok, 'image/png'));
+  const dst = document.createElement('canvas');
+  dst.width = Math.round(image.width * scale);
+  dst.height = Math.round(image.height * scale);
+  const ctx = dst.getContext('2d');
+  ctx.imageSmoothingQuality = 'high';
+  ctx.drawImage(src, 0, 0, dst.width, dst.height);
+  return new Promise((ok) => dst.toBlob(ok, 'image/webp', 0.85));
+}
+
+async function addToGallery(req, m, png) {
+  const thumb = await thumbnail(m.image);
+  await store.galleryAdd({
+    created: new Date().toISOString(),
+    modelId: state.model.id,
+    modelName: state.model.name,
+    request: { ...req, seed: m.seed },
+    width: m.image.width,
+    height: m.image.height,
+    ms: m.ms,
+    parameters: m.parameters,
+    png,
+    thumb,
+  });
+  await renderGallery();
+}
+
+let galleryUrls = [];
+async function renderGallery() {
+  let items = [];
+  try {
+    items = await store.galleryList();
+  } catch (e) {
+    console.warn('webdiffusion: gallery', e);
+  }
+  galleryUrls.forEach((u) => URL.revokeObjectURL(u));
+  galleryUrls = [];
+  const box = $('gallery');
+  if (!items.length) {
+    const p = document.createElement('p');
+    p.className = 'hint small';
+    p.textContent = 'Nothing yet.';
+    box.replaceChildren(p);
+    return;
+  }
+  box.replaceChildren(...items.map((it) => {
+    const fig = document.createElement('figure');
+    const img = document.createElement('img');
+    const url = URL.createObjectURL(it.thumb || it.png);
+    galleryUrls.push(url);
+    img.src = url;
+    img.alt = it.request.prompt;
+    img.title = `${it.request.prompt}\nseed ${it.request.seed} · ${it.modelName}`;
+    if (it.width < 256) img.classList.add('pixelated');
+    img.onclick = () => restore(it).catch((e) => console.warn('webdiffusion: restore', e));
+    const cap = document.createElement('figcaption');
+    cap.textContent = it.request.prompt;
+    const del = document.createElement('button');
+    del.type = 'button';
+    del.textContent = '×';
+    del.title = 'Delete this image';
+    del.setAttribute('aria-label', 'Delete this image');
+    del.onclick = async () => {
+      await store.galleryDelete(it.id);
+      await renderGallery();
+    };
+    fig.append(img, cap, del);
+    return fig;
+  }));
+}
+
+/// A gallery image back on the canvas with the settings that made it.
+async function restore(it) {
+  if (findEntry(it.modelId) && $('model').value !== it.modelId && !state.loading) {
+    $('model').value = it.modelId;
+    onModelSelected();
+  }
+  setForm(it.request);
+  const bitmap = await createImageBitmap(it.png);
+  const canvas = $('output');
+  canvas.width = bitmap.width;
+  canvas.height = bitmap.height;
+  canvas.getContext('2d').drawImage(bitmap, 0, 0);
+  canvas.classList.toggle('pixelated', bitmap.width < 256);
+  canvas.classList.remove('empty');
+  $('output-empty').hidden = true;
+  $('result-info').textContent = `Seed ${it.request.seed} · ${it.width}×${it.height} · ${it.request.steps} steps · ${it.request.scheduler} · ${it.modelName} · ${new Date(it.created).toLocaleString()}`;
+  setDownload(it.png, `webdiffusion-${it.request.seed}.png`);
+  if (state.model && state.model.id !== it.modelId) {
+    $('size-hint').textContent = `This image was made with ${it.modelName}; load it to make it again.`;
+  }
+}
+
+// ---- buttons -------------------------------------------------------------------------------
+
+function updateButtons() {
+  const busy = state.loading || state.generating;
+  const id = $('model').value;
+  const e = findEntry(id);
+  const loadedHere = state.model && state.model.id === id && state.modelLoaded;
+  $('load').disabled = busy || !e || !navigator.gpu;
+  $('load').textContent = loadedHere ? 'Reload' : isCached(id) ? 'Load' : `Download${e && e.bytes ? ` (${fmtBytes(e.bytes)})` : ''} and load`;
+  $('load-cancel').hidden = !state.loading;
+  $('generate').disabled = busy || !state.modelLoaded;
+  $('cancel').disabled = !state.generating;
+  $('custom-add').disabled = busy;
+}
+
+function wireUp() {
+  $('model').onchange = () => onModelSelected();
+  $('load').onclick = () => load().catch(() => {});
+  $('load-cancel').onclick = () => cancel();
+  $('generate').onclick = () => generate().catch(() => {});
+  $('cancel').onclick = () => cancel();
+  $('seed-random').onchange = () => {
+    $('seed').disabled = $('seed-random').checked;
+  };
+  $('custom-add').onclick = () => {
+    try {
+      const e = customEntry($('custom-url').value.trim());
+      customEntries.set(e.id, e);
+      renderModelSelect();
+      $('model').value = e.id;
+      onModelSelected();
+    } catch (err) {
+      setStatus(message(err), true);
+    }
+  };
+  $('prompt').onkeydown = (ev) => {
+    if (ev.key === 'Enter' && (ev.ctrlKey || ev.metaKey) && !$('generate').disabled) generate().catch(() => {});
+  };
+  window.addEventListener('online', () => notice('offline', null));
+  window.addEventListener('offline', () => notice('offline', 'You are offline. Cached models keep working; downloads resume when you are back online.', 'info'));
+}
+
+// ---- start-up ------------------------------------------------------------------------------
+
+async function initWorker() {
+  if (!worker) startWorker();
+  const m = await call('init');
+  state.info = m.info;
+  state.f16Fallback = m.f16Fallback;
+  state.ready = true;
+  const i = m.info;
+  const f16 = i.shader_f16 ? 'shader-f16' : 'f32 fallback (no shader-f16)';
+  $('gpu-info').textContent = `GPU: ${i.adapter_name || 'not disclosed by the browser'} · ${i.backend} · ${f16} · max binding ${fmtBytes(i.max_storage_binding)}`;
+  if (m.f16Fallback) {
+    notice('f16', 'Your GPU or browser does not offer shader-f16, so webdiffusion runs in f32 instead (automatically). It works, but is slower and needs more GPU memory.', 'info');
+  }
+  return m;
+}
+
+function registerServiceWorker() {
+  if (!('serviceWorker' in navigator) || params.get('sw') === '0') return;
+  navigator.serviceWorker.register('sw.js').catch((e) => console.warn('webdiffusion: no offline support:', message(e)));
 }
 
 async function main() {
-  if (!navigator.gpu) {
-    throw new Error('This browser has no WebGPU. Use Chrome or Edge 113+, Safari 26+, or Firefox 141+ on Windows.');
+  wireUp();
+  registerServiceWorker();
+  try {
+    const saved = JSON.parse(localStorage.getItem(FORM) || 'null');
+    if (saved) setForm(saved);
+  } catch {
+    // a damaged saved form is not worth an error
   }
-  await init();
-  const engine = await Engine.create(false, true);
-  state.info = engine.info();
-  showInfo(state.info);
-  $('rerun').onclick = () => runSelfTest(engine).catch(fail);
-  await runSelfTest(engine);
+  if (navigator.onLine === false) notice('offline', 'You are offline. Cached models keep working.', 'info');
+  store.requestPersistence().then(renderStorage).catch(() => {});
+  await loadCatalog();
+  await refreshCache();
+  renderGallery();
+  if (!navigator.gpu) {
+    const text = 'This browser has no WebGPU, which webdiffusion needs to run models on your GPU. It is available in Chrome and Edge 113+ (Windows, macOS, ChromeOS; Android 121+), Safari 26+ and Firefox 141+ on Windows. On Linux, Chrome needs chrome://flags/#enable-unsafe-webgpu.';
+    notice('nogpu', text, 'error');
+    fail('init', text);
+    updateButtons();
+    return;
+  }
+  try {
+    await initWorker();
+  } catch (e) {
+    notice('gpu', `Could not open the GPU: ${fail('init', e)}`, 'error');
+    updateButtons();
+    return;
+  }
+  updateButtons();
+  const wanted = params.get('model');
+  const last = localStorage.getItem(LAST_MODEL);
+  if (params.get('autoload') === '1') {
+    await load(wanted || $('model').value).catch(() => {});
+  } else if (!wanted && last && isCached(last)) {
+    // A returning visitor starts where they left off, from the local copy (works offline).
+    await load(last).catch(() => {});
+  }
 }
 
-function fail(e) {
-  state.error = String(e && e.message ? e.message : e);
-  setStatus(state.error, true);
-}
-
-main().catch(fail).finally(() => { state.done = true; });
+main().catch((e) => {
+  notice('fatal', `The page failed to start: ${fail('main', e)}`, 'error');
+});

@@ -69,7 +69,7 @@ pub struct Args {
 }
 
 /// Our name for the scheduler class a model ships with.
-fn default_scheduler(class: Option<&str>, karras: bool) -> Result<SchedulerKind> {
+pub(super) fn default_scheduler(class: Option<&str>, karras: bool) -> Result<SchedulerKind> {
     Ok(match class {
         Some("DDIMScheduler") => SchedulerKind::Ddim,
         Some("EulerDiscreteScheduler") => SchedulerKind::Euler,
@@ -196,6 +196,13 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
         true
     }))?;
     eprintln!("generated in {:.1} s", t1.elapsed().as_secs_f64());
+    if let Some(rows) = gpu.profile() {
+        let total: f64 = rows.iter().map(|r| r.2).sum();
+        eprintln!("GPU time by kernel (WEBDIFFUSION_PROFILE), total {total:.2} s:");
+        for (label, n, t) in rows.iter().take(25) {
+            eprintln!("{:>8.1} ms {:>5.1}% {:>6}x  {label}", t * 1e3, 100.0 * t / total.max(1e-9), n);
+        }
+    }
     let params = a1111_parameters(
         &a.prompt,
         a.negative_prompt.as_deref(),

@@ -1,5 +1,6 @@
 //! Command-line front end. Everything here is glue: parse, call the library, print.
 
+mod adherence;
 mod bench_ops;
 mod convert;
 mod generate;
@@ -56,6 +57,8 @@ enum Command {
         model: PathBuf,
         prompt: String,
     },
+    /// The demo model's prompt adherence through our pipeline (colour and position accuracy).
+    Adherence(adherence::Args),
     /// Run a fixture's networks and compare with its diffusers reference.safetensors.
     Parity {
         #[arg(long)]
@@ -91,6 +94,7 @@ pub fn main() -> Result<()> {
         Command::BenchOps(args) => bench_ops::run(&gpu, &args),
         Command::Parity { model, f16, json } => parity(&gpu, &model, f16, json),
         Command::Generate(args) => generate::run(&gpu, &args),
+        Command::Adherence(args) => adherence::run(&gpu, &args),
         Command::Convert(args) => convert::run(&gpu, &args),
         Command::QuantQuality(args) => quality::quality(&gpu, &args),
         Command::PackageSizes(args) => quality::sizes(&gpu, &args),

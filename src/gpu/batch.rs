@@ -114,6 +114,15 @@ impl Gpu {
             pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
         }
         batch.dispatches += 1;
+        if let Some(profile) = &inner.profile {
+            let t0 = std::time::Instant::now();
+            self.submit_locked(&mut batch);
+            let _ = inner.device.poll(wgpu::PollType::wait_indefinitely());
+            let mut p = lock(profile);
+            let e = p.entry(label.to_string()).or_insert((0, 0.0));
+            e.0 += 1;
+            e.1 += t0.elapsed().as_secs_f64();
+        }
         drop(batch);
         let mut s = lock(&inner.stats);
         s.dispatches += 1;

@@ -78,6 +78,9 @@ pub(crate) struct GpuInner {
     /// Errors wgpu reported outside any scope; surfaced at the next readback.
     pub errors: Arc<Mutex<Vec<String>>>,
     pub lost: Arc<Mutex<Option<String>>>,
+    /// Per-kernel wall time when profiling (`WEBDIFFUSION_PROFILE=1`, native only): every
+    /// dispatch is submitted and waited for on its own, so totals are exact but slower.
+    pub profile: Option<Mutex<std::collections::HashMap<String, (u64, f64)>>>,
 }
 
 #[derive(Clone)]
@@ -216,6 +219,9 @@ impl Gpu {
                 stats: Mutex::new(GpuStats::default()),
                 errors,
                 lost,
+                profile: (cfg!(not(target_arch = "wasm32"))
+                    && std::env::var_os("WEBDIFFUSION_PROFILE").is_some_and(|v| v != "0"))
+                .then(Mutex::default),
             }),
         })
     }
@@ -234,6 +240,14 @@ impl Gpu {
 
     pub fn stats(&self) -> GpuStats {
         *lock(&self.inner.stats)
+    }
+
+    /// Kernels by total time, `(label, dispatches, seconds)`, when profiling is on.
+    pub fn profile(&self) -> Option<Vec<(String, u64, f64)>> {
+        let p = lock(self.inner.profile.as_ref()?);
+        let mut rows: Vec<_> = p.iter().map(|(k, (n, t))| (k.clone(), *n, *t)).collect();
+        rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+        Some(rows)
     }
 
     /// Resets the peak and the dispatch/submit counters (not the live byte count).

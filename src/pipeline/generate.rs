@@ -204,6 +204,99 @@ impl StableDiffusion {
         Ok(Generated { latents: x, latent_shape: shape, rgb, width, height })
     }
 
+    /// Several txt2img generations in one U-Net batch: the requests must agree on size, steps,
+    /// scheduler and guidance (prompts, negative prompts and noise differ). Each image is what
+    /// `generate` gives for its request and noise alone; batching only amortizes the per-dispatch
+    /// cost, which dominates small models (the demo model's adherence check runs 80 at once).
+    pub async fn generate_batch(
+        &self,
+        reqs: &[Request],
+        noises: &mut [&mut dyn NoiseSource],
+        on_step: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<Vec<Generated>> {
+        let first = reqs.first().ok_or_else(|| Error::Request("an empty batch".into()))?;
+        if noises.len() != reqs.len() {
+            return Err(Error::Request(format!("{} requests but {} noise sources", reqs.len(), noises.len())));
+        }
+        let same = |r: &Request| {
+            r.width == first.width
+                && r.height == first.height
+                && r.steps == first.steps
+                && r.scheduler == first.scheduler
+                && r.guidance == first.guidance
+                && r.init.is_none()
+        };
+        if !reqs.iter().all(same) {
+            return Err(Error::Request(
+                "a batch needs one size, step count, scheduler and guidance, and no init image".into(),
+            ));
+        }
+        let b = reqs.len();
+        let f = self.vae_config.downscale();
+        let c = self.unet.config.in_channels;
+        let shape = [1, c, first.height / f, first.width / f];
+        let n: usize = shape.iter().product();
+        if n == 0 || first.width % f != 0 || first.height % f != 0 || first.steps == 0 {
+            return Err(Error::Request(format!("bad size {}x{} or steps {}", first.width, first.height, first.steps)));
+        }
+        let w_embedding = self.unet.config.time_cond_proj_dim.map(|d| guidance_embedding(first.guidance - 1.0, d));
+        let cfg = first.guidance > 1.0 && w_embedding.is_none();
+        let mut prompts: Vec<&str> = Vec::new();
+        if cfg {
+            prompts.extend(reqs.iter().map(|r| r.negative_prompt.as_deref().unwrap_or("")));
+        }
+        prompts.extend(reqs.iter().map(|r| r.prompt.as_str()));
+        let context = self.encode(&prompts)?;
+        let mut schedulers = (0..b)
+            .map(|_| Scheduler::new(first.scheduler, &self.scheduler_config, first.steps))
+            .collect::<Result<Vec<_>>>()?;
+        let timesteps = schedulers[0].timesteps().to_vec();
+        let sigma0 = schedulers[0].init_noise_sigma();
+        let mut xs = Vec::with_capacity(b);
+        for noise in noises.iter_mut() {
+            let mut x = noise.draw(n)?;
+            x.iter_mut().for_each(|v| *v *= sigma0);
+            xs.push(x);
+        }
+        let rows = if cfg { 2 * b } else { b };
+        let cond = match &w_embedding {
+            Some(w) => Some(GpuTensor::from_f32_as(&self.gpu, &w.repeat(rows), &[rows, w.len()], self.dtype)?),
+            None => None,
+        };
+        for (i, &t) in timesteps.iter().enumerate() {
+            let mut input = Vec::with_capacity(rows * n);
+            for (x, s) in xs.iter().zip(&schedulers) {
+                let mut scaled = x.clone();
+                s.scale_model_input(&mut scaled, i);
+                input.extend(scaled);
+            }
+            if cfg {
+                input.extend_from_within(..);
+            }
+            let input = GpuTensor::from_f32_as(&self.gpu, &input, &[rows, c, shape[2], shape[3]], self.dtype)?;
+            let out = self.unet.forward(&input, t, &context, cond.as_ref())?.to_vec_f32().await?;
+            for (k, ((x, s), noise)) in xs.iter_mut().zip(&mut schedulers).zip(noises.iter_mut()).enumerate() {
+                let guided: Vec<f32> = if cfg {
+                    let (u, cnd) = (&out[k * n..(k + 1) * n], &out[(b + k) * n..(b + k + 1) * n]);
+                    u.iter().zip(cnd).map(|(&u, &c)| u + first.guidance * (c - u)).collect()
+                } else {
+                    out[k * n..(k + 1) * n].to_vec()
+                };
+                let z = if s.draws_noise(i) { Some(noise.draw(n)?) } else { None };
+                *x = s.step(i, &guided, x, z.as_deref())?;
+            }
+            if !on_step(i, timesteps.len()) {
+                return Err(Error::Cancelled);
+            }
+        }
+        let mut images = Vec::with_capacity(b);
+        for x in xs {
+            let (rgb, width, height) = self.decode(&x, shape).await?;
+            images.push(Generated { latents: x, latent_shape: shape, rgb, width, height });
+        }
+        Ok(images)
+    }
+
     /// The img2img start point: the VAE posterior sample of the image, times `scaling_factor`.
     async fn encode_image(
         &self,

@@ -26,8 +26,18 @@ export async function serveApp() {
   return { server, url: `http://127.0.0.1:${server.address().port}/` };
 }
 
-export async function launchBrowser() {
-  const profile = mkdtempSync(join(tmpdir(), 'webdiffusion-chromium-'));
+/// The CDN stand-in: `models/` on its own origin (another port), like Hugging Face is for the
+/// page. `opts` go to serve() (fault injection: cutAfter, corrupt).
+export async function serveCdn(opts = {}) {
+  const server = await serve({ host: '127.0.0.1', port: 0, mounts: [{ url: '/models/', dir: join(ROOT, 'models') }], ...opts });
+  return { server, url: `http://127.0.0.1:${server.address().port}/models/` };
+}
+
+export const newProfile = () => mkdtempSync(join(tmpdir(), 'webdiffusion-chromium-'));
+
+/// Headless Chromium with WebGPU in `profile` (a fresh one unless given: pass the same one to
+/// come back as a returning visitor).
+export async function launchBrowser(profile = newProfile()) {
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
     headless: true,

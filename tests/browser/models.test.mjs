@@ -5,9 +5,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
+import { mkdirSync, readdirSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { ARTIFACTS, ROOT, launchBrowser, openPage, serveApp } from './harness.mjs';
+import { cliBinary } from './native.mjs';
 
 const MODEL = 'tiny-sd2';
 // The issue's f32 bound. Native lavapipe stays under 2e-5 (tests/models.rs); SwiftShader's
@@ -19,16 +20,6 @@ function listFiles(dir) {
     const full = join(dir, name);
     return statSync(full).isDirectory() ? listFiles(full) : [full];
   });
-}
-
-// The newest build of the CLI (`cargo test` builds the debug one).
-function cliBinary() {
-  const bin = process.env.WEBDIFFUSION_BIN || ['release', 'debug']
-    .map((p) => join(ROOT, 'target', p, 'webdiffusion'))
-    .filter(existsSync)
-    .sort((a, b) => statSync(b).mtimeMs - statSync(a).mtimeMs)[0];
-  assert.ok(bin, 'build the CLI first (cargo build)');
-  return bin;
 }
 
 function nativeOutputs() {

@@ -11,7 +11,7 @@ test('kernel self-test passes in headless Chromium on WebGPU', { timeout: 180_00
   const browser = await launchBrowser();
   try {
     const { page, logs } = await openPage(browser);
-    await page.goto(url);
+    await page.goto(`${url}selftest.html`);
     await page.waitForFunction(() => window.webdiffusion && window.webdiffusion.done, null, { timeout: 150_000 });
     const state = await page.evaluate(() => window.webdiffusion);
     await page.screenshot({ path: join(ARTIFACTS, 'selftest.png'), fullPage: true });

@@ -1,0 +1,338 @@
+// The module worker that owns the wasm Engine (the GPU device) and the loaded Model, so
+// downloads, loading and generation never block the page.
+//
+// Protocol — page -> worker: {type, id, ...}; every reply carries the request's id.
+//   init {}                      -> ready {info, f16Fallback}
+//   list {}                      -> models {models, storage: {usage, quota, persisted}}
+//   load {entry, quant, chunkSize} -> download {phase, done, total, speed, eta, file, ...}*,
+//                                   loading {done, total}*, loaded {model, ms, downloadMs,
+//                                   wasmHeapBytes, download: {requests, bytesFetched, bytesFromCache}}
+//   generate {request}           -> step {index, total, msPerStep, preview}*, then
+//                                   done {image: {width, height, rgba}, png, parameters, seed, ms}
+//                                   | cancelled {}
+//   cancel {}                    -> (no reply; the running load or generate ends as cancelled)
+//   delete {modelId}             -> deleted {modelId}
+//   any failure                  -> error {op, message, lost, loaded: id of the model still loaded}
+// Unprompted: recovering {reason} / recovered {} when the GPU device was lost and rebuilt.
+
+import init, { Engine } from './pkg/webdiffusion.js';
+import * as store from './store.js';
+import { downloadModel } from './download.js';
+
+let wasm = null;
+let engine = null;
+let model = null; // {handle, record, quant, info, sizeStep}
+let cancelRequested = false;
+let abort = null; // AbortController of a running download
+
+const post = (msg, transfer = []) => self.postMessage(msg, transfer);
+
+async function createEngine() {
+  if (!self.navigator.gpu) {
+    throw new Error('This browser has no WebGPU in workers. Use Chrome or Edge 113+, Safari 26+, or Firefox 141+ on Windows.');
+  }
+  // The adapter's own limits: bigger bindings mean fewer split weights on desktop GPUs.
+  engine = await Engine.create(false, true);
+  return engine.info();
+}
+
+function lostReason() {
+  try {
+    return engine ? engine.lost() : null;
+  } catch {
+    return null;
+  }
+}
+
+// ---- the reader the synchronous Rust loader calls --------------------------------------------
+
+/// Reads a cached model straight from its IndexedDB Blobs: each read is a slice, so only the
+/// tensor being uploaded is ever in memory. FileReaderSync because the loader cannot await.
+async function cachedReader(record, onRead) {
+  const blobs = new Map();
+  await Promise.all(record.files.map(async (f) => {
+    const blob = await store.getFileBlob(record.id, f.path);
+    if (!blob) throw new Error(`${f.path} is missing from the cached ${record.name}; delete the model and download it again.`);
+    blobs.set(f.path, blob);
+  }));
+  const fr = new FileReaderSync();
+  const bytes = (blob) => {
+    onRead(blob.size);
+    return new Uint8Array(fr.readAsArrayBuffer(blob));
+  };
+  const total = record.files.reduce((s, f) => s + f.size, 0);
+  return {
+    total,
+    reader: {
+      read(path) {
+        const b = blobs.get(path);
+        return b ? bytes(b) : null;
+      },
+      readRange(path, start, len) {
+        const b = blobs.get(path);
+        if (!b) return null;
+        if (start + len > b.size) throw new Error(`${path}: bytes ${start}..${start + len} are past its end (${b.size})`);
+        return bytes(b.slice(start, start + len));
+      },
+      describe() {
+        return `cached model ${record.id}`;
+      },
+    },
+  };
+}
+
+/// A model's config.json, from a package manifest or the file itself.
+function readConfig(reader, path) {
+  const manifest = reader.read('manifest.json');
+  if (manifest) {
+    const m = JSON.parse(new TextDecoder().decode(manifest));
+    return m.files[path] ? JSON.parse(m.files[path]) : null;
+  }
+  const b = reader.read(path);
+  return b ? JSON.parse(new TextDecoder().decode(b)) : null;
+}
+
+/// The multiple width and height must be: the VAE's downscale times the U-Net's own.
+function sizeStep(reader) {
+  try {
+    const vae = readConfig(reader, 'vae/config.json');
+    const unet = readConfig(reader, 'unet/config.json');
+    const levels = (c, d) => (c && c.block_out_channels ? c.block_out_channels.length : d);
+    return 2 ** (levels(vae, 4) - 1) * 2 ** (levels(unet, 4) - 1);
+  } catch {
+    return 64;
+  }
+}
+
+async function loadFromCache(record, quant, id) {
+  let done = 0;
+  let last = 0;
+  const { reader, total } = await cachedReader(record, (n) => {
+    done += n;
+    const now = performance.now();
+    if (now - last > 100) {
+      last = now;
+      post({ type: 'loading', id, done: Math.min(done, total), total });
+    }
+  });
+  post({ type: 'loading', id, done: 0, total });
+  const handle = await engine.load(reader, { quant, name: record.name });
+  post({ type: 'loading', id, done: total, total });
+  let info = {};
+  try {
+    info = plain(handle.info()) || {};
+  } catch {
+    // info is a nicety; the model works without it
+  }
+  return { handle, record, quant, info, sizeStep: info.sizeMultiple || sizeStep(reader) };
+}
+
+// serde_wasm_bindgen turns JSON objects into Maps; the page wants plain objects.
+function plain(v) {
+  if (v instanceof Map) return Object.fromEntries([...v].map(([k, x]) => [k, plain(x)]));
+  if (Array.isArray(v)) return v.map(plain);
+  return v;
+}
+
+function freeModel() {
+  if (!model) return;
+  try {
+    model.handle.free();
+  } catch {
+    // a model of a lost device may already be gone
+  }
+  model = null;
+}
+
+/// After a lost device: a new Engine and the same model again, from the cache.
+async function recover(reason, id) {
+  post({ type: 'recovering', id, reason });
+  const previous = model;
+  freeModel();
+  try {
+    engine.free();
+  } catch {
+    // already unusable
+  }
+  engine = null;
+  await createEngine();
+  if (previous) model = await loadFromCache(previous.record, previous.quant, id);
+  post({ type: 'recovered', id });
+}
+
+// ---- handlers ----------------------------------------------------------------------------
+
+const handlers = {
+  async init() {
+    if (!wasm) wasm = await init();
+    const info = plain(engine ? engine.info() : await createEngine());
+    return { type: 'ready', info, f16Fallback: !info.shader_f16 };
+  },
+
+  async list() {
+    return { type: 'models', models: await store.listModels(), storage: await store.storageEstimate() };
+  },
+
+  async load(msg) {
+    const { entry, quant = 'none', chunkSize } = msg;
+    if (!engine) await handlers.init();
+    abort = new AbortController();
+    const t0 = performance.now();
+    let download;
+    try {
+      download = await downloadModel(entry, {
+        chunkSize,
+        signal: abort.signal,
+        onProgress: (p) => post({ type: 'download', id: msg.id, ...p }),
+      });
+    } finally {
+      abort = null;
+    }
+    const downloadMs = performance.now() - t0;
+    freeModel(); // one model on the GPU at a time
+    const t1 = performance.now();
+    try {
+      model = await loadFromCache(download.record, quant, msg.id);
+    } catch (e) {
+      const reason = lostReason();
+      if (!reason) throw e;
+      // A lost device during upload (driver reset, memory pressure): one fresh try.
+      await recover(reason, msg.id);
+      model = await loadFromCache(download.record, quant, msg.id);
+    }
+    const ms = performance.now() - t1;
+    return {
+      type: 'loaded',
+      model: describeModel(),
+      ms,
+      downloadMs,
+      download: download.stats,
+      // Linear memory only grows, so after loading this is the peak the load needed.
+      wasmHeapBytes: wasm.memory.buffer.byteLength,
+    };
+  },
+
+  async generate(msg) {
+    if (!model) throw new Error('No model is loaded.');
+    const reason = lostReason();
+    if (reason) await recover(reason, msg.id);
+    cancelRequested = false;
+    try {
+      return await runGeneration(msg);
+    } catch (e) {
+      const lost = lostReason();
+      if (!lost || cancelRequested) throw e;
+      await recover(lost, msg.id);
+      try {
+        return await runGeneration(msg);
+      } catch (e2) {
+        const again = lostReason();
+        throw new Error(again
+          ? `The GPU device was lost again (${again}) after recovering from "${lost}". The GPU may be out of memory: try a smaller image, fewer other tabs, or a quantized model.`
+          : e2.message);
+      }
+    }
+  },
+
+  async delete(msg) {
+    if (model && model.record.id === msg.modelId) freeModel();
+    await store.deleteModel(msg.modelId);
+    return { type: 'deleted', modelId: msg.modelId };
+  },
+};
+
+function describeModel() {
+  const { record, info, quant, sizeStep: step } = model;
+  return {
+    id: record.id, name: record.name, url: record.url, kind: record.kind, bytes: record.bytes, quant,
+    sizeStep: step, info, entry: record.entry,
+  };
+}
+
+async function runGeneration(msg) {
+  const r = msg.request;
+  const request = {
+    prompt: String(r.prompt ?? ''),
+    negativePrompt: r.negativePrompt ? String(r.negativePrompt) : undefined,
+    steps: Number(r.steps),
+    guidance: Number(r.guidance),
+    width: Number(r.width),
+    height: Number(r.height),
+    scheduler: String(r.scheduler),
+    seed: Number(r.seed),
+  };
+  const t0 = performance.now();
+  const out = await model.handle.generate(request, (index, total, preview) => {
+    const msPerStep = (performance.now() - t0) / (index + 1);
+    let p = null;
+    const transfer = [];
+    if (preview && preview.rgba) {
+      const rgba = preview.rgba.slice(); // our own copy to hand over
+      p = { width: preview.width, height: preview.height, rgba };
+      transfer.push(rgba.buffer);
+    }
+    post({ type: 'step', id: msg.id, index, total, msPerStep, preview: p }, transfer);
+    return !cancelRequested;
+  });
+  const ms = performance.now() - t0;
+  if (out.cancelled) return { type: 'cancelled' };
+  const rgba = out.rgba.slice();
+  const png = out.png.slice();
+  return {
+    type: 'done',
+    image: { width: out.width, height: out.height, rgba },
+    png,
+    parameters: out.parameters,
+    seed: request.seed,
+    ms,
+    transfer: [rgba.buffer, png.buffer],
+  };
+}
+
+// Requests run one at a time (the GPU and the model are shared); cancel jumps the queue.
+let queue = Promise.resolve();
+
+self.onmessage = (ev) => {
+  const msg = ev.data || {};
+  if (msg.type === 'cancel') {
+    cancelRequested = true;
+    if (abort) abort.abort();
+    return;
+  }
+  const handler = handlers[msg.type];
+  if (!handler) {
+    post({ type: 'error', id: msg.id, op: msg.type, message: `unknown request ${msg.type}` });
+    return;
+  }
+  if (msg.type === 'list') {
+    run(msg, handler);
+    return;
+  }
+  queue = queue.then(() => run(msg, handler));
+};
+
+async function run(msg, handler) {
+  try {
+    const reply = await handler(msg);
+    const transfer = reply.transfer || [];
+    delete reply.transfer;
+    post({ ...reply, id: msg.id }, transfer);
+  } catch (e) {
+    const cancelled = e && e.name === 'AbortError';
+    if (cancelled) {
+      post({ type: 'cancelled', id: msg.id, op: msg.type, loaded: model ? model.record.id : null });
+      return;
+    }
+    const message = e && e.message ? e.message : String(e);
+    console.error(`webdiffusion worker: ${msg.type} failed:`, e);
+    // `loaded`: the model still on the GPU (a failed download leaves the previous one usable).
+    post({ type: 'error', id: msg.id, op: msg.type, message, lost: lostReason(), loaded: model ? model.record.id : null });
+  }
+}
+
+self.addEventListener('unhandledrejection', (ev) => {
+  post({ type: 'error', op: 'worker', message: String(ev.reason && ev.reason.message ? ev.reason.message : ev.reason) });
+});
+self.addEventListener('error', (ev) => {
+  post({ type: 'error', op: 'worker', message: ev.message || 'worker error' });
+});
