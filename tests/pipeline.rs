@@ -165,3 +165,52 @@ fn cancelling_stops_between_steps() {
     let err = pollster::block_on(sd.generate(&req, None, &mut rng, &mut |_| true)).err().unwrap().to_string();
     assert!(err.contains("without the VAE encoder"), "{err}");
 }
+
+/// A batch of prompts gives each image what a lone generation with its noise gives: batching
+/// only changes how many rows the U-Net runs at once (Euler ancestral also draws per-step noise,
+/// which must stay with its own image).
+#[test]
+fn a_batch_equals_its_generations_one_by_one() {
+    use webdiffusion::pipeline::generate::NoiseSource;
+    use webdiffusion::pipeline::rng::NormalRng;
+    let sd =
+        loader::stable_diffusion(&DirSource(dir("tiny-sd1")), common::gpu(), &loader::LoadOptions::new(DType::F32))
+            .unwrap();
+    let req = |prompt: &str, negative: &str| Request {
+        prompt: prompt.into(),
+        negative_prompt: Some(negative.into()),
+        steps: 3,
+        guidance: 7.5,
+        width: 64,
+        height: 64,
+        scheduler: SchedulerKind::EulerAncestral,
+        init: None,
+    };
+    let reqs = [req("a red circle", ""), req("a blue square", "blurry"), req("a green star", "")];
+    let seeds = [11u64, 22, 33];
+    let mut rngs: Vec<NormalRng> = seeds.iter().map(|&s| NormalRng::new(s)).collect();
+    let mut noises: Vec<&mut dyn NoiseSource> = rngs.iter_mut().map(|r| r as &mut dyn NoiseSource).collect();
+    let mut steps = 0;
+    let batch = pollster::block_on(sd.generate_batch(&reqs, &mut noises, &mut |_, _| {
+        steps += 1;
+        true
+    }))
+    .unwrap();
+    assert_eq!(steps, 3);
+    assert_eq!(batch.len(), 3);
+    for ((r, seed), b) in reqs.iter().zip(seeds).zip(&batch) {
+        let one = pollster::block_on(sd.generate(r, None, &mut NormalRng::new(seed), &mut |_| true)).unwrap();
+        let worst = one.latents.iter().zip(&b.latents).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        // Same kernels on other rows of the same buffers: equal up to f32 reassociation.
+        assert!(worst < 1e-4, "{}: batch vs alone differ by {worst}", r.prompt);
+        let px = one.rgb.iter().zip(&b.rgb).map(|(a, b)| (*a as i32 - *b as i32).abs()).max().unwrap_or(0);
+        assert!(px <= 1, "{}: pixels differ by {px}", r.prompt);
+    }
+    // Mixed settings are refused, not silently run with the first request's.
+    let mixed = [req("a", ""), Request { steps: 4, ..req("b", "") }];
+    let mut r1 = NormalRng::new(1);
+    let mut r2 = NormalRng::new(2);
+    let mut noises: Vec<&mut dyn NoiseSource> = vec![&mut r1, &mut r2];
+    let err = pollster::block_on(sd.generate_batch(&mixed, &mut noises, &mut |_, _| true)).err().unwrap().to_string();
+    assert!(err.contains("one size, step count"), "{err}");
+}
