@@ -8,6 +8,8 @@ start=$(date +%s)
 
 echo "== native: unit, op and CLI tests (GPU: lavapipe) =="
 cargo test --all-targets
+# lavapipe picks the direct conv kernel (CPU adapters); check the tiled one real GPUs use too.
+WEBDIFFUSION_CONV2D=tiled cargo test --test ops --test quant conv
 
 echo "== wasm build =="
 scripts/build-wasm.sh

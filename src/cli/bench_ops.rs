@@ -15,6 +15,51 @@ pub struct Args {
     /// Only the f32 kernels.
     #[arg(long)]
     f32_only: bool,
+    /// Only conv2d, at the tiny-model and SD sizes, once per kernel variant (tiled, direct).
+    #[arg(long)]
+    conv: bool,
+    /// With --conv: skip the SD-sized conv (slow on CPU adapters).
+    #[arg(long)]
+    no_sd: bool,
+}
+
+/// conv2d sizes: (label, batch, cin, cout, hw, kernel).
+const CONV_SIZES: &[(&str, usize, usize, usize, usize, usize)] = &[
+    ("3x3 32->32 16x16 b2", 2, 32, 32, 16, 3),
+    ("3x3 32->32 16x16 b64", 64, 32, 32, 16, 3),
+    ("3x3 128->128 4x4 b2", 2, 128, 128, 4, 3),
+    ("3x3 128->128 4x4 b64", 64, 128, 128, 4, 3),
+    ("1x1 64->128 8x8 b2", 2, 64, 128, 8, 1),
+    ("3x3 16->16 64x64 b1", 1, 16, 16, 64, 3),
+    ("3x3 16->3 64x64 b1", 1, 16, 3, 64, 3),
+    ("3x3 320->320 64x64 b1", 1, 320, 320, 64, 3),
+];
+
+fn bench_conv(gpu: &Gpu, args: &Args, dtype: DType) -> Result<()> {
+    for &(label, n, cin, cout, hw, k) in CONV_SIZES {
+        if args.no_sd && cin == 320 {
+            continue;
+        }
+        let x = upload(gpu, 3, &[n, cin, hw, hw], dtype)?;
+        let w = upload(gpu, 4, &[cout, cin, k, k], dtype)?;
+        let bias = upload(gpu, 5, &[cout], dtype)?;
+        let cp = ops::Conv2dParams { stride: 1, padding: k / 2, pad_end: 0 };
+        let flops = 2.0 * (n * cout * cin * k * k * hw * hw) as f64;
+        let variants =
+            std::env::var("BENCH_CONV_VARIANTS").unwrap_or_else(|_| "tiled,direct:8:2,direct:16:1,direct:16:2".into());
+        for variant in variants.split(',') {
+            std::env::set_var("WEBDIFFUSION_CONV2D", variant);
+            let s = time(gpu, args.repeats, || Ok(ops::conv2d(&x, &w, Some(&bias), cp)?))?;
+            println!(
+                "{:<44} {dtype:>6} {:>10.1} {:>10.2}",
+                format!("conv2d {label} [{variant}]"),
+                s * 1e3,
+                flops / s / 1e9
+            );
+        }
+        std::env::remove_var("WEBDIFFUSION_CONV2D");
+    }
+    Ok(())
 }
 
 fn upload(gpu: &Gpu, seed: u64, shape: &[usize], dtype: DType) -> Result<GpuTensor> {
@@ -47,6 +92,10 @@ pub fn run(gpu: &Gpu, args: &Args) -> Result<()> {
         dtypes.push(DType::F16);
     }
     for dtype in dtypes {
+        if args.conv {
+            bench_conv(gpu, args, dtype)?;
+            continue;
+        }
         let report = |name: &str, secs: f64, flops: f64| {
             println!("{name:<44} {dtype:>6} {:>10.1} {:>10.2}", secs * 1e3, flops / secs / 1e9);
         };

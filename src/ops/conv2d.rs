@@ -4,11 +4,44 @@ use bytemuck::{Pod, Zeroable};
 
 use super::{float_dtype, u32_of};
 use crate::error::{Error, Result};
-use crate::gpu::kernel::{KernelKey, Shader};
+use crate::gpu::kernel::{grid_1d, KernelKey, Shader};
 use crate::gpu::GpuTensor;
 use crate::quant::{QTensor, QuantFormat};
 
 const SHADER: Shader = Shader { name: "conv2d", source: include_str!("../../shaders/conv2d.wgsl") };
+const DIRECT: Shader = Shader { name: "conv2d_direct", source: include_str!("../../shaders/conv2d_direct.wgsl") };
+
+/// Which conv2d kernel to run. `Tiled` (64x64 tiles staged through workgroup memory) suits real
+/// GPUs; `Direct` (no workgroup memory, no barriers, lanes on consecutive pixels) is several
+/// times faster on CPU adapters such as Mesa's llvmpipe, where barriers are coroutine switches
+/// and every per-lane storage load is a scalar loop over the lanes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Variant {
+    Tiled,
+    /// `channels`: output channels per invocation (4, 8 or 16; 0 = by Cout); `pixels`: output
+    /// pixels per invocation (1, 2 or 4; 0 = by size). Each input load feeds `channels` FMAs.
+    Direct {
+        channels: usize,
+        pixels: usize,
+    },
+}
+
+/// `WEBDIFFUSION_CONV2D=tiled|direct[:channels[:pixels]]` forces a kernel (read per call, so
+/// tests and benchmarks can cover both); otherwise `Direct` on CPU adapters, `Tiled` elsewhere.
+fn variant(x: &GpuTensor) -> Variant {
+    const AUTO: Variant = Variant::Direct { channels: 0, pixels: 0 };
+    match std::env::var("WEBDIFFUSION_CONV2D") {
+        Ok(v) if v == "tiled" => Variant::Tiled,
+        Ok(v) if v.starts_with("direct") => {
+            let mut it = v.split(':').skip(1).map(|s| s.parse::<usize>().ok());
+            let channels = it.next().flatten().filter(|c| [4, 8, 16].contains(c)).unwrap_or(0);
+            let pixels = it.next().flatten().filter(|p| [1, 2, 4].contains(p)).unwrap_or(0);
+            Variant::Direct { channels, pixels }
+        }
+        _ if x.gpu().caps().device_type == "Cpu" => AUTO,
+        _ => Variant::Tiled,
+    }
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -26,7 +59,11 @@ struct Params {
     k: u32,
     p: u32,
     wpr: u32,
-    pad_: [u32; 3],
+    /// Direct kernel only: batch size, pixel blocks (pixels / pixels per invocation, the stride
+    /// between an invocation's pixels) and invocations in all.
+    n: u32,
+    s: u32,
+    inv: u32,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -69,7 +106,28 @@ pub fn conv2d(x: &GpuTensor, weight: &GpuTensor, bias: Option<&GpuTensor>, cp: C
     let ho = (ph - kh) / cp.stride + 1;
     let wo = (pw - kw) / cp.stride + 1;
     let key = KernelKey::new(SHADER, dtype).with("BIAS", bias.is_some() as u32);
-    launch(&key, x, weight, bias, cp, Geometry { cout, kh, kw, ho, wo, wpr: 0 })
+    launch(key, x, weight, bias, cp, Geometry { cout, kh, kw, ho, wo, wpr: 0 })
+}
+
+/// Invocations per workgroup of the direct kernel (`WG` in the shader).
+const DIRECT_WG: u32 = 64;
+/// The direct kernel's blocks shrink until there are at least this many workgroups, so that
+/// every CPU thread gets work.
+const DIRECT_MIN_GROUPS: usize = 2;
+
+/// Output channels x pixels per invocation of the direct kernel, for `outputs_px` output pixels
+/// (batch included) and `cout` channels; a non-zero `channels` / `pixels` is kept as asked. On
+/// llvmpipe every per-lane storage load costs a scalar loop over the SIMD lanes, so the cost of
+/// a K step is about channels + pixels loads for channels * pixels FMAs: the biggest block that
+/// still leaves DIRECT_MIN_GROUPS workgroups, and among equal ones the squarest, wins.
+fn direct_block(outputs_px: usize, cout: usize, channels: usize, pixels: usize) -> (usize, usize) {
+    const BLOCKS: [(usize, usize); 9] = [(16, 4), (8, 4), (16, 2), (4, 4), (8, 2), (16, 1), (4, 2), (8, 1), (4, 1)];
+    let fits = |&&(c, p): &&(usize, usize)| {
+        (channels == 0 || c == channels) && (pixels == 0 || p == pixels) && (c == 4 || c <= cout.next_multiple_of(4))
+    };
+    let invocations = |c: usize, p: usize| outputs_px.div_ceil(p) * cout.div_ceil(c);
+    let enough = |&&(c, p): &&(usize, usize)| invocations(c, p) >= DIRECT_MIN_GROUPS * DIRECT_WG as usize;
+    BLOCKS.iter().filter(fits).find(enough).or_else(|| BLOCKS.iter().rev().find(fits)).copied().unwrap_or((4, 1))
 }
 
 struct Geometry {
@@ -83,7 +141,7 @@ struct Geometry {
 }
 
 fn launch(
-    key: &KernelKey,
+    key: KernelKey,
     x: &GpuTensor,
     weight: &GpuTensor,
     bias: Option<&GpuTensor>,
@@ -94,7 +152,7 @@ fn launch(
     let [n, cin, h, w] = super::nchw(x, OP)?;
     let Geometry { cout, kh, kw, ho, wo, wpr } = g;
     let out = GpuTensor::empty(x.gpu(), &[n, cout, ho, wo], x.dtype())?;
-    let params = Params {
+    let mut params = Params {
         cin: cin as u32,
         h: h as u32,
         w: w as u32,
@@ -108,14 +166,37 @@ fn launch(
         k: u32_of(OP, cin * kh * kw)?,
         p: u32_of(OP, ho * wo)?,
         wpr: wpr as u32,
-        pad_: [0; 3],
+        n: n as u32,
+        s: 0,
+        inv: 0,
     };
     let mut binds = vec![x.bind(OP)?, weight.bind(OP)?, out.bind(OP)?];
     if let Some(b) = bias {
         binds.push(b.bind(OP)?);
     }
-    let groups = [(ho * wo).div_ceil(64) as u32, cout.div_ceil(64) as u32, n as u32];
-    x.gpu().launch(key, bytemuck::bytes_of(&params), &binds, groups)?;
+    let gpu = x.gpu();
+    let (key, groups) = match variant(x) {
+        Variant::Tiled => (key, [(ho * wo).div_ceil(64) as u32, cout.div_ceil(64) as u32, n as u32]),
+        Variant::Direct { channels, pixels } => {
+            let (channels, pixels) = direct_block(n * ho * wo, cout, channels, pixels);
+            let s = (n * ho * wo).div_ceil(pixels);
+            let inv = u32_of(OP, s * cout.div_ceil(channels))?;
+            params.s = s as u32;
+            params.inv = inv;
+            let KernelKey { dtype, defines, .. } = key;
+            let mut key = KernelKey::new(DIRECT, dtype);
+            key.defines = defines;
+            let key = key
+                .with("COB", channels as u32)
+                .with("G2", (channels >= 8) as u32)
+                .with("G4", (channels >= 16) as u32)
+                .with("PXB", pixels as u32)
+                .with("P2", (pixels >= 2) as u32)
+                .with("P4", (pixels >= 4) as u32);
+            (key, grid_1d(inv.div_ceil(DIRECT_WG)))
+        }
+    };
+    gpu.launch(&key, bytemuck::bytes_of(&params), &binds, groups)?;
     Ok(out)
 }
 
@@ -157,5 +238,5 @@ pub fn conv2d_quant(
         wo: (pw - kw) / cp.stride + 1,
         wpr: weight.format.row_words(weight.cols),
     };
-    launch(&key, x, &weight.data, bias, cp, g)
+    launch(key, x, &weight.data, bias, cp, g)
 }
