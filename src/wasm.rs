@@ -153,7 +153,9 @@ fn js_err(e: crate::Error) -> JsError {
 }
 
 fn to_js<T: serde::Serialize>(v: &T) -> Result<JsValue, JsError> {
-    serde_wasm_bindgen::to_value(v).map_err(|e| JsError::new(&format!("converting a result for JavaScript: {e}")))
+    // JSON-compatible: maps become plain objects (not `Map`s), u64 become numbers.
+    v.serialize(&serde_wasm_bindgen::Serializer::json_compatible())
+        .map_err(|e| JsError::new(&format!("converting a result for JavaScript: {e}")))
 }
 
 /// A WebGPU device with our runtime on it.

@@ -25,6 +25,12 @@ pub struct Args {
     /// Only the first N prompts.
     #[arg(long)]
     limit: Option<usize>,
+    /// N prompts evenly spread over the set (every color and position stays represented).
+    #[arg(long)]
+    count: Option<usize>,
+    /// Denoising steps instead of the set's own (fewer is faster and less accurate).
+    #[arg(long)]
+    steps: Option<usize>,
     /// Prints a JSON summary on stdout.
     #[arg(long)]
     json: bool,
@@ -86,6 +92,7 @@ struct Outcome {
 #[derive(Serialize)]
 struct Summary {
     n: usize,
+    steps: usize,
     color: f64,
     position: f64,
     both: f64,
@@ -167,16 +174,22 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
         sd.scheduler_config.class_name.as_deref(),
         sd.scheduler_config.use_karras_sigmas,
     )?;
-    let n = a.limit.unwrap_or(set.prompts.len()).min(set.prompts.len());
+    let mut prompts: Vec<&Prompt> = set.prompts.iter().take(a.limit.unwrap_or(usize::MAX)).collect();
+    if let Some(k) = a.count.filter(|&k| k > 0 && k < prompts.len()) {
+        let all = prompts.len();
+        prompts = (0..k).map(|i| prompts[i * all / k]).collect();
+    }
+    let n = prompts.len();
+    let steps = a.steps.unwrap_or(set.inference.num_inference_steps);
     let t0 = Instant::now();
     let (mut results, mut images) = (Vec::new(), Vec::new());
-    for chunk in set.prompts[..n].chunks(a.batch.max(1)) {
+    for chunk in prompts.chunks(a.batch.max(1)) {
         let reqs: Vec<Request> = chunk
             .iter()
             .map(|p| Request {
                 prompt: p.prompt.clone(),
                 negative_prompt: Some(String::new()),
-                steps: set.inference.num_inference_steps,
+                steps,
                 guidance: set.inference.guidance_scale,
                 width: set.inference.width,
                 height: set.inference.height,
@@ -185,9 +198,11 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
             })
             .collect();
         let mut rngs: Vec<NormalRng> = chunk.iter().map(|p| NormalRng::new(p.seed)).collect();
+        let (done, t) = (results.len(), Instant::now());
         let mut noises: Vec<&mut dyn webdiffusion::pipeline::generate::NoiseSource> =
             rngs.iter_mut().map(|r| r as &mut dyn webdiffusion::pipeline::generate::NoiseSource).collect();
         let outs = pollster::block_on(sd.generate_batch(&reqs, &mut noises, &mut |_, _| true))?;
+        eprintln!("prompts {}..{} of {n}: {:.1} s", done + 1, done + chunk.len(), t.elapsed().as_secs_f64());
         for (p, out) in chunk.iter().zip(outs) {
             let got = classify(&out.rgb, out.width, out.height, set.rule, &palette);
             if !a.json {
@@ -214,6 +229,7 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
     let frac = |f: &dyn Fn(&Outcome) -> bool| results.iter().filter(|r| f(r)).count() as f64 / n.max(1) as f64;
     let summary = Summary {
         n,
+        steps,
         color: frac(&|r| r.got.color == r.expected[0]),
         position: frac(&|r| r.got.position == r.expected[1]),
         both: frac(&|r| r.got.color == r.expected[0] && r.got.position == r.expected[1]),
@@ -237,7 +253,7 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         println!(
-            "{n} prompts in {:.1} s: color {:.1}%, position {:.1}%, both {:.1}%",
+            "{n} prompts, {steps} steps, in {:.1} s: color {:.1}%, position {:.1}%, both {:.1}%",
             summary.seconds,
             summary.color * 100.0,
             summary.position * 100.0,
