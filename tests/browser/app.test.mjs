@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { readFileSync, statSync } from 'node:fs';
+import { mkdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { ARTIFACTS, ROOT, launchBrowser, newProfile, openPage, serveApp, serveCdn } from './harness.mjs';
 import { cliBinary } from './native.mjs';
@@ -26,6 +26,7 @@ const load = (page) => page.evaluate((id) => window.webdiffusion.load(id).then((
 const rgbaOf = (page) => page.evaluate(() => window.webdiffusion.state.lastImage);
 
 function nativeImage() {
+  mkdirSync(ARTIFACTS, { recursive: true });
   const out = join(ARTIFACTS, 'app-native.png');
   execFileSync(cliBinary(), ['generate', '--model', join(ROOT, 'models', MODEL), '--prompt', REQUEST.prompt, '--negative-prompt', '',
     '--steps', String(REQUEST.steps), '--guidance', String(REQUEST.guidance), '--scheduler', REQUEST.scheduler, '--width', '64',
