@@ -33,6 +33,8 @@ fn variant(x: &GpuTensor) -> Variant {
     match std::env::var("WEBDIFFUSION_CONV2D") {
         Ok(v) if v == "tiled" => Variant::Tiled,
         Ok(v) if v.starts_with("direct") => {
+            // A developer's knob, not user input: a missing or unsupported block size falls back
+            // to the automatic choice (0) instead of failing the convolution.
             let mut it = v.split(':').skip(1).map(|s| s.parse::<usize>().ok());
             let channels = it.next().flatten().filter(|c| [4, 8, 16].contains(c)).unwrap_or(0);
             let pixels = it.next().flatten().filter(|p| [1, 2, 4].contains(p)).unwrap_or(0);
