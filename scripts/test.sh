@@ -8,8 +8,9 @@ start=$(date +%s)
 
 echo "== native: unit, op and CLI tests (GPU: lavapipe) =="
 cargo test --all-targets
-# lavapipe picks the direct conv kernel (CPU adapters); check the tiled one real GPUs use too.
-WEBDIFFUSION_CONV2D=tiled cargo test --test ops --test quant conv
+# lavapipe picks the direct conv and matmul kernels (CPU adapters); check the tiled ones real
+# GPUs use too.
+WEBDIFFUSION_CONV2D=tiled WEBDIFFUSION_MATMUL=tiled cargo test --test ops --test quant -- conv matmul linear
 
 echo "== wasm build =="
 scripts/build-wasm.sh

@@ -136,3 +136,52 @@ fn missing_and_misshapen_tensors_are_named() {
     };
     assert!(err.contains("broken.safetensors"), "{err}");
 }
+
+/// Our tiled VAE decode against diffusers' `AutoencoderKL.tiled_decode` on the tiny-sd1 VAE
+/// (`tools/reference/make_tiled_vae_fixture.py`): a 20x28 latent in 8- and 12-pixel tiles, so
+/// the last row and column of tiles are partial. Same tolerances as the untiled decode.
+#[test]
+fn tiled_vae_decode_matches_diffusers() {
+    use webdiffusion::pipeline::vae_tiling::{self, VaeTiling};
+    let src = fixture("tiny-sd1");
+    let bytes = src.read("vae_tiled.safetensors").unwrap().expect("vae_tiled.safetensors");
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let f32s = |name: &str| -> Vec<f32> {
+        st.tensor(name).unwrap().data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    };
+    let latents = f32s("latents");
+    let full = f32s("decoded_full");
+    for dtype in common::dtypes() {
+        let opts = loader::LoadOptions::new(dtype);
+        let (decoder, _) = loader::vae(&src, gpu(), &opts).unwrap();
+        let (atol, rtol) = tol(dtype);
+        for tile in [8usize, 12] {
+            let want = f32s(&format!("decoded_t{tile}"));
+            let got = pollster::block_on(vae_tiling::decode(
+                &decoder,
+                gpu(),
+                dtype,
+                &latents,
+                [4, 20, 28],
+                Some(VaeTiling::new(tile)),
+            ))
+            .unwrap();
+            assert_eq!((got.channels, got.height, got.width), (3, 160, 224));
+            let max_ref = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let err = got.data.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            let bound = atol + rtol * max_ref;
+            eprintln!("tiled decode, tile {tile} {dtype}: max |err| {err:.3e} (bound {bound:.1e})");
+            assert!(err <= bound, "tile {tile} {dtype}: {err} > {bound}");
+            // Tiling really changes the image (per-tile group norm), so a decode that ignored
+            // the tiles would fail above.
+            let moved = got.data.iter().zip(&full).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(moved > 10.0 * bound, "tile {tile}: tiled equals untiled ({moved})");
+        }
+        // No tiling asked, or a tile bigger than the latent: the plain decode.
+        let whole =
+            pollster::block_on(vae_tiling::decode(&decoder, gpu(), dtype, &latents, [4, 20, 28], Some(VaeTiling::new(32))))
+                .unwrap();
+        let err = whole.data.iter().zip(&full).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(err <= atol + rtol * 4.0, "untiled {dtype}: {err}");
+    }
+}

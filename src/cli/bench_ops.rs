@@ -21,6 +21,38 @@ pub struct Args {
     /// With --conv: skip the SD-sized conv (slow on CPU adapters).
     #[arg(long)]
     no_sd: bool,
+    /// Only linear layers (transposed weight, dense and q4_0), at U-Net sizes, once per kernel
+    /// variant (tiled, direct).
+    #[arg(long)]
+    linear: bool,
+}
+
+/// Linear sizes: (label, rows, in, out) — U-Net attention and feed-forward layers at 32x32.
+const LINEAR_SIZES: &[(&str, usize, usize, usize)] = &[
+    ("2048x640 -> 640 (attn proj)", 2048, 640, 640),
+    ("2048x640 -> 5120 (GEGLU in)", 2048, 640, 5120),
+    ("2048x2560 -> 640 (ff out)", 2048, 2560, 640),
+];
+
+fn bench_linear(gpu: &Gpu, args: &Args, dtype: DType) -> Result<()> {
+    use webdiffusion::quant::{QTensor, QuantFormat};
+    for &(label, rows, k, n) in LINEAR_SIZES {
+        let x = upload(gpu, 3, &[rows, k], dtype)?;
+        let w = upload(gpu, 4, &[n, k], dtype)?;
+        let wv: Vec<f32> = random_values(4, n * k).iter().map(|v| v / (k as f32).sqrt()).collect();
+        let q = QTensor::from_blocks(gpu, QuantFormat::Q4_0, &webdiffusion::quant::quantize(QuantFormat::Q4_0, &wv)?, n, k)?;
+        let flops = 2.0 * (rows * k * n) as f64;
+        let variants = std::env::var("BENCH_MATMUL_VARIANTS").unwrap_or_else(|_| "tiled,direct".into());
+        for variant in variants.split(',') {
+            std::env::set_var("WEBDIFFUSION_MATMUL", variant);
+            let s = time(gpu, args.repeats, || Ok(ops::linear(&x, &w, None)?))?;
+            println!("{:<44} {dtype:>6} {:>10.1} {:>10.2}", format!("linear {label} [{variant}]"), s * 1e3, flops / s / 1e9);
+            let s = time(gpu, args.repeats, || Ok(ops::matmul_quant(&x, &q, None)?))?;
+            println!("{:<44} {dtype:>6} {:>10.1} {:>10.2}", format!("q4_0 {label} [{variant}]"), s * 1e3, flops / s / 1e9);
+        }
+        std::env::remove_var("WEBDIFFUSION_MATMUL");
+    }
+    Ok(())
 }
 
 /// conv2d sizes: (label, batch, cin, cout, hw, kernel).
@@ -94,6 +126,10 @@ pub fn run(gpu: &Gpu, args: &Args) -> Result<()> {
     for dtype in dtypes {
         if args.conv {
             bench_conv(gpu, args, dtype)?;
+            continue;
+        }
+        if args.linear {
+            bench_linear(gpu, args, dtype)?;
             continue;
         }
         let report = |name: &str, secs: f64, flops: f64| {

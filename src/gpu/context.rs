@@ -65,6 +65,11 @@ pub struct GpuStats {
     pub bytes_pooled: u64,
     pub peak_bytes: u64,
     pub largest_binding: u64,
+    /// The largest single buffer created or reused since the last reset.
+    pub largest_buffer: u64,
+    /// Multiply-adds x 2 of the matmul, conv and attention kernels recorded, counted from
+    /// their shapes as they are recorded (elementwise kernels are not counted).
+    pub flops: f64,
 }
 
 pub(crate) struct GpuInner {
@@ -250,13 +255,21 @@ impl Gpu {
         Some(rows)
     }
 
-    /// Resets the peak and the dispatch/submit counters (not the live byte count).
+    /// Resets the peak (to what is allocated now), the largest binding/buffer, the FLOP and the
+    /// dispatch/submit counters (not the live byte count).
     pub fn reset_stats(&self) {
         let mut s = lock(&self.inner.stats);
         s.dispatches = 0;
         s.submits = 0;
-        s.peak_bytes = s.bytes_live;
+        s.peak_bytes = s.bytes_live + s.bytes_pooled;
         s.largest_binding = 0;
+        s.largest_buffer = 0;
+        s.flops = 0.0;
+    }
+
+    /// Adds the analytic FLOP count of a kernel about to be recorded.
+    pub(crate) fn count_flops(&self, flops: f64) {
+        lock(&self.inner.stats).flops += flops;
     }
 
     /// Why the device was lost, if it was.

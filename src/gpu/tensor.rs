@@ -60,6 +60,12 @@ pub fn numel(shape: &[usize]) -> usize {
 impl GpuTensor {
     /// Uninitialised storage (contents are whatever the pool held).
     pub fn empty(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<GpuTensor> {
+        Self::alloc(gpu, shape, dtype, false)
+    }
+
+    /// `exact`: buffers of the exact size rather than a pooled size class (uploads: weights
+    /// live for the whole session, so class rounding would only waste memory).
+    fn alloc(gpu: &Gpu, shape: &[usize], dtype: DType, exact: bool) -> Result<GpuTensor> {
         let rows = shape.first().copied().unwrap_or(1).max(1);
         let row_bytes = (numel(shape) / rows * dtype.size()) as u64;
         let total = row_bytes * rows as u64;
@@ -81,7 +87,8 @@ impl GpuTensor {
         let mut start = 0;
         while start < rows {
             let n = rows_per_chunk.min(rows - start);
-            chunks.push(gpu.alloc(row_bytes * n as u64));
+            let bytes = row_bytes * n as u64;
+            chunks.push(if exact { gpu.alloc_exact(bytes) } else { gpu.alloc(bytes) });
             start += n;
         }
         Ok(GpuTensor { gpu: gpu.clone(), chunks: Arc::new(chunks), rows_per_chunk, shape: shape.to_vec(), dtype })
@@ -100,7 +107,7 @@ impl GpuTensor {
         if bytes.len() != want {
             return Err(Error::shape("upload", format!("{} bytes for {shape:?} {dtype} (needs {want})", bytes.len())));
         }
-        let t = Self::empty(gpu, shape, dtype)?;
+        let t = Self::alloc(gpu, shape, dtype, true)?;
         let row_bytes = if t.rows() == 0 { 0 } else { want / t.rows() };
         let mut start = 0;
         for (i, chunk) in t.chunks.iter().enumerate() {

@@ -314,12 +314,13 @@ pub fn stable_diffusion(
             gpu: gpu.clone(),
             dtype: opts.dtype,
             tokenizer: tokenizer(src)?,
-            text_encoder: text_encoder(src, gpu, opts)?,
+            text_encoder: Some(text_encoder(src, gpu, opts)?),
             unet: unet(src, gpu, opts)?,
             decoder,
             encoder,
             vae_config: vae_config(src)?,
             scheduler_config,
+            memory: Default::default(),
         })
     })
 }

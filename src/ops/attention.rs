@@ -178,6 +178,8 @@ pub fn attention(
         .with("CAUSAL", causal as u32)
         .with("CHUNKED", (chunks > 1) as u32);
     let mut binds = vec![q.bind(OP)?, k.bind(OP)?, v.bind(OP)?, out.bind(OP)?];
+    // QK^T and PV; a causal mask skips about half (not subtracted: an upper bound).
+    q.gpu().count_flops(4.0 * (b * heads * nq * nk * d) as f64);
     if chunks == 1 {
         q.gpu().launch(&key, bytemuck::bytes_of(&params), &binds, grid)?;
         return Ok(out);

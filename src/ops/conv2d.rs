@@ -177,6 +177,7 @@ fn launch(
         binds.push(b.bind(OP)?);
     }
     let gpu = x.gpu();
+    gpu.count_flops(2.0 * (n * cout * cin * kh * kw * ho * wo) as f64);
     let (key, groups) = match variant(x) {
         Variant::Tiled => (key, [(ho * wo).div_ceil(64) as u32, cout.div_ceil(64) as u32, n as u32]),
         Variant::Direct { channels, pixels } => {

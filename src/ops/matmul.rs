@@ -9,6 +9,56 @@ use crate::gpu::GpuTensor;
 use crate::quant::{QTensor, QuantFormat};
 
 const SHADER: Shader = Shader { name: "matmul", source: include_str!("../../shaders/matmul.wgsl") };
+const DIRECT: Shader = Shader { name: "matmul_direct", source: include_str!("../../shaders/matmul_direct.wgsl") };
+
+/// Which kernel runs a matmul whose weight is transposed, shared by the batch and whose K is a
+/// multiple of 4 (every nn.Linear): the tiled one (64x64 tiles through workgroup memory, for
+/// real GPUs) or the direct one (no workgroup memory or barriers, vec4 loads along K, weights
+/// uniform per workgroup: for CPU adapters such as llvmpipe, where each per-lane load is a
+/// scalar loop over the lanes). `WEBDIFFUSION_MATMUL=tiled|direct[:cols[:rows]]` forces one
+/// (read per call, so tests and benchmarks cover both); an unsupported block size falls back
+/// to the automatic choice.
+fn variant(a: &GpuTensor) -> Option<(usize, usize)> {
+    match std::env::var("WEBDIFFUSION_MATMUL") {
+        Ok(v) if v == "tiled" => None,
+        Ok(v) if v.starts_with("direct") => {
+            let mut it = v.split(':').skip(1).map(|s| s.parse::<usize>().ok());
+            let cols = it.next().flatten().filter(|c| [4, 8, 16].contains(c)).unwrap_or(0);
+            let rows = it.next().flatten().filter(|r| [1, 2, 4].contains(r)).unwrap_or(0);
+            Some((cols, rows))
+        }
+        _ if a.gpu().caps().device_type == "Cpu" => Some((0, 0)),
+        _ => None,
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct DirectParams {
+    r: u32,
+    n: u32,
+    k4: u32,
+    ldb: u32,
+    ldc: u32,
+    c_off: u32,
+    bias_off: u32,
+    s: u32,
+    inv: u32,
+    pad: [u32; 3],
+}
+
+/// Invocations per workgroup of the direct kernel (`WG` in the shader).
+const DIRECT_WG: usize = 64;
+
+/// Columns x rows per invocation of the direct kernel: the biggest block that still gives every
+/// CPU thread work (at least two workgroups). Weight loads are uniform (cheap), row loads are
+/// per lane, so wide column blocks come first. A non-zero `cols` / `rows` is kept as asked.
+fn direct_block(rows: usize, cols: usize, want: (usize, usize)) -> (usize, usize) {
+    const BLOCKS: [(usize, usize); 9] = [(16, 2), (16, 1), (8, 2), (16, 4), (8, 4), (8, 1), (4, 4), (4, 2), (4, 1)];
+    let groups = |c: usize, r: usize| rows.div_ceil(r).div_ceil(DIRECT_WG) * cols.div_ceil(c);
+    let fits = |&&(c, r): &&(usize, usize)| (want.0 == 0 || c == want.0) && (want.1 == 0 || r == want.1);
+    BLOCKS.iter().filter(fits).find(|&&(c, r)| groups(c, r) >= 2).or_else(|| BLOCKS.iter().rev().find(fits)).copied().unwrap_or((4, 1))
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -94,6 +144,45 @@ fn dispatch(key: &KernelKey, a: &GpuTensor, b: &GpuTensor, bias: Option<&GpuTens
     let a_bind = a.bind(OP)?;
     let c_bind = out.bind(OP)?;
     let bias_bind = bias.map(|t| t.bind(OP)).transpose()?;
+    a.gpu().count_flops(2.0 * (batch * m * n * k) as f64);
+    let trans = key.defines.iter().any(|&(k, v)| k == "TRANS_B" && v == 1);
+    let direct = variant(a).filter(|_| trans && b_bs == 0 && k % 4 == 0);
+    if let Some(want) = direct {
+        let quant = key.defines.iter().any(|&(k, v)| k == "QUANT" && v == 1);
+        let rows_all = batch * m;
+        let (cb, rb) = direct_block(rows_all, n, want);
+        let s = rows_all.div_ceil(rb);
+        for chunk in 0..b.num_chunks() {
+            let rows = if b.num_chunks() > 1 { b.chunk_rows(chunk) } else { 0..n };
+            let col_groups = u32_of(OP, rows.len().div_ceil(cb))?;
+            let params = DirectParams {
+                r: u32_of(OP, rows_all)?,
+                n: u32_of(OP, rows.len())?,
+                k4: u32_of(OP, k / 4)?,
+                ldb: u32_of(OP, if quant { ldb } else { k / 4 })?,
+                ldc: n as u32,
+                c_off: rows.start as u32,
+                bias_off: rows.start as u32,
+                s: u32_of(OP, s)?,
+                inv: 0,
+                pad: [0; 3],
+            };
+            let mut dkey = KernelKey::new(DIRECT, key.dtype);
+            dkey.defines = key.defines.iter().filter(|(k, _)| *k != "TRANS_B").cloned().collect();
+            let dkey = dkey
+                .with("CB", cb as u32)
+                .with("C8", (cb >= 8) as u32)
+                .with("C16", (cb >= 16) as u32)
+                .with("RB", rb as u32)
+                .with("R2", (rb >= 2) as u32)
+                .with("R4", (rb >= 4) as u32);
+            let mut binds = vec![a_bind.clone(), b.chunk_bind(chunk), c_bind.clone()];
+            binds.extend(bias_bind.clone());
+            let row_groups = u32_of(OP, s.div_ceil(DIRECT_WG))?;
+            a.gpu().launch(&dkey, bytemuck::bytes_of(&params), &binds, [row_groups, col_groups, 1])?;
+        }
+        return Ok(out);
+    }
     for chunk in 0..b.num_chunks() {
         let rows = if b.num_chunks() > 1 { b.chunk_rows(chunk) } else { 0..n };
         let params = Params {

@@ -4,6 +4,7 @@
 //! [uncond, cond] batch each step, guide, step the scheduler, decode with the VAE.
 
 use super::schedule::SchedulerConfig;
+use super::vae_tiling;
 use super::scheduler::{Scheduler, SchedulerKind};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, GpuTensor};
@@ -12,20 +13,40 @@ use crate::models::config::VaeConfig;
 use crate::models::tokenizer::ClipTokenizer;
 use crate::models::unet::UNet;
 use crate::models::vae::{Decoder, Encoder};
-use crate::ops;
 
 /// Everything a generation needs, loaded once.
 pub struct StableDiffusion {
     pub gpu: Gpu,
     pub dtype: DType,
     pub tokenizer: ClipTokenizer,
-    pub text_encoder: ClipTextModel,
+    /// `None` once released (`release_text_encoder`).
+    pub text_encoder: Option<ClipTextModel>,
     pub unet: UNet,
     pub decoder: Decoder,
     /// Only loaded when img2img is wanted.
     pub encoder: Option<Encoder>,
     pub vae_config: VaeConfig,
     pub scheduler_config: SchedulerConfig,
+    pub memory: MemoryOptions,
+}
+
+/// How a generation trades memory for speed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MemoryOptions {
+    /// GPU bytes the whole generation should stay within (weights included). The VAE decode gets
+    /// what the weights and the prompt embeddings leave, and is tiled to fit it.
+    pub budget: Option<u64>,
+    /// Activation bytes for the VAE decode when there is no overall budget.
+    pub vae_activations: u64,
+    /// Return the buffer pool to the driver between the U-Net and the VAE, whose activations
+    /// have different sizes (otherwise both stages' buffers stay allocated).
+    pub trim_between_stages: bool,
+}
+
+impl Default for MemoryOptions {
+    fn default() -> Self {
+        MemoryOptions { budget: None, vae_activations: 512 << 20, trim_between_stages: true }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -98,7 +119,23 @@ impl StableDiffusion {
         for p in prompts {
             ids.extend(self.tokenizer.encode(p)?.ids);
         }
-        self.text_encoder.forward(&ids, prompts.len(), 0)
+        let te = self.text_encoder.as_ref().ok_or_else(|| {
+            Error::Request("the text encoder was released to save memory; load the model again to change the prompt".into())
+        })?;
+        te.forward(&ids, prompts.len(), 0)
+    }
+
+    /// Frees the text encoder's weights (123 M parameters for SD 1.x, 340 M for SD 2.x) for the
+    /// rest of the session: for devices where they would not fit beside the U-Net and the VAE.
+    /// Prompts encoded before stay valid; new prompts need the model loaded again.
+    pub fn release_text_encoder(&mut self) {
+        self.text_encoder = None;
+        self.gpu.trim_pool();
+    }
+
+    /// Encodes prompts (one row each) into the U-Net's context, [batch, 77, dim].
+    pub fn encode_prompts(&self, prompts: &[&str]) -> Result<GpuTensor> {
+        self.encode(prompts)
     }
 
     /// Runs a generation. `latents`: diffusers' `latents=` argument for txt2img (standard normal,
@@ -331,10 +368,21 @@ impl StableDiffusion {
     /// round(255 * clamp(x / 2 + 0.5, 0, 1)).
     pub async fn decode(&self, latents: &[f32], shape: [usize; 4]) -> Result<(Vec<u8>, usize, usize)> {
         let inv = 1.0 / self.vae_config.scaling_factor as f32;
-        let z = GpuTensor::from_f32_as(&self.gpu, latents, &shape, self.dtype)?;
-        let img = self.decoder.forward(&ops::affine(&z, inv, 0.0)?)?;
-        let [_, ch, h, w] = ops::nchw(&img, "decode")?;
-        let px = img.to_vec_f32().await?;
+        let z: Vec<f32> = latents.iter().map(|v| v * inv).collect();
+        let [_, c, lh, lw] = shape;
+        if self.memory.trim_between_stages {
+            self.gpu.trim_pool();
+        }
+        let tiling = vae_tiling::plan(
+            &self.vae_config,
+            lh,
+            lw,
+            self.dtype,
+            self.vae_budget(),
+            self.gpu.caps().max_storage_binding.min(self.gpu.caps().max_buffer_size),
+        )?;
+        let img = vae_tiling::decode(&self.decoder, &self.gpu, self.dtype, &z, [c, lh, lw], tiling).await?;
+        let (ch, h, w, px) = (img.channels, img.height, img.width, img.data);
         let mut rgb = vec![0u8; h * w * 3];
         for c in 0..ch.min(3) {
             for i in 0..h * w {
@@ -343,6 +391,18 @@ impl StableDiffusion {
             }
         }
         Ok((rgb, w, h))
+    }
+
+    /// Activation bytes the VAE decode may use: what the overall budget leaves beside the buffers
+    /// alive now (weights, the pool), or the fixed allowance.
+    pub fn vae_budget(&self) -> u64 {
+        match self.memory.budget {
+            Some(total) => {
+                let s = self.gpu.stats();
+                total.saturating_sub(s.bytes_live + s.bytes_pooled)
+            }
+            None => self.memory.vae_activations,
+        }
     }
 }
 

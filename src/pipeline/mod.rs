@@ -6,3 +6,4 @@ pub mod preview;
 pub mod rng;
 pub mod schedule;
 pub mod scheduler;
+pub mod vae_tiling;
