@@ -173,6 +173,7 @@ impl Engine {
             limits: if web_default_limits { LimitsPolicy::WebDefault } else { LimitsPolicy::Adapter },
             allow_f16,
             binding_cap: None,
+            dry_run: false,
         };
         let gpu = Gpu::new(&options).await.map_err(js_err)?;
         Ok(Engine { gpu })

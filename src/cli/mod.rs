@@ -1,6 +1,8 @@
 //! Command-line front end. Everything here is glue: parse, call the library, print.
 
 mod adherence;
+mod bench;
+mod bench_candle;
 mod bench_ops;
 mod convert;
 mod generate;
@@ -42,6 +44,9 @@ enum Command {
     Selftest,
     /// Time the core kernels at SD-like sizes and print GFLOP/s.
     BenchOps(bench_ops::Args),
+    /// A real-size architecture with random weights, stage by stage: time, GFLOP/s, dispatches,
+    /// submits and GPU memory (try --limits default).
+    Bench(bench::Args),
     /// Convert a diffusers model into a CDN package (manifest.json + shards of <= 64 MiB).
     Convert(convert::Args),
     /// Measure how far quantized networks drift from f32 (cosine, max error).
@@ -82,6 +87,7 @@ pub fn main() -> Result<()> {
         },
         allow_f16: !cli.no_f16,
         binding_cap: None,
+        dry_run: matches!(&cli.command, Command::Bench(a) if a.dry),
     };
     // Tokenizing needs no GPU; a machine without one can still do it.
     if let Command::Tokenize { model, prompt } = &cli.command {
@@ -92,6 +98,7 @@ pub fn main() -> Result<()> {
         Command::Info => info(&gpu),
         Command::Selftest => selftest(&gpu),
         Command::BenchOps(args) => bench_ops::run(&gpu, &args),
+        Command::Bench(args) => bench::run(&gpu, &args),
         Command::Parity { model, f16, json } => parity(&gpu, &model, f16, json),
         Command::Generate(args) => generate::run(&gpu, &args),
         Command::Adherence(args) => adherence::run(&gpu, &args),

@@ -75,6 +75,14 @@ impl Gpu {
         debug_assert!(params.len() as u64 <= slot, "kernel params over one uniform slot");
         batch.staged.extend_from_slice(params);
         batch.staged.resize((offset + slot) as usize, 0);
+        if inner.dry_run {
+            batch.dispatches += 1;
+            drop(batch);
+            let mut s = lock(&inner.stats);
+            s.dispatches += 1;
+            s.largest_binding = s.largest_binding.max(binds.iter().map(|b| b.size).max().unwrap_or(0));
+            return;
+        }
 
         let mut entries = Vec::with_capacity(binds.len() + 1);
         entries.push(wgpu::BindGroupEntry {

@@ -28,11 +28,15 @@ pub struct GpuOptions {
     /// Treat the largest storage binding as at most this many bytes: simulates a stingier
     /// device (and lets tests exercise split tensors with small data).
     pub binding_cap: Option<u64>,
+    /// Accounting only: kernels are validated and counted (dispatches, submits, FLOPs, bindings)
+    /// but never executed, while buffers are allocated as in a real run. Gives a run's memory
+    /// and dispatch figures in the time it takes to build it; every result read back is garbage.
+    pub dry_run: bool,
 }
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        GpuOptions { limits: LimitsPolicy::Adapter, allow_f16: true, binding_cap: None }
+        GpuOptions { limits: LimitsPolicy::Adapter, allow_f16: true, binding_cap: None, dry_run: false }
     }
 }
 
@@ -86,6 +90,8 @@ pub(crate) struct GpuInner {
     /// Per-kernel wall time when profiling (`WEBDIFFUSION_PROFILE=1`, native only): every
     /// dispatch is submitted and waited for on its own, so totals are exact but slower.
     pub profile: Option<Mutex<std::collections::HashMap<String, (u64, f64)>>>,
+    /// See `GpuOptions::dry_run`.
+    pub dry_run: bool,
 }
 
 #[derive(Clone)]
@@ -227,8 +233,14 @@ impl Gpu {
                 profile: (cfg!(not(target_arch = "wasm32"))
                     && std::env::var_os("WEBDIFFUSION_PROFILE").is_some_and(|v| v != "0"))
                 .then(Mutex::default),
+                dry_run: options.dry_run,
             }),
         })
+    }
+
+    /// Whether kernels are only counted, not run (`GpuOptions::dry_run`).
+    pub fn is_dry_run(&self) -> bool {
+        self.inner.dry_run
     }
 
     pub fn caps(&self) -> &Capabilities {

@@ -5,7 +5,7 @@
 //! Sizes are rounded up to a size class (1/8 steps between powers of two, at most 12.5% waste),
 //! so that the many slightly different shapes of a U-Net share buffers.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 
 use super::context::{lock, Gpu, GpuInner};
@@ -26,18 +26,23 @@ pub fn size_class(bytes: u64) -> u64 {
 
 #[derive(Default)]
 pub(crate) struct BufferPool {
-    free: HashMap<u64, Vec<wgpu::Buffer>>,
+    free: BTreeMap<u64, Vec<wgpu::Buffer>>,
 }
 
 impl BufferPool {
-    fn take(&mut self, class: u64) -> Option<wgpu::Buffer> {
-        self.free.get_mut(&class).and_then(|v| v.pop())
+    /// The smallest free buffer of at least `class` bytes and at most twice that (a binding
+    /// may cover less than its buffer): freed buffers of one size serve the smaller tensors of
+    /// the next layer instead of the pool growing a new size for each. Returns (buffer, its class).
+    fn take(&mut self, class: u64, exact: bool) -> Option<(wgpu::Buffer, u64)> {
+        let upper = if exact { class } else { class.saturating_mul(2) };
+        let (&found, list) = self.free.range_mut(class..=upper).find(|(_, v)| !v.is_empty())?;
+        list.pop().map(|b| (b, found))
     }
 
     /// Drops every pooled buffer; returns the bytes released.
     pub fn clear(&mut self) -> u64 {
         let mut freed = 0;
-        for (class, bufs) in self.free.drain() {
+        for (class, bufs) in std::mem::take(&mut self.free) {
             freed += class * bufs.len() as u64;
             for b in bufs {
                 b.destroy();
@@ -84,29 +89,32 @@ impl Drop for PooledBuffer {
 impl Gpu {
     /// A storage buffer of at least `bytes`, reused when possible.
     pub(crate) fn alloc(&self, bytes: u64) -> PooledBuffer {
-        self.alloc_class(bytes, size_class(bytes))
+        self.alloc_class(bytes, size_class(bytes), false)
     }
 
     /// A buffer of exactly `bytes` (rounded to 4): for tensors that live long (weights), where
     /// the size-class rounding of `alloc` would waste up to 12.5% for nothing.
     pub(crate) fn alloc_exact(&self, bytes: u64) -> PooledBuffer {
-        self.alloc_class(bytes, (bytes.max(4) + 3) & !3)
+        self.alloc_class(bytes, (bytes.max(4) + 3) & !3, true)
     }
 
-    fn alloc_class(&self, bytes: u64, class: u64) -> PooledBuffer {
-        let reused = lock(&self.inner.pool).take(class);
-        let buffer = match reused {
-            Some(b) => {
+    fn alloc_class(&self, bytes: u64, class: u64, exact: bool) -> PooledBuffer {
+        let reused = lock(&self.inner.pool).take(class, exact);
+        let (buffer, class) = match reused {
+            Some((b, found)) => {
                 let mut s = lock(&self.inner.stats);
-                s.bytes_pooled = s.bytes_pooled.saturating_sub(class);
-                b
+                s.bytes_pooled = s.bytes_pooled.saturating_sub(found);
+                (b, found)
             }
-            None => self.inner.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("tensor"),
-                size: class,
-                usage: STORAGE_USAGE,
-                mapped_at_creation: false,
-            }),
+            None => (
+                self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("tensor"),
+                    size: class,
+                    usage: STORAGE_USAGE,
+                    mapped_at_creation: false,
+                }),
+                class,
+            ),
         };
         let mut s = lock(&self.inner.stats);
         s.bytes_live += class;
