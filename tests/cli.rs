@@ -403,3 +403,43 @@ mod package {
         assert!(!o.status.success() && err.contains("shards/unet-000.bin") && err.contains("truncated"), "{err}");
     }
 }
+
+/// `webdiffusion bench --json` on `tests/fixtures/mid-arch` (SD 1.5's layout at 30% of its
+/// width: 100 M parameters, synthetic q4_0 weights) under WebGPU's default limits: a real run —
+/// text encoder, one guided U-Net step (batch 2), VAE decode — with a 64 MB budget for the
+/// whole run. The planner must tile the VAE decode to fit what the weights leave; an untiled
+/// decode (an accounting run without a budget) would not fit.
+#[test]
+fn bench_mid_size_arch_under_default_limits_keeps_the_planned_budget() {
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["--limits", "default", "bench", "--arch", "tests/fixtures/mid-arch", "--size", "128"];
+        args.extend(extra);
+        args.push("--json");
+        let out = cli().args(&args).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    };
+    let budget = 64e6;
+    let r = run(&["--budget-mb", "64"]);
+    eprintln!("{}", serde_json::to_string(&r).unwrap());
+    assert_eq!(r["max_storage_binding"], 128u64 << 20);
+    assert_eq!(r["max_buffer_size"], 256u64 << 20);
+    assert_eq!(r["dry_run"], false);
+    assert!(r["vae_tiling"]["tile"].as_u64().is_some(), "the decode was not tiled");
+    let stages = r["stages"].as_array().unwrap();
+    let names: Vec<&str> = stages.iter().map(|s| s["stage"].as_str().unwrap()).collect();
+    assert_eq!(names, ["text_encoder", "unet_step", "vae_decode"]);
+    for s in stages {
+        assert!(s["ms"].as_f64().unwrap() > 0.0 && s["gflop"].as_f64().unwrap() > 1.0, "{s}");
+        assert!(s["largest_binding"].as_u64().unwrap() <= 128 << 20, "{s}");
+    }
+    // 609 kernels per U-Net step for this layout (the same as SD 1.5's).
+    assert_eq!(stages[1]["dispatches"], 609);
+    let vae_peak = stages[2]["peak_bytes"].as_f64().unwrap();
+    assert!(vae_peak <= budget, "VAE decode peaked at {vae_peak} bytes, over the {budget} budget");
+    let untiled = run(&["--dry", "--budget-mb", "0"]);
+    assert!(untiled["vae_tiling"].is_null());
+    let untiled_peak = untiled["stages"][2]["peak_bytes"].as_f64().unwrap();
+    assert!(untiled_peak > budget, "an untiled decode fits too ({untiled_peak}): the test proves nothing");
+}

@@ -22,7 +22,8 @@ use webdiffusion::quant::{QuantPolicy, StoreType};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Architecture: sd15, sd21-base or sd-turbo.
+    /// Architecture: sd15, sd21-base or sd-turbo, or a folder with unet/, vae/ and
+    /// text_encoder/config.json (diffusers layout; weights are never read).
     #[arg(long, default_value = "sd15")]
     pub arch: String,
     /// Weight storage under the standard policy: f32, f16, q8_0 or q4_0.
@@ -142,17 +143,33 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
     Ok(())
 }
 
+/// The three configs of `--arch`: a published architecture or a folder of configs.
+fn configs(name: &str) -> Result<[String; 3]> {
+    if let Ok(arch) = arch::by_name(name) {
+        return Ok([arch.text_encoder, arch.unet, arch.vae].map(String::from));
+    }
+    let dir = std::path::Path::new(name);
+    if !dir.is_dir() {
+        bail!("--arch {name}: neither a published architecture (sd15, sd21-base, sd-turbo) nor a folder");
+    }
+    let read = |c: &str| {
+        let p = dir.join(c).join("config.json");
+        std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
+    };
+    Ok([read("text_encoder")?, read("unet")?, read("vae")?])
+}
+
 pub fn bench(gpu: &Gpu, a: &Args) -> Result<Report> {
-    let arch = arch::by_name(&a.arch)?;
+    let [te_json, un_json, vae_json] = configs(&a.arch)?;
     let store = StoreType::parse(&a.quant)?;
     let dtype = if gpu.caps().shader_f16 && !a.f32 { DType::F16 } else { DType::F32 };
     if a.candle && (store != StoreType::F32 || dtype != DType::F32) {
         bail!("--candle compares f32 weights and activations: add --quant f32 --f32");
     }
     let guidance = a.guidance.unwrap_or(if a.arch == "sd-turbo" { 0.0 } else { 7.5 });
-    let te_cfg = ClipConfig::from_json(arch.text_encoder)?;
-    let un_cfg = UNetConfig::from_json(arch.unet)?;
-    let vae_cfg = VaeConfig::from_json(arch.vae)?;
+    let te_cfg = ClipConfig::from_json(&te_json)?;
+    let un_cfg = UNetConfig::from_json(&un_json)?;
+    let vae_cfg = VaeConfig::from_json(&vae_json)?;
     let f = vae_cfg.downscale() * (1 << (un_cfg.block_out_channels.len() - 1));
     if a.size == 0 || a.size % f != 0 {
         bail!("--size must be a positive multiple of {f}");
