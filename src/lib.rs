@@ -3,6 +3,7 @@
 //! Data path, top to bottom: (wasm glue | CLI) → pipeline → models → [`ops`] → [`gpu`] runtime →
 //! `shaders/*.wgsl`. See ARCHITECTURE.md.
 
+pub mod bench;
 pub mod error;
 pub mod gpu;
 pub mod models;

@@ -239,6 +239,56 @@ impl Engine {
         to_js(&outputs)
     }
 
+    /// The real-size benchmark (`webdiffusion bench`): `options` is `{arch?: 'sd15'|'sd21-base'|
+    /// 'sd-turbo', configs?: {text_encoder, unet, vae} (config.json texts, instead of arch),
+    /// quant?, size?, steps?, guidance?, repeats?, f16?, budget? (bytes), release_text_encoder?}`.
+    /// Synthetic weights, nothing downloaded. Returns the report as a plain object.
+    pub async fn bench(&self, options: JsValue) -> Result<JsValue, JsError> {
+        #[derive(serde::Deserialize)]
+        struct Configs {
+            text_encoder: String,
+            unet: String,
+            vae: String,
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Request {
+            arch: Option<String>,
+            configs: Option<Configs>,
+            quant: Option<String>,
+            size: Option<usize>,
+            steps: Option<usize>,
+            guidance: Option<f32>,
+            repeats: Option<usize>,
+            f16: Option<bool>,
+            budget: Option<u64>,
+            release_text_encoder: Option<bool>,
+        }
+        let r: Request = serde_wasm_bindgen::from_value(options)
+            .map_err(|e| JsError::new(&format!("bad bench options: {e}")))?;
+        let mut o = match (r.arch, r.configs) {
+            (name, Some(c)) => crate::bench::BenchOptions {
+                name: name.unwrap_or_else(|| "custom".into()),
+                text_encoder: c.text_encoder,
+                unet: c.unet,
+                vae: c.vae,
+                ..Default::default()
+            },
+            (Some(a), None) => crate::bench::BenchOptions::arch(&a).map_err(js_err)?,
+            (None, None) => return Err(JsError::new("bench needs `arch` or `configs`")),
+        };
+        o.quant = r.quant.unwrap_or(o.quant);
+        o.size = r.size.unwrap_or(o.size);
+        o.steps = r.steps.unwrap_or(o.steps);
+        o.guidance = r.guidance.unwrap_or(o.guidance);
+        o.repeats = r.repeats.unwrap_or(o.repeats);
+        o.f16 = r.f16.unwrap_or(o.f16);
+        o.budget = r.budget.unwrap_or(o.budget);
+        o.release_text_encoder = r.release_text_encoder.unwrap_or(o.release_text_encoder);
+        let report = crate::bench::run(&self.gpu, &o).await.map_err(js_err)?;
+        to_js(&report)
+    }
+
     /// Runs matmul, conv2d and attention on the GPU against candle on the CPU (in wasm).
     #[wasm_bindgen(js_name = selfTest)]
     pub async fn self_test(&self) -> Result<JsValue, JsError> {

@@ -6,7 +6,7 @@
 // glue and the wasm binary must come from the same build, and so must app.js and worker.js),
 // offline ones the last complete set. Bump VERSION when the list changes.
 
-const VERSION = 1;
+const VERSION = 2;
 const CACHE = `webdiffusion-shell-v${VERSION}`;
 const SHELL = [
   './',
@@ -19,6 +19,8 @@ const SHELL = [
   'catalog.json',
   'selftest.html',
   'selftest.js',
+  'bench.html',
+  'bench.js',
   'pkg/webdiffusion.js',
   'pkg/webdiffusion_bg.wasm',
 ];

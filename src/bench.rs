@@ -1,0 +1,319 @@
+//! The real-size benchmark shared by `webdiffusion bench` and `www/bench.html`: an architecture
+//! with synthetic weights (nothing to download) run stage by stage as a generation runs it —
+//! text encoder, U-Net steps with guidance, VAE decode — with wall time, FLOP rate, dispatches,
+//! submits and the runtime's memory accounting per stage.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::gpu::{DType, Gpu, GpuStats, GpuTensor};
+use crate::models::clip::ClipTextModel;
+use crate::models::config::{ClipConfig, UNetConfig, VaeConfig};
+use crate::models::loader::LoadOptions;
+use crate::models::unet::UNet;
+use crate::models::vae::Decoder;
+use crate::models::weights::{Access, Weights};
+use crate::pipeline::rng::NormalRng;
+use crate::pipeline::vae_tiling::{self, VaeTiling};
+use crate::quant::{QuantPolicy, StoreType};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// Name shown in the report (the architecture or config folder).
+    pub name: String,
+    /// The diffusers configs: text encoder, U-Net, VAE (`config.json` texts).
+    pub text_encoder: String,
+    pub unet: String,
+    pub vae: String,
+    /// Weight storage under the standard policy: f32, f16, q8_0 or q4_0.
+    pub quant: String,
+    /// Square image side in pixels.
+    pub size: usize,
+    pub steps: usize,
+    /// Above 1: the U-Net runs the [uncond, cond] batch of 2.
+    pub guidance: f32,
+    /// Timed repetitions of the text encoder and the VAE (median reported).
+    pub repeats: usize,
+    /// f16 activations where the device has shader-f16.
+    pub f16: bool,
+    /// Whole-run GPU budget in bytes: the VAE decode is tiled to fit what the weights leave.
+    /// 0: none (512 MiB for the VAE's activations).
+    pub budget: u64,
+    pub release_text_encoder: bool,
+    /// Keep the first U-Net step's input, context and output (for comparing with another
+    /// implementation).
+    pub capture: bool,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            name: String::new(),
+            text_encoder: String::new(),
+            unet: String::new(),
+            vae: String::new(),
+            quant: "q4_0".into(),
+            size: 512,
+            steps: 1,
+            guidance: 7.5,
+            repeats: 1,
+            f16: true,
+            budget: 0,
+            release_text_encoder: true,
+            capture: false,
+        }
+    }
+}
+
+impl BenchOptions {
+    /// A published architecture (`sd15`, `sd21-base`, `sd-turbo`); SD-Turbo runs unguided.
+    pub fn arch(name: &str) -> Result<BenchOptions> {
+        let a = crate::models::arch::by_name(name)?;
+        Ok(BenchOptions {
+            name: name.into(),
+            text_encoder: a.text_encoder.into(),
+            unet: a.unet.into(),
+            vae: a.vae.into(),
+            guidance: if name == "sd-turbo" { 0.0 } else { 7.5 },
+            ..Default::default()
+        })
+    }
+}
+
+#[derive(Serialize, Clone, Debug)]
+pub struct StageReport {
+    pub stage: String,
+    /// Median wall time of the runs, each ended by a readback.
+    pub ms: f64,
+    pub runs: usize,
+    pub gflop: f64,
+    pub gflops: f64,
+    pub dispatches: u64,
+    pub submits: u64,
+    /// GPU bytes allocated (live + pooled) at the stage's high point, weights included.
+    pub peak_bytes: u64,
+    pub largest_binding: u64,
+    pub largest_buffer: u64,
+}
+
+/// The first U-Net step, kept with `capture`.
+#[derive(Clone, Debug, Default)]
+pub struct Captured {
+    pub input: Vec<f32>,
+    pub input_shape: [usize; 4],
+    pub context: Vec<f32>,
+    pub context_shape: [usize; 3],
+    pub output: Vec<f32>,
+    pub timestep: f32,
+    /// The U-Net tensors as loaded (names, shapes, roles): with `synthetic_values` they rebuild
+    /// the same weights elsewhere.
+    pub unet_tensors: Vec<Access>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Report {
+    pub arch: String,
+    pub quant: String,
+    pub compute: String,
+    pub size: usize,
+    pub steps: usize,
+    pub guidance: f32,
+    pub adapter: String,
+    pub max_storage_binding: u64,
+    pub max_buffer_size: u64,
+    /// GPU bytes of each component's weights.
+    pub weights: Vec<(String, u64)>,
+    pub load_s: f64,
+    pub text_encoder_released: bool,
+    pub vae_tiling: Option<VaeTiling>,
+    pub stages: Vec<StageReport>,
+    /// The highest allocation of the run (loading included).
+    pub peak_bytes: u64,
+    /// Kernels were counted, not run (`GpuOptions::dry_run`): the times are meaningless.
+    pub dry_run: bool,
+    #[serde(skip)]
+    pub captured: Option<Captured>,
+}
+
+/// Milliseconds from an arbitrary origin.
+fn now_ms() -> f64 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        js_sys::Date::now()
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use std::sync::OnceLock;
+        static T0: OnceLock<std::time::Instant> = OnceLock::new();
+        T0.get_or_init(std::time::Instant::now).elapsed().as_secs_f64() * 1e3
+    }
+}
+
+fn stage_report(name: &str, times: &mut [f64], s: GpuStats) -> StageReport {
+    times.sort_by(f64::total_cmp);
+    let ms = times[times.len() / 2];
+    log::info!("{name}: {ms:.0} ms");
+    StageReport {
+        stage: name.into(),
+        ms,
+        runs: times.len(),
+        gflop: s.flops / 1e9,
+        gflops: s.flops / 1e9 / (ms / 1e3),
+        dispatches: s.dispatches,
+        submits: s.submits,
+        peak_bytes: s.peak_bytes,
+        largest_binding: s.largest_binding,
+        largest_buffer: s.largest_buffer,
+    }
+}
+
+pub async fn run(gpu: &Gpu, o: &BenchOptions) -> Result<Report> {
+    let bad = |m: String| Error::Request(m);
+    let store = StoreType::parse(&o.quant)?;
+    let dtype = if gpu.caps().shader_f16 && o.f16 { DType::F16 } else { DType::F32 };
+    let te_cfg = ClipConfig::from_json(&o.text_encoder)?;
+    let un_cfg = UNetConfig::from_json(&o.unet)?;
+    let vae_cfg = VaeConfig::from_json(&o.vae)?;
+    let f = vae_cfg.downscale() * (1 << (un_cfg.block_out_channels.len() - 1));
+    if o.size == 0 || o.size % f != 0 {
+        return Err(bad(format!("the size must be a positive multiple of {f}")));
+    }
+    let opts = LoadOptions { quant: Some(Arc::new(QuantPolicy::standard(store))), ..LoadOptions::new(dtype) };
+    let synth = |component: &str| opts.apply(Weights::synthetic(gpu, dtype, 0, false).fast_quantization(), component);
+
+    // Load as the app does: everything up front (components in package order).
+    let t0 = now_ms();
+    gpu.reset_stats();
+    let mut weights = Vec::new();
+    let b = gpu.stats().bytes_live;
+    let decoder = Decoder::load(&vae_cfg, &synth("vae"))?;
+    weights.push(("vae_decoder".to_string(), gpu.stats().bytes_live - b));
+    let b = gpu.stats().bytes_live;
+    let mut text_encoder = Some(ClipTextModel::load(te_cfg.clone(), &synth("text_encoder"))?);
+    weights.push(("text_encoder".to_string(), gpu.stats().bytes_live - b));
+    let b = gpu.stats().bytes_live;
+    let unet_weights = synth("unet");
+    let unet = UNet::load(un_cfg.clone(), &unet_weights)?;
+    weights.push(("unet".to_string(), gpu.stats().bytes_live - b));
+    gpu.sync().await?;
+    let load_s = (now_ms() - t0) / 1e3;
+    let mut peak = gpu.stats().peak_bytes;
+
+    let cfg = o.guidance > 1.0;
+    let batch = if cfg { 2 } else { 1 };
+    let tokens = te_cfg.max_position_embeddings;
+    // A fixed prompt-like id sequence (BOS, words, EOS padding) per row.
+    let ids: Vec<u32> = (0..batch * tokens)
+        .map(|i| match i % tokens {
+            0 => 49406,
+            j if j < 12 => ((j * 7919) % 40000 + 400) as u32,
+            _ => 49407,
+        })
+        .map(|id: u32| id.min(te_cfg.vocab_size as u32 - 1))
+        .collect();
+    let mut stages = Vec::new();
+
+    let te = text_encoder.as_ref().ok_or_else(|| bad("no text encoder".into()))?;
+    let (mut times, mut s, mut context) = (Vec::new(), GpuStats::default(), None);
+    for _ in 0..o.repeats.max(1) {
+        gpu.reset_stats();
+        let t = now_ms();
+        let h = te.forward(&ids, batch, 0)?;
+        h.to_bytes().await?;
+        times.push(now_ms() - t);
+        s = gpu.stats();
+        context = Some(h);
+    }
+    stages.push(stage_report("text_encoder", &mut times, s));
+    let context = context.ok_or_else(|| bad("no context".into()))?;
+    if o.release_text_encoder {
+        text_encoder = None;
+        gpu.trim_pool();
+    }
+    drop(text_encoder);
+
+    let (lh, lw) = (o.size / vae_cfg.downscale(), o.size / vae_cfg.downscale());
+    let c = un_cfg.in_channels;
+    let n = c * lh * lw;
+    let mut x = NormalRng::new(7).normals(n);
+    let mut runs: Vec<StageReport> = Vec::new();
+    let mut captured = None;
+    for i in 0..o.steps.max(1) {
+        let t = 999.0 - (i as f32) * (999.0 / o.steps.max(1) as f32);
+        gpu.reset_stats();
+        let t0 = now_ms();
+        let input = if cfg { [x.clone(), x.clone()].concat() } else { x.clone() };
+        let up = GpuTensor::from_f32_as(gpu, &input, &[batch, c, lh, lw], dtype)?;
+        let out = unet.forward(&up, t, &context, None)?.to_vec_f32().await?;
+        let mut times = vec![now_ms() - t0];
+        runs.push(stage_report("unet_step", &mut times, gpu.stats()));
+        let eps: Vec<f32> = if cfg {
+            let (u, cd) = out.split_at(n);
+            u.iter().zip(cd).map(|(&u, &cd)| u + o.guidance * (cd - u)).collect()
+        } else {
+            out.clone()
+        };
+        if o.capture && captured.is_none() {
+            captured = Some(Captured {
+                input,
+                input_shape: [batch, c, lh, lw],
+                context: context.to_vec_f32().await?,
+                context_shape: [batch, tokens, un_cfg.cross_attention_dim],
+                output: out,
+                timestep: t,
+                unet_tensors: unet_weights.accesses(),
+            });
+        }
+        // A small Euler-like move keeps the latents finite and the work real.
+        x.iter_mut().zip(&eps).for_each(|(x, e)| *x -= 0.05 * e);
+    }
+    let peak_unet = runs.iter().map(|r| r.peak_bytes).max().unwrap_or(0);
+    runs.sort_by(|p, q| p.ms.total_cmp(&q.ms));
+    let mut unet_stage = runs[runs.len() / 2].clone();
+    unet_stage.runs = runs.len();
+    unet_stage.peak_bytes = peak_unet;
+    stages.push(unet_stage);
+
+    gpu.trim_pool();
+    let s = gpu.stats();
+    let act_budget = if o.budget == 0 { 512 << 20 } else { o.budget.saturating_sub(s.bytes_live + s.bytes_pooled) };
+    let limit = gpu.caps().max_storage_binding.min(gpu.caps().max_buffer_size);
+    let tiling = vae_tiling::plan(&vae_cfg, lh, lw, dtype, act_budget, limit)?;
+    let z: Vec<f32> = x.iter().map(|v| v / vae_cfg.scaling_factor as f32).collect();
+    let (mut times, mut s) = (Vec::new(), GpuStats::default());
+    for _ in 0..o.repeats.max(1) {
+        gpu.reset_stats();
+        let t = now_ms();
+        let px = vae_tiling::decode(&decoder, gpu, dtype, &z, [c, lh, lw], tiling).await?;
+        times.push(now_ms() - t);
+        s = gpu.stats();
+        if !gpu.is_dry_run() && px.data.iter().any(|v| !v.is_finite()) {
+            return Err(bad("the VAE produced non-finite pixels".into()));
+        }
+    }
+    stages.push(stage_report("vae_decode", &mut times, s));
+    peak = peak.max(stages.iter().map(|s| s.peak_bytes).max().unwrap_or(0));
+
+    Ok(Report {
+        arch: o.name.clone(),
+        quant: o.quant.clone(),
+        compute: dtype.to_string(),
+        size: o.size,
+        steps: o.steps,
+        guidance: o.guidance,
+        adapter: format!("{} ({})", gpu.caps().adapter_name, gpu.caps().backend),
+        max_storage_binding: gpu.caps().max_storage_binding,
+        max_buffer_size: gpu.caps().max_buffer_size,
+        weights,
+        load_s,
+        text_encoder_released: o.release_text_encoder,
+        vae_tiling: tiling,
+        stages,
+        peak_bytes: peak,
+        dry_run: gpu.is_dry_run(),
+        captured,
+    })
+}

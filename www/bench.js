@@ -1,0 +1,107 @@
+// The benchmark page (bench.html): runs `Engine.bench` (src/bench.rs, the same code as
+// `webdiffusion bench`) on this browser's GPU and shows the per-stage figures. The GPU is opened
+// per run because the limits are part of the run. `window.webdiffusion` exposes the state to
+// tests; `window.webdiffusion.run(options)` runs with explicit options (e.g. `configs`).
+
+import init, { Engine } from './pkg/webdiffusion.js';
+
+const $ = (id) => document.getElementById(id);
+const state = { report: null, error: null, done: false, running: false, run: null };
+window.webdiffusion = state;
+const mb = (b) => (b / 1e6).toFixed(1);
+
+function setStatus(text, isError = false) {
+  $('status').textContent = text;
+  $('status').classList.toggle('error', isError);
+}
+
+function show(r) {
+  const tiling = r.vae_tiling ? `tiled (${r.vae_tiling.tile} latent px, overlap ${r.vae_tiling.overlap})` : 'whole';
+  const weights = r.weights.map(([name, bytes]) => `${name} ${mb(bytes)} MB`).join(', ');
+  $('summary').textContent = `${r.arch} ${r.quant} (${r.compute} activations), ${r.size}×${r.size}, `
+    + `${r.steps} step(s), guidance ${r.guidance} on ${r.adapter}. Limits: binding ${mb(r.max_storage_binding)} MB, `
+    + `buffer ${mb(r.max_buffer_size)} MB. Weights: ${weights} (built in ${r.load_s.toFixed(1)} s). `
+    + `VAE decode ${tiling}. Peak GPU memory ${mb(r.peak_bytes)} MB.`;
+  const body = $('results').querySelector('tbody');
+  body.replaceChildren(...r.stages.map((s) => {
+    const tr = document.createElement('tr');
+    const cells = [s.stage, s.ms.toFixed(0), s.gflop.toFixed(1), s.gflops.toFixed(2), s.dispatches, s.submits,
+      mb(s.peak_bytes), mb(s.largest_binding), mb(s.largest_buffer)];
+    for (const text of cells) {
+      const td = document.createElement('td');
+      td.textContent = String(text);
+      tr.append(td);
+    }
+    return tr;
+  }));
+  $('results').hidden = false;
+  $('json').textContent = JSON.stringify(r, null, 2);
+  $('json').hidden = false;
+}
+
+async function run(options, limits) {
+  state.running = true;
+  state.done = false;
+  state.error = null;
+  $('run').disabled = true;
+  setStatus(`Building ${options.arch || 'the model'} with random weights and running it…`);
+  let engine = null;
+  try {
+    engine = await Engine.create(limits !== 'adapter', true);
+    const t0 = performance.now();
+    state.report = await engine.bench(options);
+    show(state.report);
+    setStatus(`Done in ${((performance.now() - t0) / 1000).toFixed(1)} s.`);
+  } catch (e) {
+    state.error = String(e && e.message ? e.message : e);
+    setStatus(`Failed: ${state.error}`, true);
+  } finally {
+    if (engine) engine.free();
+    state.running = false;
+    state.done = true;
+    $('run').disabled = false;
+  }
+  return state.report;
+}
+
+function formOptions() {
+  const budget = Number($('budget').value);
+  return {
+    arch: $('arch').value,
+    quant: $('quant').value,
+    size: Number($('size').value),
+    steps: Number($('steps').value),
+    budget: budget > 0 ? budget * 1e6 : 0,
+  };
+}
+
+async function main() {
+  try {
+    await init();
+  } catch (e) {
+    state.error = `loading the wasm module: ${e}`;
+    state.done = true;
+    setStatus(state.error, true);
+    return;
+  }
+  if (!navigator.gpu) {
+    state.error = 'this browser has no WebGPU';
+    state.done = true;
+    setStatus(`${state.error}.`, true);
+    return;
+  }
+  const q = new URLSearchParams(location.search);
+  for (const k of ['arch', 'quant', 'size', 'steps', 'limits', 'budget']) {
+    if (q.has(k)) $(k).value = q.get(k);
+  }
+  state.run = (options, limits = 'default') => run(options, limits);
+  $('form').addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    run(formOptions(), $('limits').value);
+  });
+  $('run').disabled = false;
+  setStatus('Ready.');
+  if (q.get('autorun') === '1') await run(formOptions(), $('limits').value);
+}
+
+main();
