@@ -2,12 +2,12 @@
 // llvmpipe / lavapipe): no workgroup memory and no barriers, like conv2d_direct.wgsl. On llvmpipe
 // every storage load whose address varies per lane costs a scalar loop over the SIMD lanes, so
 // what counts is loads per FMA. Both operands are contiguous along K, so K is read 4 at a time
-// (vec4 loads) and each invocation owns RB rows x CB columns. The column block comes from the
-// workgroup id alone, so weight addresses are the same in every lane of a workgroup (uniform:
-// one load, broadcast) and only the RB rows of A cost per-lane loads: per 4-wide K step RB
-// divergent vec4 loads feed 4 * RB * CB FMAs, done as vec4 * mat4x4 products. Rows are the
-// batch-flattened rows of A (the weight is shared); an invocation's rows are `s` apart so
-// neighbouring lanes take neighbouring rows. QUANT reads a
+// (vec4 loads) and each invocation owns RB rows x CB columns: per 4-wide K step it loads RB + CB
+// vec4s for 4 * RB * CB FMAs, done as vec4 * mat4x4 products. The column block comes from the
+// workgroup id, so weight addresses are uniform across a workgroup — llvmpipe (Mesa 22.3) still
+// pays a full load for each, so sharing each weight load among RB = 4 rows is what counts.
+// Rows are the batch-flattened rows of A (the weight is shared); an invocation's rows are `s`
+// apart so neighbouring lanes take neighbouring rows. QUANT reads a
 // q8_0/q4_0 weight (row = [quant words][f16 scales, two per u32], see src/quant/mod.rs): one
 // quant word and one scale word per 4 weights. Loop iterations per invocation: K / 4.
 

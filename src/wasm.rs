@@ -8,11 +8,11 @@ use wasm_bindgen::JsCast;
 use crate::gpu::{DType, Gpu, GpuOptions, LimitsPolicy};
 use crate::models::loader::{FileSource, LoadOptions, MemorySource};
 use crate::pipeline::generate::{Request, StableDiffusion, Step};
-use crate::pipeline::preview::{self, PreviewFit};
-use crate::quant::{QuantPolicy, StoreType};
 use crate::pipeline::image::{a1111_parameters, encode_png};
+use crate::pipeline::preview::{self, PreviewFit};
 use crate::pipeline::rng::NormalRng;
 use crate::pipeline::scheduler::SchedulerKind;
+use crate::quant::{QuantPolicy, StoreType};
 
 #[wasm_bindgen(start)]
 pub fn start() {
@@ -264,8 +264,8 @@ impl Engine {
             budget: Option<u64>,
             release_text_encoder: Option<bool>,
         }
-        let r: Request = serde_wasm_bindgen::from_value(options)
-            .map_err(|e| JsError::new(&format!("bad bench options: {e}")))?;
+        let r: Request =
+            serde_wasm_bindgen::from_value(options).map_err(|e| JsError::new(&format!("bad bench options: {e}")))?;
         let mut o = match (r.arch, r.configs) {
             (name, Some(c)) => crate::bench::BenchOptions {
                 name: name.unwrap_or_else(|| "custom".into()),

@@ -29,7 +29,8 @@ fn demo_model_follows_color_and_position() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "adherence failed: {stderr}");
     let v: Value = serde_json::from_slice(&out.stdout).expect("JSON summary");
-    let (color, position, both) = (v["color"].as_f64().unwrap(), v["position"].as_f64().unwrap(), v["both"].as_f64().unwrap());
+    let (color, position, both) =
+        (v["color"].as_f64().unwrap(), v["position"].as_f64().unwrap(), v["both"].as_f64().unwrap());
     eprintln!(
         "demo model, {} prompts, {} DDIM steps, our pipeline: color {:.1}%, position {:.1}%, both {:.1}% ({:.0} s)",
         v["n"],

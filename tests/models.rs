@@ -178,9 +178,15 @@ fn tiled_vae_decode_matches_diffusers() {
             assert!(moved > 10.0 * bound, "tile {tile}: tiled equals untiled ({moved})");
         }
         // No tiling asked, or a tile bigger than the latent: the plain decode.
-        let whole =
-            pollster::block_on(vae_tiling::decode(&decoder, gpu(), dtype, &latents, [4, 20, 28], Some(VaeTiling::new(32))))
-                .unwrap();
+        let whole = pollster::block_on(vae_tiling::decode(
+            &decoder,
+            gpu(),
+            dtype,
+            &latents,
+            [4, 20, 28],
+            Some(VaeTiling::new(32)),
+        ))
+        .unwrap();
         let err = whole.data.iter().zip(&full).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
         assert!(err <= atol + rtol * 4.0, "untiled {dtype}: {err}");
     }

@@ -162,10 +162,9 @@ pub fn classify(rgb: &[u8], w: usize, h: usize, rule: Rule, palette: &[(String, 
 }
 
 pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
-    let set: PromptSet = serde_json::from_slice(
-        &std::fs::read(&a.prompts).with_context(|| format!("reading {}", a.prompts.display()))?,
-    )
-    .with_context(|| format!("parsing {}", a.prompts.display()))?;
+    let set: PromptSet =
+        serde_json::from_slice(&std::fs::read(&a.prompts).with_context(|| format!("reading {}", a.prompts.display()))?)
+            .with_context(|| format!("parsing {}", a.prompts.display()))?;
     let palette: Vec<(String, [f64; 3])> = set.palette.into_iter().collect();
     let src = super::http::open_model(&a.model);
     let sd = loader::stable_diffusion(&*src, gpu, &loader::LoadOptions::new(DType::F32))

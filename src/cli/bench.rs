@@ -55,7 +55,6 @@ pub struct Args {
     pub candle: bool,
 }
 
-
 #[derive(Serialize)]
 struct CliReport<'a> {
     #[serde(flatten)]

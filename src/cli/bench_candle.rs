@@ -31,7 +31,14 @@ pub struct CandleReport {
 struct Synthetic(HashMap<String, Access>);
 
 impl candle_nn::var_builder::SimpleBackend for Synthetic {
-    fn get(&self, s: Shape, name: &str, _: candle_nn::Init, dtype: CDType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: CDType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         let a = self.0.get(name).ok_or_else(|| candle_core::Error::Msg(format!("we never loaded {name}")))?;
         if a.shape.iter().product::<usize>() != s.elem_count() {
             candle_core::bail!("{name}: candle wants {s:?}, we loaded {:?}", a.shape);

@@ -40,15 +40,31 @@ fn bench_linear(gpu: &Gpu, args: &Args, dtype: DType) -> Result<()> {
         let x = upload(gpu, 3, &[rows, k], dtype)?;
         let w = upload(gpu, 4, &[n, k], dtype)?;
         let wv: Vec<f32> = random_values(4, n * k).iter().map(|v| v / (k as f32).sqrt()).collect();
-        let q = QTensor::from_blocks(gpu, QuantFormat::Q4_0, &webdiffusion::quant::quantize(QuantFormat::Q4_0, &wv)?, n, k)?;
+        let q = QTensor::from_blocks(
+            gpu,
+            QuantFormat::Q4_0,
+            &webdiffusion::quant::quantize(QuantFormat::Q4_0, &wv)?,
+            n,
+            k,
+        )?;
         let flops = 2.0 * (rows * k * n) as f64;
         let variants = std::env::var("BENCH_MATMUL_VARIANTS").unwrap_or_else(|_| "tiled,direct".into());
         for variant in variants.split(',') {
             std::env::set_var("WEBDIFFUSION_MATMUL", variant);
             let s = time(gpu, args.repeats, || Ok(ops::linear(&x, &w, None)?))?;
-            println!("{:<44} {dtype:>6} {:>10.1} {:>10.2}", format!("linear {label} [{variant}]"), s * 1e3, flops / s / 1e9);
+            println!(
+                "{:<44} {dtype:>6} {:>10.1} {:>10.2}",
+                format!("linear {label} [{variant}]"),
+                s * 1e3,
+                flops / s / 1e9
+            );
             let s = time(gpu, args.repeats, || Ok(ops::matmul_quant(&x, &q, None)?))?;
-            println!("{:<44} {dtype:>6} {:>10.1} {:>10.2}", format!("q4_0 {label} [{variant}]"), s * 1e3, flops / s / 1e9);
+            println!(
+                "{:<44} {dtype:>6} {:>10.1} {:>10.2}",
+                format!("q4_0 {label} [{variant}]"),
+                s * 1e3,
+                flops / s / 1e9
+            );
         }
         std::env::remove_var("WEBDIFFUSION_MATMUL");
     }

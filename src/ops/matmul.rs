@@ -51,13 +51,21 @@ struct DirectParams {
 const DIRECT_WG: usize = 64;
 
 /// Columns x rows per invocation of the direct kernel: the biggest block that still gives every
-/// CPU thread work (at least two workgroups). Weight loads are uniform (cheap), row loads are
-/// per lane, so wide column blocks come first. A non-zero `cols` / `rows` is kept as asked.
+/// CPU thread work (at least two workgroups). Every weight load costs as much as a row load on
+/// llvmpipe (uniform addresses are not exploited), so 4 rows sharing each weight load come
+/// first. A non-zero `cols` / `rows` is kept as asked.
 fn direct_block(rows: usize, cols: usize, want: (usize, usize)) -> (usize, usize) {
-    const BLOCKS: [(usize, usize); 9] = [(16, 2), (16, 1), (8, 2), (16, 4), (8, 4), (8, 1), (4, 4), (4, 2), (4, 1)];
+    // Measured on lavapipe (`bench-ops --linear`, BENCHMARKS.md): rows per invocation matter most.
+    const BLOCKS: [(usize, usize); 9] = [(16, 4), (8, 4), (16, 2), (4, 4), (8, 2), (16, 1), (4, 2), (8, 1), (4, 1)];
     let groups = |c: usize, r: usize| rows.div_ceil(r).div_ceil(DIRECT_WG) * cols.div_ceil(c);
     let fits = |&&(c, r): &&(usize, usize)| (want.0 == 0 || c == want.0) && (want.1 == 0 || r == want.1);
-    BLOCKS.iter().filter(fits).find(|&&(c, r)| groups(c, r) >= 2).or_else(|| BLOCKS.iter().rev().find(fits)).copied().unwrap_or((4, 1))
+    BLOCKS
+        .iter()
+        .filter(fits)
+        .find(|&&(c, r)| groups(c, r) >= 2)
+        .or_else(|| BLOCKS.iter().rev().find(fits))
+        .copied()
+        .unwrap_or((4, 1))
 }
 
 #[repr(C)]

@@ -4,8 +4,8 @@
 //! [uncond, cond] batch each step, guide, step the scheduler, decode with the VAE.
 
 use super::schedule::SchedulerConfig;
-use super::vae_tiling;
 use super::scheduler::{Scheduler, SchedulerKind};
+use super::vae_tiling;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, GpuTensor};
 use crate::models::clip::ClipTextModel;
@@ -120,7 +120,9 @@ impl StableDiffusion {
             ids.extend(self.tokenizer.encode(p)?.ids);
         }
         let te = self.text_encoder.as_ref().ok_or_else(|| {
-            Error::Request("the text encoder was released to save memory; load the model again to change the prompt".into())
+            Error::Request(
+                "the text encoder was released to save memory; load the model again to change the prompt".into(),
+            )
         })?;
         te.forward(&ids, prompts.len(), 0)
     }

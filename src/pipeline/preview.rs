@@ -164,7 +164,9 @@ mod tests {
     /// A known affine map is recovered from images that follow it exactly.
     #[test]
     fn recovers_an_affine_map() {
-        let truth = Projection { weights: vec![[0.3, -0.2, 0.1], [0.0, 0.25, -0.1], [0.1, 0.05, 0.2], [-0.15, 0.0, 0.3], [0.05, -0.1, 0.0]] };
+        let truth = Projection {
+            weights: vec![[0.3, -0.2, 0.1], [0.0, 0.25, -0.1], [0.1, 0.05, 0.2], [-0.15, 0.0, 0.3], [0.05, -0.1, 0.0]],
+        };
         let (h, w, f) = (6, 5, 2);
         let shape = [1, 4, h, w];
         let latents: Vec<f32> = (0..4 * h * w).map(|i| ((i * 37 % 17) as f32 / 8.0) - 1.0).collect();

@@ -49,7 +49,14 @@ pub fn decoder_activations(c: &VaeConfig, h: usize, w: usize, dtype: DType) -> (
 /// The tiling a decode of an `h` x `w` latent needs to keep its activations within `budget`
 /// bytes and every tensor within `max_binding`: `None` when the whole latent fits, else the
 /// largest tile (a multiple of 8 latent pixels, at least 8) that does.
-pub fn plan(c: &VaeConfig, h: usize, w: usize, dtype: DType, budget: u64, max_binding: u64) -> Result<Option<VaeTiling>> {
+pub fn plan(
+    c: &VaeConfig,
+    h: usize,
+    w: usize,
+    dtype: DType,
+    budget: u64,
+    max_binding: u64,
+) -> Result<Option<VaeTiling>> {
     let fits = |th: usize, tw: usize| {
         let (peak, largest) = decoder_activations(c, th, tw, dtype);
         peak <= budget && largest <= max_binding
