@@ -111,3 +111,17 @@ fn shape_and_dtype_errors_are_clear() {
     assert!(matches!(ops::silu(&ids), Err(Error::DType { .. })));
     assert!(a.reshape(&[4, 2]).is_err());
 }
+
+/// Trimming the pool between recording and submitting: the input of a recorded (not yet
+/// submitted) dispatch is freed into the pool and the pool trimmed before the result is read.
+/// The recorded command must still run on its input (buffers are released, never destroyed).
+#[test]
+fn trimming_the_pool_keeps_buffers_of_recorded_work() {
+    let g = common::gpu();
+    let x = GpuTensor::from_f32(g, &[1.0, 2.0, 3.0, 4.0], &[4]).unwrap();
+    let h = webdiffusion::ops::affine(&x, 2.0, 1.0).unwrap();
+    let y = webdiffusion::ops::affine(&h, 1.0, 0.5).unwrap();
+    drop(h); // recorded as y's input, now back in the pool
+    g.trim_pool();
+    assert_eq!(pollster::block_on(y.to_vec_f32()).unwrap(), [3.5, 5.5, 7.5, 9.5]);
+}

@@ -39,14 +39,14 @@ impl BufferPool {
         list.pop().map(|b| (b, found))
     }
 
-    /// Drops every pooled buffer; returns the bytes released.
+    /// Drops every pooled buffer; returns the bytes released. Handles are dropped, never
+    /// `destroy`ed: a pooled buffer may still be read by a recorded command that is not yet
+    /// submitted (its tensor was freed after recording), and wgpu frees the memory once no
+    /// command needs it. (Destroying here failed such submits with "buffer has been destroyed".)
     pub fn clear(&mut self) -> u64 {
         let mut freed = 0;
         for (class, bufs) in std::mem::take(&mut self.free) {
             freed += class * bufs.len() as u64;
-            for b in bufs {
-                b.destroy();
-            }
         }
         freed
     }
