@@ -29,19 +29,11 @@ enum Variant {
 /// `WEBDIFFUSION_CONV2D=tiled|direct[:channels[:pixels]]` forces a kernel (read per call, so
 /// tests and benchmarks can cover both); otherwise `Direct` on CPU adapters, `Tiled` elsewhere.
 fn variant(x: &GpuTensor) -> Variant {
-    const AUTO: Variant = Variant::Direct { channels: 0, pixels: 0 };
-    match std::env::var("WEBDIFFUSION_CONV2D") {
-        Ok(v) if v == "tiled" => Variant::Tiled,
-        Ok(v) if v.starts_with("direct") => {
-            // A developer's knob, not user input: a missing or unsupported block size falls back
-            // to the automatic choice (0) instead of failing the convolution.
-            let mut it = v.split(':').skip(1).map(|s| s.parse::<usize>().ok());
-            let channels = it.next().flatten().filter(|c| [4, 8, 16].contains(c)).unwrap_or(0);
-            let pixels = it.next().flatten().filter(|p| [1, 2, 4].contains(p)).unwrap_or(0);
-            Variant::Direct { channels, pixels }
-        }
-        _ if x.gpu().caps().device_type == "Cpu" => AUTO,
-        _ => Variant::Tiled,
+    match super::kernel_override("WEBDIFFUSION_CONV2D", &[4, 8, 16], &[1, 2, 4]) {
+        Some(None) => Variant::Tiled,
+        Some(Some((channels, pixels))) => Variant::Direct { channels, pixels },
+        None if super::cpu_adapter(x) => Variant::Direct { channels: 0, pixels: 0 },
+        None => Variant::Tiled,
     }
 }
 

@@ -19,16 +19,9 @@ const DIRECT: Shader = Shader { name: "matmul_direct", source: include_str!("../
 /// (read per call, so tests and benchmarks cover both); an unsupported block size falls back
 /// to the automatic choice.
 fn variant(a: &GpuTensor) -> Option<(usize, usize)> {
-    match std::env::var("WEBDIFFUSION_MATMUL") {
-        Ok(v) if v == "tiled" => None,
-        Ok(v) if v.starts_with("direct") => {
-            let mut it = v.split(':').skip(1).map(|s| s.parse::<usize>().ok());
-            let cols = it.next().flatten().filter(|c| [4, 8, 16].contains(c)).unwrap_or(0);
-            let rows = it.next().flatten().filter(|r| [1, 2, 4].contains(r)).unwrap_or(0);
-            Some((cols, rows))
-        }
-        _ if a.gpu().caps().device_type == "Cpu" => Some((0, 0)),
-        _ => None,
+    match super::kernel_override("WEBDIFFUSION_MATMUL", &[4, 8, 16], &[1, 2, 4]) {
+        Some(choice) => choice,
+        None => super::cpu_adapter(a).then_some((0, 0)),
     }
 }
 
