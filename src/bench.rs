@@ -43,6 +43,9 @@ pub struct BenchOptions {
     /// 0: none (512 MiB for the VAE's activations).
     pub budget: u64,
     pub release_text_encoder: bool,
+    /// Run the VAE decode. Off, a run times the text encoder and the U-Net only: the decode is
+    /// the same work for every architecture sharing SD's VAE at one size and tiling.
+    pub decode: bool,
     /// Keep the first U-Net step's input, context and output (for comparing with another
     /// implementation).
     pub capture: bool,
@@ -63,6 +66,7 @@ impl Default for BenchOptions {
             f16: true,
             budget: 0,
             release_text_encoder: true,
+            decode: true,
             capture: false,
         }
     }
@@ -129,6 +133,8 @@ pub struct Report {
     pub load_s: f64,
     pub text_encoder_released: bool,
     pub vae_tiling: Option<VaeTiling>,
+    /// False when the run stopped after the U-Net (`decode: false`).
+    pub decoded: bool,
     pub stages: Vec<StageReport>,
     /// The highest allocation of the run (loading included).
     pub peak_bytes: u64,
@@ -277,6 +283,14 @@ pub async fn run(gpu: &Gpu, o: &BenchOptions) -> Result<Report> {
     unet_stage.peak_bytes = peak_unet;
     stages.push(unet_stage);
 
+    peak = peak.max(stages.iter().map(|s| s.peak_bytes).max().unwrap_or(0));
+    if !o.decode {
+        return Ok(Report {
+            decoded: false,
+            peak_bytes: peak,
+            ..report_head(gpu, o, dtype, weights, load_s, stages, captured)
+        });
+    }
     gpu.trim_pool();
     let s = gpu.stats();
     let act_budget = if o.budget == 0 { 512 << 20 } else { o.budget.saturating_sub(s.bytes_live + s.bytes_pooled) };
@@ -297,7 +311,19 @@ pub async fn run(gpu: &Gpu, o: &BenchOptions) -> Result<Report> {
     stages.push(stage_report("vae_decode", &mut times, s));
     peak = peak.max(stages.iter().map(|s| s.peak_bytes).max().unwrap_or(0));
 
-    Ok(Report {
+    Ok(Report { vae_tiling: tiling, peak_bytes: peak, ..report_head(gpu, o, dtype, weights, load_s, stages, captured) })
+}
+
+fn report_head(
+    gpu: &Gpu,
+    o: &BenchOptions,
+    dtype: DType,
+    weights: Vec<(String, u64)>,
+    load_s: f64,
+    stages: Vec<StageReport>,
+    captured: Option<Captured>,
+) -> Report {
+    Report {
         arch: o.name.clone(),
         quant: o.quant.clone(),
         compute: dtype.to_string(),
@@ -310,10 +336,11 @@ pub async fn run(gpu: &Gpu, o: &BenchOptions) -> Result<Report> {
         weights,
         load_s,
         text_encoder_released: o.release_text_encoder,
-        vae_tiling: tiling,
+        vae_tiling: None,
+        decoded: true,
         stages,
-        peak_bytes: peak,
+        peak_bytes: 0,
         dry_run: gpu.is_dry_run(),
         captured,
-    })
+    }
 }

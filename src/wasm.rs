@@ -263,6 +263,7 @@ impl Engine {
             f16: Option<bool>,
             budget: Option<u64>,
             release_text_encoder: Option<bool>,
+            decode: Option<bool>,
         }
         let r: Request =
             serde_wasm_bindgen::from_value(options).map_err(|e| JsError::new(&format!("bad bench options: {e}")))?;
@@ -285,6 +286,7 @@ impl Engine {
         o.f16 = r.f16.unwrap_or(o.f16);
         o.budget = r.budget.unwrap_or(o.budget);
         o.release_text_encoder = r.release_text_encoder.unwrap_or(o.release_text_encoder);
+        o.decode = r.decode.unwrap_or(o.decode);
         let report = crate::bench::run(&self.gpu, &o).await.map_err(js_err)?;
         to_js(&report)
     }

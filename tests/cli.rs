@@ -442,4 +442,11 @@ fn bench_mid_size_arch_under_default_limits_keeps_the_planned_budget() {
     assert!(untiled["vae_tiling"].is_null());
     let untiled_peak = untiled["stages"][2]["peak_bytes"].as_f64().unwrap();
     assert!(untiled_peak > budget, "an untiled decode fits too ({untiled_peak}): the test proves nothing");
+    // --no-decode stops after the U-Net with the same U-Net work.
+    let head = run(&["--dry", "--no-decode"]);
+    assert_eq!(head["decoded"], false);
+    let names: Vec<&str> = head["stages"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap()).collect();
+    assert_eq!(names, ["text_encoder", "unet_step"]);
+    assert_eq!(head["stages"][1]["gflop"], stages[1]["gflop"]);
+    assert_eq!(untiled["decoded"], true);
 }

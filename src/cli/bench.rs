@@ -42,6 +42,9 @@ pub struct Args {
     /// Keep the text encoder's weights after encoding (by default they are released).
     #[arg(long)]
     pub keep_text_encoder: bool,
+    /// Stop after the U-Net: time the text encoder and the U-Net steps only.
+    #[arg(long)]
+    pub no_decode: bool,
     /// Accounting run: build and record everything, execute no kernel. Memory, bindings,
     /// dispatches, submits and FLOPs are those of a real run; times are not.
     #[arg(long)]
@@ -97,6 +100,7 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
     o.f16 = !a.f32;
     o.budget = a.budget_mb * 1_000_000;
     o.release_text_encoder = !a.keep_text_encoder;
+    o.decode = !a.no_decode;
     o.capture = a.candle;
     let report = pollster::block_on(bench::run(gpu, &o))?;
     let candle = match &report.captured {
@@ -138,9 +142,10 @@ fn print_table(r: &Report, candle: Option<&CandleReport>) {
     println!(
         "text encoder {}; VAE decode {}",
         if r.text_encoder_released { "released after encoding" } else { "kept" },
-        match r.vae_tiling {
-            Some(t) => format!("tiled ({} latent px, overlap {})", t.tile, t.overlap),
-            None => "whole".into(),
+        match (r.decoded, r.vae_tiling) {
+            (false, _) => "not run (--no-decode)".into(),
+            (true, Some(t)) => format!("tiled ({} latent px, overlap {})", t.tile, t.overlap),
+            (true, None) => "whole".into(),
         }
     );
     println!(
