@@ -47,7 +47,6 @@ fn float_dtype(op: &'static str, ts: &[&GpuTensor]) -> Result<DType> {
     Ok(d)
 }
 
-/// Workgroups for `n` elements at 256 per workgroup.
 /// The kernel a `WEBDIFFUSION_CONV2D` / `WEBDIFFUSION_MATMUL`-style variable asks for, read per
 /// call so tests and benchmarks can cover every kernel: `tiled` gives `Some(None)`,
 /// `direct[:a[:b]]` gives `Some(Some((a, b)))`, unset or anything else `None` (choose by device:
@@ -72,6 +71,7 @@ fn cpu_adapter(t: &GpuTensor) -> bool {
     t.gpu().caps().device_type == "Cpu"
 }
 
+/// Workgroups for `n` elements at 256 per workgroup.
 fn elementwise_grid(n: usize) -> [u32; 3] {
     grid_1d(n.div_ceil(256) as u32)
 }
