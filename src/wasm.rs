@@ -403,3 +403,107 @@ impl Model {
         Ok(obj.into())
     }
 }
+
+/// A model converted while it downloads (see `models::stream`): the worker pushes each weight
+/// file's bytes in order as they arrive and stores the shard pieces that come back, so the
+/// browser keeps the package form, never the fp16 files.
+#[wasm_bindgen]
+pub struct Converter {
+    inner: crate::models::stream::StreamConverter,
+}
+
+/// Collects shard pieces for JavaScript: `[{shard, index, bytes}]`.
+struct JsPieces(js_sys::Array);
+
+impl crate::models::stream::PieceSink for JsPieces {
+    fn append(&mut self, shard: &str, index: u32, bytes: &[u8]) -> crate::Result<()> {
+        let o = js_sys::Object::new();
+        let set = |k: &str, v: JsValue| js_sys::Reflect::set(&o, &k.into(), &v).map(drop);
+        set("shard", shard.into())
+            .and_then(|_| set("index", index.into()))
+            .and_then(|_| set("bytes", js_sys::Uint8Array::from(bytes).into()))
+            .map_err(|_| crate::Error::Request("building a shard piece for JavaScript".into()))?;
+        self.0.push(&o);
+        Ok(())
+    }
+}
+
+#[wasm_bindgen]
+impl Engine {
+    /// A new conversion. `files`: the small files of the layout (`{path: string}`: configs,
+    /// scheduler, tokenizer); `quant`: `q8_0`, `q4_0`, `f16` or `f32` (standard policy).
+    pub fn converter(&self, files: JsValue, quant: &str) -> Result<Converter, JsError> {
+        let files: std::collections::BTreeMap<String, String> =
+            serde_wasm_bindgen::from_value(files).map_err(|e| JsError::new(&format!("bad small files: {e}")))?;
+        let policy = QuantPolicy::standard(StoreType::parse(quant).map_err(js_err)?);
+        let inner = crate::models::stream::StreamConverter::new(
+            &self.gpu,
+            quant,
+            &policy,
+            crate::models::package::MAX_SHARD,
+            files,
+        )
+        .map_err(js_err)?;
+        Ok(Converter { inner })
+    }
+
+    /// A conversion back at a `Converter.checkpoint()`.
+    #[wasm_bindgen(js_name = resumeConverter)]
+    pub fn resume_converter(&self, checkpoint: &str) -> Result<Converter, JsError> {
+        let inner = crate::models::stream::StreamConverter::resume(&self.gpu, checkpoint).map_err(js_err)?;
+        Ok(Converter { inner })
+    }
+}
+
+#[wasm_bindgen]
+impl Converter {
+    /// Starts weight file `path` of `size` bytes, with its sha256 when known (checked at the end).
+    #[wasm_bindgen(js_name = beginFile)]
+    pub fn begin_file(&mut self, path: &str, size: f64, sha256: Option<String>) -> Result<(), JsError> {
+        if !(size >= 0.0 && size <= 9.0e15 && size.fract() == 0.0) {
+            return Err(JsError::new(&format!("{path}: bad size {size}")));
+        }
+        self.inner.begin_file(path, size as u64, sha256).map_err(js_err)
+    }
+
+    /// The next bytes of the file; returns the shard pieces they produced.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<js_sys::Array, JsError> {
+        let mut out = JsPieces(js_sys::Array::new());
+        self.inner.push(bytes, &mut out).map_err(js_err)?;
+        Ok(out.0)
+    }
+
+    /// The file is complete and its sha256 (returned) matches the expected one.
+    #[wasm_bindgen(js_name = endFile)]
+    pub fn end_file(&mut self) -> Result<String, JsError> {
+        self.inner.end_file().map_err(js_err)
+    }
+
+    /// Where the current file must continue from (after a resume).
+    pub fn position(&self) -> f64 {
+        self.inner.position() as f64
+    }
+
+    /// The file being converted, or `undefined`.
+    #[wasm_bindgen(js_name = currentFile)]
+    pub fn current_file(&self) -> Option<String> {
+        self.inner.current_file().map(str::to_string)
+    }
+
+    /// The state at the last tensor boundary, as a string to store (see `Engine.resumeConverter`).
+    pub fn checkpoint(&self) -> Result<String, JsError> {
+        self.inner.checkpoint().map_err(js_err)
+    }
+
+    /// `[[shard file, pieces to keep]]` the state covers (pieces: 4294967295 = all).
+    #[wasm_bindgen(js_name = shardPieces)]
+    pub fn shard_pieces(&self) -> Result<JsValue, JsError> {
+        to_js(&self.inner.shard_pieces())
+    }
+
+    /// All weight files converted: the manifest JSON (store it last).
+    pub fn finish(self) -> Result<String, JsError> {
+        let done = self.inner.finish().map_err(js_err)?;
+        serde_json::to_string(&done.manifest).map_err(|e| JsError::new(&format!("writing the manifest: {e}")))
+    }
+}

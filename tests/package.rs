@@ -8,10 +8,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use webdiffusion::gpu::DType;
-use webdiffusion::models::convert::{convert, ShardSink};
+use webdiffusion::models::convert::convert;
 use webdiffusion::models::loader::{self, DirSource, FileSource, LoadOptions, MemorySource};
 use webdiffusion::models::package::{Manifest, MANIFEST};
 use webdiffusion::models::parity;
+use webdiffusion::models::stream::{PieceSink, StreamConverter};
 use webdiffusion::pipeline::generate::{Generated, Request};
 use webdiffusion::pipeline::rng::NormalRng;
 use webdiffusion::pipeline::scheduler::SchedulerKind;
@@ -22,18 +23,24 @@ fn dir(model: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(model)
 }
 
-struct MemSink(HashMap<String, Vec<u8>>);
+/// Shard bytes by file, and the length of each piece (to drop stale pieces on a resume).
+#[derive(Default)]
+struct MemSink(HashMap<String, Vec<u8>>, HashMap<String, Vec<usize>>);
 
-impl ShardSink for MemSink {
-    fn write_shard(&mut self, file: &str, bytes: &[u8]) -> webdiffusion::Result<()> {
-        assert!(self.0.insert(file.to_string(), bytes.to_vec()).is_none(), "{file} written twice");
+impl PieceSink for MemSink {
+    fn append(&mut self, file: &str, index: u32, bytes: &[u8]) -> webdiffusion::Result<()> {
+        let shard = self.0.entry(file.to_string()).or_default();
+        let pieces = self.1.entry(file.to_string()).or_default();
+        assert_eq!(index as usize, pieces.len(), "{file}: pieces out of order");
+        shard.extend_from_slice(bytes);
+        pieces.push(bytes.len());
         Ok(())
     }
 }
 
 /// A package of `model` in memory, and its manifest.
 fn package(model: &str, quant: &str, policy: &QuantPolicy, max_shard: usize) -> (MemorySource, Manifest) {
-    let mut sink = MemSink(HashMap::new());
+    let mut sink = MemSink::default();
     let done = convert(&DirSource(dir(model)), common::gpu(), quant, policy, max_shard, &mut sink).unwrap();
     let mut files = sink.0;
     files.insert(MANIFEST.into(), serde_json::to_vec(&done.manifest).unwrap());
@@ -114,13 +121,113 @@ fn damaged_shards_are_named() {
     assert!(err.contains(&shard) && err.contains("missing"), "{err}");
 
     let mut files = pkg.files.clone();
-    let text = String::from_utf8(files[MANIFEST].clone()).unwrap().replacen("\"version\":1", "\"version\":9", 1);
+    let text = String::from_utf8(files[MANIFEST].clone()).unwrap().replacen("\"version\":2", "\"version\":9", 1);
     files.insert(MANIFEST.into(), text.into_bytes());
     let err = load(&files).to_string();
     assert!(err.contains("version 9 is not supported"), "{err}");
 }
 
 /// Every quantizable matrix of every network in `format` (the VAE included), to measure each.
+/// Streams `model`'s weight files through a `StreamConverter` cut into pieces of the given
+/// sizes (cycled), dropping the converter and resuming from its checkpoint after each push
+/// numbered in `resume_after`, as a reloaded page does.
+fn stream_package(model: &str, quant: &str, cuts: &[usize], resume_after: &[usize]) -> (MemSink, Manifest) {
+    let src = DirSource(dir(model));
+    let policy = QuantPolicy::standard(StoreType::parse(quant).unwrap());
+    let mut files = std::collections::BTreeMap::new();
+    for path in webdiffusion::models::convert::SMALL_FILES {
+        if let Some(b) = src.read(path).unwrap() {
+            files.insert(path.to_string(), String::from_utf8(b).unwrap());
+        }
+    }
+    let gpu = common::gpu();
+    let mut sink = MemSink::default();
+    let mut conv = StreamConverter::new(gpu, quant, &policy, 200_000, files).unwrap();
+    let mut pushes = 0;
+    for component in webdiffusion::models::convert::COMPONENTS {
+        let path = webdiffusion::models::convert::weights_file(&src, component).unwrap();
+        let bytes = src.read(&path).unwrap().unwrap();
+        conv.begin_file(&path, bytes.len() as u64, None).unwrap();
+        let mut cut = cuts.iter().cycle();
+        while (conv.position() as usize) < bytes.len() {
+            let at = conv.position() as usize;
+            let end = (at + cut.next().unwrap()).min(bytes.len());
+            conv.push(&bytes[at..end], &mut sink).unwrap();
+            pushes += 1;
+            if resume_after.contains(&pushes) {
+                let saved = conv.checkpoint().unwrap();
+                drop(conv);
+                conv = StreamConverter::resume(gpu, &saved).unwrap();
+                // Pieces written after the checkpoint are stale, as the page discards them.
+                let keep: HashMap<String, u32> = conv.shard_pieces().into_iter().collect();
+                sink.0.retain(|f, _| keep.contains_key(f));
+                for (f, pieces) in &sink.1 {
+                    if let (Some(&k), Some(bytes)) = (keep.get(f), sink.0.get_mut(f)) {
+                        let len: usize = pieces.iter().take(k as usize).sum();
+                        bytes.truncate(len);
+                    }
+                }
+                let lens = sink.1.clone();
+                sink.1 = lens
+                    .into_iter()
+                    .filter_map(|(f, p)| keep.get(&f).map(|&k| (f, p.into_iter().take(k as usize).collect())))
+                    .collect();
+            }
+        }
+        conv.end_file().unwrap();
+    }
+    let done = conv.finish().unwrap();
+    (sink, done.manifest)
+}
+
+#[test]
+fn conversion_while_streaming_equals_convert_byte_for_byte() {
+    let policy = QuantPolicy::standard(StoreType::Q4_0);
+    let (whole, manifest) = package("tiny-sd1", "q4_0", &policy, 200_000);
+    assert!(manifest.tensors.iter().all(|t| t.sha256.is_some()));
+    let cases: [(&[usize], &[usize]); 3] = [
+        (&[1, 7, 4093, 65536, 3], &[]),
+        (&[100_003, 17], &[1, 2, 3, 9, 10, 30, 31, 32, 50, 77]),
+        (&[250_000], &[3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20]),
+    ];
+    for (cuts, resume) in cases {
+        let (streamed, m) = stream_package("tiny-sd1", "q4_0", cuts, resume);
+        assert_eq!(serde_json::to_string(&m).unwrap(), serde_json::to_string(&manifest).unwrap(), "cuts {cuts:?}");
+        let mut names: Vec<_> = streamed.0.keys().collect();
+        names.sort();
+        assert_eq!(names.len(), manifest.shards.len());
+        for s in &manifest.shards {
+            assert!(
+                streamed.0[&s.file] == whole.files[&s.file],
+                "{} differs (cuts {cuts:?}, resume {resume:?})",
+                s.file
+            );
+        }
+    }
+}
+
+#[test]
+fn a_corrupt_byte_in_a_weight_file_is_caught_by_its_sha256() {
+    let src = DirSource(dir("tiny-sd1"));
+    let path = "vae/diffusion_pytorch_model.safetensors";
+    let mut bytes = src.read(path).unwrap().unwrap();
+    let sha = webdiffusion::models::package::sha256_hex(&bytes);
+    let vae = String::from_utf8(src.read("vae/config.json").unwrap().unwrap()).unwrap();
+    let files: std::collections::BTreeMap<_, _> = [("vae/config.json".to_string(), vae)].into();
+    let policy = QuantPolicy::standard(StoreType::Q4_0);
+    let run = |bytes: &[u8]| {
+        let mut conv = StreamConverter::new(common::gpu(), "q4_0", &policy, 200_000, files.clone()).unwrap();
+        let mut sink = MemSink::default();
+        conv.begin_file(path, bytes.len() as u64, Some(sha.clone())).unwrap();
+        conv.push(bytes, &mut sink).and_then(|_| conv.end_file())
+    };
+    assert_eq!(run(&bytes).unwrap(), sha);
+    let n = bytes.len();
+    bytes[n - 100] ^= 1;
+    let err = run(&bytes).unwrap_err().to_string();
+    assert!(err.contains(path) && err.contains("corrupt") && err.contains(&sha), "{err}");
+}
+
 fn everything(format: StoreType) -> QuantPolicy {
     QuantPolicy { matrices: format, other: StoreType::F16, min_elements: 0, rules: vec![] }
 }

@@ -353,6 +353,10 @@ function onLoadEvent(m) {
       return;
     }
     const parts = [`${fmtBytes(m.done)} of ${fmtBytes(m.total)}`];
+    if (m.phase === 'convert') {
+      setStatus(`Downloading and converting to ${quantName(m.quant)} (${m.filesDone + (m.done < m.total ? 1 : 0)} of ${m.files} weight files)…`);
+      if (m.unverified?.length) parts.push(`no known sha256 for ${m.unverified.join(', ')}`);
+    }
     if (m.speed) parts.push(`${(m.speed / 1e6).toFixed(1)} MB/s`);
     if (m.eta !== null && m.eta !== undefined && m.done < m.total) parts.push(`${fmtTime(m.eta)} left`);
     if (m.bytesFromCache) parts.push(`${fmtBytes(m.bytesFromCache)} already here`);

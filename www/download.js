@@ -27,15 +27,16 @@ const DIFFUSERS_FILES = [
   ['vae/config.json', true],
 ];
 const DIFFUSERS_WEIGHTS = [
-  // [stem, prefer fp16 when the plain file is over 1 GB]
+  // [stem, prefer the fp16 variant when there is one: half the bytes, and quantizing or
+  // uploading as f16 loses nothing a user can see]
   ['text_encoder/model', true],
   ['unet/diffusion_pytorch_model', true],
-  ['vae/diffusion_pytorch_model', false],
+  ['vae/diffusion_pytorch_model', true],
 ];
 
-class FatalError extends Error {}
+export class FatalError extends Error {}
 
-const sleep = (ms, signal) => new Promise((ok, fail) => {
+export const sleep = (ms, signal) => new Promise((ok, fail) => {
   const t = setTimeout(ok, ms);
   signal?.addEventListener('abort', () => {
     clearTimeout(t);
@@ -43,7 +44,7 @@ const sleep = (ms, signal) => new Promise((ok, fail) => {
   }, { once: true });
 });
 
-function abortError() {
+export function abortError() {
   const e = new Error('Download cancelled.');
   e.name = 'AbortError';
   return e;
@@ -62,7 +63,7 @@ function reprDigest(headers) {
   }
 }
 
-function contentRange(headers) {
+export function contentRange(headers) {
   const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(headers.get('content-range') || '');
   return m ? { start: Number(m[1]), end: Number(m[2]), total: m[3] === '*' ? null : Number(m[3]) } : null;
 }
@@ -202,7 +203,7 @@ async function probeDiffusers(base, signal, stats) {
   for (const [stem, preferHalf] of DIFFUSERS_WEIGHTS) {
     const [plain, half] = await sizes([`${stem}.safetensors`, `${stem}.fp16.safetensors`]);
     if (plain === null && half === null) throw new FatalError(`${base} has no ${stem}.safetensors (nor .fp16.safetensors); only safetensors weights are supported.`);
-    const useHalf = half !== null && (plain === null || (preferHalf && plain > 1e9));
+    const useHalf = half !== null && (plain === null || preferHalf);
     files.push(useHalf ? { path: `${stem}.fp16.safetensors`, size: half } : { path: `${stem}.safetensors`, size: plain });
   }
   return files;
@@ -210,7 +211,7 @@ async function probeDiffusers(base, signal, stats) {
 
 /// `{kind, files: [{path, size?, sha256?}], manifest?}` for an entry: a package when
 /// `<base>manifest.json` exists, else the entry's own list or a probe.
-async function resolveFiles(entry, signal, stats) {
+export async function resolveFiles(entry, signal, stats) {
   if (entry.format !== 'diffusers') {
     stats.requests++;
     const r = await fetch(entry.url + 'manifest.json', { signal, cache: 'no-store' });
@@ -223,8 +224,8 @@ async function resolveFiles(entry, signal, stats) {
       } catch (e) {
         throw new FatalError(`${entry.url}manifest.json is not JSON: ${e.message}`);
       }
-      if (m.format !== 'webdiffusion-package' || m.version !== 1 || !Array.isArray(m.shards)) {
-        throw new FatalError(`${entry.url}manifest.json is not a webdiffusion package (version 1).`);
+      if (m.format !== 'webdiffusion-package' || ![1, 2].includes(m.version) || !Array.isArray(m.shards)) {
+        throw new FatalError(`${entry.url}manifest.json is not a webdiffusion package (version 1 or 2).`);
       }
       const sha256 = hex(await crypto.subtle.digest('SHA-256', bytes));
       const files = [{ path: 'manifest.json', size: bytes.length, sha256, bytes }];
@@ -602,7 +603,7 @@ export async function downloadModel(entry, opts = {}) {
 }
 
 /// A network failure in words a visitor can act on.
-function describeNetworkError(e, entry, signal) {
+export function describeNetworkError(e, entry, signal) {
   if (signal?.aborted || e?.name === 'AbortError') return abortError();
   if (e instanceof TypeError) {
     const offline = typeof navigator !== 'undefined' && navigator.onLine === false;

@@ -186,6 +186,24 @@ export async function deleteFileChunks(modelId, path) {
   });
 }
 
+/// Stores several chunks ({path, index, blob}) of a model in one transaction.
+export async function putChunks(modelId, chunks) {
+  return tx(['chunks'], 'readwrite', (c) => Promise.all(chunks.map((k) => req2p(c.put(k.blob, [modelId, k.path, k.index])))));
+}
+
+/// Every stored chunk of a model as {path: [indices]} (files without records included).
+export async function chunkMap(modelId) {
+  const keys = await tx(['chunks'], 'readonly', (c) => req2p(c.getAllKeys(modelRange(modelId))));
+  const out = {};
+  for (const [, path, index] of keys) (out[path] ||= []).push(index);
+  return out;
+}
+
+/// Drops chunks `from` and later of a file (stale pieces after a resumed conversion).
+export async function deleteChunksFrom(modelId, path, from) {
+  return tx(['chunks'], 'readwrite', (c) => req2p(c.delete(IDBKeyRange.bound([modelId, path, from], [modelId, path, Infinity]))));
+}
+
 /// The file as one Blob over its chunk Blobs: nothing is read into memory until someone slices
 /// and reads it, which is how a 1.7 GB U-Net loads without ever being whole in memory.
 export async function getFileBlob(modelId, path) {

@@ -6,7 +6,7 @@
 // glue and the wasm binary must come from the same build, and so must app.js and worker.js),
 // offline ones the last complete set. Bump VERSION when the list changes.
 
-const VERSION = 2;
+const VERSION = 3;
 const CACHE = `webdiffusion-shell-v${VERSION}`;
 const SHELL = [
   './',
@@ -16,6 +16,7 @@ const SHELL = [
   'worker.js',
   'store.js',
   'download.js',
+  'convert.js',
   'catalog.json',
   'selftest.html',
   'selftest.js',

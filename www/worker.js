@@ -18,6 +18,7 @@
 import init, { Engine } from './pkg/webdiffusion.js';
 import * as store from './store.js';
 import { downloadModel } from './download.js';
+import { downloadConverted } from './convert.js';
 
 let wasm = null;
 let engine = null;
@@ -180,11 +181,13 @@ const handlers = {
     const t0 = performance.now();
     let download;
     try {
-      download = await downloadModel(entry, {
-        chunkSize,
-        signal: abort.signal,
-        onProgress: (p) => post({ type: 'download', id: msg.id, ...p }),
-      });
+      const onProgress = (p) => post({ type: 'download', id: msg.id, ...p });
+      // A diffusers repo to quantize is converted while it streams: the cache holds the
+      // package form, and later visits upload it with no CPU work.
+      if (quant !== 'none') {
+        download = await downloadConverted(entry, engine, quant, { signal: abort.signal, onProgress });
+      }
+      if (!download) download = await downloadModel(entry, { chunkSize, signal: abort.signal, onProgress });
     } finally {
       abort = null;
     }

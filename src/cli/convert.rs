@@ -6,8 +6,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use webdiffusion::gpu::Gpu;
-use webdiffusion::models::convert::{convert, ShardSink};
+use webdiffusion::models::convert::convert;
 use webdiffusion::models::package::{MANIFEST, MAX_SHARD};
+use webdiffusion::models::stream::PieceSink;
 use webdiffusion::quant::{QuantPolicy, StoreType};
 
 #[derive(clap::Args)]
@@ -31,14 +32,23 @@ pub struct Args {
 
 struct DirSink(PathBuf);
 
-impl ShardSink for DirSink {
-    fn write_shard(&mut self, file: &str, bytes: &[u8]) -> webdiffusion::Result<()> {
+impl PieceSink for DirSink {
+    fn append(&mut self, file: &str, index: u32, bytes: &[u8]) -> webdiffusion::Result<()> {
+        use std::io::Write;
         let path = self.0.join(file);
         let io = |e: std::io::Error| webdiffusion::Error::Weights(format!("writing {}: {e}", path.display()));
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
-        std::fs::write(&path, bytes).map_err(io)
+        // Piece 0 starts the shard afresh; later pieces append.
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(index > 0)
+            .truncate(index == 0)
+            .open(&path)
+            .map_err(io)?;
+        f.write_all(bytes).map_err(io)
     }
 }
 

@@ -1,19 +1,21 @@
 //! The converter: a diffusers model (or a package) in, a package out (see `package`).
 //!
-//! Which tensors are matrices, and the order they load in, comes from a dry run of our own model
-//! constructors, so the policy never guesses from names and shards stream in load order. Each
-//! tensor's bytes come from `Weights::stored`, the very function quantize-on-load uses: a
-//! package loads to exactly the weights the same policy gives on load. Shards go to a
-//! `ShardSink` as they fill (a folder natively; IndexedDB in the browser), so memory stays at
-//! one shard plus one tensor.
+//! Which tensors are matrices comes from a dry run of our own model constructors, so the policy
+//! never guesses from names. A diffusers model streams file by file through `StreamConverter`
+//! (what the browser runs while downloading), whose per-slice conversion is the very function
+//! quantize-on-load uses: a package loads to exactly the weights the same policy gives on load.
+//! Shard bytes leave through a `PieceSink` as they are made, so memory stays at one slice.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::clip::ClipTextModel;
 use super::config::{ClipConfig, UNetConfig, VaeConfig};
-use super::loader::{component_tensors, FileSource};
+use super::hash::Sha256State;
+use super::header;
+use super::loader::FileSource;
 use super::package::{sha256_hex, Manifest, ShardEntry, TensorEntry, FORMAT, VERSION};
+use super::stream::{PieceSink, StreamConverter};
 use super::unet::UNet;
 use super::vae::{Decoder, Encoder};
 use super::weights::{Access, Weights};
@@ -37,11 +39,6 @@ pub const SMALL_FILES: &[&str] = &[
 /// Components in load order.
 pub const COMPONENTS: [&str; 3] = ["vae", "text_encoder", "unet"];
 
-/// Where finished shards go.
-pub trait ShardSink {
-    fn write_shard(&mut self, file: &str, bytes: &[u8]) -> Result<()>;
-}
-
 /// The tensors a component's model loads, in order, from `w` (a dry-run or synthetic cursor).
 pub fn component_accesses(component: &str, config_json: &str, w: &Weights) -> Result<Vec<Access>> {
     match component {
@@ -61,60 +58,26 @@ pub fn component_accesses(component: &str, config_json: &str, w: &Weights) -> Re
     Ok(w.accesses())
 }
 
-struct ShardWriter<'s> {
-    component: &'static str,
-    max: usize,
-    buf: Vec<u8>,
-    count: usize,
-    shards: Vec<ShardEntry>,
-    sink: &'s mut dyn ShardSink,
-}
-
-impl ShardWriter<'_> {
-    /// Appends a tensor; returns its (shard, offset).
-    fn add(&mut self, bytes: &[u8]) -> Result<(usize, u64)> {
-        if !self.buf.is_empty() && self.buf.len() + bytes.len() > self.max {
-            self.flush()?;
-        }
-        let place = (self.shards.len(), self.buf.len() as u64);
-        self.buf.extend_from_slice(bytes);
-        while self.buf.len() > self.max {
-            let rest = self.buf.split_off(self.max);
-            self.flush()?;
-            self.buf = rest;
-        }
-        Ok(place)
-    }
-
-    fn flush(&mut self) -> Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let file = format!("shards/{}-{:03}.bin", self.component, self.count);
-        self.sink.write_shard(&file, &self.buf)?;
-        self.shards.push(ShardEntry { file, size: self.buf.len() as u64, sha256: sha256_hex(&self.buf) });
-        self.count += 1;
-        self.buf.clear();
-        Ok(())
-    }
-}
-
 /// What a conversion wrote, and which source tensors no model uses (left out).
 pub struct Converted {
     pub manifest: Manifest,
     pub dropped: Vec<String>,
 }
 
+/// Bytes read from the source at a time.
+const READ: u64 = 16 << 20;
+
 /// Converts the model at `src` with `policy` (`quant` names it in the manifest), writing shards
-/// of at most `max_shard` bytes to `sink`. The manifest is returned, not written: callers
-/// store it last, so a half-written package is never taken for a whole one.
+/// of at most `max_shard` bytes to `sink`. Each weight file streams through the same
+/// `StreamConverter` the browser feeds while downloading. The manifest is returned, not
+/// written: callers store it last, so a half-written package is never taken for a whole one.
 pub fn convert(
     src: &dyn FileSource,
     gpu: &Gpu,
     quant: &str,
     policy: &QuantPolicy,
     max_shard: usize,
-    sink: &mut dyn ShardSink,
+    sink: &mut dyn PieceSink,
 ) -> Result<Converted> {
     super::loader::check_index(src)?;
     let mut files = BTreeMap::new();
@@ -124,39 +87,73 @@ pub fn convert(
             files.insert(path.to_string(), text);
         }
     }
+    if let Some(p) = src.as_package() {
+        return convert_package(p, gpu, quant, policy, max_shard, files, sink);
+    }
+    let mut conv = StreamConverter::new(gpu, quant, policy, max_shard, files)?;
+    for component in COMPONENTS {
+        let path = weights_file(src, component)?;
+        // The file's size from its own header (the last tensor's end), checked as it streams.
+        let prefix = src.read_range(&path, 0, 8)?.unwrap_or_default();
+        let n = header::header_len(&path, &prefix, None)?;
+        let json = src.read_range(&path, 8, n)?.unwrap_or_default();
+        let size = header::parse(&path, &json, None)?.iter().map(|t| t.start + t.len).max().unwrap_or(8 + n);
+        conv.begin_file(&path, size, None)?;
+        let mut at = 0;
+        while at < size {
+            let len = READ.min(size - at);
+            let bytes = src
+                .read_range(&path, at, len)?
+                .ok_or_else(|| Error::Weights(format!("{path} vanished while converting")))?;
+            conv.push(&bytes, sink)?;
+            at += len;
+        }
+        conv.end_file()?;
+    }
+    let done = conv.finish()?;
+    Ok(Converted { manifest: done.manifest, dropped: done.dropped })
+}
+
+/// The weights file of `component` in a diffusers folder: the plain file, else `.fp16`.
+pub fn weights_file(src: &dyn FileSource, component: &str) -> Result<String> {
+    let stem = super::loader::stem(component);
+    for file in [format!("{component}/{stem}.safetensors"), format!("{component}/{stem}.fp16.safetensors")] {
+        if src.read_range(&file, 0, 8)?.is_some() {
+            return Ok(file);
+        }
+    }
+    Err(Error::Weights(format!("{} has no {component}/{stem}[.fp16].safetensors", src.describe())))
+}
+
+/// Re-quantizing a package: its tensors (in load order) through the policy, as on load.
+fn convert_package(
+    p: &super::package::Package<'_>,
+    gpu: &Gpu,
+    quant: &str,
+    policy: &QuantPolicy,
+    max_shard: usize,
+    files: BTreeMap<String, String>,
+    sink: &mut dyn PieceSink,
+) -> Result<Converted> {
     let policy_arc = Arc::new(policy.clone());
-    let mut shards = Vec::new();
-    let mut tensors = Vec::new();
+    let mut out = PackageWriter::new(max_shard, sink)?;
     let mut dropped = Vec::new();
     for component in COMPONENTS {
         let config = files
             .get(&format!("{component}/config.json"))
-            .ok_or_else(|| Error::Weights(format!("{} has no {component}/config.json", src.describe())))?;
-        let source = component_tensors(src, component)?;
-        let dry = Weights::dry_run(&*source, gpu, DType::F32);
+            .ok_or_else(|| Error::Weights(format!("the package has no {component}/config.json")))?;
+        let source = p.tensors(component)?;
+        let dry = Weights::dry_run(&source, gpu, DType::F32);
         let accesses = component_accesses(component, config, &dry)?;
         dropped.extend(dry.unused().into_iter().map(|n| format!("{component}.{n}")));
-        let w = Weights::new(&*source, gpu, DType::F32).with_policy(component, policy_arc.clone());
-        let mut writer =
-            ShardWriter { component, max: max_shard, buf: Vec::new(), count: 0, shards: Vec::new(), sink: &mut *sink };
-        let mut entries = Vec::new();
+        let w = Weights::new(&source, gpu, DType::F32).with_policy(component, policy_arc.clone());
         for a in &accesses {
             let (dtype, bytes) = w.stored_access(a)?;
-            let (shard, offset) = writer.add(&bytes)?;
-            entries.push(TensorEntry {
-                component: component.to_string(),
-                name: a.name.clone(),
-                dtype,
-                shape: a.shape.clone(),
-                shard: shards.len() + shard,
-                offset,
-                length: bytes.len() as u64,
-            });
+            out.add(component, &a.name, dtype, &a.shape, &bytes)?;
         }
-        writer.flush()?;
-        shards.extend(writer.shards);
-        tensors.extend(entries);
+        out.end_component();
     }
+    let (shards, tensors) = out.finish();
     let manifest = Manifest {
         format: FORMAT.into(),
         version: VERSION,
@@ -167,4 +164,81 @@ pub fn convert(
         tensors,
     };
     Ok(Converted { manifest, dropped })
+}
+
+/// Whole tensors into shards (re-quantizing a package, where tensors come in load order).
+struct PackageWriter<'s> {
+    max: u64,
+    sink: &'s mut dyn PieceSink,
+    open: Option<(String, u64, u32, Sha256State)>,
+    count: u32,
+    shards: Vec<ShardEntry>,
+    tensors: Vec<TensorEntry>,
+}
+
+impl<'s> PackageWriter<'s> {
+    fn new(max: usize, sink: &'s mut dyn PieceSink) -> Result<Self> {
+        if max < crate::quant::BLOCK {
+            return Err(Error::Request(format!("a shard of {max} bytes is too small")));
+        }
+        Ok(PackageWriter { max: max as u64, sink, open: None, count: 0, shards: Vec::new(), tensors: Vec::new() })
+    }
+
+    fn add(
+        &mut self,
+        component: &str,
+        name: &str,
+        dtype: crate::quant::StoreType,
+        shape: &[usize],
+        mut bytes: &[u8],
+    ) -> Result<()> {
+        let length = bytes.len() as u64;
+        if self.open.as_ref().is_some_and(|o| o.1 > 0 && o.1 + length > self.max) {
+            self.close();
+        }
+        let offset = self.open.as_ref().map_or(0, |o| o.1);
+        self.tensors.push(TensorEntry {
+            component: component.into(),
+            name: name.into(),
+            dtype,
+            shape: shape.to_vec(),
+            shard: self.shards.len(),
+            offset,
+            length,
+            sha256: Some(sha256_hex(bytes)),
+        });
+        while !bytes.is_empty() {
+            if self.open.as_ref().is_some_and(|o| o.1 >= self.max) {
+                self.close();
+            }
+            if self.open.is_none() {
+                self.open = Some((format!("shards/{component}-{:03}.bin", self.count), 0, 0, Sha256State::new()));
+                self.count += 1;
+            }
+            let o = self.open.as_mut().expect("opened");
+            let take = ((self.max - o.1) as usize).min(bytes.len());
+            self.sink.append(&o.0, o.2, &bytes[..take])?;
+            o.3.update(&bytes[..take]);
+            o.1 += take as u64;
+            o.2 += 1;
+            bytes = &bytes[take..];
+        }
+        Ok(())
+    }
+
+    fn close(&mut self) {
+        if let Some((file, size, _, hash)) = self.open.take() {
+            self.shards.push(ShardEntry { file, size, sha256: hash.hex() });
+        }
+    }
+
+    fn end_component(&mut self) {
+        self.close();
+        self.count = 0;
+    }
+
+    fn finish(mut self) -> (Vec<ShardEntry>, Vec<TensorEntry>) {
+        self.close();
+        (self.shards, self.tensors)
+    }
 }

@@ -18,7 +18,7 @@ use super::package::Package;
 use super::tokenizer::ClipTokenizer;
 use super::unet::UNet;
 use super::vae::{Decoder, Encoder};
-use super::weights::{FileDType, TensorInfo, TensorSource, Weights};
+use super::weights::{TensorInfo, TensorSource, Weights};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu};
 use crate::quant::QuantPolicy;
@@ -120,36 +120,16 @@ pub struct SafeTensorsRanges<'a> {
     entries: BTreeMap<String, (TensorInfo, u64, u64)>,
 }
 
-#[derive(Deserialize)]
-struct HeaderEntry {
-    dtype: String,
-    shape: Vec<usize>,
-    data_offsets: [u64; 2],
-}
-
 impl<'a> SafeTensorsRanges<'a> {
     /// `Ok(None)` when the file does not exist.
     pub fn open(src: &'a dyn FileSource, path: &str) -> Result<Option<SafeTensorsRanges<'a>>> {
-        let bad = |msg: String| Error::Weights(format!("{path} is not a valid safetensors file: {msg}"));
-        let Some(len) = src.read_range(path, 0, 8)? else { return Ok(None) };
-        let n = u64::from_le_bytes(len.try_into().map_err(|_| bad("short header".into()))?);
-        if n > 100 << 20 {
-            return Err(bad(format!("a {n}-byte header")));
-        }
-        let header = src.read_range(path, 8, n)?.ok_or_else(|| bad("vanished while reading".into()))?;
-        let mut map: BTreeMap<String, serde_json::Value> =
-            serde_json::from_slice(&header).map_err(|e| bad(e.to_string()))?;
-        map.remove("__metadata__");
-        let mut entries = BTreeMap::new();
-        for (name, v) in map {
-            let e: HeaderEntry = serde_json::from_value(v).map_err(|e| bad(format!("{name}: {e}")))?;
-            let [a, b] = e.data_offsets;
-            if b < a {
-                return Err(bad(format!("{name} has offsets {a}..{b}")));
-            }
-            let info = TensorInfo { dtype: FileDType::parse(&e.dtype), shape: e.shape };
-            entries.insert(name, (info, 8 + n + a, b - a));
-        }
+        let Some(prefix) = src.read_range(path, 0, 8)? else { return Ok(None) };
+        let n = super::header::header_len(path, &prefix, None)?;
+        let json = src
+            .read_range(path, 8, n)?
+            .ok_or_else(|| Error::Weights(format!("{path} vanished while reading its header")))?;
+        let entries =
+            super::header::parse(path, &json, None)?.into_iter().map(|t| (t.name, (t.info, t.start, t.len))).collect();
         Ok(Some(SafeTensorsRanges { src, path: path.to_string(), entries }))
     }
 }

@@ -23,7 +23,9 @@ use crate::error::{Error, Result};
 use crate::quant::{QuantPolicy, StoreType};
 
 pub const FORMAT: &str = "webdiffusion-package";
-pub const VERSION: u32 = 1;
+/// Version 2 gives every tensor its own sha256, so a reader verifies exactly the bytes it uses
+/// and can read tensors in any order (version 1 packages are verified shard by shard).
+pub const VERSION: u32 = 2;
 /// The largest shard the converter writes (and a client should expect).
 pub const MAX_SHARD: usize = 64 << 20;
 pub const MANIFEST: &str = "manifest.json";
@@ -58,6 +60,9 @@ pub struct TensorEntry {
     pub shard: usize,
     pub offset: u64,
     pub length: u64,
+    /// sha256 of the tensor's `length` bytes (version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 impl Manifest {
@@ -67,23 +72,47 @@ impl Manifest {
         if m.format != FORMAT {
             return Err(Error::Weights(format!("{MANIFEST} is a {:?}, not a {FORMAT}", m.format)));
         }
-        if m.version != VERSION {
+        if !(1..=VERSION).contains(&m.version) {
             return Err(Error::Weights(format!(
-                "package format version {} is not supported by this build (it reads version {VERSION})",
+                "package format version {} is not supported by this build (it reads versions 1 to {VERSION})",
                 m.version
             )));
         }
+        // Where each shard starts in the concatenation of all of them (checked: sizes are input).
+        let mut starts = Vec::with_capacity(m.shards.len() + 1);
+        let mut at = 0u64;
+        for s in &m.shards {
+            starts.push(at);
+            at = at.checked_add(s.size).ok_or_else(|| {
+                Error::Weights(format!("{MANIFEST}: shard {} has an impossible size {}", s.file, s.size))
+            })?;
+        }
+        starts.push(at);
         for t in &m.tensors {
-            let end = t.shard < m.shards.len() && {
-                let span: u64 = m.shards[t.shard..].iter().map(|s| s.size).sum();
-                t.offset + t.length <= span
-            };
-            let numel: usize = t.shape.iter().product();
-            if !end || t.length != t.dtype.bytes(numel) as u64 {
-                return Err(Error::Weights(format!(
-                    "{MANIFEST}: tensor {}.{} has a bad place or length",
-                    t.component, t.name
+            let bad = |why: &str| Error::Weights(format!("{MANIFEST}: tensor {}.{} {why}", t.component, t.name));
+            let start =
+                starts.get(t.shard).filter(|_| t.shard < m.shards.len()).ok_or_else(|| bad("names no shard"))?;
+            let end = start.checked_add(t.offset).and_then(|s| s.checked_add(t.length));
+            if end.is_none_or(|e| e > at) || (t.length > 0 && t.offset >= m.shards[t.shard].size) {
+                return Err(bad("lies outside its shards"));
+            }
+            let numel = t
+                .shape
+                .iter()
+                .try_fold(1usize, |n, &d| n.checked_mul(d))
+                .ok_or_else(|| bad("has too large a shape"))?;
+            if t.dtype.quant().is_some() && numel % crate::quant::BLOCK != 0 || t.length != t.dtype.bytes(numel) as u64
+            {
+                return Err(bad(&format!(
+                    "has {} bytes, its {} shape {:?} needs {}",
+                    t.length,
+                    t.dtype.name(),
+                    t.shape,
+                    t.dtype.bytes(numel)
                 )));
+            }
+            if m.version >= 2 && t.sha256.as_ref().is_none_or(|h| h.len() != 64) {
+                return Err(bad("has no sha256"));
             }
         }
         Ok(m)
@@ -184,6 +213,67 @@ impl FileSource for Package<'_> {
     }
 }
 
+impl PackageTensors<'_, '_> {
+    /// Version 2: exactly the tensor's bytes, checked against its own sha256.
+    fn read_verified(&self, t: &TensorEntry, want: &str) -> Result<Vec<u8>> {
+        let shards = &self.package.manifest.shards;
+        let mut out = Vec::new();
+        out.try_reserve_exact(t.length as usize)
+            .map_err(|_| Error::Tensor { name: t.name.clone(), msg: format!("no memory for {} bytes", t.length) })?;
+        let (mut shard, mut offset) = (t.shard, t.offset);
+        while (out.len() as u64) < t.length {
+            let entry = shards
+                .get(shard)
+                .ok_or_else(|| Error::Tensor { name: t.name.clone(), msg: "runs past the last shard".into() })?;
+            let take = (t.length - out.len() as u64).min(entry.size.saturating_sub(offset));
+            let bytes = self
+                .package
+                .inner
+                .read_range(&entry.file, offset, take)
+                .map_err(|e| Error::Shard {
+                    file: entry.file.clone(),
+                    msg: format!("truncated or unreadable ({e}); an interrupted download? fetch it again"),
+                })?
+                .ok_or_else(|| Error::Shard {
+                    file: entry.file.clone(),
+                    msg: format!("missing from {}", self.package.inner.describe()),
+                })?;
+            out.extend_from_slice(&bytes);
+            shard += 1;
+            offset = 0;
+        }
+        let got = sha256_hex(&out);
+        if got != *want {
+            return Err(Error::Shard {
+                file: shards[t.shard].file.clone(),
+                msg: format!(
+                    "corrupt: tensor {}.{} has sha256 {got}, the manifest says {want} (fetch it again)",
+                    t.component, t.name
+                ),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Version 1: whole shards verified, then sliced.
+    fn read_from_verified_shards(&self, t: &TensorEntry) -> Result<Vec<u8>> {
+        let name = &t.name;
+        let mut out = Vec::with_capacity(t.length as usize);
+        let (mut shard, mut offset) = (t.shard, t.offset as usize);
+        while (out.len() as u64) < t.length {
+            let bytes = self.package.shard(shard)?;
+            let take = (t.length as usize - out.len()).min(bytes.len().saturating_sub(offset));
+            out.extend_from_slice(&bytes[offset..offset + take]);
+            shard += 1;
+            offset = 0;
+            if shard >= self.package.manifest.shards.len() && (out.len() as u64) < t.length {
+                return Err(Error::Tensor { name: name.clone(), msg: "runs past the last shard".into() });
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// One component's tensors in a package.
 pub struct PackageTensors<'p, 'a> {
     package: &'p Package<'a>,
@@ -200,19 +290,11 @@ impl TensorSource for PackageTensors<'_, '_> {
             .entries
             .get(name)
             .ok_or_else(|| Error::Tensor { name: name.into(), msg: "missing from the package".into() })?;
-        let mut out = Vec::with_capacity(t.length as usize);
-        let (mut shard, mut offset) = (t.shard, t.offset as usize);
-        while (out.len() as u64) < t.length {
-            let bytes = self.package.shard(shard)?;
-            let take = (t.length as usize - out.len()).min(bytes.len().saturating_sub(offset));
-            out.extend_from_slice(&bytes[offset..offset + take]);
-            shard += 1;
-            offset = 0;
-            if shard >= self.package.manifest.shards.len() && (out.len() as u64) < t.length {
-                return Err(Error::Tensor { name: name.into(), msg: "runs past the last shard".into() });
-            }
+        match &t.sha256 {
+            Some(want) => self.read_verified(t, want),
+            None => self.read_from_verified_shards(t),
         }
-        Ok(std::borrow::Cow::Owned(out))
+        .map(std::borrow::Cow::Owned)
     }
 
     fn names(&self) -> Vec<String> {

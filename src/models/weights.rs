@@ -396,13 +396,9 @@ impl<'a> Weights<'a> {
             });
         }
         let target = self.policy.as_ref().map(|(component, p)| p.decide(&format!("{component}.{full}"), matrix));
-        match (info.dtype.store(), target) {
-            // Already quantized (a package), or no policy: as stored.
-            (Some(s), _) if s.quant().is_some() => Ok((s, bytes)),
-            (Some(s), None) => Ok((s, bytes)),
-            (Some(s), Some(t)) if s == t => Ok((s, bytes)),
-            (_, t) => {
-                let t = t.unwrap_or(StoreType::F32);
+        match storage(info.dtype, target) {
+            Storage::Keep(s) => Ok((s, bytes)),
+            Storage::Convert(t) => {
                 let values = decode(&bytes, info.dtype, full)?;
                 let bytes = match t.quant() {
                     Some(format) if self.fast_quant => quant::quantize(format, &values)?,
@@ -410,6 +406,43 @@ impl<'a> Weights<'a> {
                 };
                 Ok((t, Cow::Owned(bytes)))
             }
+        }
+    }
+}
+
+/// What becomes of a tensor stored as `from` when a policy wants `target` (`None`: no policy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storage {
+    /// The bytes as stored.
+    Keep(StoreType),
+    /// Decoded and encoded again as this.
+    Convert(StoreType),
+}
+
+pub fn storage(from: FileDType, target: Option<StoreType>) -> Storage {
+    match (from.store(), target) {
+        // Already quantized (a package), or no policy: as stored.
+        (Some(s), _) if s.quant().is_some() => Storage::Keep(s),
+        (Some(s), None) => Storage::Keep(s),
+        (Some(s), Some(t)) if s == t => Storage::Keep(s),
+        (_, t) => Storage::Convert(t.unwrap_or(StoreType::F32)),
+    }
+}
+
+/// `bytes` of `from` values encoded as `to`, exactly as `Weights` stores a whole tensor: slices
+/// of a tensor cut at element boundaries (at 32-value block boundaries for a quantized `to`)
+/// convert to the slices of the whole tensor's bytes.
+pub fn convert_bytes(bytes: &[u8], from: FileDType, to: StoreType, name: &str) -> Result<Vec<u8>> {
+    encode(&decode(bytes, from, name)?, to)
+}
+
+impl FileDType {
+    /// Bytes of one element, for float dtypes stored element by element.
+    pub fn element_bytes(self) -> Option<usize> {
+        match self {
+            FileDType::F32 => Some(4),
+            FileDType::F16 | FileDType::BF16 => Some(2),
+            _ => None,
         }
     }
 }

@@ -107,23 +107,86 @@ pub fn quantize(format: QuantFormat, x: &[f32]) -> Result<Vec<u8>> {
 /// energy (at least 10% less on the unit test's uniform and Gaussian-like data). The reference
 /// scale is one of the candidates, so no block ever gets worse. q8_0 is already within half a
 /// step of 255 levels and keeps the reference rounding.
+///
+/// Blocks are independent, so natively large tensors are split over the CPU's cores; the bytes
+/// do not depend on how (each block is fitted by the same sequence of float operations).
 pub fn quantize_fit(format: QuantFormat, x: &[f32]) -> Result<Vec<u8>> {
     if format == QuantFormat::Q8_0 {
         return quantize(format, x);
     }
     let mut out = quantize(format, x)?;
-    for (b, blk) in x.chunks_exact(BLOCK).zip(out.chunks_exact_mut(format.block_bytes())) {
-        let (d, q) = fit_q4_block(b);
-        blk[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
-        for j in 0..16 {
-            blk[2 + j] = (q[j] + 8) as u8 | (((q[j + 16] + 8) as u8) << 4);
+    let fit_range = |x: &[f32], out: &mut [u8]| {
+        for (b, blk) in x.chunks_exact(BLOCK).zip(out.chunks_exact_mut(format.block_bytes())) {
+            let (d, q) = fit_q4_block(b.try_into().expect("a whole block"));
+            blk[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+            for j in 0..16 {
+                blk[2 + j] = (q[j] + 8) as u8 | (((q[j + 16] + 8) as u8) << 4);
+            }
         }
+    };
+    let blocks = x.len() / BLOCK;
+    let threads = fit_threads(blocks);
+    if threads <= 1 {
+        fit_range(x, &mut out);
+    } else {
+        let per = blocks.div_ceil(threads);
+        #[cfg(not(target_arch = "wasm32"))]
+        std::thread::scope(|s| {
+            for (xs, os) in x.chunks(per * BLOCK).zip(out.chunks_mut(per * format.block_bytes())) {
+                s.spawn(move || fit_range(xs, os));
+            }
+        });
     }
     Ok(out)
 }
 
+/// How many threads fit `blocks` q4_0 blocks: one per core natively once a tensor is large enough
+/// to pay for spawning them (a block costs about a microsecond); one in wasm.
+fn fit_threads(blocks: usize) -> usize {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        cores.min(blocks / 4096).max(1)
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        let _ = blocks;
+        1
+    }
+}
+
+/// Scale candidates per block: the reference (the extreme value at level -8, or at +7), then
+/// 7.0..8.5 steps of 0.1 around both.
+const CANDIDATES: usize = 34;
+
+/// `round(clamp(y, -8, 7))` with `f32::round`'s ties away from zero, NaN giving 0, exactly as
+/// `(y.round().clamp(-8.0, 7.0)) as i32` (rounding is monotone and fixes the integer bounds, so
+/// clamping first changes nothing), but in operations that vectorize.
+#[inline(always)]
+fn level(v: f32, d: f32) -> i32 {
+    if d == 0.0 {
+        return 0;
+    }
+    let y = v / d;
+    let c = if y < -8.0 {
+        -8.0
+    } else if y > 7.0 {
+        7.0
+    } else {
+        y
+    };
+    let t = c as i32;
+    let f = c - t as f32;
+    t + i32::from(f >= 0.5) - i32::from(f <= -0.5)
+}
+
 /// The q4_0 scale (f16-exact) and levels in -8..=7 of least squared error for one block.
-fn fit_q4_block(b: &[f32]) -> (f32, [i32; BLOCK]) {
+///
+/// Every candidate scale is evaluated, each with its sums accumulated in element order, so the
+/// result is the same as fitting candidate after candidate; the loops run across candidates
+/// (independent lanes), which the compiler vectorizes. `tests/quant.rs` checks it bit for bit
+/// against the plain candidate-by-candidate form.
+fn fit_q4_block(b: &[f32; BLOCK]) -> (f32, [i32; BLOCK]) {
     let (mut amax, mut max) = (0f32, 0f32);
     for &v in b {
         if v.abs() > amax {
@@ -131,39 +194,51 @@ fn fit_q4_block(b: &[f32]) -> (f32, [i32; BLOCK]) {
             max = v;
         }
     }
-    let mut best = (0f32, [0i32; BLOCK], f32::INFINITY);
     if amax == 0.0 {
-        return (best.0, best.1);
+        return (0.0, [0; BLOCK]);
     }
-    let levels = |d: f32| -> ([i32; BLOCK], f32) {
-        let mut q = [0i32; BLOCK];
-        let mut err = 0f32;
-        for (qi, &v) in q.iter_mut().zip(b) {
-            *qi = if d == 0.0 { 0 } else { (v / d).round().clamp(-8.0, 7.0) as i32 };
-            err += (v - d * *qi as f32).powi(2);
-        }
-        (q, err)
-    };
-    // The reference (the extreme value at level -8, or at +7), then 7.0..8.5 steps of 0.1
-    // around both, each refined by the least-squares scale of its levels.
-    let mut candidates = vec![max / -8.0, max / 7.0];
+    let mut cand = [0f32; CANDIDATES];
+    cand[0] = max / -8.0;
+    cand[1] = max / 7.0;
     for i in 0..16 {
         let n = 7.0 + 0.1 * i as f32;
-        candidates.extend([max / -n, max / n]);
+        cand[2 + 2 * i] = max / -n;
+        cand[3 + 2 * i] = max / n;
     }
-    for d in candidates {
-        let (q, _) = levels(d);
-        let (sxq, sqq) =
-            q.iter().zip(b).fold((0f32, 0f32), |(a, c), (&qi, &v)| (a + v * qi as f32, c + (qi * qi) as f32));
-        for d in [d, if sqq > 0.0 { sxq / sqq } else { d }] {
-            let d = f16::from_f32(d).to_f32();
-            let (q, err) = levels(d);
-            if err < best.2 {
-                best = (d, q, err);
-            }
+    // Each candidate's levels, refined by the least-squares scale of those levels.
+    let (mut sxq, mut sqq) = ([0f32; CANDIDATES], [0f32; CANDIDATES]);
+    for &v in b {
+        for k in 0..CANDIDATES {
+            let q = level(v, cand[k]);
+            sxq[k] += v * q as f32;
+            sqq[k] += (q * q) as f32;
         }
     }
-    (best.0, best.1)
+    // Both scales of every candidate, as f16 stores them, in the order they are tried.
+    let mut ds = [0f32; 2 * CANDIDATES];
+    for k in 0..CANDIDATES {
+        let refined = if sqq[k] > 0.0 { sxq[k] / sqq[k] } else { cand[k] };
+        ds[2 * k] = f16::from_f32(cand[k]).to_f32();
+        ds[2 * k + 1] = f16::from_f32(refined).to_f32();
+    }
+    let mut err = [0f32; 2 * CANDIDATES];
+    for &v in b {
+        for m in 0..2 * CANDIDATES {
+            let e = v - ds[m] * level(v, ds[m]) as f32;
+            err[m] += e * e;
+        }
+    }
+    // The first strictly smallest error wins, as when trying them one by one.
+    let (mut best, mut best_err) = (None, f32::INFINITY);
+    for (m, &e) in err.iter().enumerate() {
+        if e < best_err {
+            best = Some(m);
+            best_err = e;
+        }
+    }
+    let Some(m) = best else { return (0.0, [0; BLOCK]) };
+    let d = ds[m];
+    (d, b.map(|v| level(v, d)))
 }
 
 /// Expands GGML blocks back to f32.
@@ -288,6 +363,85 @@ mod tests {
             dequantize(QuantFormat::Q4_0, &quantize_fit(QuantFormat::Q4_0, &[0.0; 32]).unwrap()).unwrap(),
             vec![0.0; 32]
         );
+    }
+
+    /// The fit as first written, candidate after candidate: the oracle `fit_q4_block`'s
+    /// vectorizable form must equal bit for bit.
+    fn fit_one_by_one(b: &[f32]) -> (f32, [i32; BLOCK]) {
+        let (mut amax, mut max) = (0f32, 0f32);
+        for &v in b {
+            if v.abs() > amax {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        let mut best = (0f32, [0i32; BLOCK], f32::INFINITY);
+        if amax == 0.0 {
+            return (best.0, best.1);
+        }
+        let levels = |d: f32| -> ([i32; BLOCK], f32) {
+            let mut q = [0i32; BLOCK];
+            let mut err = 0f32;
+            for (qi, &v) in q.iter_mut().zip(b) {
+                *qi = if d == 0.0 { 0 } else { (v / d).round().clamp(-8.0, 7.0) as i32 };
+                err += (v - d * *qi as f32).powi(2);
+            }
+            (q, err)
+        };
+        let mut candidates = vec![max / -8.0, max / 7.0];
+        for i in 0..16 {
+            let n = 7.0 + 0.1 * i as f32;
+            candidates.extend([max / -n, max / n]);
+        }
+        for d in candidates {
+            let (q, _) = levels(d);
+            let (sxq, sqq) =
+                q.iter().zip(b).fold((0f32, 0f32), |(a, c), (&qi, &v)| (a + v * qi as f32, c + (qi * qi) as f32));
+            for d in [d, if sqq > 0.0 { sxq / sqq } else { d }] {
+                let d = f16::from_f32(d).to_f32();
+                let (q, err) = levels(d);
+                if err < best.2 {
+                    best = (d, q, err);
+                }
+            }
+        }
+        (best.0, best.1)
+    }
+
+    #[test]
+    fn vectorized_fit_equals_the_one_by_one_fit_bit_for_bit() {
+        let n = 32 * 20_000;
+        let u = crate::selftest::random_values(31, n);
+        let mut blocks: Vec<Vec<f32>> = Vec::new();
+        // Uniform, Gaussian-like with outliers, tiny (subnormal scales), huge (f16 overflow),
+        // values on rounding ties, constant, one spike, and hostile non-finite values.
+        blocks.extend(u.chunks(32).take(8000).map(|c| c.to_vec()));
+        blocks.extend(u.chunks(128).take(4000).map(|c| {
+            (0..32).map(|j| c[4 * j..4 * j + 4].iter().sum::<f32>() * if j == 5 { 4.0 } else { 1.0 }).collect()
+        }));
+        blocks.extend(u.chunks(32).take(500).map(|c| c.iter().map(|v| v * 1e-41).collect()));
+        blocks.extend(u.chunks(32).take(500).map(|c| c.iter().map(|v| v * 1e6).collect()));
+        blocks.extend(u.chunks(32).take(500).map(|c| c.iter().map(|v| ((v * 16.0).round() + 0.5) / 8.0).collect()));
+        blocks.push(vec![0.25; 32]);
+        blocks.push((0..32).map(|j| if j == 7 { -3.0 } else { 0.0 }).collect());
+        blocks.push((0..32).map(|j| [f32::NAN, 1.0, -0.5, f32::INFINITY][j % 4]).collect());
+        blocks.push((0..32).map(|j| if j == 0 { f32::NEG_INFINITY } else { 0.1 }).collect());
+        blocks.push(vec![f32::NAN; 32]);
+        blocks.push(vec![-0.0; 32]);
+        for (i, b) in blocks.iter().enumerate() {
+            let (d, q) = fit_q4_block(b.as_slice().try_into().unwrap());
+            let (rd, rq) = fit_one_by_one(b);
+            assert!(d.to_bits() == rd.to_bits() && q == rq, "block {i} {b:?}: {d} {q:?} vs {rd} {rq:?}");
+        }
+        // Through the public, multi-threaded entry point as well.
+        let flat: Vec<f32> = blocks.iter().flatten().copied().collect();
+        let mut want = Vec::new();
+        for b in &blocks {
+            let (d, q) = fit_one_by_one(b);
+            want.extend(f16::from_f32(d).to_le_bytes());
+            want.extend((0..16).map(|j| (q[j] + 8) as u8 | (((q[j + 16] + 8) as u8) << 4)));
+        }
+        assert_eq!(quantize_fit(QuantFormat::Q4_0, &flat).unwrap(), want);
     }
 
     #[test]

@@ -11,12 +11,14 @@ import { serve } from '../../tools/serve.mjs';
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 export const ARTIFACTS = join(ROOT, 'test-artifacts');
 
-export async function serveApp() {
+/// The app on 127.0.0.1; `pkg` replaces the wasm build folder (the browser benchmark's driver
+/// runs against a stub engine with it, tools/bench/stub-pkg).
+export async function serveApp({ pkg = join(ROOT, 'pkg') } = {}) {
   const server = await serve({
     host: '127.0.0.1',
     port: 0,
     mounts: [
-      { url: '/pkg/', dir: join(ROOT, 'pkg') },
+      { url: '/pkg/', dir: pkg },
       { url: '/fixtures/', dir: join(ROOT, 'tests/fixtures') },
       { url: '/test/', dir: join(ROOT, 'tests/browser/pages') },
       { url: '/artifacts/', dir: ARTIFACTS },

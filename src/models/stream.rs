@@ -1,0 +1,562 @@
+//! Converting a model while it downloads: weight files are pushed in as their bytes arrive, in
+//! file order, and leave as package shards in their stored form (the policy's q4_0/q8_0/f16),
+//! so a browser never stores the fp16 repo and a returning visit uploads stored blocks with no
+//! CPU quantization. The native `convert` runs the same code over whole files, so the two give
+//! the same package byte for byte however the bytes were cut.
+//!
+//! Each tensor is converted in slices as its bytes come (slices end on 32-value block
+//! boundaries), so memory holds one slice, never a whole tensor in f32. Shards leave as pieces
+//! through a `PieceSink`; a tensor is placed in a shard when it starts, as the converter always
+//! placed it (a fresh shard when it does not fit, spanning shards when larger than one).
+//!
+//! After every tensor the converter notes a *checkpoint*: where the file's next tensor starts,
+//! the shard pieces written, and the running sha256 states of the file and the open shard. A
+//! download cut anywhere resumes from the checkpoint (`resume`, then fetch from `position`),
+//! re-sending at most one tensor.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::convert::{component_accesses, COMPONENTS};
+use super::hash::Sha256State;
+use super::header::{self, HeaderTensor};
+use super::package::{Manifest, ShardEntry, TensorEntry, FORMAT, VERSION};
+use super::weights::{convert_bytes, storage, Storage, TensorInfo, TensorSource, Weights};
+use crate::error::{Error, Result};
+use crate::gpu::{DType, Gpu};
+use crate::quant::{QuantPolicy, BLOCK};
+
+/// Input bytes converted at a time (f32 values of one slice: 8 MiB at most from f16).
+const SLICE: usize = 4 << 20;
+
+/// Where shard bytes go: piece `index` (0, 1, ... per shard) of `shard`, in order.
+pub trait PieceSink {
+    fn append(&mut self, shard: &str, index: u32, bytes: &[u8]) -> Result<()>;
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct OpenShard {
+    file: String,
+    size: u64,
+    pieces: u32,
+    hash: Sha256State,
+}
+
+/// The part of the state that moves at tensor boundaries (what a checkpoint restores).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Mark {
+    /// Bytes of the file consumed.
+    position: u64,
+    /// The file's running sha256 over those bytes.
+    file_hash: Sha256State,
+    /// The next tensor of the file's plan.
+    next: usize,
+    open: Option<OpenShard>,
+    shards: usize,
+    tensors: usize,
+    dropped: usize,
+    component_shards: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct FileState {
+    path: String,
+    component: String,
+    size: u64,
+    expected_sha256: Option<String>,
+    /// The JSON header, once it has arrived (the plan is rebuilt from it on resume).
+    header: Option<String>,
+    mark: Mark,
+}
+
+/// What a tensor of the file becomes.
+struct Item {
+    t: HeaderTensor,
+    /// The access the model made (`None`: no model uses it; its bytes are skipped).
+    shape: Option<Vec<usize>>,
+    storage: Storage,
+}
+
+/// The tensor being converted.
+struct Current {
+    pending: Vec<u8>,
+    hash: Sha256,
+    entry: TensorEntry,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct State {
+    quant: String,
+    policy: QuantPolicy,
+    max_shard: u64,
+    files: BTreeMap<String, String>,
+    shards: Vec<ShardEntry>,
+    tensors: Vec<TensorEntry>,
+    dropped: Vec<String>,
+    converted: Vec<(String, String)>,
+    open: Option<OpenShard>,
+    file: Option<FileState>,
+}
+
+pub struct StreamConverter {
+    gpu: Gpu,
+    policy: Arc<QuantPolicy>,
+    st: State,
+    /// The header bytes received so far (before it is parsed).
+    head: Vec<u8>,
+    plan: Vec<Item>,
+    cur: Option<Current>,
+    /// The current file's running hash and shard counter (the mark holds them at boundaries).
+    file_hash: Sha256State,
+    position: u64,
+    next: usize,
+    component_shards: u32,
+}
+
+/// A finished conversion: the manifest to store last, and the source tensors no model uses.
+pub struct Finished {
+    pub manifest: Manifest,
+    pub dropped: Vec<String>,
+    /// (path, sha256) of every weight file converted, as computed over its bytes.
+    pub files: Vec<(String, String)>,
+}
+
+/// A tensor list without data, for the dry run that plans a file.
+struct HeaderOnly(BTreeMap<String, TensorInfo>);
+
+impl TensorSource for HeaderOnly {
+    fn info(&self, name: &str) -> Option<TensorInfo> {
+        self.0.get(name).cloned()
+    }
+    fn bytes(&self, name: &str) -> Result<std::borrow::Cow<'_, [u8]>> {
+        Err(Error::Tensor { name: name.into(), msg: "planning reads no data".into() })
+    }
+    fn names(&self) -> Vec<String> {
+        self.0.keys().cloned().collect()
+    }
+}
+
+impl StreamConverter {
+    /// A conversion with `policy` (`quant` names it in the manifest) into shards of at most
+    /// `max_shard` bytes; `files` are the small text files of the layout (configs, tokenizer).
+    pub fn new(
+        gpu: &Gpu,
+        quant: &str,
+        policy: &QuantPolicy,
+        max_shard: usize,
+        files: BTreeMap<String, String>,
+    ) -> Result<Self> {
+        if max_shard < BLOCK {
+            return Err(Error::Request(format!("a shard of {max_shard} bytes is too small")));
+        }
+        let st = State {
+            quant: quant.into(),
+            policy: policy.clone(),
+            max_shard: max_shard as u64,
+            files,
+            shards: Vec::new(),
+            tensors: Vec::new(),
+            dropped: Vec::new(),
+            converted: Vec::new(),
+            open: None,
+            file: None,
+        };
+        Ok(Self::from_state(gpu, st))
+    }
+
+    fn from_state(gpu: &Gpu, st: State) -> Self {
+        StreamConverter {
+            gpu: gpu.clone(),
+            policy: Arc::new(st.policy.clone()),
+            st,
+            head: Vec::new(),
+            plan: Vec::new(),
+            cur: None,
+            file_hash: Sha256State::new(),
+            position: 0,
+            next: 0,
+            component_shards: 0,
+        }
+    }
+
+    /// Starts weight file `path` (`<component>/<name>.safetensors`) of `size` bytes; its sha256
+    /// is checked at `end_file` when known.
+    pub fn begin_file(&mut self, path: &str, size: u64, expected_sha256: Option<String>) -> Result<()> {
+        if let Some(f) = &self.st.file {
+            return Err(Error::Request(format!("{path} started before {} ended", f.path)));
+        }
+        let component = path.split('/').next().unwrap_or_default().to_string();
+        if !COMPONENTS.contains(&component.as_str()) {
+            return Err(Error::Weights(format!("{path}: {component:?} is not a model component")));
+        }
+        if self.st.converted.iter().any(|(p, _)| p.split('/').next() == Some(component.as_str())) {
+            return Err(Error::Weights(format!("{path}: the {component} weights were converted already")));
+        }
+        let mark = Mark {
+            position: 0,
+            file_hash: Sha256State::new(),
+            next: 0,
+            open: self.st.open.clone(),
+            shards: self.st.shards.len(),
+            tensors: self.st.tensors.len(),
+            dropped: self.st.dropped.len(),
+            component_shards: 0,
+        };
+        self.st.file = Some(FileState {
+            path: path.into(),
+            component,
+            size,
+            expected_sha256: expected_sha256.map(|s| s.to_ascii_lowercase()),
+            header: None,
+            mark,
+        });
+        self.head.clear();
+        self.plan.clear();
+        self.cur = None;
+        self.file_hash = Sha256State::new();
+        self.position = 0;
+        self.next = 0;
+        self.component_shards = 0;
+        Ok(())
+    }
+
+    /// Where the current file's bytes must continue from (after `resume`, fetch from here).
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// The next bytes of the current file.
+    pub fn push(&mut self, mut data: &[u8], sink: &mut dyn PieceSink) -> Result<()> {
+        let f = self.st.file.as_ref().ok_or_else(|| Error::Request("bytes pushed with no file begun".into()))?;
+        if self.position.checked_add(data.len() as u64).is_none_or(|end| end > f.size) {
+            return Err(Error::Weights(format!("{}: more bytes than its {} announced", f.path, f.size)));
+        }
+        if f.header.is_none() {
+            data = self.take_header(data)?;
+        }
+        while self.st.file.as_ref().is_some_and(|f| f.header.is_some()) {
+            self.finish_empty_tensors()?;
+            if data.is_empty() {
+                break;
+            }
+            let item = self.plan.get(self.next).ok_or_else(|| {
+                Error::Weights(format!("{}: bytes past its last tensor", self.st.file.as_ref().map_or("", |f| &f.path)))
+            })?;
+            let end = item.t.start + item.t.len;
+            let take = (end - self.position).min(data.len() as u64) as usize;
+            let (seg, rest) = data.split_at(take);
+            self.file_hash.update(seg);
+            self.position += take as u64;
+            self.tensor_bytes(seg, sink)?;
+            if self.position == end {
+                self.finish_tensor()?;
+            }
+            data = rest;
+        }
+        Ok(())
+    }
+
+    /// Buffers the header until it is whole, then plans the file; returns the bytes after it.
+    fn take_header<'d>(&mut self, mut data: &'d [u8]) -> Result<&'d [u8]> {
+        let (path, size) = self.st.file.as_ref().map(|f| (f.path.clone(), f.size)).unwrap_or_default();
+        loop {
+            let need = if self.head.len() < 8 {
+                8 - self.head.len()
+            } else {
+                let n = header::header_len(&path, &self.head[..8], Some(size))?;
+                (8 + n as usize) - self.head.len()
+            };
+            if need == 0 {
+                let json = String::from_utf8(self.head[8..].to_vec())
+                    .map_err(|_| Error::Weights(format!("{path}: the safetensors header is not UTF-8")))?;
+                self.plan_file(&json)?;
+                if let Some(f) = self.st.file.as_mut() {
+                    f.header = Some(json);
+                }
+                self.head.clear();
+                self.mark();
+                return Ok(data);
+            }
+            if data.is_empty() {
+                return Ok(data);
+            }
+            let take = need.min(data.len());
+            self.head.extend_from_slice(&data[..take]);
+            self.file_hash.update(&data[..take]);
+            self.position += take as u64;
+            data = &data[take..];
+        }
+    }
+
+    /// What each tensor of the file becomes: a dry run of the component's model over the header.
+    fn plan_file(&mut self, json: &str) -> Result<()> {
+        let f = self.st.file.as_ref().ok_or_else(|| Error::Request("no file begun".into()))?;
+        let tensors = header::parse(&f.path, json.as_bytes(), Some(f.size))?;
+        // Every byte must belong to the header or to exactly one tensor.
+        let mut at = 8 + json.len() as u64;
+        for t in &tensors {
+            if t.start != at {
+                return Err(Error::Weights(format!("{}: bytes {at}..{} belong to no tensor", f.path, t.start)));
+            }
+            at = t.start + t.len;
+        }
+        if at != f.size {
+            return Err(Error::Weights(format!("{}: bytes {at}..{} belong to no tensor", f.path, f.size)));
+        }
+        let config = self.st.files.get(&format!("{}/config.json", f.component)).ok_or_else(|| {
+            Error::Weights(format!("{}: no {}/config.json came before its weights", f.path, f.component))
+        })?;
+        let source = HeaderOnly(tensors.iter().map(|t| (t.name.clone(), t.info.clone())).collect());
+        let dry = Weights::dry_run(&source, &self.gpu, DType::F32);
+        let accesses: BTreeMap<String, _> =
+            component_accesses(&f.component, config, &dry)?.into_iter().map(|a| (a.name.clone(), a)).collect();
+        let component = f.component.clone();
+        self.plan = tensors
+            .into_iter()
+            .map(|t| {
+                let access = accesses.get(&t.name);
+                let target = access.map(|a| self.policy.decide(&format!("{component}.{}", t.name), a.matrix));
+                Item { shape: access.map(|a| a.shape.clone()), storage: storage(t.info.dtype, target), t }
+            })
+            .collect();
+        Ok(())
+    }
+
+    /// Notes a tensor boundary: what `checkpoint` saves.
+    fn mark(&mut self) {
+        let (position, file_hash, next, component_shards) =
+            (self.position, self.file_hash.clone(), self.next, self.component_shards);
+        let (open, shards, tensors, dropped) =
+            (self.st.open.clone(), self.st.shards.len(), self.st.tensors.len(), self.st.dropped.len());
+        if let Some(f) = self.st.file.as_mut() {
+            f.mark = Mark { position, file_hash, next, open, shards, tensors, dropped, component_shards };
+        }
+    }
+
+    /// Opens the current tensor on its first byte: its entry and its place in the shards.
+    fn start_tensor(&mut self) -> Result<()> {
+        let item = &self.plan[self.next];
+        let Some(shape) = item.shape.clone() else { return Ok(()) };
+        let name = item.t.name.clone();
+        let length = match item.storage {
+            Storage::Keep(_) => item.t.len,
+            Storage::Convert(t) => {
+                let numel = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+                numel
+                    .map(|n| t.bytes(n) as u64)
+                    .ok_or_else(|| Error::Tensor { name: name.clone(), msg: format!("shape {shape:?} is too large") })?
+            }
+        };
+        let dtype = match item.storage {
+            Storage::Keep(s) | Storage::Convert(s) => s,
+        };
+        if self.st.open.as_ref().is_some_and(|o| o.size > 0 && o.size + length > self.st.max_shard) {
+            self.close_shard();
+        }
+        let offset = self.st.open.as_ref().map_or(0, |o| o.size);
+        let component = self.st.file.as_ref().map(|f| f.component.clone()).unwrap_or_default();
+        let entry =
+            TensorEntry { component, name, dtype, shape, shard: self.st.shards.len(), offset, length, sha256: None };
+        self.cur = Some(Current { pending: Vec::new(), hash: Sha256::new(), entry });
+        Ok(())
+    }
+
+    /// Bytes of the current tensor: converted in whole slices, written out.
+    fn tensor_bytes(&mut self, seg: &[u8], sink: &mut dyn PieceSink) -> Result<()> {
+        if self.plan[self.next].shape.is_none() {
+            return Ok(());
+        }
+        if self.cur.is_none() {
+            self.start_tensor()?;
+        }
+        let item = &self.plan[self.next];
+        let done = self.position == item.t.start + item.t.len;
+        match item.storage {
+            Storage::Keep(_) => self.write(seg, sink),
+            Storage::Convert(to) => {
+                let from = item.t.info.dtype;
+                let unit = from.element_bytes().ok_or_else(|| Error::Tensor {
+                    name: item.t.name.clone(),
+                    msg: format!("{from:?} cannot be converted"),
+                })? * if to.quant().is_some() { BLOCK } else { 1 };
+                let name = item.t.name.clone();
+                let slice = SLICE / unit * unit + unit;
+                let mut pending = std::mem::take(&mut self.cur.as_mut().expect("started").pending);
+                pending.extend_from_slice(seg);
+                let mut at = 0;
+                while pending.len() - at >= slice || (done && at < pending.len()) {
+                    let n = (pending.len() - at).min(slice) / unit * unit;
+                    if n == 0 {
+                        return Err(Error::Tensor { name, msg: "is not a whole number of 32-value blocks".into() });
+                    }
+                    let out = convert_bytes(&pending[at..at + n], from, to, &name)?;
+                    self.write(&out, sink)?;
+                    at += n;
+                }
+                pending.drain(..at);
+                self.cur.as_mut().expect("started").pending = pending;
+                Ok(())
+            }
+        }
+    }
+
+    /// Output bytes of the current tensor into the open shard (opening and closing shards).
+    fn write(&mut self, mut bytes: &[u8], sink: &mut dyn PieceSink) -> Result<()> {
+        if let Some(cur) = self.cur.as_mut() {
+            cur.hash.update(bytes);
+        }
+        while !bytes.is_empty() {
+            if self.st.open.as_ref().is_some_and(|o| o.size >= self.st.max_shard) {
+                self.close_shard();
+            }
+            if self.st.open.is_none() {
+                let component = self.st.file.as_ref().map(|f| f.component.clone()).unwrap_or_default();
+                let file = format!("shards/{component}-{:03}.bin", self.component_shards);
+                self.component_shards += 1;
+                self.st.open = Some(OpenShard { file, size: 0, pieces: 0, hash: Sha256State::new() });
+            }
+            let o = self.st.open.as_mut().expect("opened");
+            let take = ((self.st.max_shard - o.size) as usize).min(bytes.len());
+            sink.append(&o.file, o.pieces, &bytes[..take])?;
+            o.hash.update(&bytes[..take]);
+            o.size += take as u64;
+            o.pieces += 1;
+            bytes = &bytes[take..];
+        }
+        Ok(())
+    }
+
+    fn close_shard(&mut self) {
+        if let Some(o) = self.st.open.take() {
+            self.st.shards.push(ShardEntry { file: o.file, size: o.size, sha256: o.hash.hex() });
+        }
+    }
+
+    /// The current tensor is complete: its entry goes into the manifest.
+    fn finish_tensor(&mut self) -> Result<()> {
+        let item = &self.plan[self.next];
+        if item.shape.is_some() {
+            if self.cur.is_none() {
+                self.start_tensor()?;
+            }
+            let cur = self.cur.take().expect("started");
+            let mut entry = cur.entry;
+            entry.sha256 = Some(cur.hash.finalize().iter().map(|b| format!("{b:02x}")).collect());
+            self.st.tensors.push(entry);
+        } else {
+            let component = self.st.file.as_ref().map(|f| f.component.clone()).unwrap_or_default();
+            self.st.dropped.push(format!("{component}.{}", item.t.name));
+        }
+        self.next += 1;
+        self.mark();
+        Ok(())
+    }
+
+    /// Zero-length tensors at the current position take no bytes: finish them now.
+    fn finish_empty_tensors(&mut self) -> Result<()> {
+        while self.plan.get(self.next).is_some_and(|i| i.t.len == 0 && i.t.start == self.position) {
+            self.finish_tensor()?;
+        }
+        Ok(())
+    }
+
+    /// The current file is complete: checks its length and sha256; returns the sha256.
+    pub fn end_file(&mut self) -> Result<String> {
+        let f = self.st.file.as_ref().ok_or_else(|| Error::Request("end_file with no file begun".into()))?;
+        let (path, expected) = (f.path.clone(), f.expected_sha256.clone());
+        if self.position != f.size || f.header.is_none() {
+            return Err(Error::Weights(format!("{path}: truncated at byte {} of {}", self.position, f.size)));
+        }
+        self.finish_empty_tensors()?;
+        if self.next != self.plan.len() {
+            return Err(Error::Weights(format!("{path}: ended inside tensor {}", self.plan[self.next].t.name)));
+        }
+        let got = self.file_hash.hex();
+        if let Some(want) = &expected {
+            if &got != want {
+                return Err(Error::Weights(format!(
+                    "{path} is corrupt: its sha256 is {got}, expected {want} (download it again)"
+                )));
+            }
+        }
+        self.close_shard();
+        self.st.converted.push((path, got.clone()));
+        self.st.file = None;
+        self.plan.clear();
+        Ok(got)
+    }
+
+    /// The converter's state at the last tensor boundary, as JSON (see `resume`).
+    pub fn checkpoint(&self) -> Result<String> {
+        let mut st = self.st.clone();
+        if let Some(f) = st.file.as_ref() {
+            let m = &f.mark;
+            st.shards.truncate(m.shards);
+            st.tensors.truncate(m.tensors);
+            st.open = m.open.clone();
+            st.dropped.truncate(m.dropped);
+        }
+        serde_json::to_string(&st).map_err(|e| Error::Request(format!("saving the conversion: {e}")))
+    }
+
+    /// A converter back at a checkpoint. The bytes of the current file continue at `position()`;
+    /// shard pieces written after the checkpoint must be discarded (`open_shard_pieces` says how
+    /// many of the open shard to keep).
+    pub fn resume(gpu: &Gpu, checkpoint: &str) -> Result<Self> {
+        let st: State = serde_json::from_str(checkpoint)
+            .map_err(|e| Error::Request(format!("the saved conversion cannot be resumed: {e}")))?;
+        let mut c = Self::from_state(gpu, st);
+        if let Some(f) = c.st.file.clone() {
+            c.file_hash = f.mark.file_hash.clone();
+            c.position = f.mark.position;
+            c.next = f.mark.next;
+            c.component_shards = f.mark.component_shards;
+            if let Some(json) = &f.header {
+                c.plan_file(json)?;
+            } else {
+                c.position = 0;
+                c.file_hash = Sha256State::new();
+            }
+        }
+        Ok(c)
+    }
+
+    /// The shard files this state covers, with how many pieces of each: after `resume`, every
+    /// other stored shard file, and every later piece, is stale.
+    pub fn shard_pieces(&self) -> Vec<(String, u32)> {
+        let done = self.st.shards.iter().map(|s| (s.file.clone(), u32::MAX));
+        done.chain(self.st.open.as_ref().map(|o| (o.file.clone(), o.pieces))).collect()
+    }
+
+    /// The path of the file being converted, if any.
+    pub fn current_file(&self) -> Option<&str> {
+        self.st.file.as_ref().map(|f| f.path.as_str())
+    }
+
+    /// All components converted: the manifest.
+    pub fn finish(mut self) -> Result<Finished> {
+        if let Some(f) = &self.st.file {
+            return Err(Error::Request(format!("{} has not ended", f.path)));
+        }
+        for c in COMPONENTS {
+            if !self.st.converted.iter().any(|(p, _)| p.split('/').next() == Some(c)) {
+                return Err(Error::Weights(format!("no {c} weights were converted")));
+            }
+        }
+        self.close_shard();
+        let st = self.st;
+        let manifest = Manifest {
+            format: FORMAT.into(),
+            version: VERSION,
+            quant: st.quant,
+            policy: st.policy,
+            files: st.files,
+            shards: st.shards,
+            tensors: st.tensors,
+        };
+        Ok(Finished { manifest, dropped: st.dropped, files: st.converted })
+    }
+}

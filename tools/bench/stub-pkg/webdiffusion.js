@@ -1,0 +1,93 @@
+// A stand-in for the wasm build (pkg/webdiffusion.js) with the same surface worker.js uses for
+// `quant: 'none'` loads — init(), Engine.create/info/lost/load/free, Model.info/generate/free —
+// and no GPU work: it reads every byte the loader offers (so IndexedDB reads are real) and
+// paints an image that depends on the seed and on a hash of those bytes. It exists to run the
+// browser benchmark's driver (tools/bench/browser-bench.mjs --pkg tools/bench/stub-pkg
+// --quant none) where no wasm build is at hand; its timings say nothing about the engine.
+
+const memory = new WebAssembly.Memory({ initial: 17 });
+
+export default async function init() {
+  return { memory };
+}
+
+const SLICE = 8 << 20;
+
+class Model {
+  constructor(digest, name) {
+    this.digest = digest;
+    this.name = name;
+  }
+
+  info() {
+    return { name: this.name, defaultWidth: 64, defaultHeight: 64, scheduler: 'ddim', stub: true };
+  }
+
+  async generate(request, onStep) {
+    for (let i = 0; i < request.steps; i++) {
+      await new Promise((r) => setTimeout(r, 10));
+      if (onStep(i, request.steps, null) === false) return { cancelled: true };
+    }
+    const { width, height } = request;
+    const rgba = new Uint8Array(width * height * 4);
+    let h = (this.digest ^ Math.imul(request.seed >>> 0, 0x9e3779b1)) >>> 0;
+    for (let i = 0; i < rgba.length; i++) {
+      h = Math.imul(h ^ (h >>> 15), 0x2c1b3c6d) >>> 0;
+      rgba[i] = i % 4 === 3 ? 255 : h >>> 24;
+    }
+    return { cancelled: false, width, height, rgba, png: new Uint8Array([137, 80, 78, 71]), parameters: `stub seed ${request.seed}` };
+  }
+
+  free() {}
+}
+
+export class Engine {
+  static async create() {
+    return new Engine();
+  }
+
+  info() {
+    return { adapter_name: 'stub engine (no GPU work)', backend: 'stub', shader_f16: false, max_storage_binding: 128 << 20 };
+  }
+
+  lost() {
+    return null;
+  }
+
+  /// Reads every file the model needs, as the real loader's reads would, and hashes the bytes.
+  async load(reader, opts = {}) {
+    const paths = ['model_index.json', 'scheduler/scheduler_config.json', 'tokenizer/vocab.json', 'tokenizer/merges.txt',
+      'text_encoder/config.json', 'unet/config.json', 'vae/config.json', 'manifest.json'];
+    for (const c of ['text_encoder/model', 'unet/diffusion_pytorch_model', 'vae/diffusion_pytorch_model']) {
+      paths.push(`${c}.safetensors`, `${c}.fp16.safetensors`);
+    }
+    let h = 0x811c9dc5;
+    for (const p of paths) {
+      if (!p.endsWith('.safetensors')) {
+        const whole = reader.read(p);
+        if (whole) for (let i = 0; i < whole.length; i += 997) h = Math.imul(h ^ whole[i], 0x01000193) >>> 0;
+        continue;
+      }
+      const head = reader.readRange(p, 0, 8);
+      if (!head) continue;
+      const n = Number(new DataView(head.buffer, head.byteOffset, 8).getBigUint64(0, true));
+      const header = JSON.parse(new TextDecoder().decode(reader.readRange(p, 8, n)));
+      const end = Math.max(0, ...Object.values(header).filter((t) => t.data_offsets).map((t) => t.data_offsets[1]));
+      for (let o = 0; o < end; o += SLICE) {
+        const b = reader.readRange(p, 8 + n + o, Math.min(SLICE, end - o));
+        for (let i = 0; i < b.length; i += 4093) h = Math.imul(h ^ b[i], 0x01000193) >>> 0;
+      }
+    }
+    return new Model(h, opts.name || 'stub');
+  }
+
+  converter() {
+    throw new Error('the stub engine cannot convert while downloading: run the driver with --quant none');
+  }
+
+  resumeConverter() {
+    return this.converter();
+  }
+
+  free() {}
+}
