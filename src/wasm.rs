@@ -309,17 +309,22 @@ pub struct Model {
 
 #[wasm_bindgen]
 impl Model {
-    /// `{name, defaultWidth, defaultHeight, sizeMultiple, latentChannels}`.
+    /// `{name, defaultWidth, defaultHeight, sizeMultiple, latentChannels, steps, guidance,
+    /// scheduler}`: the last three are what the model's own files imply (`pipeline::defaults`).
     pub fn info(&self) -> Result<JsValue, JsError> {
         let f = self.sd.vae_config.downscale();
         let multiple = f << (self.sd.unet.config.block_out_channels.len() - 1);
         let side = self.sd.unet.config.sample_size.unwrap_or(64) * f;
+        let d = crate::pipeline::defaults::for_model(&self.sd.scheduler_config, &self.sd.unet.config);
         to_js(&serde_json::json!({
             "name": self.name,
             "defaultWidth": side,
             "defaultHeight": side,
             "sizeMultiple": multiple,
             "latentChannels": self.sd.vae_config.latent_channels,
+            "steps": d.steps,
+            "guidance": d.guidance,
+            "scheduler": d.scheduler,
         }))
     }
 

@@ -33,7 +33,7 @@ const state = {
   f16Fallback: null,
   recoveries: 0,
 };
-const api = { state, load, generate, cancel, catalog: [] };
+const api = { state, load, generate, cancel, catalog: [], loadEntry };
 window.webdiffusion = api;
 
 // ---- small helpers -----------------------------------------------------------------------
@@ -276,8 +276,15 @@ async function deleteModel(r) {
 
 function workerEntry(e) {
   // Only what the worker needs, as plain data.
-  const { id, name, url, files, format, defaults, quant, examplePrompt, description, source, license, bytes } = e;
-  return JSON.parse(JSON.stringify({ id, name, url, files, format, defaults, quant, examplePrompt, description, source, license, bytes }));
+  const { id, name, url, mirrors, files, format, defaults, quant, examplePrompt, description, source, license, bytes } = e;
+  return JSON.parse(JSON.stringify({ id, name, url, mirrors, files, format, defaults, quant, examplePrompt, description, source, license, bytes }));
+}
+
+/// Loads a model described by a catalog-like entry (tests: mirrors, formats).
+function loadEntry(entry, opts = {}) {
+  customEntries.set(entry.id, entry);
+  renderModelSelect();
+  return load(entry.id, opts);
 }
 
 /// Loads a model by catalog id (or a custom base URL), downloading what is not cached.
@@ -322,7 +329,9 @@ async function load(idOrUrl = $('model').value, opts = {}) {
     state.wasmHeapBytes = m.wasmHeapBytes;
     localStorage.setItem(LAST_MODEL, entry.id);
     applyModelDefaults(entry, m.model);
-    const fetched = m.download.bytesFetched ? `, ${fmtBytes(m.download.bytesFetched)} downloaded` : ', from this device';
+    const fetched = m.download.bytesFetched
+      ? `, ${fmtBytes(m.download.bytesFetched)} downloaded from ${m.download.host || 'the network'}`
+      : ', from this device';
     setStatus(`${m.model.name} is ready (${(m.ms / 1000).toFixed(1)} s to load${fetched}; ${quantName(m.model.quant)}).`);
     $('download').hidden = true;
     return m;
@@ -348,6 +357,10 @@ function onLoadEvent(m) {
   if (m.type === 'download') {
     state.download = { requests: m.requests, bytesFetched: m.bytesFetched, bytesFromCache: m.bytesFromCache };
     bar.value = m.total ? m.done / m.total : 0;
+    if (m.phase === 'mirror') {
+      text.textContent = `That host failed (${m.reason}); trying the mirror ${m.host}…`;
+      return;
+    }
     if (m.phase === 'verify') {
       text.textContent = `Checking ${m.file}…`;
       return;
@@ -374,6 +387,8 @@ function applyModelDefaults(entry, model) {
   d.width ??= info.defaultWidth;
   d.height ??= info.defaultHeight;
   d.scheduler ??= info.scheduler;
+  d.steps ??= info.steps;
+  d.guidance ??= info.guidance;
   const step = model.sizeStep || 8;
   for (const k of ['width', 'height']) {
     $(k).step = step;
@@ -494,11 +509,12 @@ async function generate(overrides = {}) {
 let lastMsPerStep = 0;
 function onStep(m) {
   if (m.type !== 'step') return;
-  lastMsPerStep = m.msPerStep;
+  if (m.msPerStep !== null && m.msPerStep !== undefined) lastMsPerStep = m.msPerStep;
   state.steps.push([m.index, m.total]);
   $('gen-text').classList.remove('error');
   $('gen-bar').value = (m.index + 1) / m.total;
-  $('gen-text').textContent = `Step ${m.index + 1} of ${m.total} · ${(m.msPerStep / 1000).toFixed(2)} s per step`;
+  const per = m.msPerStep !== null && m.msPerStep !== undefined ? ` · ${(m.msPerStep / 1000).toFixed(2)} s per step` : '';
+  $('gen-text').textContent = `Step ${m.index + 1} of ${m.total}${per}`;
   if (m.preview) showImage(m.preview, true);
 }
 

@@ -109,6 +109,8 @@ async function dropStalePieces(id, keep) {
 
 /// Downloads and converts `entry` to `quant` with `engine` unless it is cached; returns
 /// `{record, stats}` as `downloadModel` does, or null when the entry is already a package.
+/// Options: chunkSize (bytes per Range request; a checkpoint every 8 chunks, 64 MiB at most),
+/// signal, onProgress.
 export async function downloadConverted(entry, engine, quant, opts = {}) {
   const cached = await store.getModel(entry.id);
   if (cached) return { record: cached, stats: { requests: 0, bytesFetched: 0, bytesFromCache: cached.bytes } };
@@ -120,6 +122,8 @@ export async function downloadConverted(entry, engine, quant, opts = {}) {
   }
   const stats = { requests: 0, bytesFetched: 0, bytesFromCache: 0 };
   const id = entry.id;
+  const chunk = opts.chunkSize || CHUNK;
+  const checkpointBytes = Math.min(CHECKPOINT_BYTES, 8 * chunk);
   try {
     const resolved = await resolveFiles(entry, signal, stats);
     if (resolved.kind === 'package') return null;
@@ -198,7 +202,7 @@ export async function downloadConverted(entry, engine, quant, opts = {}) {
         const inflight = [];
         while (next < f.size || inflight.length) {
           while (inflight.length < PARALLEL && next < f.size) {
-            const end = Math.min(f.size, next + CHUNK);
+            const end = Math.min(f.size, next + chunk);
             const p = fetchRange(url, next, end, f.size, file, signal, stats);
             p.catch(() => {}); // awaited in order below; a later failure must not go unhandled
             inflight.push(p);
@@ -208,7 +212,7 @@ export async function downloadConverted(entry, engine, quant, opts = {}) {
           await storePieces(id, conv.push(bytes), entry);
           done += bytes.length;
           since += bytes.length;
-          if (since >= CHECKPOINT_BYTES) {
+          if (since >= checkpointBytes) {
             await saveState(fileIndex);
             since = 0;
           }

@@ -181,13 +181,27 @@ const handlers = {
     const t0 = performance.now();
     let download;
     try {
-      const onProgress = (p) => post({ type: 'download', id: msg.id, ...p });
-      // A diffusers repo to quantize is converted while it streams: the cache holds the
-      // package form, and later visits upload it with no CPU work.
-      if (quant !== 'none') {
-        download = await downloadConverted(entry, engine, quant, { signal: abort.signal, onProgress });
+      // Hosted models move: the entry's mirrors (same pinned hashes) are tried in turn when a
+      // host no longer has the files or cannot be reached.
+      const hosts = [entry.url, ...(Array.isArray(entry.mirrors) ? entry.mirrors : [])];
+      for (let i = 0; i < hosts.length; i++) {
+        const e = { ...entry, url: hosts[i] };
+        const onProgress = (p) => post({ type: 'download', id: msg.id, host: new URL(hosts[i], self.location.href).host, ...p });
+        try {
+          download = null;
+          // A diffusers repo to quantize is converted while it streams: the cache holds the
+          // package form, and later visits upload it with no CPU work.
+          if (quant !== 'none') download = await downloadConverted(e, engine, quant, { chunkSize, signal: abort.signal, onProgress });
+          if (!download) download = await downloadModel(e, { chunkSize, signal: abort.signal, onProgress });
+          download.host = new URL(hosts[i], self.location.href).host;
+          break;
+        } catch (err) {
+          const gone = /HTTP (404|410)\b|Could not reach|neither a webdiffusion package/.test(String(err && err.message));
+          if (!gone || i + 1 === hosts.length || abort.signal.aborted) throw err;
+          console.warn(`webdiffusion: ${hosts[i]} failed (${err.message}); trying the mirror ${hosts[i + 1]}`);
+          post({ type: 'download', id: msg.id, phase: 'mirror', file: '', done: 0, total: 0, host: new URL(hosts[i + 1], self.location.href).host, reason: err.message });
+        }
       }
-      if (!download) download = await downloadModel(entry, { chunkSize, signal: abort.signal, onProgress });
     } finally {
       abort = null;
     }
@@ -209,7 +223,7 @@ const handlers = {
       model: describeModel(),
       ms,
       downloadMs,
-      download: download.stats,
+      download: { ...download.stats, host: download.host },
       // Linear memory only grows, so after loading this is the peak the load needed.
       wasmHeapBytes: wasm.memory.buffer.byteLength,
     };
@@ -265,8 +279,13 @@ async function runGeneration(msg) {
     seed: Number(r.seed),
   };
   const t0 = performance.now();
+  let firstStepAt = null;
   const out = await model.handle.generate(request, (index, total, preview) => {
-    const msPerStep = (performance.now() - t0) / (index + 1);
+    // Time per denoising step, from the end of the first one: the first also holds the prompt
+    // encoding (and the last is followed by the decode), so neither is counted in it.
+    const now = performance.now();
+    if (index === 0) firstStepAt = now;
+    const msPerStep = index > 0 && firstStepAt !== null ? (now - firstStepAt) / index : null;
     let p = null;
     const transfer = [];
     if (preview && preview.rgba) {

@@ -1,5 +1,6 @@
 //! Text-to-image on top of the models: schedules, samplers and the denoising loop.
 
+pub mod defaults;
 pub mod generate;
 pub mod image;
 pub mod preview;

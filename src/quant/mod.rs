@@ -115,29 +115,51 @@ pub fn quantize_fit(format: QuantFormat, x: &[f32]) -> Result<Vec<u8>> {
         return quantize(format, x);
     }
     let mut out = quantize(format, x)?;
-    let fit_range = |x: &[f32], out: &mut [u8]| {
-        for (b, blk) in x.chunks_exact(BLOCK).zip(out.chunks_exact_mut(format.block_bytes())) {
-            let (d, q) = fit_q4_block(b.try_into().expect("a whole block"));
-            blk[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
-            for j in 0..16 {
-                blk[2 + j] = (q[j] + 8) as u8 | (((q[j + 16] + 8) as u8) << 4);
-            }
-        }
-    };
     let blocks = x.len() / BLOCK;
     let threads = fit_threads(blocks);
     if threads <= 1 {
         fit_range(x, &mut out);
     } else {
-        let per = blocks.div_ceil(threads);
         #[cfg(not(target_arch = "wasm32"))]
-        std::thread::scope(|s| {
-            for (xs, os) in x.chunks(per * BLOCK).zip(out.chunks_mut(per * format.block_bytes())) {
-                s.spawn(move || fit_range(xs, os));
-            }
-        });
+        {
+            let per = blocks.div_ceil(threads);
+            std::thread::scope(|s| {
+                for (xs, os) in x.chunks(per * BLOCK).zip(out.chunks_mut(per * format.block_bytes())) {
+                    s.spawn(move || fit_range(xs, os));
+                }
+            });
+        }
     }
     Ok(out)
+}
+
+/// Fits every block of `x` into the q4_0 blocks `out`, with the widest vectors the CPU has (the
+/// same operations in every lane width, so the same bytes).
+fn fit_range(x: &[f32], out: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked just above.
+        unsafe { fit_range_avx2(x, out) };
+        return;
+    }
+    fit_range_plain(x, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn fit_range_avx2(x: &[f32], out: &mut [u8]) {
+    fit_range_plain(x, out)
+}
+
+#[inline(always)]
+fn fit_range_plain(x: &[f32], out: &mut [u8]) {
+    for (b, blk) in x.chunks_exact(BLOCK).zip(out.chunks_exact_mut(QuantFormat::Q4_0.block_bytes())) {
+        let (d, q) = fit_q4_block(b.try_into().expect("a whole block"));
+        blk[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+        for j in 0..16 {
+            blk[2 + j] = (q[j] + 8) as u8 | (((q[j + 16] + 8) as u8) << 4);
+        }
+    }
 }
 
 /// How many threads fit `blocks` q4_0 blocks: one per core natively once a tensor is large enough
@@ -158,34 +180,75 @@ fn fit_threads(blocks: usize) -> usize {
 /// Scale candidates per block: the reference (the extreme value at level -8, or at +7), then
 /// 7.0..8.5 steps of 0.1 around both.
 const CANDIDATES: usize = 34;
+/// Lanes evaluated together (AVX2's width; two SIMD128 vectors in wasm).
+const LANES: usize = 8;
+const CAND_PAD: usize = CANDIDATES.div_ceil(LANES) * LANES;
+const DS_PAD: usize = (2 * CANDIDATES).div_ceil(LANES) * LANES;
 
-/// `round(clamp(y, -8, 7))` with `f32::round`'s ties away from zero, NaN giving 0, exactly as
-/// `(y.round().clamp(-8.0, 7.0)) as i32` (rounding is monotone and fixes the integer bounds, so
-/// clamping first changes nothing), but in operations that vectorize.
+/// The level of `v` at scale `d` as a float: `round(clamp(v / d, -8, 7))` with `f32::round`'s
+/// ties away from zero, 0 for NaN or `d == 0`, exactly as
+/// `(v / d).round().clamp(-8.0, 7.0) as i32` (rounding is monotone and fixes the integer bounds,
+/// so clamping first changes nothing), in float operations every SIMD width has: adding and
+/// subtracting 1.5 * 2^23 rounds |c| <= 8 to the nearest integer (ties to even), and ties are
+/// then moved away from zero.
 #[inline(always)]
-fn level(v: f32, d: f32) -> i32 {
-    if d == 0.0 {
-        return 0;
+fn level(v: f32, d: f32) -> f32 {
+    level_of(v / d, d)
+}
+
+/// `level` from `y = v / d`.
+#[inline(always)]
+fn level_of(y: f32, d: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    // No branches (they keep the compiler from vectorizing): NaN is caught from `y` itself,
+    // since `max` turns it into -8.
+    #[allow(clippy::eq_op)]
+    let number = y == y;
+    let c = y.max(-8.0).min(7.0);
+    let r = (c + MAGIC) - MAGIC;
+    let e = c - r;
+    let up = (e == 0.5) & (c > 0.0);
+    let down = (e == -0.5) & (c < 0.0);
+    let r = r + f32::from(u8::from(up)) - f32::from(u8::from(down));
+    let keep = number & (d != 0.0);
+    r * f32::from(u8::from(keep))
+}
+
+/// The least-squares sums of one vector of scale candidates `ds` over the block: for each lane
+/// `sum v * q` and `sum q * q`, in element order.
+#[inline(always)]
+fn lsq_sums(b: &[f32; BLOCK], ds: &[f32; LANES]) -> ([f32; LANES], [f32; LANES]) {
+    let (mut x, mut q2) = ([0f32; LANES], [0f32; LANES]);
+    for &v in b {
+        for l in 0..LANES {
+            let q = level(v, ds[l]);
+            x[l] += v * q;
+            q2[l] += q * q;
+        }
     }
-    let y = v / d;
-    let c = if y < -8.0 {
-        -8.0
-    } else if y > 7.0 {
-        7.0
-    } else {
-        y
-    };
-    let t = c as i32;
-    let f = c - t as f32;
-    t + i32::from(f >= 0.5) - i32::from(f <= -0.5)
+    (x, q2)
+}
+
+/// The squared errors of one vector of f16-exact scales `ds` over the block, in element order.
+#[inline(always)]
+fn sq_errors(b: &[f32; BLOCK], ds: &[f32; LANES]) -> [f32; LANES] {
+    let mut acc = [0f32; LANES];
+    for &v in b {
+        for l in 0..LANES {
+            let e = v - ds[l] * level(v, ds[l]);
+            acc[l] += e * e;
+        }
+    }
+    acc
 }
 
 /// The q4_0 scale (f16-exact) and levels in -8..=7 of least squared error for one block.
 ///
 /// Every candidate scale is evaluated, each with its sums accumulated in element order, so the
 /// result is the same as fitting candidate after candidate; the loops run across candidates
-/// (independent lanes), which the compiler vectorizes. `tests/quant.rs` checks it bit for bit
+/// (independent lanes), which the compiler vectorizes. A unit test below checks it bit for bit
 /// against the plain candidate-by-candidate form.
+#[inline(always)]
 fn fit_q4_block(b: &[f32; BLOCK]) -> (f32, [i32; BLOCK]) {
     let (mut amax, mut max) = (0f32, 0f32);
     for &v in b {
@@ -197,7 +260,9 @@ fn fit_q4_block(b: &[f32; BLOCK]) -> (f32, [i32; BLOCK]) {
     if amax == 0.0 {
         return (0.0, [0; BLOCK]);
     }
-    let mut cand = [0f32; CANDIDATES];
+    // Lanes are padded to whole vectors of `LANES` with copies of the last value: a copy never
+    // wins, since only a strictly smaller error replaces an earlier one.
+    let mut cand = [0f32; CAND_PAD];
     cand[0] = max / -8.0;
     cand[1] = max / 7.0;
     for i in 0..16 {
@@ -205,28 +270,33 @@ fn fit_q4_block(b: &[f32; BLOCK]) -> (f32, [i32; BLOCK]) {
         cand[2 + 2 * i] = max / -n;
         cand[3 + 2 * i] = max / n;
     }
-    // Each candidate's levels, refined by the least-squares scale of those levels.
-    let (mut sxq, mut sqq) = ([0f32; CANDIDATES], [0f32; CANDIDATES]);
-    for &v in b {
-        for k in 0..CANDIDATES {
-            let q = level(v, cand[k]);
-            sxq[k] += v * q as f32;
-            sqq[k] += (q * q) as f32;
-        }
+    for k in CANDIDATES..CAND_PAD {
+        cand[k] = cand[CANDIDATES - 1];
+    }
+    // Each candidate's levels, refined by the least-squares scale of those levels. One vector
+    // of candidates at a time, over the block's values in order: each lane's sums are taken in
+    // element order, as one candidate at a time would.
+    let (mut sxq, mut sqq) = ([0f32; CAND_PAD], [0f32; CAND_PAD]);
+    for ((cs, sx), sq) in cand.chunks_exact(LANES).zip(sxq.chunks_exact_mut(LANES)).zip(sqq.chunks_exact_mut(LANES)) {
+        let cs: &[f32; LANES] = cs.try_into().expect("whole vectors");
+        let (x, q2) = lsq_sums(b, cs);
+        sx.copy_from_slice(&x);
+        sq.copy_from_slice(&q2);
     }
     // Both scales of every candidate, as f16 stores them, in the order they are tried.
-    let mut ds = [0f32; 2 * CANDIDATES];
+    let mut ds = [0f32; DS_PAD];
     for k in 0..CANDIDATES {
         let refined = if sqq[k] > 0.0 { sxq[k] / sqq[k] } else { cand[k] };
         ds[2 * k] = f16::from_f32(cand[k]).to_f32();
         ds[2 * k + 1] = f16::from_f32(refined).to_f32();
     }
-    let mut err = [0f32; 2 * CANDIDATES];
-    for &v in b {
-        for m in 0..2 * CANDIDATES {
-            let e = v - ds[m] * level(v, ds[m]) as f32;
-            err[m] += e * e;
-        }
+    for m in 2 * CANDIDATES..DS_PAD {
+        ds[m] = ds[2 * CANDIDATES - 1];
+    }
+    let mut err = [0f32; DS_PAD];
+    for (dv, ev) in ds.chunks_exact(LANES).zip(err.chunks_exact_mut(LANES)) {
+        let dv: &[f32; LANES] = dv.try_into().expect("whole vectors");
+        ev.copy_from_slice(&sq_errors(b, dv));
     }
     // The first strictly smallest error wins, as when trying them one by one.
     let (mut best, mut best_err) = (None, f32::INFINITY);
@@ -238,7 +308,7 @@ fn fit_q4_block(b: &[f32; BLOCK]) -> (f32, [i32; BLOCK]) {
     }
     let Some(m) = best else { return (0.0, [0; BLOCK]) };
     let d = ds[m];
-    (d, b.map(|v| level(v, d)))
+    (d, b.map(|v| level(v, d) as i32))
 }
 
 /// Expands GGML blocks back to f32.

@@ -1,0 +1,134 @@
+// A diffusers repo added by URL and served like Hugging Face (tools/bench/hf-standin.mjs: 302 to
+// a CDN origin, Range, the API's sha256 listing) is converted while it streams (www/convert.js):
+// IndexedDB ends up holding exactly the package `webdiffusion convert` writes, never the
+// source files; a download cut mid-file resumes from its checkpoint after a reload; a corrupt
+// byte is caught by the file's sha256 from the API; a gone host falls back to a mirror.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ROOT, launchBrowser, openPage, serveApp } from './harness.mjs';
+import { cliBinary } from './native.mjs';
+import { startHfStandin } from '../../tools/bench/hf-standin.mjs';
+
+const MODEL_DIR = join(ROOT, 'tests/fixtures/tiny-sd1');
+const UNET = 'unet/diffusion_pytorch_model.safetensors';
+const CHUNK = 1 << 16; // so one file spans many requests and checkpoints (every 8 chunks)
+const REQUEST = { prompt: 'a red circle', negativePrompt: '', steps: 2, guidance: 7.5, width: 64, height: 64, scheduler: 'euler', seed: 11 };
+
+const ready = (page) => page.waitForFunction(() => window.webdiffusion && window.webdiffusion.state.ready, null, { timeout: 120_000 });
+const load = (page, url) => page.evaluate((u) => window.webdiffusion.load(u, { quant: 'q4_0' }).then(() => null, (e) => String(e.message || e)), url);
+
+/// What IndexedDB holds for model `id`: {path: bytes} of every stored file and the manifest.
+function stored(page, id) {
+  return page.evaluate(async (modelId) => {
+    const db = await new Promise((ok, fail) => {
+      const r = indexedDB.open('webdiffusion');
+      r.onsuccess = () => ok(r.result);
+      r.onerror = () => fail(r.error);
+    });
+    const range = IDBKeyRange.bound([modelId], [modelId, []]);
+    const t = db.transaction(['chunks'], 'readonly').objectStore('chunks');
+    const [keys, blobs] = await Promise.all([t.getAllKeys(range), t.getAll(range)].map((r) => new Promise((ok) => { r.onsuccess = () => ok(r.result); })));
+    const sizes = {};
+    keys.forEach(([, path], i) => { sizes[path] = (sizes[path] || 0) + blobs[i].size; });
+    const mi = keys.findIndex(([, path]) => path === 'manifest.json');
+    return { sizes, manifest: mi >= 0 ? await blobs[mi].text() : null };
+  }, id);
+}
+
+/// The package `webdiffusion convert` writes for the fixture.
+function nativePackage() {
+  const out = mkdtempSync(join(tmpdir(), 'webdiffusion-convert-'));
+  execFileSync(cliBinary(), ['convert', '--model', MODEL_DIR, '--out', out, '--quant', 'q4_0'], { stdio: 'pipe' });
+  return JSON.parse(readFileSync(join(out, 'manifest.json'), 'utf8'));
+}
+
+test('a repo served like Hugging Face is converted while it streams into exactly the package convert writes', { timeout: 600_000 }, async () => {
+  const native = nativePackage();
+  const hf = await startHfStandin({ dir: MODEL_DIR, repo: 'test/tiny-sd1' });
+  const { server: app, url } = await serveApp();
+  const browser = await launchBrowser();
+  try {
+    const { page, logs } = await openPage(browser);
+    await page.goto(`${url}?sw=0&chunk=${CHUNK}`);
+    await ready(page);
+    assert.equal(await load(page, hf.resolveBase), null, logs.join('\n'));
+    const s = await page.evaluate(() => window.webdiffusion.state);
+    const { sizes, manifest } = await stored(page, `url:${hf.resolveBase}`);
+    assert.ok(manifest, 'a package manifest is stored');
+    assert.deepEqual(JSON.parse(manifest), native, 'the streamed conversion equals `webdiffusion convert` (every tensor and shard sha256)');
+    assert.deepEqual(Object.keys(sizes).filter((p) => p.endsWith('.safetensors')), [], 'no source weights are stored');
+    const source = ['unet/diffusion_pytorch_model.safetensors', 'text_encoder/model.fp16.safetensors', 'vae/diffusion_pytorch_model.safetensors']
+      .reduce((n, f) => n + statSync(join(MODEL_DIR, f)).size, 0);
+    assert.ok(s.download.bytesFetched >= source, `fetched ${s.download.bytesFetched} of ${source} source bytes`);
+    const g = await page.evaluate((r) => window.webdiffusion.generate(r), REQUEST);
+    assert.equal(g.cancelled, false);
+    console.log(`streamed conversion: ${Object.values(sizes).reduce((a, b) => a + b, 0)} bytes stored for ${source} source bytes, ` +
+      `download+convert ${s.timings.downloadMs} ms, load ${s.timings.loadMs} ms, wasm heap ${s.wasmHeapBytes}`);
+  } finally {
+    await browser.close();
+    app.close();
+    await hf.close();
+  }
+});
+
+test('a conversion cut mid-file resumes from its checkpoint after a reload', { timeout: 600_000 }, async () => {
+  const native = nativePackage();
+  const size = statSync(join(MODEL_DIR, UNET)).size;
+  const cutFrom = 12 * CHUNK; // past the first checkpoint of the U-Net (every 8 chunks)
+  const hf = await startHfStandin({ dir: MODEL_DIR, repo: 'test/tiny-sd1', cutAfter: { path: UNET, bytes: 100, from: cutFrom, times: Infinity } });
+  const { server: app, url } = await serveApp();
+  const browser = await launchBrowser();
+  try {
+    const { page, logs } = await openPage(browser);
+    await page.goto(`${url}?sw=0&chunk=${CHUNK}`);
+    await ready(page);
+    const err = await load(page, hf.resolveBase);
+    assert.ok(err && /unet/i.test(err), `the cut download fails, naming the file: ${err}`);
+    hf.setFaults({});
+    hf.resetStats();
+    await page.reload();
+    await ready(page);
+    assert.equal(await load(page, hf.resolveBase), null, logs.join('\n'));
+    const fetched = await page.evaluate(() => window.webdiffusion.state.download.bytesFetched);
+    assert.ok(fetched < size + 300_000, `the resumed visit fetched ${fetched} bytes; the U-Net alone is ${size}`);
+    const { manifest } = await stored(page, `url:${hf.resolveBase}`);
+    assert.deepEqual(JSON.parse(manifest), native, 'the resumed conversion equals `webdiffusion convert`');
+    console.log(`resumed conversion: ${fetched} bytes fetched after the reload (U-Net ${size} bytes, cut from ${cutFrom})`);
+  } finally {
+    await browser.close();
+    app.close();
+    await hf.close();
+  }
+});
+
+test('a corrupt byte is caught by the sha256 the Hub API lists, and a gone host falls back to its mirror', { timeout: 600_000 }, async () => {
+  const size = statSync(join(MODEL_DIR, UNET)).size;
+  const hf = await startHfStandin({ dir: MODEL_DIR, repo: 'test/tiny-sd1', corrupt: { path: UNET, offset: size - 5000, times: Infinity } });
+  const { server: app, url } = await serveApp();
+  const browser = await launchBrowser();
+  try {
+    const { page } = await openPage(browser);
+    await page.goto(`${url}?sw=0&chunk=${CHUNK}`);
+    await ready(page);
+    const err = await load(page, hf.resolveBase);
+    assert.ok(err && /corrupt/.test(err) && err.includes(UNET), `a corrupt U-Net is refused: ${err}`);
+    const { manifest } = await stored(page, `url:${hf.resolveBase}`);
+    assert.equal(manifest, null, 'nothing is taken for a whole model');
+    hf.setFaults({});
+    // A catalog entry whose first host is gone (404) and whose mirror has the files.
+    const entry = { id: 'mirrored', name: 'mirrored', url: hf.resolveBase.replace('test/tiny-sd1', 'gone/tiny-sd1'), format: 'diffusers', quant: 'q4_0', mirrors: [hf.resolveBase] };
+    const res = await page.evaluate((e) => window.webdiffusion.loadEntry(e).then(() => null, (x) => String(x.message || x)), entry);
+    assert.equal(res, null);
+    const host = await page.evaluate(() => window.webdiffusion.state.download.host);
+    assert.equal(host, new URL(hf.resolveBase).host, 'the page says which host served the files');
+  } finally {
+    await browser.close();
+    app.close();
+    await hf.close();
+  }
+});
