@@ -196,7 +196,7 @@ const handlers = {
           download.host = new URL(hosts[i], self.location.href).host;
           break;
         } catch (err) {
-          const gone = /HTTP (404|410)\b|Could not reach|neither a webdiffusion package/.test(String(err && err.message));
+          const gone = /HTTP (401|403|404|410)\b|Could not reach|neither a webdiffusion package/.test(String(err && err.message));
           if (!gone || i + 1 === hosts.length || abort.signal.aborted) throw err;
           console.warn(`webdiffusion: ${hosts[i]} failed (${err.message}); trying the mirror ${hosts[i + 1]}`);
           post({ type: 'download', id: msg.id, phase: 'mirror', file: '', done: 0, total: 0, host: new URL(hosts[i + 1], self.location.href).host, reason: err.message });
