@@ -125,3 +125,22 @@ fn trimming_the_pool_keeps_buffers_of_recorded_work() {
     g.trim_pool();
     assert_eq!(pollster::block_on(y.to_vec_f32()).unwrap(), [3.5, 5.5, 7.5, 9.5]);
 }
+
+#[test]
+fn uploading_rows_a_few_at_a_time_equals_one_upload() {
+    // 37 rows of 24 f32 written 3 rows at a time: every part lands at its row.
+    let g = gpu();
+    let (rows, cols) = (37, 24);
+    let x = random_values(3, rows * cols);
+    let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let mut calls = 0;
+    let t = GpuTensor::from_rows(&g, &[rows, cols], DType::F32, 3 * cols * 4, &mut |r, n| {
+        calls += 1;
+        Ok(bytes[r * cols * 4..(r + n) * cols * 4].to_vec())
+    })
+    .unwrap();
+    assert!(calls >= 13, "{calls} parts");
+    let whole = GpuTensor::from_bytes(&g, &bytes, &[rows, cols], DType::F32).unwrap();
+    assert_eq!(to_vec(&t), x);
+    assert_eq!(to_vec(&whole), x);
+}

@@ -125,6 +125,40 @@ impl GpuTensor {
         Ok(t)
     }
 
+    /// Uploads a tensor whose bytes `rows_bytes(first_row, rows)` makes a few rows at a time, so
+    /// a large weight converted on the way (f16 -> f32) is never whole in CPU memory.
+    pub fn from_rows(
+        gpu: &Gpu,
+        shape: &[usize],
+        dtype: DType,
+        max_part: usize,
+        rows_bytes: &mut dyn FnMut(usize, usize) -> Result<Vec<u8>>,
+    ) -> Result<GpuTensor> {
+        let want = numel(shape) * dtype.size();
+        let t = Self::alloc(gpu, shape, dtype, true)?;
+        let row_bytes = if t.rows() == 0 { 0 } else { want / t.rows() };
+        if row_bytes % 4 != 0 || row_bytes == 0 {
+            let all = rows_bytes(0, t.rows())?;
+            drop(t);
+            return Self::from_bytes(gpu, &all, shape, dtype);
+        }
+        let per = (max_part / row_bytes).max(1);
+        for (i, chunk) in t.chunks.iter().enumerate() {
+            let rows = t.chunk_rows(i);
+            let mut r = rows.start;
+            while r < rows.end {
+                let n = per.min(rows.end - r);
+                let part = rows_bytes(r, n)?;
+                if part.len() != n * row_bytes {
+                    return Err(Error::shape("upload", format!("{} bytes for {n} rows of {row_bytes}", part.len())));
+                }
+                gpu.write(chunk.buffer(), ((r - rows.start) * row_bytes) as u64, &part);
+                r += n;
+            }
+        }
+        Ok(t)
+    }
+
     pub fn from_f32(gpu: &Gpu, data: &[f32], shape: &[usize]) -> Result<GpuTensor> {
         Self::from_bytes(gpu, bytemuck::cast_slice(data), shape, DType::F32)
     }

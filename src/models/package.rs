@@ -218,9 +218,30 @@ impl PackageTensors<'_, '_> {
     fn read_verified(&self, t: &TensorEntry, want: &str) -> Result<Vec<u8>> {
         let shards = &self.package.manifest.shards;
         let mut out = Vec::new();
-        out.try_reserve_exact(t.length as usize)
-            .map_err(|_| Error::Tensor { name: t.name.clone(), msg: format!("no memory for {} bytes", t.length) })?;
         let (mut shard, mut offset) = (t.shard, t.offset);
+        // The common case, a tensor inside one shard, is read straight into its own buffer.
+        if let Some(entry) = shards.get(shard).filter(|e| offset.checked_add(t.length).is_some_and(|end| end <= e.size))
+        {
+            out = self
+                .package
+                .inner
+                .read_range(&entry.file, offset, t.length)
+                .map_err(|e| Error::Shard {
+                    file: entry.file.clone(),
+                    msg: format!("truncated or unreadable ({e}); an interrupted download? fetch it again"),
+                })?
+                .ok_or_else(|| Error::Shard {
+                    file: entry.file.clone(),
+                    msg: format!("missing from {}", self.package.inner.describe()),
+                })?;
+            shard += 1;
+            offset = 0;
+        } else {
+            out.try_reserve_exact(t.length as usize).map_err(|_| Error::Tensor {
+                name: t.name.clone(),
+                msg: format!("no memory for {} bytes", t.length),
+            })?;
+        }
         while (out.len() as u64) < t.length {
             let entry = shards
                 .get(shard)

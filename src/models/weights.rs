@@ -150,15 +150,33 @@ pub fn encode(values: &[f32], to: StoreType) -> Result<Vec<u8>> {
 
 /// Stored float bytes as the compute dtype's bytes.
 fn to_compute(bytes: &[u8], from: FileDType, to: DType, name: &str) -> Result<Vec<u8>> {
+    match (from, to) {
+        (FileDType::F16, DType::F32) => {
+            Ok(bytes.chunks_exact(2).flat_map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32().to_le_bytes()).collect())
+        }
+        (_, DType::F32) => Ok(decode(bytes, from, name)?.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        (_, DType::F16) => encode(&decode(bytes, from, name)?, StoreType::F16),
+        (_, DType::U32) => Err(Error::Tensor { name: name.into(), msg: "cannot load as u32".into() }),
+    }
+}
+
+/// Bytes of a tensor held above this are converted and uploaded a few rows at a time.
+const UPLOAD_PART: usize = 16 << 20;
+
+/// Uploads stored float `bytes` as the compute dtype: as they are when the types agree, else
+/// converted in row slices (the token embedding of SD 2 is 101 MB in f16, 202 MB in f32).
+fn upload(gpu: &Gpu, bytes: &[u8], from: FileDType, shape: &[usize], to: DType, name: &str) -> Result<GpuTensor> {
     if (from == FileDType::F32 && to == DType::F32) || (from == FileDType::F16 && to == DType::F16) {
-        return Ok(bytes.to_vec());
+        return GpuTensor::from_bytes(gpu, bytes, shape, to);
     }
-    let values = decode(bytes, from, name)?;
-    match to {
-        DType::F32 => Ok(bytemuck::cast_slice(&values).to_vec()),
-        DType::F16 => encode(&values, StoreType::F16),
-        DType::U32 => Err(Error::Tensor { name: name.into(), msg: "cannot load as u32".into() }),
+    let rows = shape.first().copied().unwrap_or(1).max(1);
+    let row_in = bytes.len() / rows;
+    if bytes.len() <= UPLOAD_PART || row_in * rows != bytes.len() || from.element_bytes().is_none() {
+        return GpuTensor::from_bytes(gpu, &to_compute(bytes, from, to, name)?, shape, to);
     }
+    GpuTensor::from_rows(gpu, shape, to, UPLOAD_PART, &mut |r, n| {
+        to_compute(&bytes[r * row_in..(r + n) * row_in], from, to, name)
+    })
 }
 
 /// A tensor a model asked for: what the converter packages, in the order models load them.
@@ -294,8 +312,7 @@ impl<'a> Weights<'a> {
             return GpuTensor::placeholder(self.gpu, shape, dtype);
         }
         let (stored, bytes) = self.stored(&full, &info, None)?;
-        let data = to_compute(&bytes, stored.into(), dtype, &full)?;
-        GpuTensor::from_bytes(self.gpu, &data, shape, dtype)
+        upload(self.gpu, &bytes, stored.into(), shape, dtype, &full)
     }
 
     /// A matmul/conv weight `shape` = [rows, ...] whose trailing dims flatten into the reduction
@@ -314,8 +331,7 @@ impl<'a> Weights<'a> {
         if let Some(format) = stored.quant() {
             return Ok(Weight::Quant(QTensor::from_blocks(self.gpu, format, &bytes, rows, cols)?));
         }
-        let data = to_compute(&bytes, stored.into(), self.dtype, &full)?;
-        Ok(Weight::Dense(GpuTensor::from_bytes(self.gpu, &data, shape, self.dtype)?))
+        Ok(Weight::Dense(upload(self.gpu, &bytes, stored.into(), shape, self.dtype, &full)?))
     }
 
     /// The first of `names` present (for renamed tensors, e.g. the VAE's old attention names).
