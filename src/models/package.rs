@@ -214,6 +214,18 @@ impl FileSource for Package<'_> {
 }
 
 impl PackageTensors<'_, '_> {
+    /// `len` bytes at `offset` of a shard, errors naming it.
+    fn shard_range(&self, entry: &ShardEntry, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let inner = self.package.inner;
+        inner
+            .read_range(&entry.file, offset, len)
+            .map_err(|e| Error::Shard {
+                file: entry.file.clone(),
+                msg: format!("truncated or unreadable ({e}); an interrupted download? fetch it again"),
+            })?
+            .ok_or_else(|| Error::Shard { file: entry.file.clone(), msg: format!("missing from {}", inner.describe()) })
+    }
+
     /// Version 2: exactly the tensor's bytes, checked against its own sha256.
     fn read_verified(&self, t: &TensorEntry, want: &str) -> Result<Vec<u8>> {
         let shards = &self.package.manifest.shards;
@@ -222,18 +234,7 @@ impl PackageTensors<'_, '_> {
         // The common case, a tensor inside one shard, is read straight into its own buffer.
         if let Some(entry) = shards.get(shard).filter(|e| offset.checked_add(t.length).is_some_and(|end| end <= e.size))
         {
-            out = self
-                .package
-                .inner
-                .read_range(&entry.file, offset, t.length)
-                .map_err(|e| Error::Shard {
-                    file: entry.file.clone(),
-                    msg: format!("truncated or unreadable ({e}); an interrupted download? fetch it again"),
-                })?
-                .ok_or_else(|| Error::Shard {
-                    file: entry.file.clone(),
-                    msg: format!("missing from {}", self.package.inner.describe()),
-                })?;
+            out = self.shard_range(entry, offset, t.length)?;
             shard += 1;
             offset = 0;
         } else {
@@ -247,18 +248,7 @@ impl PackageTensors<'_, '_> {
                 .get(shard)
                 .ok_or_else(|| Error::Tensor { name: t.name.clone(), msg: "runs past the last shard".into() })?;
             let take = (t.length - out.len() as u64).min(entry.size.saturating_sub(offset));
-            let bytes = self
-                .package
-                .inner
-                .read_range(&entry.file, offset, take)
-                .map_err(|e| Error::Shard {
-                    file: entry.file.clone(),
-                    msg: format!("truncated or unreadable ({e}); an interrupted download? fetch it again"),
-                })?
-                .ok_or_else(|| Error::Shard {
-                    file: entry.file.clone(),
-                    msg: format!("missing from {}", self.package.inner.describe()),
-                })?;
+            let bytes = self.shard_range(entry, offset, take)?;
             out.extend_from_slice(&bytes);
             shard += 1;
             offset = 0;
