@@ -508,6 +508,9 @@ impl StreamConverter {
     pub fn resume(gpu: &Gpu, checkpoint: &str) -> Result<Self> {
         let st: State = serde_json::from_str(checkpoint)
             .map_err(|e| Error::Request(format!("the saved conversion cannot be resumed: {e}")))?;
+        if st.max_shard < BLOCK as u64 {
+            return Err(Error::Request(format!("the saved conversion has {}-byte shards", st.max_shard)));
+        }
         let mut c = Self::from_state(gpu, st);
         if let Some(f) = c.st.file.clone() {
             c.file_hash = f.mark.file_hash.clone();
@@ -516,6 +519,17 @@ impl StreamConverter {
             c.component_shards = f.mark.component_shards;
             if let Some(json) = &f.header {
                 c.plan_file(json)?;
+                // A stored state is input too: its mark must sit on a tensor boundary of the plan.
+                let boundary = match c.next {
+                    0 => Some(8 + json.len() as u64),
+                    n => c.plan.get(n - 1).map(|i| i.t.start + i.t.len),
+                };
+                if boundary != Some(c.position) {
+                    return Err(Error::Request(format!(
+                        "the saved conversion of {} is inconsistent (tensor {} at byte {})",
+                        f.path, c.next, c.position
+                    )));
+                }
             } else {
                 c.position = 0;
                 c.file_hash = Sha256State::new();
