@@ -409,6 +409,14 @@ impl Model {
     }
 }
 
+/// One conversion job's slice (see `Converter.jobs`), converted: what the conversion workers
+/// run. Needs no GPU.
+#[wasm_bindgen(js_name = convertSlice)]
+pub fn convert_slice(bytes: &[u8], from: &str, to: &str, name: &str) -> Result<Vec<u8>, JsError> {
+    let to = StoreType::parse(to).map_err(js_err)?;
+    crate::models::stream::convert_slice(bytes, crate::models::weights::FileDType::parse(from), to, name).map_err(js_err)
+}
+
 /// A model converted while it downloads (see `models::stream`): the worker pushes each weight
 /// file's bytes in order as they arrive and stores the shard pieces that come back, so the
 /// browser keeps the package form, never the fp16 files.
@@ -476,6 +484,43 @@ impl Converter {
         let mut out = JsPieces(js_sys::Array::new());
         self.inner.push(bytes, &mut out).map_err(js_err)?;
         Ok(out.0)
+    }
+
+    /// Hands quantizing slices out as jobs (`jobs`, results through `complete`) so that
+    /// conversion workers can quantize in parallel.
+    #[wasm_bindgen(js_name = setOffload)]
+    pub fn set_offload(&mut self, on: bool) {
+        self.inner.set_offload(on);
+    }
+
+    /// The jobs the pushes since the last call produced, in order:
+    /// `[{name, from, to, bytes}]`; run each with `convertSlice`.
+    pub fn jobs(&mut self) -> Result<js_sys::Array, JsError> {
+        let out = js_sys::Array::new();
+        for j in self.inner.take_jobs() {
+            let o = js_sys::Object::new();
+            let set = |k: &str, v: JsValue| js_sys::Reflect::set(&o, &k.into(), &v).map(drop);
+            set("name", j.name.as_str().into())
+                .and_then(|_| set("from", j.from.name().into()))
+                .and_then(|_| set("to", j.to.name().into()))
+                .and_then(|_| set("bytes", js_sys::Uint8Array::from(j.bytes.as_slice()).into()))
+                .map_err(|_| JsError::new("building a conversion job for JavaScript"))?;
+            out.push(&o);
+        }
+        Ok(out)
+    }
+
+    /// The result of the oldest job not completed yet; returns the shard pieces it unblocks.
+    pub fn complete(&mut self, bytes: &[u8]) -> Result<js_sys::Array, JsError> {
+        let mut out = JsPieces(js_sys::Array::new());
+        self.inner.complete(bytes, &mut out).map_err(js_err)?;
+        Ok(out.0)
+    }
+
+    /// Jobs handed out and not completed.
+    #[wasm_bindgen(js_name = jobsOut)]
+    pub fn jobs_out(&self) -> u32 {
+        self.inner.jobs_out() as u32
     }
 
     /// The file is complete and its sha256 (returned) matches the expected one.

@@ -12,7 +12,7 @@ use webdiffusion::models::convert::convert;
 use webdiffusion::models::loader::{self, DirSource, FileSource, LoadOptions, MemorySource};
 use webdiffusion::models::package::{Manifest, MANIFEST};
 use webdiffusion::models::parity;
-use webdiffusion::models::stream::{PieceSink, StreamConverter};
+use webdiffusion::models::stream::{convert_slice, PieceSink, StreamConverter};
 use webdiffusion::pipeline::generate::{Generated, Request};
 use webdiffusion::pipeline::rng::NormalRng;
 use webdiffusion::pipeline::scheduler::SchedulerKind;
@@ -130,8 +130,10 @@ fn damaged_shards_are_named() {
 /// Every quantizable matrix of every network in `format` (the VAE included), to measure each.
 /// Streams `model`'s weight files through a `StreamConverter` cut into pieces of the given
 /// sizes (cycled), dropping the converter and resuming from its checkpoint after each push
-/// numbered in `resume_after`, as a reloaded page does.
-fn stream_package(model: &str, quant: &str, cuts: &[usize], resume_after: &[usize]) -> (MemSink, Manifest) {
+/// numbered in `resume_after`, as a reloaded page does. With `lag > 0` quantizing slices go out
+/// as jobs, as to the page's conversion workers, and up to `lag` of them stay out between pushes
+/// (a resume drops the ones out, as a reload does).
+fn stream_package(model: &str, quant: &str, cuts: &[usize], resume_after: &[usize], lag: usize) -> (MemSink, Manifest) {
     let src = DirSource(dir(model));
     let policy = QuantPolicy::standard(StoreType::parse(quant).unwrap());
     let mut files = std::collections::BTreeMap::new();
@@ -143,6 +145,8 @@ fn stream_package(model: &str, quant: &str, cuts: &[usize], resume_after: &[usiz
     let gpu = common::gpu();
     let mut sink = MemSink::default();
     let mut conv = StreamConverter::new(gpu, quant, &policy, 200_000, files).unwrap();
+    conv.set_offload(lag > 0);
+    let mut out = std::collections::VecDeque::new();
     let mut pushes = 0;
     for component in webdiffusion::models::convert::COMPONENTS {
         let path = webdiffusion::models::convert::weights_file(&src, component).unwrap();
@@ -153,11 +157,20 @@ fn stream_package(model: &str, quant: &str, cuts: &[usize], resume_after: &[usiz
             let at = conv.position() as usize;
             let end = (at + cut.next().unwrap()).min(bytes.len());
             conv.push(&bytes[at..end], &mut sink).unwrap();
+            for j in conv.take_jobs() {
+                out.push_back(convert_slice(&j.bytes, j.from, j.to, &j.name).unwrap());
+            }
+            while out.len() > lag {
+                conv.complete(&out.pop_front().unwrap(), &mut sink).unwrap();
+            }
+            assert_eq!(conv.jobs_out(), out.len());
             pushes += 1;
             if resume_after.contains(&pushes) {
                 let saved = conv.checkpoint().unwrap();
                 drop(conv);
+                out.clear();
                 conv = StreamConverter::resume(gpu, &saved).unwrap();
+                conv.set_offload(lag > 0);
                 // Pieces written after the checkpoint are stale, as the page discards them.
                 let keep: HashMap<String, u32> = conv.shard_pieces().into_iter().collect();
                 sink.0.retain(|f, _| keep.contains_key(f));
@@ -174,6 +187,16 @@ fn stream_package(model: &str, quant: &str, cuts: &[usize], resume_after: &[usiz
                     .collect();
             }
         }
+        if let Some(first) = out.front() {
+            let err = conv.end_file().unwrap_err().to_string();
+            assert!(err.contains("not completed"), "{err}");
+            let bad = conv.complete(&first[1..], &mut sink).unwrap_err().to_string();
+            assert!(bad.contains("expected"), "{bad}");
+        }
+        for r in out.drain(..) {
+            conv.complete(&r, &mut sink).unwrap();
+        }
+        assert!(conv.complete(&[0; 18], &mut sink).is_err(), "a result with no job out is refused");
         conv.end_file().unwrap();
     }
     let done = conv.finish().unwrap();
@@ -185,13 +208,17 @@ fn conversion_while_streaming_equals_convert_byte_for_byte() {
     let policy = QuantPolicy::standard(StoreType::Q4_0);
     let (whole, manifest) = package("tiny-sd1", "q4_0", &policy, 200_000);
     assert!(manifest.tensors.iter().all(|t| t.sha256.is_some()));
-    let cases: [(&[usize], &[usize]); 3] = [
-        (&[1, 7, 4093, 65536, 3], &[]),
-        (&[100_003, 17], &[1, 2, 3, 9, 10, 30, 31, 32, 50, 77]),
-        (&[250_000], &[3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20]),
+    // Cuts, resumes, and how many jobs stay out (0: quantized by the converter itself).
+    let cases: [(&[usize], &[usize], usize); 6] = [
+        (&[1, 7, 4093, 65536, 3], &[], 0),
+        (&[100_003, 17], &[1, 2, 3, 9, 10, 30, 31, 32, 50, 77], 0),
+        (&[250_000], &[3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20], 0),
+        (&[1, 7, 4093, 65536, 3], &[], 1),
+        (&[100_003, 17], &[1, 2, 3, 9, 10, 30, 31, 32, 50, 77], 5),
+        (&[250_000], &[3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20], 1000),
     ];
-    for (cuts, resume) in cases {
-        let (streamed, m) = stream_package("tiny-sd1", "q4_0", cuts, resume);
+    for (cuts, resume, lag) in cases {
+        let (streamed, m) = stream_package("tiny-sd1", "q4_0", cuts, resume, lag);
         assert_eq!(serde_json::to_string(&m).unwrap(), serde_json::to_string(&manifest).unwrap(), "cuts {cuts:?}");
         let mut names: Vec<_> = streamed.0.keys().collect();
         names.sort();
@@ -199,7 +226,7 @@ fn conversion_while_streaming_equals_convert_byte_for_byte() {
         for s in &manifest.shards {
             assert!(
                 streamed.0[&s.file] == whole.files[&s.file],
-                "{} differs (cuts {cuts:?}, resume {resume:?})",
+                "{} differs (cuts {cuts:?}, resume {resume:?}, lag {lag})",
                 s.file
             );
         }

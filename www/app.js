@@ -368,6 +368,7 @@ function onLoadEvent(m) {
     const parts = [`${fmtBytes(m.done)} of ${fmtBytes(m.total)}`];
     if (m.phase === 'convert') {
       setStatus(`Downloading and converting to ${quantName(m.quant)} (${m.filesDone + (m.done < m.total ? 1 : 0)} of ${m.files} weight files)…`);
+      if (m.workers > 1) parts.push(`quantizing on ${m.workers} cores`);
       if (m.unverified?.length) parts.push(`no known sha256 for ${m.unverified.join(', ')}`);
     }
     if (m.speed) parts.push(`${(m.speed / 1e6).toFixed(1)} MB/s`);

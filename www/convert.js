@@ -107,10 +107,43 @@ async function dropStalePieces(id, keep) {
   }
 }
 
+/// Quantizing jobs of `conv` run by `pool`, their results completed in job order: at most
+/// `limit` out at a time (memory: a 4 MiB slice and its result each).
+class Jobs {
+  constructor(pool, store) {
+    this.pool = pool;
+    this.store = store;
+    this.out = [];
+    this.limit = 2 * pool.size + 1;
+  }
+
+  /// Sends the jobs `conv`'s last pushes produced; completes finished ones, waiting while more
+  /// than `limit` are out (all of them with `all`).
+  async pump(conv, all = false) {
+    for (const job of conv.jobs()) {
+      const slot = { done: false, value: null };
+      slot.promise = this.pool.run(job).then((v) => { slot.done = true; slot.value = v; });
+      slot.promise.catch(() => {}); // awaited in order below
+      this.out.push(slot);
+    }
+    while (this.out.length && (this.out[0].done || this.out.length > (all ? 0 : this.limit))) {
+      const slot = this.out.shift();
+      await slot.promise;
+      await this.store(conv.complete(slot.value));
+    }
+  }
+
+  /// Forgets jobs of a converter that is being replaced.
+  reset() {
+    this.out = [];
+  }
+}
+
 /// Downloads and converts `entry` to `quant` with `engine` unless it is cached; returns
 /// `{record, stats}` as `downloadModel` does, or null when the entry is already a package.
 /// Options: chunkSize (bytes per Range request; a checkpoint every 8 chunks, 64 MiB at most),
-/// signal, onProgress.
+/// signal, onProgress, makePool (returns a `ConvertPool` whose workers quantize in parallel,
+/// closed when the conversion ends; without one the converter quantizes on this thread).
 export async function downloadConverted(entry, engine, quant, opts = {}) {
   const cached = await store.getModel(entry.id);
   if (cached) return { record: cached, stats: { requests: 0, bytesFetched: 0, bytesFromCache: cached.bytes } };
@@ -122,6 +155,7 @@ export async function downloadConverted(entry, engine, quant, opts = {}) {
   }
   const stats = { requests: 0, bytesFetched: 0, bytesFromCache: 0 };
   const id = entry.id;
+  let pool = null;
   const chunk = opts.chunkSize || CHUNK;
   const checkpointBytes = Math.min(CHECKPOINT_BYTES, 8 * chunk);
   try {
@@ -172,6 +206,10 @@ export async function downloadConverted(entry, engine, quant, opts = {}) {
       conv = engine.converter(texts, quant);
       fileIndex = 0;
     }
+    pool = opts.makePool ? opts.makePool() : null;
+    const jobs = pool && pool.size ? new Jobs(pool, (pieces) => storePieces(id, pieces, entry)) : null;
+    if (jobs) conv.setOffload(true);
+    stats.workers = jobs ? pool.size : 0;
     const done0 = weights.slice(0, fileIndex).reduce((s, f) => s + f.size, 0) + (conv.currentFile() ? conv.position() : 0);
     stats.bytesFromCache = done0;
     let done = done0;
@@ -210,6 +248,7 @@ export async function downloadConverted(entry, engine, quant, opts = {}) {
           }
           const bytes = await inflight.shift();
           await storePieces(id, conv.push(bytes), entry);
+          if (jobs) await jobs.pump(conv);
           done += bytes.length;
           since += bytes.length;
           if (since >= checkpointBytes) {
@@ -218,6 +257,7 @@ export async function downloadConverted(entry, engine, quant, opts = {}) {
           }
           progress(f.path);
         }
+        if (jobs) await jobs.pump(conv, true);
         try {
           conv.endFile();
           break;
@@ -228,6 +268,7 @@ export async function downloadConverted(entry, engine, quant, opts = {}) {
           retried = true;
           conv.free();
           conv = engine.resumeConverter(atStart);
+          if (jobs) conv.setOffload(true);
           await dropStalePieces(id, conv.shardPieces());
           done -= f.size;
         }
@@ -261,5 +302,7 @@ export async function downloadConverted(entry, engine, quant, opts = {}) {
     return { record, stats };
   } catch (e) {
     throw describeNetworkError(e, entry, opts.signal);
+  } finally {
+    pool?.close();
   }
 }

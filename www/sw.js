@@ -6,7 +6,7 @@
 // glue and the wasm binary must come from the same build, and so must app.js and worker.js),
 // offline ones the last complete set. Bump VERSION when the list changes.
 
-const VERSION = 3;
+const VERSION = 4;
 const CACHE = `webdiffusion-shell-v${VERSION}`;
 const SHELL = [
   './',
@@ -17,6 +17,8 @@ const SHELL = [
   'store.js',
   'download.js',
   'convert.js',
+  'convert-pool.js',
+  'convert-worker.js',
   'catalog.json',
   'selftest.html',
   'selftest.js',

@@ -19,6 +19,7 @@ import init, { Engine } from './pkg/webdiffusion.js';
 import * as store from './store.js';
 import { downloadModel } from './download.js';
 import { downloadConverted } from './convert.js';
+import { ConvertPool } from './convert-pool.js';
 
 let wasm = null;
 let engine = null;
@@ -191,7 +192,7 @@ const handlers = {
           download = null;
           // A diffusers repo to quantize is converted while it streams: the cache holds the
           // package form, and later visits upload it with no CPU work.
-          if (quant !== 'none') download = await downloadConverted(e, engine, quant, { chunkSize, signal: abort.signal, onProgress });
+          if (quant !== 'none') download = await downloadConverted(e, engine, quant, { chunkSize, signal: abort.signal, onProgress, makePool: ConvertPool.forThisDevice });
           if (!download) download = await downloadModel(e, { chunkSize, signal: abort.signal, onProgress });
           download.host = new URL(hosts[i], self.location.href).host;
           break;

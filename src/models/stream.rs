@@ -24,10 +24,10 @@ use super::convert::{component_accesses, COMPONENTS};
 use super::hash::Sha256State;
 use super::header::{self, HeaderTensor};
 use super::package::{Manifest, ShardEntry, TensorEntry, FORMAT, VERSION};
-use super::weights::{convert_bytes, storage, Storage, TensorInfo, TensorSource, Weights};
+use super::weights::{convert_bytes, storage, FileDType, Storage, TensorInfo, TensorSource, Weights};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu};
-use crate::quant::{QuantPolicy, BLOCK};
+use crate::quant::{QuantPolicy, StoreType, BLOCK};
 
 /// Input bytes converted at a time (f32 values of one slice: 8 MiB at most from f16).
 const SLICE: usize = 4 << 20;
@@ -80,11 +80,38 @@ struct Item {
     storage: Storage,
 }
 
-/// The tensor being converted.
+/// The tensor being written out.
 struct Current {
-    pending: Vec<u8>,
     hash: Sha256,
     entry: TensorEntry,
+}
+
+/// A slice to convert elsewhere (another thread or web worker, `convert_slice`): its result goes
+/// back through `StreamConverter::complete`, in the order the jobs were taken.
+pub struct Job {
+    pub name: String,
+    pub from: FileDType,
+    pub to: StoreType,
+    pub bytes: Vec<u8>,
+}
+
+/// `convert_bytes` of a job's fields: what runs where a job is sent.
+pub fn convert_slice(bytes: &[u8], from: FileDType, to: StoreType, name: &str) -> Result<Vec<u8>> {
+    convert_bytes(bytes, from, to, name)
+}
+
+/// What the reading side hands the writing side, in file order. The writing side places tensors
+/// in shards, hashes and emits their bytes and notes checkpoints; it waits at a slice still
+/// being converted elsewhere.
+enum Op {
+    /// The next used tensor's first byte: its place in the shards.
+    Start,
+    /// Its next stored bytes.
+    Bytes(Vec<u8>),
+    /// Its next stored bytes, `len` of them, come from a job.
+    Awaiting { len: usize },
+    /// The tensor is done; the file had then been read to `position` with sha256 state `hash`.
+    Finish { position: u64, hash: Sha256State },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -108,12 +135,22 @@ pub struct StreamConverter {
     /// The header bytes received so far (before it is parsed).
     head: Vec<u8>,
     plan: Vec<Item>,
-    cur: Option<Current>,
-    /// The current file's running hash and shard counter (the mark holds them at boundaries).
+    /// Reading: the file's running hash, bytes read, the plan item they belong to, whether its
+    /// first byte was seen, and its bytes not yet cut into a whole slice.
     file_hash: Sha256State,
     position: u64,
     next: usize,
+    started: bool,
+    pending: Vec<u8>,
+    /// Writing: what reading handed over and is not written yet (only ever more than nothing
+    /// while a job is out), the plan item being written and its entry.
+    ops: std::collections::VecDeque<Op>,
+    written: usize,
+    cur: Option<Current>,
     component_shards: u32,
+    /// Quantizing slices are handed out as jobs (`take_jobs`) instead of converted here.
+    offload: bool,
+    jobs: Vec<Job>,
 }
 
 /// A finished conversion: the manifest to store last, and the source tensors no model uses.
@@ -122,6 +159,27 @@ pub struct Finished {
     pub dropped: Vec<String>,
     /// (path, sha256) of every weight file converted, as computed over its bytes.
     pub files: Vec<(String, String)>,
+}
+
+/// The sink where no bytes can arrive.
+struct NoBytes;
+
+impl PieceSink for NoBytes {
+    fn append(&mut self, shard: &str, _: u32, _: &[u8]) -> Result<()> {
+        Err(Error::Request(format!("{shard}: bytes written after the file ended")))
+    }
+}
+
+/// Bytes the stored form of a used tensor of `shape` takes.
+fn stored_len(item: &Item, shape: &[usize]) -> Result<u64> {
+    match item.storage {
+        Storage::Keep(_) => Ok(item.t.len),
+        Storage::Convert(t) => shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .map(|n| t.bytes(n) as u64)
+            .ok_or_else(|| Error::Tensor { name: item.t.name.clone(), msg: format!("shape {shape:?} is too large") }),
+    }
 }
 
 /// A tensor list without data, for the dry run that plans a file.
@@ -174,11 +232,17 @@ impl StreamConverter {
             st,
             head: Vec::new(),
             plan: Vec::new(),
-            cur: None,
             file_hash: Sha256State::new(),
             position: 0,
             next: 0,
+            started: false,
+            pending: Vec::new(),
+            ops: Default::default(),
+            written: 0,
+            cur: None,
             component_shards: 0,
+            offload: false,
+            jobs: Vec::new(),
         }
     }
 
@@ -215,12 +279,52 @@ impl StreamConverter {
         });
         self.head.clear();
         self.plan.clear();
-        self.cur = None;
         self.file_hash = Sha256State::new();
         self.position = 0;
         self.next = 0;
+        self.started = false;
+        self.pending.clear();
+        self.ops.clear();
+        self.written = 0;
+        self.cur = None;
         self.component_shards = 0;
         Ok(())
+    }
+
+    /// Hands quantizing slices out as jobs (`take_jobs`, results through `complete`) instead of
+    /// converting them here, so several threads or workers can quantize one stream.
+    pub fn set_offload(&mut self, on: bool) {
+        self.offload = on;
+    }
+
+    /// The jobs the last pushes produced, in order.
+    pub fn take_jobs(&mut self) -> Vec<Job> {
+        std::mem::take(&mut self.jobs)
+    }
+
+    /// Jobs taken and not yet completed.
+    pub fn jobs_out(&self) -> usize {
+        self.ops.iter().filter(|o| matches!(o, Op::Awaiting { .. })).count()
+    }
+
+    /// The result of the oldest job not yet completed; writes what it unblocks.
+    pub fn complete(&mut self, bytes: &[u8], sink: &mut dyn PieceSink) -> Result<()> {
+        let len = self.ops.iter().find_map(|o| match o {
+            Op::Awaiting { len } => Some(*len),
+            _ => None,
+        });
+        match len {
+            None => return Err(Error::Request("a conversion result with no job out".into())),
+            Some(len) if len != bytes.len() => {
+                return Err(Error::Request(format!("a conversion result of {} bytes, expected {len}", bytes.len())))
+            }
+            Some(_) => {}
+        }
+        // Everything before the first job is written already, so it is at the front.
+        let front = self.ops.pop_front();
+        debug_assert!(matches!(front, Some(Op::Awaiting { .. })));
+        self.write(bytes, sink)?;
+        self.drain(sink)
     }
 
     /// Where the current file's bytes must continue from (after `resume`, fetch from here).
@@ -238,7 +342,7 @@ impl StreamConverter {
             data = self.take_header(data)?;
         }
         while self.st.file.as_ref().is_some_and(|f| f.header.is_some()) {
-            self.finish_empty_tensors()?;
+            self.finish_empty_tensors(sink)?;
             if data.is_empty() {
                 break;
             }
@@ -252,7 +356,7 @@ impl StreamConverter {
             self.position += take as u64;
             self.tensor_bytes(seg, sink)?;
             if self.position == end {
-                self.finish_tensor()?;
+                self.finish_tensor(sink)?;
             }
             data = rest;
         }
@@ -277,7 +381,7 @@ impl StreamConverter {
                     f.header = Some(json);
                 }
                 self.head.clear();
-                self.mark();
+                self.mark(self.position, self.file_hash.clone());
                 return Ok(data);
             }
             if data.is_empty() {
@@ -326,9 +430,8 @@ impl StreamConverter {
     }
 
     /// Notes a tensor boundary: what `checkpoint` saves.
-    fn mark(&mut self) {
-        let (position, file_hash, next, component_shards) =
-            (self.position, self.file_hash.clone(), self.next, self.component_shards);
+    fn mark(&mut self, position: u64, file_hash: Sha256State) {
+        let (next, component_shards) = (self.written, self.component_shards);
         let (open, shards, tensors, dropped) =
             (self.st.open.clone(), self.st.shards.len(), self.st.tensors.len(), self.st.dropped.len());
         if let Some(f) = self.st.file.as_mut() {
@@ -336,20 +439,13 @@ impl StreamConverter {
         }
     }
 
-    /// Opens the current tensor on its first byte: its entry and its place in the shards.
+    /// Writing: opens the tensor being written on its first byte, its entry and its place in
+    /// the shards.
     fn start_tensor(&mut self) -> Result<()> {
-        let item = &self.plan[self.next];
+        let item = &self.plan[self.written];
         let Some(shape) = item.shape.clone() else { return Ok(()) };
         let name = item.t.name.clone();
-        let length = match item.storage {
-            Storage::Keep(_) => item.t.len,
-            Storage::Convert(t) => {
-                let numel = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
-                numel
-                    .map(|n| t.bytes(n) as u64)
-                    .ok_or_else(|| Error::Tensor { name: name.clone(), msg: format!("shape {shape:?} is too large") })?
-            }
-        };
+        let length = stored_len(item, &shape)?;
         let dtype = match item.storage {
             Storage::Keep(s) | Storage::Convert(s) => s,
         };
@@ -360,31 +456,64 @@ impl StreamConverter {
         let component = self.st.file.as_ref().map(|f| f.component.clone()).unwrap_or_default();
         let entry =
             TensorEntry { component, name, dtype, shape, shard: self.st.shards.len(), offset, length, sha256: None };
-        self.cur = Some(Current { pending: Vec::new(), hash: Sha256::new(), entry });
+        self.cur = Some(Current { hash: Sha256::new(), entry });
         Ok(())
     }
 
-    /// Bytes of the current tensor: converted in whole slices, written out.
+    /// Hands `op` to the writing side: applied now unless a job is out before it.
+    fn emit(&mut self, op: Op, sink: &mut dyn PieceSink) -> Result<()> {
+        self.ops.push_back(op);
+        self.drain(sink)
+    }
+
+    /// Stored bytes of the tensor being read, written now when nothing waits before them.
+    fn emit_bytes(&mut self, bytes: &[u8], sink: &mut dyn PieceSink) -> Result<()> {
+        if self.ops.is_empty() {
+            self.write(bytes, sink)
+        } else {
+            self.emit(Op::Bytes(bytes.to_vec()), sink)
+        }
+    }
+
+    /// Writing: applies handed-over operations up to the first job still out.
+    fn drain(&mut self, sink: &mut dyn PieceSink) -> Result<()> {
+        while let Some(op) = self.ops.front() {
+            if matches!(op, Op::Awaiting { .. }) {
+                break;
+            }
+            match self.ops.pop_front().expect("a front") {
+                Op::Start => self.start_tensor()?,
+                Op::Bytes(b) => self.write(&b, sink)?,
+                Op::Finish { position, hash } => self.written_tensor(position, hash)?,
+                Op::Awaiting { .. } => unreachable!("checked above"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reading: bytes of the tensor being read, converted in whole slices.
     fn tensor_bytes(&mut self, seg: &[u8], sink: &mut dyn PieceSink) -> Result<()> {
         if self.plan[self.next].shape.is_none() {
             return Ok(());
         }
-        if self.cur.is_none() {
-            self.start_tensor()?;
+        if !self.started {
+            self.started = true;
+            self.emit(Op::Start, sink)?;
         }
         let item = &self.plan[self.next];
         let done = self.position == item.t.start + item.t.len;
         match item.storage {
-            Storage::Keep(_) => self.write(seg, sink),
+            Storage::Keep(_) => self.emit_bytes(seg, sink),
             Storage::Convert(to) => {
                 let from = item.t.info.dtype;
-                let unit = from.element_bytes().ok_or_else(|| Error::Tensor {
+                let elem = from.element_bytes().ok_or_else(|| Error::Tensor {
                     name: item.t.name.clone(),
                     msg: format!("{from:?} cannot be converted"),
-                })? * if to.quant().is_some() { BLOCK } else { 1 };
+                })?;
+                let unit = elem * if to.quant().is_some() { BLOCK } else { 1 };
                 let name = item.t.name.clone();
                 let slice = SLICE / unit * unit + unit;
-                let mut pending = std::mem::take(&mut self.cur.as_mut().expect("started").pending);
+                let mut pending = std::mem::take(&mut self.pending);
                 pending.extend_from_slice(seg);
                 let mut at = 0;
                 while pending.len() - at >= slice || (done && at < pending.len()) {
@@ -392,12 +521,19 @@ impl StreamConverter {
                     if n == 0 {
                         return Err(Error::Tensor { name, msg: "is not a whole number of 32-value blocks".into() });
                     }
-                    let out = convert_bytes(&pending[at..at + n], from, to, &name)?;
-                    self.write(&out, sink)?;
+                    let input = &pending[at..at + n];
+                    if self.offload && to.quant().is_some() {
+                        let len = to.bytes(n / elem);
+                        self.jobs.push(Job { name: name.clone(), from, to, bytes: input.to_vec() });
+                        self.ops.push_back(Op::Awaiting { len });
+                    } else {
+                        let out = convert_bytes(input, from, to, &name)?;
+                        self.emit_bytes(&out, sink)?;
+                    }
                     at += n;
                 }
                 pending.drain(..at);
-                self.cur.as_mut().expect("started").pending = pending;
+                self.pending = pending;
                 Ok(())
             }
         }
@@ -435,9 +571,22 @@ impl StreamConverter {
         }
     }
 
-    /// The current tensor is complete: its entry goes into the manifest.
-    fn finish_tensor(&mut self) -> Result<()> {
-        let item = &self.plan[self.next];
+    /// Reading: the tensor being read is complete.
+    fn finish_tensor(&mut self, sink: &mut dyn PieceSink) -> Result<()> {
+        if !self.pending.is_empty() {
+            let name = self.plan[self.next].t.name.clone();
+            return Err(Error::Tensor { name, msg: "is not a whole number of 32-value blocks".into() });
+        }
+        self.next += 1;
+        self.started = false;
+        let (position, hash) = (self.position, self.file_hash.clone());
+        self.emit(Op::Finish { position, hash }, sink)
+    }
+
+    /// Writing: the tensor being written is complete; its entry goes into the manifest and the
+    /// state after it is the checkpoint.
+    fn written_tensor(&mut self, position: u64, hash: Sha256State) -> Result<()> {
+        let item = &self.plan[self.written];
         if item.shape.is_some() {
             if self.cur.is_none() {
                 self.start_tensor()?;
@@ -450,15 +599,15 @@ impl StreamConverter {
             let component = self.st.file.as_ref().map(|f| f.component.clone()).unwrap_or_default();
             self.st.dropped.push(format!("{component}.{}", item.t.name));
         }
-        self.next += 1;
-        self.mark();
+        self.written += 1;
+        self.mark(position, hash);
         Ok(())
     }
 
     /// Zero-length tensors at the current position take no bytes: finish them now.
-    fn finish_empty_tensors(&mut self) -> Result<()> {
+    fn finish_empty_tensors(&mut self, sink: &mut dyn PieceSink) -> Result<()> {
         while self.plan.get(self.next).is_some_and(|i| i.t.len == 0 && i.t.start == self.position) {
-            self.finish_tensor()?;
+            self.finish_tensor(sink)?;
         }
         Ok(())
     }
@@ -470,7 +619,12 @@ impl StreamConverter {
         if self.position != f.size || f.header.is_none() {
             return Err(Error::Weights(format!("{path}: truncated at byte {} of {}", self.position, f.size)));
         }
-        self.finish_empty_tensors()?;
+        let out = self.jobs_out();
+        if out > 0 {
+            return Err(Error::Request(format!("{path}: ended with {out} conversion jobs not completed")));
+        }
+        // With no job out nothing waits, and trailing empty tensors write no bytes.
+        self.finish_empty_tensors(&mut NoBytes)?;
         if self.next != self.plan.len() {
             return Err(Error::Weights(format!("{path}: ended inside tensor {}", self.plan[self.next].t.name)));
         }
@@ -516,6 +670,7 @@ impl StreamConverter {
             c.file_hash = f.mark.file_hash.clone();
             c.position = f.mark.position;
             c.next = f.mark.next;
+            c.written = f.mark.next;
             c.component_shards = f.mark.component_shards;
             if let Some(json) = &f.header {
                 c.plan_file(json)?;

@@ -45,6 +45,19 @@ impl FileDType {
         }
     }
 
+    /// The name `parse` reads back.
+    pub fn name(self) -> &'static str {
+        match self {
+            FileDType::F32 => "F32",
+            FileDType::F16 => "F16",
+            FileDType::BF16 => "BF16",
+            FileDType::Q8_0 => "q8_0",
+            FileDType::Q4_0 => "q4_0",
+            FileDType::I64 => "I64",
+            FileDType::Other => "other",
+        }
+    }
+
     fn store(self) -> Option<StoreType> {
         match self {
             FileDType::F32 => Some(StoreType::F32),
@@ -130,7 +143,7 @@ impl TensorSource for SafeTensorsBytes {
 fn decode(bytes: &[u8], from: FileDType, name: &str) -> Result<Vec<f32>> {
     Ok(match from {
         FileDType::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        FileDType::F16 => bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        FileDType::F16 => quant::f16_bytes_to_f32(bytes),
         FileDType::BF16 => bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
         FileDType::Q8_0 => quant::dequantize(quant::QuantFormat::Q8_0, bytes)?,
         FileDType::Q4_0 => quant::dequantize(quant::QuantFormat::Q4_0, bytes)?,
@@ -152,7 +165,7 @@ pub fn encode(values: &[f32], to: StoreType) -> Result<Vec<u8>> {
 fn to_compute(bytes: &[u8], from: FileDType, to: DType, name: &str) -> Result<Vec<u8>> {
     match (from, to) {
         (FileDType::F16, DType::F32) => {
-            Ok(bytes.chunks_exact(2).flat_map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32().to_le_bytes()).collect())
+            Ok(bytemuck::cast_slice(&quant::f16_bytes_to_f32(bytes)).to_vec())
         }
         (_, DType::F32) => Ok(decode(bytes, from, name)?.iter().flat_map(|v| v.to_le_bytes()).collect()),
         (_, DType::F16) => encode(&decode(bytes, from, name)?, StoreType::F16),

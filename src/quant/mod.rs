@@ -8,10 +8,13 @@
 //! a weight split over bindings by rows stays addressable chunk by chunk and kernels read whole
 //! u32 words (see `shaders/common/quant.wgsl`).
 
+mod fit;
 mod gpu;
+mod half16;
 mod policy;
 
 pub use gpu::QTensor;
+pub use half16::f16_bytes_to_f32;
 pub use policy::{QuantPolicy, Rule, StoreType};
 
 use half::f16;
@@ -114,201 +117,27 @@ pub fn quantize_fit(format: QuantFormat, x: &[f32]) -> Result<Vec<u8>> {
     if format == QuantFormat::Q8_0 {
         return quantize(format, x);
     }
-    let mut out = quantize(format, x)?;
+    if x.len() % BLOCK != 0 {
+        return Err(Error::Request(format!("{} values are not a whole number of {BLOCK}-blocks", x.len())));
+    }
     let blocks = x.len() / BLOCK;
-    let threads = fit_threads(blocks);
+    // Every block is written by the fit.
+    let mut out = vec![0u8; blocks * format.block_bytes()];
+    let threads = fit::threads(blocks);
     if threads <= 1 {
-        fit_range(x, &mut out);
+        fit::fit_range(x, &mut out);
     } else {
         #[cfg(not(target_arch = "wasm32"))]
         {
             let per = blocks.div_ceil(threads);
             std::thread::scope(|s| {
                 for (xs, os) in x.chunks(per * BLOCK).zip(out.chunks_mut(per * format.block_bytes())) {
-                    s.spawn(move || fit_range(xs, os));
+                    s.spawn(move || fit::fit_range(xs, os));
                 }
             });
         }
     }
     Ok(out)
-}
-
-/// Fits every block of `x` into the q4_0 blocks `out`, with the widest vectors the CPU has (the
-/// same operations in every lane width, so the same bytes).
-fn fit_range(x: &[f32], out: &mut [u8]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2, checked just above.
-        unsafe { fit_range_avx2(x, out) };
-        return;
-    }
-    fit_range_plain(x, out);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn fit_range_avx2(x: &[f32], out: &mut [u8]) {
-    fit_range_plain(x, out)
-}
-
-#[inline(always)]
-fn fit_range_plain(x: &[f32], out: &mut [u8]) {
-    for (b, blk) in x.chunks_exact(BLOCK).zip(out.chunks_exact_mut(QuantFormat::Q4_0.block_bytes())) {
-        let (d, q) = fit_q4_block(b.try_into().expect("a whole block"));
-        blk[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
-        for j in 0..16 {
-            blk[2 + j] = (q[j] + 8) as u8 | (((q[j + 16] + 8) as u8) << 4);
-        }
-    }
-}
-
-/// How many threads fit `blocks` q4_0 blocks: one per core natively once a tensor is large enough
-/// to pay for spawning them (a block costs about a microsecond); one in wasm.
-fn fit_threads(blocks: usize) -> usize {
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        cores.min(blocks / 4096).max(1)
-    }
-    #[cfg(target_arch = "wasm32")]
-    {
-        let _ = blocks;
-        1
-    }
-}
-
-/// Scale candidates per block: the reference (the extreme value at level -8, or at +7), then
-/// 7.0..8.5 steps of 0.1 around both.
-const CANDIDATES: usize = 34;
-/// Lanes evaluated together (AVX2's width; two SIMD128 vectors in wasm).
-const LANES: usize = 8;
-const CAND_PAD: usize = CANDIDATES.div_ceil(LANES) * LANES;
-const DS_PAD: usize = (2 * CANDIDATES).div_ceil(LANES) * LANES;
-
-/// The level of `v` at scale `d` as a float: `round(clamp(v / d, -8, 7))` with `f32::round`'s
-/// ties away from zero, 0 for NaN or `d == 0`, exactly as
-/// `(v / d).round().clamp(-8.0, 7.0) as i32` (rounding is monotone and fixes the integer bounds,
-/// so clamping first changes nothing), in float operations every SIMD width has: adding and
-/// subtracting 1.5 * 2^23 rounds |c| <= 8 to the nearest integer (ties to even), and ties are
-/// then moved away from zero.
-#[inline(always)]
-fn level(v: f32, d: f32) -> f32 {
-    level_of(v / d, d)
-}
-
-/// `level` from `y = v / d`.
-#[inline(always)]
-fn level_of(y: f32, d: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0;
-    // No branches (they keep the compiler from vectorizing): NaN is caught from `y` itself,
-    // since `max` turns it into -8.
-    #[allow(clippy::eq_op)]
-    let number = y == y;
-    let c = y.max(-8.0).min(7.0);
-    let r = (c + MAGIC) - MAGIC;
-    let e = c - r;
-    let up = (e == 0.5) & (c > 0.0);
-    let down = (e == -0.5) & (c < 0.0);
-    let r = r + f32::from(u8::from(up)) - f32::from(u8::from(down));
-    let keep = number & (d != 0.0);
-    r * f32::from(u8::from(keep))
-}
-
-/// The least-squares sums of one vector of scale candidates `ds` over the block: for each lane
-/// `sum v * q` and `sum q * q`, in element order.
-#[inline(always)]
-fn lsq_sums(b: &[f32; BLOCK], ds: &[f32; LANES]) -> ([f32; LANES], [f32; LANES]) {
-    let (mut x, mut q2) = ([0f32; LANES], [0f32; LANES]);
-    for &v in b {
-        for l in 0..LANES {
-            let q = level(v, ds[l]);
-            x[l] += v * q;
-            q2[l] += q * q;
-        }
-    }
-    (x, q2)
-}
-
-/// The squared errors of one vector of f16-exact scales `ds` over the block, in element order.
-#[inline(always)]
-fn sq_errors(b: &[f32; BLOCK], ds: &[f32; LANES]) -> [f32; LANES] {
-    let mut acc = [0f32; LANES];
-    for &v in b {
-        for l in 0..LANES {
-            let e = v - ds[l] * level(v, ds[l]);
-            acc[l] += e * e;
-        }
-    }
-    acc
-}
-
-/// The q4_0 scale (f16-exact) and levels in -8..=7 of least squared error for one block.
-///
-/// Every candidate scale is evaluated, each with its sums accumulated in element order, so the
-/// result is the same as fitting candidate after candidate; the loops run across candidates
-/// (independent lanes), which the compiler vectorizes. A unit test below checks it bit for bit
-/// against the plain candidate-by-candidate form.
-#[inline(always)]
-fn fit_q4_block(b: &[f32; BLOCK]) -> (f32, [i32; BLOCK]) {
-    let (mut amax, mut max) = (0f32, 0f32);
-    for &v in b {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
-        }
-    }
-    if amax == 0.0 {
-        return (0.0, [0; BLOCK]);
-    }
-    // Lanes are padded to whole vectors of `LANES` with copies of the last value: a copy never
-    // wins, since only a strictly smaller error replaces an earlier one.
-    let mut cand = [0f32; CAND_PAD];
-    cand[0] = max / -8.0;
-    cand[1] = max / 7.0;
-    for i in 0..16 {
-        let n = 7.0 + 0.1 * i as f32;
-        cand[2 + 2 * i] = max / -n;
-        cand[3 + 2 * i] = max / n;
-    }
-    for k in CANDIDATES..CAND_PAD {
-        cand[k] = cand[CANDIDATES - 1];
-    }
-    // Each candidate's levels, refined by the least-squares scale of those levels. One vector
-    // of candidates at a time, over the block's values in order: each lane's sums are taken in
-    // element order, as one candidate at a time would.
-    let (mut sxq, mut sqq) = ([0f32; CAND_PAD], [0f32; CAND_PAD]);
-    for ((cs, sx), sq) in cand.chunks_exact(LANES).zip(sxq.chunks_exact_mut(LANES)).zip(sqq.chunks_exact_mut(LANES)) {
-        let cs: &[f32; LANES] = cs.try_into().expect("whole vectors");
-        let (x, q2) = lsq_sums(b, cs);
-        sx.copy_from_slice(&x);
-        sq.copy_from_slice(&q2);
-    }
-    // Both scales of every candidate, as f16 stores them, in the order they are tried.
-    let mut ds = [0f32; DS_PAD];
-    for k in 0..CANDIDATES {
-        let refined = if sqq[k] > 0.0 { sxq[k] / sqq[k] } else { cand[k] };
-        ds[2 * k] = f16::from_f32(cand[k]).to_f32();
-        ds[2 * k + 1] = f16::from_f32(refined).to_f32();
-    }
-    for m in 2 * CANDIDATES..DS_PAD {
-        ds[m] = ds[2 * CANDIDATES - 1];
-    }
-    let mut err = [0f32; DS_PAD];
-    for (dv, ev) in ds.chunks_exact(LANES).zip(err.chunks_exact_mut(LANES)) {
-        let dv: &[f32; LANES] = dv.try_into().expect("whole vectors");
-        ev.copy_from_slice(&sq_errors(b, dv));
-    }
-    // The first strictly smallest error wins, as when trying them one by one.
-    let (mut best, mut best_err) = (None, f32::INFINITY);
-    for (m, &e) in err.iter().enumerate() {
-        if e < best_err {
-            best = Some(m);
-            best_err = e;
-        }
-    }
-    let Some(m) = best else { return (0.0, [0; BLOCK]) };
-    let d = ds[m];
-    (d, b.map(|v| level(v, d) as i32))
 }
 
 /// Expands GGML blocks back to f32.
@@ -433,85 +262,6 @@ mod tests {
             dequantize(QuantFormat::Q4_0, &quantize_fit(QuantFormat::Q4_0, &[0.0; 32]).unwrap()).unwrap(),
             vec![0.0; 32]
         );
-    }
-
-    /// The fit as first written, candidate after candidate: the oracle `fit_q4_block`'s
-    /// vectorizable form must equal bit for bit.
-    fn fit_one_by_one(b: &[f32]) -> (f32, [i32; BLOCK]) {
-        let (mut amax, mut max) = (0f32, 0f32);
-        for &v in b {
-            if v.abs() > amax {
-                amax = v.abs();
-                max = v;
-            }
-        }
-        let mut best = (0f32, [0i32; BLOCK], f32::INFINITY);
-        if amax == 0.0 {
-            return (best.0, best.1);
-        }
-        let levels = |d: f32| -> ([i32; BLOCK], f32) {
-            let mut q = [0i32; BLOCK];
-            let mut err = 0f32;
-            for (qi, &v) in q.iter_mut().zip(b) {
-                *qi = if d == 0.0 { 0 } else { (v / d).round().clamp(-8.0, 7.0) as i32 };
-                err += (v - d * *qi as f32).powi(2);
-            }
-            (q, err)
-        };
-        let mut candidates = vec![max / -8.0, max / 7.0];
-        for i in 0..16 {
-            let n = 7.0 + 0.1 * i as f32;
-            candidates.extend([max / -n, max / n]);
-        }
-        for d in candidates {
-            let (q, _) = levels(d);
-            let (sxq, sqq) =
-                q.iter().zip(b).fold((0f32, 0f32), |(a, c), (&qi, &v)| (a + v * qi as f32, c + (qi * qi) as f32));
-            for d in [d, if sqq > 0.0 { sxq / sqq } else { d }] {
-                let d = f16::from_f32(d).to_f32();
-                let (q, err) = levels(d);
-                if err < best.2 {
-                    best = (d, q, err);
-                }
-            }
-        }
-        (best.0, best.1)
-    }
-
-    #[test]
-    fn vectorized_fit_equals_the_one_by_one_fit_bit_for_bit() {
-        let n = 32 * 20_000;
-        let u = crate::selftest::random_values(31, n);
-        let mut blocks: Vec<Vec<f32>> = Vec::new();
-        // Uniform, Gaussian-like with outliers, tiny (subnormal scales), huge (f16 overflow),
-        // values on rounding ties, constant, one spike, and hostile non-finite values.
-        blocks.extend(u.chunks(32).take(8000).map(|c| c.to_vec()));
-        blocks.extend(u.chunks(128).take(4000).map(|c| {
-            (0..32).map(|j| c[4 * j..4 * j + 4].iter().sum::<f32>() * if j == 5 { 4.0 } else { 1.0 }).collect()
-        }));
-        blocks.extend(u.chunks(32).take(500).map(|c| c.iter().map(|v| v * 1e-41).collect()));
-        blocks.extend(u.chunks(32).take(500).map(|c| c.iter().map(|v| v * 1e6).collect()));
-        blocks.extend(u.chunks(32).take(500).map(|c| c.iter().map(|v| ((v * 16.0).round() + 0.5) / 8.0).collect()));
-        blocks.push(vec![0.25; 32]);
-        blocks.push((0..32).map(|j| if j == 7 { -3.0 } else { 0.0 }).collect());
-        blocks.push((0..32).map(|j| [f32::NAN, 1.0, -0.5, f32::INFINITY][j % 4]).collect());
-        blocks.push((0..32).map(|j| if j == 0 { f32::NEG_INFINITY } else { 0.1 }).collect());
-        blocks.push(vec![f32::NAN; 32]);
-        blocks.push(vec![-0.0; 32]);
-        for (i, b) in blocks.iter().enumerate() {
-            let (d, q) = fit_q4_block(b.as_slice().try_into().unwrap());
-            let (rd, rq) = fit_one_by_one(b);
-            assert!(d.to_bits() == rd.to_bits() && q == rq, "block {i} {b:?}: {d} {q:?} vs {rd} {rq:?}");
-        }
-        // Through the public, multi-threaded entry point as well.
-        let flat: Vec<f32> = blocks.iter().flatten().copied().collect();
-        let mut want = Vec::new();
-        for b in &blocks {
-            let (d, q) = fit_one_by_one(b);
-            want.extend(f16::from_f32(d).to_le_bytes());
-            want.extend((0..16).map(|j| (q[j] + 8) as u8 | (((q[j + 16] + 8) as u8) << 4)));
-        }
-        assert_eq!(quantize_fit(QuantFormat::Q4_0, &flat).unwrap(), want);
     }
 
     #[test]

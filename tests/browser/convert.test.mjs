@@ -65,6 +65,7 @@ test('a repo served like Hugging Face is converted while it streams into exactly
     const source = ['unet/diffusion_pytorch_model.safetensors', 'text_encoder/model.fp16.safetensors', 'vae/diffusion_pytorch_model.safetensors']
       .reduce((n, f) => n + statSync(join(MODEL_DIR, f)).size, 0);
     assert.ok(s.download.bytesFetched >= source, `fetched ${s.download.bytesFetched} of ${source} source bytes`);
+    assert.ok(s.download.workers >= 1, `quantized by conversion workers (${s.download.workers})`);
     const g = await page.evaluate((r) => window.webdiffusion.generate(r), REQUEST);
     assert.equal(g.cancelled, false);
     console.log(`streamed conversion: ${Object.values(sizes).reduce((a, b) => a + b, 0)} bytes stored for ${source} source bytes, ` +
