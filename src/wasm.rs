@@ -414,7 +414,8 @@ impl Model {
 #[wasm_bindgen(js_name = convertSlice)]
 pub fn convert_slice(bytes: &[u8], from: &str, to: &str, name: &str) -> Result<Vec<u8>, JsError> {
     let to = StoreType::parse(to).map_err(js_err)?;
-    crate::models::stream::convert_slice(bytes, crate::models::weights::FileDType::parse(from), to, name).map_err(js_err)
+    crate::models::stream::convert_slice(bytes, crate::models::weights::FileDType::parse(from), to, name)
+        .map_err(js_err)
 }
 
 /// A model converted while it downloads (see `models::stream`): the worker pushes each weight

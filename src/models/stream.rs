@@ -174,11 +174,11 @@ impl PieceSink for NoBytes {
 fn stored_len(item: &Item, shape: &[usize]) -> Result<u64> {
     match item.storage {
         Storage::Keep(_) => Ok(item.t.len),
-        Storage::Convert(t) => shape
-            .iter()
-            .try_fold(1usize, |n, &d| n.checked_mul(d))
-            .map(|n| t.bytes(n) as u64)
-            .ok_or_else(|| Error::Tensor { name: item.t.name.clone(), msg: format!("shape {shape:?} is too large") }),
+        Storage::Convert(t) => {
+            shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).map(|n| t.bytes(n) as u64).ok_or_else(|| {
+                Error::Tensor { name: item.t.name.clone(), msg: format!("shape {shape:?} is too large") }
+            })
+        }
     }
 }
 

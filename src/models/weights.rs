@@ -164,9 +164,7 @@ pub fn encode(values: &[f32], to: StoreType) -> Result<Vec<u8>> {
 /// Stored float bytes as the compute dtype's bytes.
 fn to_compute(bytes: &[u8], from: FileDType, to: DType, name: &str) -> Result<Vec<u8>> {
     match (from, to) {
-        (FileDType::F16, DType::F32) => {
-            Ok(bytemuck::cast_slice(&quant::f16_bytes_to_f32(bytes)).to_vec())
-        }
+        (FileDType::F16, DType::F32) => Ok(bytemuck::cast_slice(&quant::f16_bytes_to_f32(bytes)).to_vec()),
         (_, DType::F32) => Ok(decode(bytes, from, name)?.iter().flat_map(|v| v.to_le_bytes()).collect()),
         (_, DType::F16) => encode(&decode(bytes, from, name)?, StoreType::F16),
         (_, DType::U32) => Err(Error::Tensor { name: name.into(), msg: "cannot load as u32".into() }),

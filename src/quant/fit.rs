@@ -397,7 +397,12 @@ mod tests {
             // Values at, and a few ulps around, every threshold, and random ones.
             let k = (i % 16) as f32 - 7.5;
             let tie = k * d;
-            let vs = [tie, f32::from_bits(tie.to_bits() + 1), f32::from_bits(tie.to_bits().wrapping_sub(1)), w[1] * 9.0 * d.abs()];
+            let vs = [
+                tie,
+                f32::from_bits(tie.to_bits() + 1),
+                f32::from_bits(tie.to_bits().wrapping_sub(1)),
+                w[1] * 9.0 * d.abs(),
+            ];
             for v in vs {
                 let (inv, worst) = lanes(&[d; LANES]);
                 let (fast, dist) = fast_level(v, inv[0], [-8.0, 7.0]);

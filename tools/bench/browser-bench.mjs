@@ -229,7 +229,7 @@ async function visit({ first, profile, url, resolveBase, origins, o }) {
     await page.screenshot({ path: join(ARTIFACTS, `bench-${o.model}-${out.visit}.png`), fullPage: true }).catch(() => {});
     out.requests = requests;
     const r = rss.stop();
-    out.rss = { peakBytes: r.peakRss, peakDuringLoadBytes: loadPeak, peakPssBytes: r.peakPss, samples: r.samples.length };
+    out.rss = { peakBytes: r.peakRss, peakDuringLoadBytes: loadPeak, peakPssBytes: r.peakPss, samples: r.samples.length, peakProcesses: r.peakProcesses };
     return out;
   } catch (e) {
     e.logs = logs;
@@ -245,6 +245,8 @@ const mib = (b) => (b === null || b === undefined ? '-' : `${(b / 2 ** 20).toFix
 const ms = (x) => (x === null || x === undefined ? '-' : x.toFixed(0));
 const sec = (s) => (s === null || s === undefined ? '-' : `${s.toFixed(1)} s`);
 
+const top = (rss) => (rss?.peakProcesses || []).slice(0, 3).map((p) => `${p.type} ${gb(p.rss)} (${gb(p.shmem)})`).join(', ') || '-';
+
 function table(r) {
   const [a, b] = [r.first || {}, r.returning || {}];
   const rows = [
@@ -258,6 +260,7 @@ function table(r) {
     ['wasm heap after load', mib(a.wasmHeapBytes), mib(b.wasmHeapBytes)],
     ['browser peak RSS (sum; during load)', `${gb(a.rss?.peakBytes)} (${gb(a.rss?.peakDuringLoadBytes)})`, `${gb(b.rss?.peakBytes)} (${gb(b.rss?.peakDuringLoadBytes)})`],
     ['browser peak PSS', gb(a.rss?.peakPssBytes), gb(b.rss?.peakPssBytes)],
+    ['at the peak: largest processes (RSS, of it shared)', top(a.rss), top(b.rss)],
     ['weight requests hub / cdn (servers)', r.server ? `${r.server.hub.weightRequests} / ${r.server.cdn.weightRequests}` : '-', 'stopped'],
     ['requests to hub / cdn (browser)', a.requests ? `${a.requests.hub} / ${a.requests.cdn}` : '-', b.requests ? `${b.requests.hub} / ${b.requests.cdn}` : '-'],
   ];

@@ -18,15 +18,25 @@ const kbField = (text, name) => {
   return m ? Number(m[1]) * 1024 : 0;
 };
 
-/// Starts sampling every `intervalMs`; `stop()` returns {peakRss, peakRssAt, peakPss, samples:
-/// [[epochMs, rssBytes, processes]]}. `peakBetween(t0, t1)` gives the peak RSS within a window.
+/// Starts sampling every `intervalMs`; `stop()` returns {peakRss, peakRssAt, peakPss,
+/// peakProcesses: [{pid, type, rss, anon, shmem}] at the peak, samples: [[epochMs, rssBytes,
+/// processes]]}. `peakBetween(t0, t1)` gives the peak RSS within a window.
 export function sampleRss(profileDir, { intervalMs = 250, pssEvery = 4 } = {}) {
   const known = new Map(); // pid -> {ppid, own: cmdline holds the profile path}
   const samples = [];
   let peakRss = 0;
   let peakRssAt = null;
   let peakPss = 0;
+  let peakProcesses = [];
   let tick = 0;
+  const types = new Map();
+  const processType = (pid) => {
+    if (!types.has(pid)) {
+      const m = /--type=([a-z-]+)/.exec((read(`/proc/${pid}/cmdline`) || '').replace(/\0/g, ' '));
+      types.set(pid, m ? m[1] : 'browser');
+    }
+    return types.get(pid);
+  };
   const members = () => {
     const pids = readdirSync('/proc').filter((p) => /^\d+$/.test(p)).map(Number);
     const alive = new Set(pids);
@@ -50,12 +60,21 @@ export function sampleRss(profileDir, { intervalMs = 250, pssEvery = 4 } = {}) {
     try {
       const pids = members();
       let rss = 0;
-      for (const pid of pids) rss += kbField(read(`/proc/${pid}/status`), 'VmRSS');
+      const each = [];
+      for (const pid of pids) {
+        const status = read(`/proc/${pid}/status`);
+        const r = kbField(status, 'VmRSS');
+        rss += r;
+        // RssAnon: the process's own memory; RssShmem: shared memory (counted again by every
+        // process that maps it, e.g. GPU transfer buffers).
+        each.push({ pid, type: processType(pid), rss: r, anon: kbField(status, 'RssAnon'), shmem: kbField(status, 'RssShmem') });
+      }
       const now = Date.now();
       samples.push([now, rss, pids.length]);
       if (rss > peakRss) {
         peakRss = rss;
         peakRssAt = now;
+        peakProcesses = each.sort((a, b) => b.rss - a.rss);
       }
       if (tick++ % pssEvery === 0) {
         let pss = 0;
@@ -73,7 +92,7 @@ export function sampleRss(profileDir, { intervalMs = 250, pssEvery = 4 } = {}) {
     },
     stop() {
       clearInterval(timer);
-      return { peakRss, peakRssAt, peakPss, samples };
+      return { peakRss, peakRssAt, peakPss, peakProcesses, samples };
     },
   };
 }
