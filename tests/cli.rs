@@ -311,14 +311,19 @@ mod package {
         cli().args(args).output().unwrap()
     }
 
+    /// A prompt as a phone keyboard types it (’) with CJK: it must survive into the PNG.
+    const PROMPT: &str = "a red circle’s 富士山";
+
     fn generate(model: &str, extra: &[&str], out: &Path) -> Vec<u8> {
-        let mut args = vec!["generate", "--model", model, "--prompt", "a red circle", "--steps", "2", "--seed", "5"];
+        let mut args = vec!["generate", "--model", model, "--prompt", PROMPT, "--steps", "2", "--seed", "5"];
         args.extend(["--width", "64", "--height", "64", "--precision", "f32", "--scheduler", "euler"]);
         args.extend(extra);
         args.extend(["--out", out.to_str().unwrap()]);
         let o = run(&args);
         assert!(o.status.success(), "{model}: {}", String::from_utf8_lossy(&o.stderr));
-        webdiffusion::pipeline::image::decode_png(&std::fs::read(out).unwrap()).unwrap().0
+        let png = std::fs::read(out).unwrap();
+        assert!(String::from_utf8_lossy(&png).contains(PROMPT), "the PNG's parameters keep the prompt as typed");
+        webdiffusion::pipeline::image::decode_png(&png).unwrap().0
     }
 
     #[test]

@@ -1,11 +1,17 @@
-//! PNG in and out. Results carry their generation parameters in a `parameters` tEXt chunk, the
-//! format AUTOMATIC1111 writes and civitai reads; init images of any PNG colour type become RGB.
+//! PNG in and out. Results carry their generation parameters in a `parameters` text chunk, the
+//! format AUTOMATIC1111 writes and civitai reads: tEXt when the text is Latin-1, else iTXt
+//! (UTF-8), which both read too, so a prompt with ’, — or CJK is kept as typed. Init images of any
+//! PNG colour type become RGB; their declared size is checked before anything is allocated.
 
 use crate::error::{Error, Result};
 
 fn png_err(e: impl std::fmt::Display) -> Error {
     Error::Request(format!("PNG: {e}"))
 }
+
+/// Pixels an init image may declare (16384², 768 MiB of RGB): beyond, it is refused before its
+/// header's numbers size any buffer.
+pub const MAX_PIXELS: u64 = 16384 * 16384;
 
 /// Encodes 8-bit RGB, with an optional `parameters` text chunk.
 pub fn encode_png(rgb: &[u8], width: usize, height: usize, parameters: Option<&str>) -> Result<Vec<u8>> {
@@ -17,7 +23,13 @@ pub fn encode_png(rgb: &[u8], width: usize, height: usize, parameters: Option<&s
     enc.set_color(png::ColorType::Rgb);
     enc.set_depth(png::BitDepth::Eight);
     if let Some(p) = parameters {
-        enc.add_text_chunk("parameters".into(), p.into()).map_err(png_err)?;
+        // PNG text may not hold NUL (it ends the keyword); nothing a prompt means is lost.
+        let p = p.replace('\0', " ");
+        if p.chars().all(|c| (c as u32) <= 0xff) {
+            enc.add_text_chunk("parameters".into(), p).map_err(png_err)?;
+        } else {
+            enc.add_itxt_chunk("parameters".into(), p).map_err(png_err)?;
+        }
     }
     let mut w = enc.write_header().map_err(png_err)?;
     w.write_image_data(rgb).map_err(png_err)?;
@@ -30,6 +42,10 @@ pub fn decode_png(bytes: &[u8]) -> Result<(Vec<u8>, usize, usize)> {
     let mut dec = png::Decoder::new(std::io::Cursor::new(bytes));
     dec.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
     let mut reader = dec.read_info().map_err(png_err)?;
+    let (w, h) = (reader.info().width, reader.info().height);
+    if u64::from(w) * u64::from(h) > MAX_PIXELS {
+        return Err(png_err(format!("the image declares {w}x{h} pixels; at most {MAX_PIXELS} are taken")));
+    }
     let size = reader.output_buffer_size().ok_or_else(|| png_err("image too large"))?;
     let mut buf = vec![0; size];
     let info = reader.next_frame(&mut buf).map_err(png_err)?;
@@ -83,5 +99,68 @@ mod tests {
         assert!(text.contains("parameters") && text.contains("Negative prompt: blurry"));
         assert!(text.contains("Steps: 20, Sampler: Euler a, CFG scale: 7.5, Seed: 42, Size: 5x3"));
         assert!(decode_png(b"not a png").is_err());
+    }
+
+    /// The text chunks of `png` as the png crate reads them: (keyword, text, utf8?).
+    fn texts(png: &[u8]) -> Vec<(String, String, bool)> {
+        let mut r = png::Decoder::new(std::io::Cursor::new(png)).read_info().unwrap();
+        let mut buf = vec![0; r.output_buffer_size().unwrap()];
+        r.next_frame(&mut buf).unwrap();
+        r.finish().unwrap();
+        let info = r.info();
+        let mut out: Vec<_> =
+            info.uncompressed_latin1_text.iter().map(|t| (t.keyword.clone(), t.text.clone(), false)).collect();
+        for t in &info.utf8_text {
+            out.push((t.keyword.clone(), t.get_text().unwrap(), true));
+        }
+        out
+    }
+
+    #[test]
+    fn any_unicode_prompt_is_kept_as_typed() {
+        let rgb = vec![7u8; 2 * 2 * 3];
+        for (prompt, utf8) in [
+            ("a café, naïve", false),
+            ("a cat’s toy — on a table", true),
+            ("富士山と桜, 水彩", true),
+            ("🦊 in the snow", true),
+            ("tab\tand\u{0}nul", false),
+        ] {
+            let params = a1111_parameters(prompt, Some("blurry"), 4, "Euler a", 0.0, Some(1), 2, 2, "m");
+            let png = encode_png(&rgb, 2, 2, Some(&params)).unwrap();
+            let t = texts(&png);
+            assert_eq!(t.len(), 1, "{prompt}");
+            assert_eq!(
+                (t[0].0.as_str(), t[0].1.as_str(), t[0].2),
+                ("parameters", params.replace('\0', " ").as_str(), utf8)
+            );
+        }
+        let negative = a1111_parameters("a cat", Some("ぼやけた"), 4, "Euler a", 0.0, Some(1), 2, 2, "m");
+        let t = texts(&encode_png(&rgb, 2, 2, Some(&negative)).unwrap());
+        assert_eq!((t[0].1.as_str(), t[0].2), (negative.as_str(), true), "a negative prompt counts too");
+    }
+
+    #[test]
+    fn a_declared_size_past_the_limit_is_refused_before_allocating() {
+        let png = encode_png(&[0; 3], 1, 1, None).unwrap();
+        // IHDR's width and height sit at bytes 16..24; the CRC that follows is fixed up.
+        let mut bad = png.clone();
+        bad[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+        bad[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+        let crc = crc32(&bad[12..29]);
+        bad[29..33].copy_from_slice(&crc.to_be_bytes());
+        let err = decode_png(&bad).unwrap_err().to_string();
+        assert!(err.contains("100000x100000") && err.contains("at most"), "{err}");
+    }
+
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut c = !0u32;
+        for &b in bytes {
+            c ^= u32::from(b);
+            for _ in 0..8 {
+                c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
+            }
+        }
+        !c
     }
 }
