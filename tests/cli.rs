@@ -194,6 +194,49 @@ mod generate {
         assert!(run(&["--noise", "/nonexistent.safetensors"]).contains("/nonexistent.safetensors"));
     }
 
+    /// Bad `convert` arguments stop before anything is written; the model folder is never an
+    /// output (it used to lose its manifest, and a shard size of 0 looped forever).
+    #[test]
+    fn convert_rejects_bad_arguments_before_writing() {
+        let model = fixture("tiny-sd1");
+        let listing = |dir: &Path| {
+            let mut v: Vec<(String, u64)> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap())
+                .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().len()))
+                .collect();
+            v.sort();
+            v
+        };
+        let before = listing(&model);
+        let run = |out: &Path, extra: &[&str]| {
+            let o = cli()
+                .args([
+                    "convert",
+                    "--model",
+                    model.to_str().unwrap(),
+                    "--out",
+                    out.to_str().unwrap(),
+                    "--quant",
+                    "q4_0",
+                ])
+                .args(extra)
+                .output()
+                .unwrap();
+            assert!(!o.status.success());
+            String::from_utf8_lossy(&o.stderr).into_owned()
+        };
+        let out = tmp("never-written");
+        for bad in ["0", "4096", "17592186044416"] {
+            let err = run(&out, &["--shard-mib", bad]);
+            assert!(err.contains(&format!("--shard-mib {bad}")) && err.contains("1 to 2048 MiB"), "{err}");
+        }
+        assert!(!out.exists(), "nothing was written");
+        let err = run(&model, &[]);
+        assert!(err.contains("the model's own folder") && err.contains("nothing was changed"), "{err}");
+        assert_eq!(listing(&model), before, "the model folder is untouched");
+    }
+
     #[test]
     fn the_same_seed_gives_the_same_image() {
         let model = fixture("tiny-sd1");

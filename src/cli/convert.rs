@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use webdiffusion::gpu::Gpu;
 use webdiffusion::models::convert::convert;
 use webdiffusion::models::package::{MANIFEST, MAX_SHARD};
@@ -66,6 +66,19 @@ pub fn policy(quant: &str, file: Option<&Path>) -> Result<QuantPolicy> {
 pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
     let t0 = Instant::now();
     let policy = policy(&a.quant, a.policy.as_deref())?;
+    // Checked before anything is written: a shard size of 0 (or one that wraps) cannot hold a
+    // block, and converting into the model's own folder would overwrite what is being read.
+    const MAX_SHARD_MIB: u64 = 2048;
+    if !(1..=MAX_SHARD_MIB).contains(&a.shard_mib) {
+        bail!("--shard-mib {}: a shard is 1 to {MAX_SHARD_MIB} MiB", a.shard_mib);
+    }
+    let same = |x: &Path, y: &Path| matches!((x.canonicalize(), y.canonicalize()), (Ok(p), Ok(q)) if p == q);
+    if same(&a.out, Path::new(&a.model)) {
+        bail!(
+            "--out {} is the model's own folder: write the package somewhere else (nothing was changed)",
+            a.out.display()
+        );
+    }
     let src = super::http::open_model(&a.model);
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     // A stale manifest must not describe the new shards while they are written.
@@ -74,7 +87,7 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
         std::fs::remove_file(&manifest_path)?;
     }
     let mut sink = DirSink(a.out.clone());
-    let max = usize::try_from(a.shard_mib << 20)?;
+    let max = usize::try_from(a.shard_mib << 20)?; // at most 2^31: no wrap
     let done =
         convert(&*src, gpu, &a.quant, &policy, max, &mut sink).with_context(|| format!("converting {}", a.model))?;
     let m = &done.manifest;
