@@ -11,6 +11,35 @@ fn config_error(component: &str, e: impl std::fmt::Display) -> Error {
     Error::Config { component: component.to_string(), msg: e.to_string() }
 }
 
+/// Every size a config gives, within bounds, before any of it divides, multiplies or sizes an
+/// allocation: `(key, value, at most)`, each at least 1. The bounds are far beyond any published
+/// model (SDXL's widest U-Net level is 1280, OpenCLIP bigG's width 1280 and 32 layers).
+fn sizes(component: &str, fields: &[(&str, usize, usize)]) -> Result<()> {
+    for &(key, v, max) in fields {
+        if !(1..=max).contains(&v) {
+            return Err(config_error(component, format!("{key} is {v}; expected 1 to {max}")));
+        }
+    }
+    Ok(())
+}
+
+/// `key` is a finite number within `lo..=hi`.
+fn number(component: &str, key: &str, v: f64, lo: f64, hi: f64) -> Result<()> {
+    if !(v.is_finite() && v >= lo && v <= hi) {
+        return Err(config_error(component, format!("{key} is {v}; expected {lo} to {hi}")));
+    }
+    Ok(())
+}
+
+/// Bounds of a `PerBlock` value's entries.
+fn per_block(component: &str, key: &str, p: &PerBlock, max: usize) -> Result<()> {
+    let each: Vec<usize> = match p {
+        PerBlock::One(v) => vec![*v],
+        PerBlock::Each(v) => v.clone(),
+    };
+    each.into_iter().try_for_each(|v| sizes(component, &[(key, v, max)]))
+}
+
 /// A number or a per-block list, as `attention_head_dim` may be.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(untagged)]
@@ -64,7 +93,19 @@ fn d_ln_eps() -> f64 {
 impl ClipConfig {
     pub fn from_json(json: &str) -> Result<ClipConfig> {
         let c: ClipConfig = serde_json::from_str(json).map_err(|e| config_error("text_encoder", e))?;
-        if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
+        sizes(
+            "text_encoder",
+            &[
+                ("vocab_size", c.vocab_size, 1 << 20),
+                ("hidden_size", c.hidden_size, 16384),
+                ("intermediate_size", c.intermediate_size, 65536),
+                ("num_hidden_layers", c.num_hidden_layers, 256),
+                ("num_attention_heads", c.num_attention_heads, 256),
+                ("max_position_embeddings", c.max_position_embeddings, 4096),
+            ],
+        )?;
+        number("text_encoder", "layer_norm_eps", c.layer_norm_eps, 0.0, 1.0)?;
+        if c.hidden_size % c.num_attention_heads != 0 {
             return Err(config_error("text_encoder", "hidden_size must be a multiple of num_attention_heads"));
         }
         if !matches!(c.hidden_act.as_str(), "quick_gelu" | "gelu") {
@@ -153,7 +194,28 @@ impl UNetConfig {
         let c: UNetConfig = serde_json::from_str(json).map_err(|e| config_error("unet", e))?;
         let n = c.block_out_channels.len();
         let bad = |msg: String| Err(config_error("unet", msg));
-        if n == 0 || c.down_block_types.len() != n || c.up_block_types.len() != n {
+        sizes(
+            "unet",
+            &[
+                ("in_channels", c.in_channels, 64),
+                ("out_channels", c.out_channels, 64),
+                ("block_out_channels (levels)", n, 8),
+                ("layers_per_block", c.layers_per_block, 16),
+                ("cross_attention_dim", c.cross_attention_dim, 16384),
+                ("norm_num_groups", c.norm_num_groups, 1024),
+                ("sample_size", c.sample_size.unwrap_or(64), 1024),
+                ("time_cond_proj_dim", c.time_cond_proj_dim.unwrap_or(1), 16384),
+            ],
+        )?;
+        for &ch in &c.block_out_channels {
+            sizes("unet", &[("block_out_channels", ch, 8192)])?;
+        }
+        per_block("unet", "attention_head_dim", &c.attention_head_dim, 1024)?;
+        if let Some(h) = &c.num_attention_heads {
+            per_block("unet", "num_attention_heads", h, 1024)?;
+        }
+        number("unet", "norm_eps", c.norm_eps, 0.0, 1.0)?;
+        if c.down_block_types.len() != n || c.up_block_types.len() != n {
             return bad("block_out_channels, down_block_types and up_block_types must have one entry per level".into());
         }
         if !c.attention_head_dim.len_ok(n) || c.num_attention_heads.as_ref().is_some_and(|h| !h.len_ok(n)) {
@@ -222,6 +284,22 @@ fn d_scaling() -> f64 {
 impl VaeConfig {
     pub fn from_json(json: &str) -> Result<VaeConfig> {
         let c: VaeConfig = serde_json::from_str(json).map_err(|e| config_error("vae", e))?;
+        sizes(
+            "vae",
+            &[
+                ("in_channels", c.in_channels, 64),
+                ("out_channels", c.out_channels, 64),
+                ("block_out_channels (levels)", c.block_out_channels.len(), 8),
+                ("layers_per_block", c.layers_per_block, 16),
+                ("latent_channels", c.latent_channels, 64),
+                ("norm_num_groups", c.norm_num_groups, 1024),
+                ("sample_size", c.sample_size.unwrap_or(512), 16384),
+            ],
+        )?;
+        for &ch in &c.block_out_channels {
+            sizes("vae", &[("block_out_channels", ch, 8192)])?;
+        }
+        number("vae", "scaling_factor", c.scaling_factor, 1e-6, 1e3)?;
         if c.block_out_channels.is_empty() || c.block_out_channels.iter().any(|ch| ch % c.norm_num_groups != 0) {
             return Err(config_error("vae", "block widths must be non-empty multiples of norm_num_groups"));
         }
@@ -236,5 +314,55 @@ impl VaeConfig {
     /// Pixels per latent along each side: 2^(levels - 1) (8 for SD).
     pub fn downscale(&self) -> usize {
         1 << (self.block_out_channels.len() - 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `json` with `key` set to `value` (a JSON literal).
+    fn with(json: &str, key: &str, value: &str) -> String {
+        let mut v: serde_json::Value = serde_json::from_str(json).unwrap();
+        v[key] = serde_json::from_str(value).unwrap();
+        v.to_string()
+    }
+
+    /// Hostile sizes are refused with the key named, never divided by or allocated from (a
+    /// `norm_num_groups` of 0 used to panic on a division by zero).
+    #[test]
+    fn every_size_is_bounded_before_use() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-sd1");
+        let read = |c: &str| std::fs::read_to_string(format!("{dir}/{c}/config.json")).unwrap();
+        let (unet, vae, clip) = (read("unet"), read("vae"), read("text_encoder"));
+        assert!(UNetConfig::from_json(&unet).is_ok() && VaeConfig::from_json(&vae).is_ok());
+        assert!(ClipConfig::from_json(&clip).is_ok());
+        let unet_err = |k: &str, v: &str| UNetConfig::from_json(&with(&unet, k, v)).unwrap_err().to_string();
+        let vae_err = |k: &str, v: &str| VaeConfig::from_json(&with(&vae, k, v)).unwrap_err().to_string();
+        let clip_err = |k: &str, v: &str| ClipConfig::from_json(&with(&clip, k, v)).unwrap_err().to_string();
+        for (e, key) in [
+            (unet_err("norm_num_groups", "0"), "norm_num_groups is 0"),
+            (unet_err("in_channels", "100000"), "in_channels is 100000"),
+            (unet_err("sample_size", "1000000000"), "sample_size is 1000000000"),
+            (unet_err("block_out_channels", "[32, 9999999]"), "block_out_channels is 9999999"),
+            (unet_err("attention_head_dim", "0"), "attention_head_dim is 0"),
+            (unet_err("layers_per_block", "0"), "layers_per_block is 0"),
+            (unet_err("norm_eps", "-1"), "norm_eps is -1"),
+            (vae_err("norm_num_groups", "0"), "norm_num_groups is 0"),
+            (vae_err("latent_channels", "0"), "latent_channels is 0"),
+            (vae_err("scaling_factor", "0"), "scaling_factor is 0"),
+            (vae_err("block_out_channels", "[]"), "block_out_channels (levels) is 0"),
+            (clip_err("num_attention_heads", "0"), "num_attention_heads is 0"),
+            (
+                clip_err("max_position_embeddings", "18446744073709551615"),
+                "max_position_embeddings is 18446744073709551615",
+            ),
+            (clip_err("vocab_size", "0"), "vocab_size is 0"),
+        ] {
+            assert!(e.contains(key) && e.contains("expected"), "{e}");
+        }
+        // Out of range for usize entirely: a parse error naming the file's component.
+        let e = unet_err("in_channels", "-4");
+        assert!(e.contains("unet"), "{e}");
     }
 }

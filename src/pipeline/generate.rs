@@ -14,6 +14,11 @@ use crate::models::tokenizer::ClipTokenizer;
 use crate::models::unet::UNet;
 use crate::models::vae::{Decoder, Encoder};
 
+/// The largest side of an image, in pixels (a 4096² SD image is 16× the trained area already).
+pub const MAX_SIDE: usize = 4096;
+/// The most denoising steps a request may ask for.
+pub const MAX_STEPS: usize = 1000;
+
 /// Everything a generation needs, loaded once.
 pub struct StableDiffusion {
     pub gpu: Gpu,
@@ -151,23 +156,8 @@ impl StableDiffusion {
         noise: &mut dyn NoiseSource,
         on_step: &mut dyn FnMut(Step<'_>) -> bool,
     ) -> Result<Generated> {
+        self.check_request(req)?;
         let f = self.vae_config.downscale();
-        let unet_factor = 1 << (self.unet.config.block_out_channels.len() - 1);
-        if req.width == 0
-            || req.height == 0
-            || req.width % (f * unet_factor) != 0
-            || req.height % (f * unet_factor) != 0
-        {
-            return Err(Error::Request(format!(
-                "width and height must be positive multiples of {} (got {}x{})",
-                f * unet_factor,
-                req.width,
-                req.height
-            )));
-        }
-        if req.steps == 0 {
-            return Err(Error::Request("steps must be at least 1".into()));
-        }
         let c = self.unet.config.in_channels;
         let shape = [1, c, req.height / f, req.width / f];
         let n: usize = shape.iter().product();
@@ -247,6 +237,31 @@ impl StableDiffusion {
     /// scheduler and guidance (prompts, negative prompts and noise differ). Each image is what
     /// `generate` gives for its request and noise alone; batching only amortizes the per-dispatch
     /// cost, which dominates small models (the demo model's adherence check runs 80 at once).
+    /// The size and step count of a request, checked before anything is allocated: sides are
+    /// positive multiples of what the VAE and the U-Net's levels divide by, at most
+    /// `MAX_SIDE`, and 1 to `MAX_STEPS` steps.
+    fn check_request(&self, req: &Request) -> Result<()> {
+        let f = self.vae_config.downscale();
+        let unet_factor = 1 << (self.unet.config.block_out_channels.len() - 1);
+        let m = f * unet_factor;
+        if req.width == 0 || req.height == 0 || req.width % m != 0 || req.height % m != 0 {
+            return Err(Error::Request(format!(
+                "width and height must be positive multiples of {m} (got {}x{})",
+                req.width, req.height
+            )));
+        }
+        if req.width > MAX_SIDE || req.height > MAX_SIDE {
+            return Err(Error::Request(format!(
+                "width and height are at most {MAX_SIDE} (got {}x{})",
+                req.width, req.height
+            )));
+        }
+        if req.steps == 0 || req.steps > MAX_STEPS {
+            return Err(Error::Request(format!("steps must be 1 to {MAX_STEPS} (got {})", req.steps)));
+        }
+        Ok(())
+    }
+
     pub async fn generate_batch(
         &self,
         reqs: &[Request],
@@ -275,9 +290,7 @@ impl StableDiffusion {
         let c = self.unet.config.in_channels;
         let shape = [1, c, first.height / f, first.width / f];
         let n: usize = shape.iter().product();
-        if n == 0 || first.width % f != 0 || first.height % f != 0 || first.steps == 0 {
-            return Err(Error::Request(format!("bad size {}x{} or steps {}", first.width, first.height, first.steps)));
-        }
+        self.check_request(first)?;
         let w_embedding = self.unet.config.time_cond_proj_dim.map(|d| guidance_embedding(first.guidance - 1.0, d));
         let cfg = first.guidance > 1.0 && w_embedding.is_none();
         let mut prompts: Vec<&str> = Vec::new();

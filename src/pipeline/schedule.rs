@@ -93,9 +93,36 @@ pub enum Prediction {
     Sample,
 }
 
+/// The most training timesteps a scheduler config may declare (every published SD has 1000).
+pub const MAX_TRAIN_TIMESTEPS: usize = 10_000;
+
 impl SchedulerConfig {
     pub fn from_json(json: &str) -> Result<SchedulerConfig> {
         let c: SchedulerConfig = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
+        // Sizes first: every schedule is built from these before anything else is read.
+        if !(1..=MAX_TRAIN_TIMESTEPS).contains(&c.num_train_timesteps) {
+            return Err(bad(format!(
+                "num_train_timesteps is {}; expected 1 to {MAX_TRAIN_TIMESTEPS}",
+                c.num_train_timesteps
+            )));
+        }
+        if c.original_inference_steps.is_some_and(|n| !(1..=c.num_train_timesteps).contains(&n)) {
+            return Err(bad(format!(
+                "original_inference_steps is {}; expected 1 to num_train_timesteps",
+                c.original_inference_steps.unwrap_or_default()
+            )));
+        }
+        if c.steps_offset >= c.num_train_timesteps {
+            return Err(bad(format!("steps_offset {} is not below num_train_timesteps", c.steps_offset)));
+        }
+        if c.trained_betas.as_ref().is_some_and(|b| b.len() != c.num_train_timesteps) {
+            return Err(bad("trained_betas must have num_train_timesteps entries"));
+        }
+        for (key, v) in [("beta_start", c.beta_start), ("beta_end", c.beta_end)] {
+            if !(v.is_finite() && v > 0.0 && v < 1.0) {
+                return Err(bad(format!("{key} is {v}; expected a number between 0 and 1")));
+            }
+        }
         c.prediction()?;
         if let Some(sp) = c.timestep_spacing.as_deref().filter(|s| !matches!(*s, "leading" | "trailing" | "linspace")) {
             return Err(bad(format!("timestep_spacing {sp} is not supported")));

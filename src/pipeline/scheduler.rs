@@ -358,6 +358,30 @@ fn sigma_to_t(sigma: f64, log_sigmas: &[f64]) -> f64 {
 mod tests {
     use super::*;
 
+    /// Hostile schedule sizes are refused by name before a schedule is built from them (an
+    /// `original_inference_steps` of 0 used to divide by zero; a billion train timesteps
+    /// allocated their tables).
+    #[test]
+    fn schedule_sizes_are_bounded() {
+        let base = serde_json::json!({"_class_name": "EulerDiscreteScheduler", "num_train_timesteps": 1000, "steps_offset": 1});
+        let err = |k: &str, v: serde_json::Value| {
+            let mut c = base.clone();
+            c[k] = v;
+            SchedulerConfig::from_json(&c.to_string()).unwrap_err().to_string()
+        };
+        assert!(SchedulerConfig::from_json(&base.to_string()).is_ok());
+        for (e, want) in [
+            (err("num_train_timesteps", 0.into()), "num_train_timesteps is 0"),
+            (err("num_train_timesteps", 1_000_000_000u64.into()), "num_train_timesteps is 1000000000"),
+            (err("original_inference_steps", 0.into()), "original_inference_steps is 0"),
+            (err("steps_offset", 1000.into()), "steps_offset 1000"),
+            (err("beta_end", 2.0.into()), "beta_end is 2"),
+            (err("trained_betas", serde_json::json!([0.1, 0.2])), "trained_betas"),
+        ] {
+            assert!(e.contains(want), "{e}");
+        }
+    }
+
     fn sd15() -> SchedulerConfig {
         SchedulerConfig::from_json(
             r#"{"_class_name":"PNDMScheduler","beta_start":0.00085,"beta_end":0.012,"beta_schedule":"scaled_linear",
