@@ -296,6 +296,20 @@ mod package {
     }
 
     fn serve(root: PathBuf) -> Server {
+        serve_with(root, Fault::None)
+    }
+
+    /// How the server misbehaves.
+    #[derive(Clone, Copy)]
+    enum Fault {
+        None,
+        /// Answers a Range request with 200 and the whole file.
+        IgnoresRange,
+        /// Answers with the range one byte later than asked (and says so in Content-Range).
+        ShiftedRange,
+    }
+
+    fn serve_with(root: PathBuf, fault: Fault) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}/", listener.local_addr().unwrap());
         let (requests, ranged, bytes) =
@@ -331,6 +345,11 @@ mod package {
                     };
                     let mut all = Vec::new();
                     file.read_to_end(&mut all).unwrap();
+                    let range = match (fault, range) {
+                        (Fault::IgnoresRange, _) => None,
+                        (Fault::ShiftedRange, Some((a, b))) => Some((a + 1, b + 1)),
+                        (_, r) => r,
+                    };
                     let (status, body, extra) = match range {
                         Some((a, b)) => {
                             ranged.fetch_add(1, Ordering::SeqCst);
@@ -411,6 +430,22 @@ mod package {
         assert_eq!(generate(&server.base, &["--quant", "q4_0"], &tmp("url2.png")), from_pkg);
         let (requests, ranged) = (server.requests.load(Ordering::SeqCst), server.ranged.load(Ordering::SeqCst));
         assert!(ranged > 100 && ranged + 20 > requests, "{requests} requests, {ranged} with Range");
+    }
+
+    /// A server that ignores Range (every tensor would fetch the whole file again) or answers
+    /// another range than asked is refused with one line naming the URL, not used.
+    #[test]
+    fn a_server_that_ignores_or_shifts_ranges_is_refused() {
+        let model = fixture("tiny-sd1");
+        for (fault, want) in
+            [(Fault::IgnoresRange, "ignores HTTP Range requests"), (Fault::ShiftedRange, "the server sent \"bytes 1-")]
+        {
+            let server = serve_with(model.clone(), fault);
+            let out = tmp("refused.png");
+            let o = run(&["generate", "--model", &server.base, "--prompt", "x", "--steps", "1", "--out", out.to_str().unwrap()]);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(!o.status.success() && err.contains(&server.base) && err.contains(want), "{err}");
+        }
     }
 
     #[test]

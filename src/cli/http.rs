@@ -32,13 +32,11 @@ impl HttpSource {
                 req = req.header("Range", &format!("bytes={start}-{}", start + len - 1));
             }
             let err = match req.call() {
-                Ok(mut resp) => {
-                    let partial = resp.status().as_u16() == 206;
-                    match resp.body_mut().with_config().limit(u64::MAX).read_to_vec() {
-                        Ok(body) => return Self::cut(body, partial, range, &url).map(Some),
-                        Err(e) => e.to_string(),
-                    }
-                }
+                Ok(mut resp) => match Self::body(&mut resp, range, &url) {
+                    Ok(Ok(body)) => return Ok(Some(body)),
+                    Ok(Err(refused)) => return Err(refused),
+                    Err(e) => e.to_string(),
+                },
                 Err(ureq::Error::StatusCode(404)) => return Ok(None),
                 Err(ureq::Error::StatusCode(code)) if code < 500 => {
                     return Err(Error::Weights(format!("{url}: HTTP {code}")));
@@ -55,17 +53,62 @@ impl HttpSource {
         unreachable!("the last attempt returns")
     }
 
-    /// The asked range of a response (a server may ignore Range and send the whole file).
-    fn cut(body: Vec<u8>, partial: bool, range: Option<(u64, u64)>, url: &str) -> Result<Vec<u8>> {
-        let Some((start, len)) = range else { return Ok(body) };
-        let (from, want) = if partial { (0, len) } else { (start, len) };
-        let end = from + want;
-        if (body.len() as u64) < end {
-            return Err(Error::Weights(format!("{url}: short response ({} bytes for {start}+{len})", body.len())));
+    /// The body of a response, checked against what was asked: a 206 must carry exactly the
+    /// requested range (`Content-Range`), a whole-file answer to a range is only taken for a
+    /// range at the start (read no further than it), and no body is read past its bound. The
+    /// outer error is a network failure (retried), the inner one a refusal.
+    fn body(
+        resp: &mut ureq::http::Response<ureq::Body>,
+        range: Option<(u64, u64)>,
+        url: &str,
+    ) -> std::result::Result<Result<Vec<u8>>, ureq::Error> {
+        let refuse = |msg: String| Ok(Err(Error::Weights(format!("{url}: {msg}"))));
+        let Some((start, len)) = range else {
+            return match resp.body_mut().with_config().limit(MAX_WHOLE).read_to_vec() {
+                Err(ureq::Error::BodyExceedsLimit(_)) => refuse(format!("larger than {MAX_WHOLE} bytes")),
+                r => r.map(Ok),
+            };
+        };
+        let body = match resp.status().as_u16() {
+            206 => {
+                let sent = resp.headers().get("content-range").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                let want = format!("bytes {start}-{}/", start + len - 1);
+                if !sent.starts_with(&want) {
+                    return refuse(format!(
+                        "asked for bytes {start}-{}, the server sent {:?}",
+                        start + len - 1,
+                        if sent.is_empty() { "no Content-Range" } else { &sent }
+                    ));
+                }
+                match resp.body_mut().with_config().limit(len).read_to_vec() {
+                    Err(ureq::Error::BodyExceedsLimit(_)) => return refuse(format!("more than the {len} bytes asked")),
+                    r => r?,
+                }
+            }
+            _ if start == 0 => {
+                use std::io::Read;
+                let mut body = Vec::new();
+                resp.body_mut().as_reader().take(len).read_to_end(&mut body).map_err(ureq::Error::Io)?;
+                body
+            }
+            _ => {
+                return refuse(
+                    "the server ignores HTTP Range requests (it answers with the whole file), so every tensor \
+                     would download it again; use a host with Range support or a local folder"
+                        .into(),
+                )
+            }
+        };
+        if body.len() as u64 != len {
+            return refuse(format!("short response ({} bytes for {start}+{len})", body.len()));
         }
-        Ok(body[from as usize..end as usize].to_vec())
+        Ok(Ok(body))
     }
 }
+
+/// The largest file read whole (configs, tokenizer files, manifests are far smaller; weights are
+/// read by range).
+const MAX_WHOLE: u64 = 256 << 20;
 
 impl FileSource for HttpSource {
     fn read(&self, path: &str) -> Result<Option<Vec<u8>>> {
