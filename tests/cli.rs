@@ -442,7 +442,17 @@ mod package {
         {
             let server = serve_with(model.clone(), fault);
             let out = tmp("refused.png");
-            let o = run(&["generate", "--model", &server.base, "--prompt", "x", "--steps", "1", "--out", out.to_str().unwrap()]);
+            let o = run(&[
+                "generate",
+                "--model",
+                &server.base,
+                "--prompt",
+                "x",
+                "--steps",
+                "1",
+                "--out",
+                out.to_str().unwrap(),
+            ]);
             let err = String::from_utf8_lossy(&o.stderr);
             assert!(!o.status.success() && err.contains(&server.base) && err.contains(want), "{err}");
         }

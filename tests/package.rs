@@ -291,3 +291,19 @@ fn quantized_networks_stay_close_to_f32() {
         }
     }
 }
+
+/// A range a lying manifest or header asks for is checked against the file's real length before
+/// it sizes a buffer (a claimed 2^62-byte tensor used to abort the process allocating it).
+#[test]
+fn a_range_past_the_file_is_refused_before_allocating() {
+    let dir = std::env::temp_dir().join(format!("webdiffusion-range-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("shard.bin"), [7u8; 100]).unwrap();
+    let src = DirSource(dir.clone());
+    assert_eq!(src.read_range("shard.bin", 90, 10).unwrap().unwrap(), vec![7u8; 10]);
+    for (start, len) in [(0, 1u64 << 62), (95, 10), (u64::MAX, 2), (101, 0)] {
+        let err = src.read_range("shard.bin", start, len).unwrap_err().to_string();
+        assert!(err.contains("shard.bin is truncated") && err.contains("the file has 100"), "{err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -74,7 +74,19 @@ impl FileSource for DirSource {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::Weights(format!("reading {}: {e}", full.display()))),
         };
-        let mut buf = vec![0u8; len as usize];
+        // The range is checked against the file's real length before it sizes a buffer: the
+        // numbers come from a header or a manifest, which may lie.
+        let size = f.metadata().map_err(|e| Error::Weights(format!("reading {}: {e}", full.display())))?.len();
+        if start.checked_add(len).is_none_or(|end| end > size) {
+            return Err(Error::Weights(format!(
+                "{} is truncated: bytes {start}+{len} asked, the file has {size}",
+                full.display()
+            )));
+        }
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(len as usize)
+            .map_err(|_| Error::Weights(format!("{}: no memory for {len} bytes at {start}", full.display())))?;
+        buf.resize(len as usize, 0);
         f.seek(SeekFrom::Start(start)).and_then(|_| f.read_exact(&mut buf)).map_err(|e| {
             Error::Weights(format!("{} is truncated or unreadable at {start}+{len}: {e}", full.display()))
         })?;
