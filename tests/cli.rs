@@ -186,7 +186,12 @@ mod generate {
                 .output()
                 .unwrap();
             assert!(!o.status.success());
-            String::from_utf8_lossy(&o.stderr).into_owned()
+            let err = String::from_utf8_lossy(&o.stderr).into_owned();
+            // The error is one last line (no cause chain), and no other line says "error" (no
+            // display-probe noise before it).
+            let last = err.trim_end().lines().last().unwrap_or_default();
+            assert!(last.starts_with("error: ") && err.matches("error: ").count() == 1, "{err:?}");
+            err
         };
         assert!(run(&["--width", "60"]).contains("multiples of 32"));
         assert!(run(&["--scheduler", "pndm"]).contains("unknown scheduler pndm"));

@@ -93,6 +93,7 @@ pub fn main() -> Result<()> {
     if let Command::Tokenize { model, prompt } = &cli.command {
         return tokenize(model, prompt);
     }
+    quiet_display_probe();
     let gpu = pollster::block_on(Gpu::new(&options)).context("opening the GPU")?;
     match cli.command {
         Command::Info => info(&gpu),
@@ -106,6 +107,17 @@ pub fn main() -> Result<()> {
         Command::QuantQuality(args) => quality::quality(&gpu, &args),
         Command::PackageSizes(args) => quality::sizes(&gpu, &args),
         Command::Tokenize { .. } => Ok(()),
+    }
+}
+
+/// Opening a Vulkan instance probes for a Wayland display, and with no `XDG_RUNTIME_DIR` (any
+/// headless machine) libwayland prints "error: XDG_RUNTIME_DIR is invalid or not set" twice;
+/// users read those as failures. We draw nothing, so an empty runtime folder makes the probe
+/// fail quietly.
+fn quiet_display_probe() {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        // SAFETY: called before the GPU (or anything else) starts a thread.
+        unsafe { std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir()) };
     }
 }
 
