@@ -16,8 +16,20 @@ use crate::quant::{QuantPolicy, StoreType};
 
 #[wasm_bindgen(start)]
 pub fn start() {
-    // A panic is a bug, but it should reach the console with a message, not "unreachable".
-    console_error_panic_hook::set_once();
+    // A panic is a bug, but it should reach the console with a message, not "unreachable", and
+    // the worker that sees the trap should be able to say what it was: the message is left in
+    // `globalThis.webdiffusionPanic` before the instance traps.
+    std::panic::set_hook(Box::new(|info| {
+        console_error_panic_hook::hook(info);
+        let what = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned());
+        let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        let msg = format!("{}{at}", what.unwrap_or_else(|| "a panic".into()));
+        let _ = js_sys::Reflect::set(&js_sys::global(), &"webdiffusionPanic".into(), &msg.into());
+    }));
 }
 
 /// `{path: Uint8Array}` as a file source.
@@ -407,6 +419,13 @@ impl Model {
         set("cancelled", false.into())?;
         Ok(obj.into())
     }
+}
+
+/// Traps the instance, as a bug in the engine would (a panic is a trap in wasm): the test hook
+/// for the worker's recovery (the worker starts over, the page reloads the model).
+#[wasm_bindgen(js_name = testTrap)]
+pub fn test_trap() {
+    panic!("a trap asked for by a test (testTrap)");
 }
 
 /// One conversion job's slice (see `Converter.jobs`), converted: what the conversion workers

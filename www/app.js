@@ -32,8 +32,9 @@ const state = {
   info: null, // adapter info from the engine
   f16Fallback: null,
   recoveries: 0,
+  restarts: 0, // workers replaced after the engine trapped
 };
-const api = { state, load, generate, cancel, catalog: [], loadEntry };
+const api = { state, load, generate, cancel, catalog: [], loadEntry, testTrap: () => call('testTrap') };
 window.webdiffusion = api;
 
 // ---- small helpers -----------------------------------------------------------------------
@@ -100,7 +101,41 @@ function startWorker() {
   };
 }
 
+/// The engine trapped: its worker is unusable. Every request still waiting on it fails with the
+/// reason, a new worker starts, and the model that was loaded comes back from the cache, so the
+/// next request works.
+let restarting = null;
+function restartWorker(reason) {
+  if (restarting) return restarting;
+  const text = `The engine stopped after an internal error (${reason}); it is being restarted.`;
+  worker?.terminate();
+  worker = null;
+  state.ready = false;
+  for (const p of pending.values()) p.reject(Object.assign(new Error(text), { trapped: true }));
+  pending.clear();
+  const last = state.model;
+  state.model = null;
+  state.modelLoaded = false;
+  state.restarts++;
+  notice('trap', `${text} Reloading the model from this device…`, 'info');
+  restarting = (async () => {
+    // Let the failed request's own handler finish (it clears the busy flags) first.
+    await new Promise((r) => setTimeout(r, 0));
+    await initWorker();
+    updateButtons();
+    if (last && isCached(last.id)) await load(last.id, { quant: last.quant });
+    notice('trap', 'The engine hit an internal error and was restarted; the model was reloaded from this device.', 'info');
+  })().catch((e) => {
+    notice('trap', `The engine could not be restarted: ${fail('restart', e)}`, 'error');
+  }).finally(() => {
+    restarting = null;
+    updateButtons();
+  });
+  return restarting;
+}
+
 function onWorkerMessage(m) {
+  if (m.type === 'trapped' || m.trapped) restartWorker(m.message);
   if (m.type === 'recovering') {
     state.recoveries++;
     notice('lost', `The GPU device was lost (${m.reason}). Starting a new one and reloading the model…`);

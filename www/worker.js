@@ -12,10 +12,13 @@
 //                                   | cancelled {}
 //   cancel {}                    -> (no reply; the running load or generate ends as cancelled)
 //   delete {modelId}             -> deleted {modelId}
-//   any failure                  -> error {op, message, lost, loaded: id of the model still loaded}
-// Unprompted: recovering {reason} / recovered {} when the GPU device was lost and rebuilt.
+//   testTrap {}                  -> (test hook) the engine traps: error {trapped: true}
+//   any failure                  -> error {op, message, lost, loaded: id of the model still loaded,
+//                                   trapped: the engine trapped and this worker is unusable}
+// Unprompted: recovering {reason} / recovered {} when the GPU device was lost and rebuilt;
+// trapped {message} when the engine trapped (the page replaces this worker).
 
-import init, { Engine } from './pkg/webdiffusion.js';
+import init, { Engine, testTrap } from './pkg/webdiffusion.js';
 import * as store from './store.js';
 import { downloadModel } from './download.js';
 import { downloadConverted } from './convert.js';
@@ -165,6 +168,12 @@ async function recover(reason, id) {
 // ---- handlers ----------------------------------------------------------------------------
 
 const handlers = {
+  /// Test hook: a trap, as an engine bug would cause.
+  async testTrap() {
+    testTrap();
+    return { type: 'done' };
+  },
+
   async init() {
     if (!wasm) wasm = await init();
     const info = plain(engine ? engine.info() : await createEngine());
@@ -315,6 +324,21 @@ async function runGeneration(msg) {
 // Requests run one at a time (the GPU and the model are shared); cancel jumps the queue.
 let queue = Promise.resolve();
 
+// A trap (a panic or any `unreachable` in the wasm) leaves the instance's memory in an unknown
+// state: after one, every request is refused with `trapped`, and the page starts a new worker
+// and reloads the model from the cache.
+let trapped = null;
+const isTrap = (e) => e instanceof WebAssembly.RuntimeError;
+
+function noteTrap(e) {
+  if (trapped) return;
+  // The engine's panic hook leaves the panic's message and place before the trap.
+  const panic = self.webdiffusionPanic;
+  trapped = panic ? `${panic}` : (e && e.message) || String(e);
+  console.error('webdiffusion worker: the engine trapped:', e);
+  post({ type: 'trapped', message: trapped });
+}
+
 self.onmessage = (ev) => {
   const msg = ev.data || {};
   if (msg.type === 'cancel') {
@@ -335,6 +359,10 @@ self.onmessage = (ev) => {
 };
 
 async function run(msg, handler) {
+  if (trapped) {
+    post({ type: 'error', id: msg.id, op: msg.type, trapped: true, message: `The engine stopped after an internal error (${trapped}); it is being restarted.` });
+    return;
+  }
   try {
     const reply = await handler(msg);
     const transfer = reply.transfer || [];
@@ -346,6 +374,11 @@ async function run(msg, handler) {
       post({ type: 'cancelled', id: msg.id, op: msg.type, loaded: model ? model.record.id : null });
       return;
     }
+    if (isTrap(e)) {
+      noteTrap(e);
+      post({ type: 'error', id: msg.id, op: msg.type, trapped: true, message: `The engine stopped after an internal error (${trapped}); it is being restarted.` });
+      return;
+    }
     const message = e && e.message ? e.message : String(e);
     console.error(`webdiffusion worker: ${msg.type} failed:`, e);
     // `loaded`: the model still on the GPU (a failed download leaves the previous one usable).
@@ -354,8 +387,16 @@ async function run(msg, handler) {
 }
 
 self.addEventListener('unhandledrejection', (ev) => {
+  if (isTrap(ev.reason)) {
+    noteTrap(ev.reason);
+    return;
+  }
   post({ type: 'error', op: 'worker', message: String(ev.reason && ev.reason.message ? ev.reason.message : ev.reason) });
 });
 self.addEventListener('error', (ev) => {
+  if (isTrap(ev.error)) {
+    noteTrap(ev.error);
+    return;
+  }
   post({ type: 'error', op: 'worker', message: ev.message || 'worker error' });
 });

@@ -41,6 +41,11 @@ class Model {
   free() {}
 }
 
+/// The real build's test hook: traps the instance.
+export function testTrap() {
+  throw new WebAssembly.RuntimeError('unreachable (stub testTrap)');
+}
+
 export class Engine {
   static async create() {
     return new Engine();
