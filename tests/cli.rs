@@ -550,3 +550,26 @@ fn bench_mid_size_arch_under_default_limits_keeps_the_planned_budget() {
     assert_eq!(head["stages"][1]["gflop"], stages[1]["gflop"]);
     assert_eq!(untiled["decoded"], true);
 }
+
+/// The fuzzer's short run (the long one's figures are in BENCHMARKS.md): every parser of untrusted
+/// input, mutated from the fixtures, with no crash.
+#[test]
+fn fuzzing_every_parser_briefly_finds_no_crash() {
+    let out = tmp("fuzz-crashes");
+    let o = cli()
+        .args(["fuzz", "--seconds", "0.5", "--out", out.to_str().unwrap(), "--fixture"])
+        .arg(fixture("tiny-sd1"))
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{report}\n{}", String::from_utf8_lossy(&o.stderr));
+    for target in
+        ["Safetensors", "Manifest", "UnetConfig", "VaeConfig", "ClipConfig", "SchedulerConfig", "Tokenizer", "Png"]
+    {
+        let line =
+            report.lines().find(|l| l.starts_with(target)).unwrap_or_else(|| panic!("{target} missing:\n{report}"));
+        assert!(line.ends_with(" 0 crashes"), "{line}");
+        let execs: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert!(execs > 100, "{line}");
+    }
+}

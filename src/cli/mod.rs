@@ -5,6 +5,7 @@ mod bench;
 mod bench_candle;
 mod bench_ops;
 mod convert;
+mod fuzz;
 mod generate;
 mod http;
 mod quality;
@@ -49,6 +50,9 @@ enum Command {
     Bench(bench::Args),
     /// Convert a diffusers model into a CDN package (manifest.json + shards of <= 64 MiB).
     Convert(convert::Args),
+    /// Mutation-fuzz every parser of untrusted input (safetensors headers, manifests, configs,
+    /// tokenizer files, PNG), seeded with the fixtures; exits non-zero on any crash.
+    Fuzz(fuzz::Args),
     /// Measure how far quantized networks drift from f32 (cosine, max error).
     QuantQuality(quality::QualityArgs),
     /// Package sizes of the published architectures under each quantization policy.
@@ -104,6 +108,7 @@ pub fn main() -> Result<()> {
         Command::Generate(args) => generate::run(&gpu, &args),
         Command::Adherence(args) => adherence::run(&gpu, &args),
         Command::Convert(args) => convert::run(&gpu, &args),
+        Command::Fuzz(args) => fuzz::run(&gpu, &args),
         Command::QuantQuality(args) => quality::quality(&gpu, &args),
         Command::PackageSizes(args) => quality::sizes(&gpu, &args),
         Command::Tokenize { .. } => Ok(()),

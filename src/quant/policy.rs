@@ -55,8 +55,9 @@ impl StoreType {
     /// Bytes of `numel` values (a quantized count must be whole blocks).
     pub fn bytes(self, numel: usize) -> usize {
         match self {
-            StoreType::F32 => 4 * numel,
-            StoreType::F16 => 2 * numel,
+            // Saturating: `numel` may come from a hostile manifest (a mismatch is then reported).
+            StoreType::F32 => numel.saturating_mul(4),
+            StoreType::F16 => numel.saturating_mul(2),
             StoreType::Q8_0 | StoreType::Q4_0 => numel / BLOCK * self.quant().map_or(0, |f| f.block_bytes()),
         }
     }
