@@ -13,7 +13,7 @@ cargo test --all-targets
 WEBDIFFUSION_CONV2D=tiled WEBDIFFUSION_MATMUL=tiled cargo test --test ops --test quant -- conv matmul linear
 
 echo "== wasm build =="
-scripts/build-wasm.sh
+scripts/build-wasm.sh --test
 
 echo "== browser tests (headless Chromium, WebGPU) =="
 node --test tests/browser/

@@ -98,5 +98,58 @@ pub fn parse(path: &str, json: &[u8], file_size: Option<u64>) -> Result<Vec<Head
             return Err(bad(format!("tensors {} and {} overlap", w[0].name, w[1].name)));
         }
     }
+    // The data is the tensors, back to back (the format has no holes): bytes no tensor owns are
+    // a sign of a crafted or damaged file.
+    let mut at = data_start;
+    for t in &out {
+        if t.start != at {
+            return Err(bad(format!("bytes {at}..{} belong to no tensor", t.start)));
+        }
+        at = t.start + t.len;
+    }
+    if let Some(size) = file_size.filter(|&s| s != at) {
+        return Err(bad(format!("bytes {at}..{size} belong to no tensor")));
+    }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A header for tensors `(name, shape, [a, b])` of F32.
+    fn header(tensors: &[(&str, &[usize], [u64; 2])]) -> Vec<u8> {
+        let m: serde_json::Map<String, serde_json::Value> = tensors
+            .iter()
+            .map(|(n, shape, o)| {
+                (n.to_string(), serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": o}))
+            })
+            .collect();
+        serde_json::to_vec(&m).unwrap()
+    }
+
+    #[test]
+    fn overlaps_holes_and_lying_lengths_are_refused() {
+        let ok = header(&[("a", &[2], [0, 8]), ("b", &[1], [8, 12])]);
+        let size = 8 + ok.len() as u64 + 12;
+        let t = parse("m.safetensors", &ok, Some(size)).unwrap();
+        assert_eq!((t[0].name.as_str(), t[1].start), ("a", 8 + ok.len() as u64 + 8));
+        let err = |h: Vec<u8>, extra: u64| {
+            let size = 8 + h.len() as u64 + extra;
+            parse("m.safetensors", &h, Some(size)).unwrap_err().to_string()
+        };
+        let e = err(header(&[("a", &[2], [0, 8]), ("b", &[2], [4, 12])]), 12);
+        assert!(e.contains("m.safetensors") && e.contains("overlap"), "{e}");
+        let e = err(header(&[("a", &[2], [0, 8]), ("b", &[1], [12, 16])]), 16);
+        assert!(e.contains("belong to no tensor"), "{e}");
+        let e = err(header(&[("a", &[2], [0, 8])]), 20);
+        assert!(e.contains("belong to no tensor"), "trailing bytes: {e}");
+        let e = err(header(&[("a", &[3], [0, 8])]), 8);
+        assert!(e.contains("needs 12"), "{e}");
+        let e = err(header(&[("a", &[1usize << 62, 16], [0, 8])]), 8);
+        assert!(e.contains("too large"), "{e}");
+        let e = err(header(&[("a", &[2], [0, 8])]), 4);
+        assert!(e.contains("past the end"), "{e}");
+        assert!(header_len("m.safetensors", &u64::MAX.to_le_bytes(), Some(100)).is_err());
+    }
 }
