@@ -219,21 +219,10 @@ fn fix_png_crcs(png: &mut [u8]) {
     while at + 12 <= png.len() {
         let len = u32::from_be_bytes(png[at..at + 4].try_into().expect("4 bytes")) as usize;
         let Some(end) = (at + 8).checked_add(len).filter(|&e| e + 4 <= png.len()) else { return };
-        let crc = crc32(&png[at + 4..end]);
+        let crc = webdiffusion::pipeline::image::chunk_crc(&png[at + 4..end]);
         png[end..end + 4].copy_from_slice(&crc.to_be_bytes());
         at = end + 4;
     }
-}
-
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut c = !0u32;
-    for &b in bytes {
-        c ^= u32::from(b);
-        for _ in 0..8 {
-            c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
-        }
-    }
-    !c
 }
 
 /// One execution of target `t` on `input`; errors are fine, panics are not.

@@ -61,6 +61,19 @@ pub fn decode_png(bytes: &[u8]) -> Result<(Vec<u8>, usize, usize)> {
     Ok((rgb, w, h))
 }
 
+/// The CRC-32 a PNG chunk carries over its type and data (for tools that rewrite chunks: the
+/// fuzzer, tests).
+pub fn chunk_crc(bytes: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in bytes {
+        c ^= u32::from(b);
+        for _ in 0..8 {
+            c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
+        }
+    }
+    !c
+}
+
 /// The generation parameters in AUTOMATIC1111's text format.
 pub fn a1111_parameters(
     prompt: &str,
@@ -147,20 +160,9 @@ mod tests {
         let mut bad = png.clone();
         bad[16..20].copy_from_slice(&100_000u32.to_be_bytes());
         bad[20..24].copy_from_slice(&100_000u32.to_be_bytes());
-        let crc = crc32(&bad[12..29]);
+        let crc = chunk_crc(&bad[12..29]);
         bad[29..33].copy_from_slice(&crc.to_be_bytes());
         let err = decode_png(&bad).unwrap_err().to_string();
         assert!(err.contains("100000x100000") && err.contains("at most"), "{err}");
-    }
-
-    fn crc32(bytes: &[u8]) -> u32 {
-        let mut c = !0u32;
-        for &b in bytes {
-            c ^= u32::from(b);
-            for _ in 0..8 {
-                c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
-            }
-        }
-        !c
     }
 }
