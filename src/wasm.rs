@@ -433,7 +433,7 @@ pub fn test_trap() {
 #[wasm_bindgen(js_name = convertSlice)]
 pub fn convert_slice(bytes: &[u8], from: &str, to: &str, name: &str) -> Result<Vec<u8>, JsError> {
     let to = StoreType::parse(to).map_err(js_err)?;
-    crate::models::stream::convert_slice(bytes, crate::models::weights::FileDType::parse(from), to, name)
+    crate::models::weights::convert_bytes(bytes, crate::models::weights::FileDType::parse(from), to, name)
         .map_err(js_err)
 }
 

@@ -12,7 +12,8 @@ use webdiffusion::models::convert::convert;
 use webdiffusion::models::loader::{self, DirSource, FileSource, LoadOptions, MemorySource};
 use webdiffusion::models::package::{Manifest, MANIFEST};
 use webdiffusion::models::parity;
-use webdiffusion::models::stream::{convert_slice, PieceSink, StreamConverter};
+use webdiffusion::models::stream::{PieceSink, StreamConverter};
+use webdiffusion::models::weights::convert_bytes;
 use webdiffusion::pipeline::generate::{Generated, Request};
 use webdiffusion::pipeline::rng::NormalRng;
 use webdiffusion::pipeline::scheduler::SchedulerKind;
@@ -158,7 +159,7 @@ fn stream_package(model: &str, quant: &str, cuts: &[usize], resume_after: &[usiz
             let end = (at + cut.next().unwrap()).min(bytes.len());
             conv.push(&bytes[at..end], &mut sink).unwrap();
             for j in conv.take_jobs() {
-                out.push_back(convert_slice(&j.bytes, j.from, j.to, &j.name).unwrap());
+                out.push_back(convert_bytes(&j.bytes, j.from, j.to, &j.name).unwrap());
             }
             while out.len() > lag {
                 conv.complete(&out.pop_front().unwrap(), &mut sink).unwrap();

@@ -86,18 +86,13 @@ struct Current {
     entry: TensorEntry,
 }
 
-/// A slice to convert elsewhere (another thread or web worker, `convert_slice`): its result goes
+/// A slice to convert elsewhere (another thread or web worker, with `weights::convert_bytes`): its result goes
 /// back through `StreamConverter::complete`, in the order the jobs were taken.
 pub struct Job {
     pub name: String,
     pub from: FileDType,
     pub to: StoreType,
     pub bytes: Vec<u8>,
-}
-
-/// `convert_bytes` of a job's fields: what runs where a job is sent.
-pub fn convert_slice(bytes: &[u8], from: FileDType, to: StoreType, name: &str) -> Result<Vec<u8>> {
-    convert_bytes(bytes, from, to, name)
 }
 
 /// What the reading side hands the writing side, in file order. The writing side places tensors
@@ -309,20 +304,15 @@ impl StreamConverter {
 
     /// The result of the oldest job not yet completed; writes what it unblocks.
     pub fn complete(&mut self, bytes: &[u8], sink: &mut dyn PieceSink) -> Result<()> {
-        let len = self.ops.iter().find_map(|o| match o {
-            Op::Awaiting { len } => Some(*len),
-            _ => None,
-        });
-        match len {
-            None => return Err(Error::Request("a conversion result with no job out".into())),
-            Some(len) if len != bytes.len() => {
+        // Everything before the first job is written already, so it is at the front.
+        match self.ops.front() {
+            Some(Op::Awaiting { len }) if *len == bytes.len() => {}
+            Some(Op::Awaiting { len }) => {
                 return Err(Error::Request(format!("a conversion result of {} bytes, expected {len}", bytes.len())))
             }
-            Some(_) => {}
+            _ => return Err(Error::Request("a conversion result with no job out".into())),
         }
-        // Everything before the first job is written already, so it is at the front.
-        let front = self.ops.pop_front();
-        debug_assert!(matches!(front, Some(Op::Awaiting { .. })));
+        self.ops.pop_front();
         self.write(bytes, sink)?;
         self.drain(sink)
     }
@@ -398,18 +388,8 @@ impl StreamConverter {
     /// What each tensor of the file becomes: a dry run of the component's model over the header.
     fn plan_file(&mut self, json: &str) -> Result<()> {
         let f = self.st.file.as_ref().ok_or_else(|| Error::Request("no file begun".into()))?;
+        // Checked there: every byte belongs to the header or to exactly one tensor.
         let tensors = header::parse(&f.path, json.as_bytes(), Some(f.size))?;
-        // Every byte must belong to the header or to exactly one tensor.
-        let mut at = 8 + json.len() as u64;
-        for t in &tensors {
-            if t.start != at {
-                return Err(Error::Weights(format!("{}: bytes {at}..{} belong to no tensor", f.path, t.start)));
-            }
-            at = t.start + t.len;
-        }
-        if at != f.size {
-            return Err(Error::Weights(format!("{}: bytes {at}..{} belong to no tensor", f.path, f.size)));
-        }
         let config = self.st.files.get(&format!("{}/config.json", f.component)).ok_or_else(|| {
             Error::Weights(format!("{}: no {}/config.json came before its weights", f.path, f.component))
         })?;

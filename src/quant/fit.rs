@@ -75,16 +75,16 @@ fn level(v: f32, d: f32) -> f32 {
     level_of(v / d, d)
 }
 
-/// `y.max(-8.0).min(7.0)` (NaN becomes -8) as comparisons and selects: `f32::max` keeps the
+/// `y.max(lo).min(hi)` (NaN becomes `lo`) as comparisons and selects: `f32::max` keeps the
 /// non-NaN operand, which wasm's `f32.max` does not, so in wasm it is a call to `fmaxf` per
-/// value, and no loop around it vectorizes.
+/// value (see `clamp_bounds` for the bounds).
 #[inline(always)]
-fn clamp_levels(y: f32) -> f32 {
-    let c = if y > -8.0 { y } else { -8.0 };
-    if c < 7.0 {
+fn clamp_levels(y: f32, [lo, hi]: [f32; 2]) -> f32 {
+    let c = if y > lo { y } else { lo };
+    if c < hi {
         c
     } else {
-        7.0
+        hi
     }
 }
 
@@ -96,7 +96,7 @@ fn level_of(y: f32, d: f32) -> f32 {
     // since `max` turns it into -8.
     #[allow(clippy::eq_op)]
     let number = y == y;
-    let c = clamp_levels(y);
+    let c = clamp_levels(y, [-8.0, 7.0]);
     let r = (c + MAGIC) - MAGIC;
     let e = c - r;
     let up = (e == 0.5) & (c > 0.0);
@@ -144,11 +144,10 @@ fn in_doubt(worst: f32) -> bool {
 /// the clamped product from the integer it rounds to: near 0.5 the quotient may round the other
 /// way. (Lanes keep the largest distance as a float, so it stays in a vector register.)
 #[inline(always)]
-fn fast_level(v: f32, inv: f32, [lo, hi]: [f32; 2]) -> (f32, f32) {
+fn fast_level(v: f32, inv: f32, bounds: [f32; 2]) -> (f32, f32) {
     const MAGIC: f32 = 12_582_912.0;
     let y = v * inv;
-    let c = if y > lo { y } else { lo };
-    let c = if c < hi { c } else { hi };
+    let c = clamp_levels(y, bounds);
     let r = (c + MAGIC) - MAGIC;
     #[allow(clippy::eq_op)]
     let q = if y == y { r } else { 0.0 };
