@@ -12,7 +12,7 @@
 
 import { createServer } from 'node:http';
 import { createHash } from 'node:crypto';
-import { createReadStream, promises as fs } from 'node:fs';
+import { createReadStream, readFileSync, promises as fs } from 'node:fs';
 import { extname, join, normalize, resolve, sep } from 'node:path';
 
 const MIME = {
@@ -57,17 +57,64 @@ export function parseArgs(argv) {
   return opts;
 }
 
-function resolvePath(mounts, urlPath) {
+// A mount whose index.html carries a Content-Security-Policy meta tag is the app: its scripts get
+// the same policy as a header, because a dedicated worker takes its policy from its script's
+// response, not from the page's meta tag (and the model worker is what fetches weights).
+function appPolicy(dir) {
+  try {
+    const html = readFileSync(join(dir, 'index.html'), 'utf8');
+    return /<meta http-equiv="Content-Security-Policy" content="([^"]*)"/.exec(html)?.[1] || null;
+  } catch {
+    return null;
+  }
+}
+
+function inside(dir, full) {
+  return full === dir || full.startsWith(dir + sep);
+}
+
+// The file a URL path names, or null. A malformed percent-encoding, a NUL, a `../` escape or a
+// symlink leading out of the mount all answer null (404): nothing outside a mount is served.
+async function resolvePath(mounts, urlPath) {
   for (const m of mounts) {
     if (urlPath === m.url.slice(0, -1) || urlPath.startsWith(m.url)) {
-      let rel = decodeURIComponent(urlPath.slice(m.url.length));
+      let rel;
+      try {
+        rel = decodeURIComponent(urlPath.slice(m.url.length));
+      } catch {
+        return null;
+      }
+      if (rel.includes('\0')) return null;
       if (rel === '' || rel.endsWith('/')) rel += 'index.html';
       const full = normalize(join(m.dir, rel));
-      if (full !== m.dir && !full.startsWith(m.dir + sep)) return null; // no ../ escapes
-      return full;
+      if (!inside(m.dir, full)) return null;
+      try {
+        const [real, root] = await Promise.all([fs.realpath(full), fs.realpath(m.dir)]);
+        return inside(root, real) ? { path: real, mount: m } : null;
+      } catch {
+        return null;
+      }
     }
   }
   return null;
+}
+
+/// The byte range a `Range` header asks of a file of `size` bytes (RFC 9110 §14.2):
+/// `{start, end}` (inclusive), `'unsatisfiable'` (416), or null when the header is to be ignored
+/// and the whole file sent — an unknown unit, several ranges (we do not send multipart) or a
+/// ranges-specifier that does not parse.
+export function parseRange(header, size) {
+  const m = /^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$/i.exec(header);
+  if (!m || (m[1] === '' && m[2] === '')) return null;
+  if (m[1] === '') {
+    const suffix = Number(m[2]);
+    if (suffix === 0 || size === 0) return 'unsatisfiable';
+    return { start: Math.max(0, size - suffix), end: size - 1 };
+  }
+  const start = Number(m[1]);
+  if (m[2] !== '' && Number(m[2]) < start) return null;
+  if (start >= size) return 'unsatisfiable';
+  return { start, end: m[2] === '' ? size - 1 : Math.min(size - 1, Number(m[2])) };
 }
 
 function newStats() {
@@ -119,9 +166,20 @@ function record(state, entry) {
 }
 
 export function handler(mounts, log = () => {}, state = createState()) {
+  const handle = respond(mounts, log, state);
+  // An exception in one request must not take the server (the app's, or the tests' CDN) down.
+  return (req, res) =>
+    handle(req, res).catch((e) => {
+      log(req, 500);
+      if (!res.headersSent) res.writeHead(500, { 'Content-Type': 'text/plain' }).end(`${e && e.message}\n`);
+      else res.destroy();
+    });
+}
+
+function respond(mounts, log, state) {
   return async (req, res) => {
     res.setHeader('Access-Control-Allow-Origin', '*');
-    res.setHeader('Access-Control-Allow-Headers', 'Range, If-None-Match');
+    res.setHeader('Access-Control-Allow-Headers', 'Range, If-Range, If-None-Match');
     // Without these a cross-origin page cannot read a Range response's total size or our digest.
     res.setHeader('Access-Control-Expose-Headers', 'Content-Length, Content-Range, ETag, Accept-Ranges, Repr-Digest');
     if (req.method === 'OPTIONS') {
@@ -132,14 +190,22 @@ export function handler(mounts, log = () => {}, state = createState()) {
       res.writeHead(405).end();
       return;
     }
-    const url = new URL(req.url, 'http://localhost');
+    let url;
+    try {
+      url = new URL(req.url, 'http://localhost');
+    } catch {
+      log(req, 400);
+      res.writeHead(400, { 'Content-Type': 'text/plain' }).end('bad request target\n');
+      return;
+    }
     const entry = { method: req.method, path: url.pathname, range: req.headers.range || null, status: 0, bytes: 0 };
     const count = record(state, entry);
     const reply = (status) => {
       entry.status = status;
       log(req, status);
     };
-    const path = resolvePath(mounts, url.pathname);
+    const found = await resolvePath(mounts, url.pathname);
+    const path = found && found.path;
     let stat;
     try {
       stat = path && (await fs.stat(path));
@@ -156,6 +222,9 @@ export function handler(mounts, log = () => {}, state = createState()) {
     res.setHeader('Accept-Ranges', 'bytes');
     res.setHeader('Content-Type', MIME[extname(path)] || 'application/octet-stream');
     res.setHeader('Cache-Control', 'no-cache');
+    res.setHeader('Last-Modified', new Date(stat.mtimeMs).toUTCString());
+    if (found.mount.csp === undefined) found.mount.csp = appPolicy(found.mount.dir);
+    if (found.mount.csp && /\.(m?js|html)$/.test(path)) res.setHeader('Content-Security-Policy', found.mount.csp);
     if (req.headers['if-none-match'] === etag) {
       reply(304);
       res.writeHead(304).end();
@@ -164,25 +233,18 @@ export function handler(mounts, log = () => {}, state = createState()) {
     let start = 0;
     let end = stat.size - 1;
     let status = 200;
-    const range = req.headers.range;
+    // If-Range (RFC 9110 §13.1.5): the range only while the file is still the version the client
+    // has the first part of; otherwise the whole new file, so two versions never mix.
+    const ifRange = req.headers['if-range'];
+    const current = !ifRange || ifRange === etag || (!ifRange.startsWith('"') && !ifRange.startsWith('W/') && Date.parse(ifRange) === Math.floor(stat.mtimeMs / 1000) * 1000);
+    const range = current && req.headers.range && parseRange(req.headers.range, stat.size);
+    if (range === 'unsatisfiable') {
+      reply(416);
+      res.writeHead(416, { 'Content-Range': `bytes */${stat.size}` }).end();
+      return;
+    }
     if (range) {
-      const m = /^bytes=(\d*)-(\d*)$/.exec(range);
-      if (!m || (m[1] === '' && m[2] === '')) {
-        reply(416);
-        res.writeHead(416, { 'Content-Range': `bytes */${stat.size}` }).end();
-        return;
-      }
-      if (m[1] === '') {
-        start = Math.max(0, stat.size - Number(m[2]));
-      } else {
-        start = Number(m[1]);
-        if (m[2] !== '') end = Math.min(end, Number(m[2]));
-      }
-      if (start > end || start >= stat.size) {
-        reply(416);
-        res.writeHead(416, { 'Content-Range': `bytes */${stat.size}` }).end();
-        return;
-      }
+      ({ start, end } = range);
       status = 206;
       res.setHeader('Content-Range', `bytes ${start}-${end}/${stat.size}`);
     }

@@ -268,7 +268,16 @@ export async function startHfStandin(opts) {
   const publicStats = () => JSON.parse(JSON.stringify(stats));
 
   const listen = (handler, port) => new Promise((ok, fail) => {
-    const s = createServer(handler);
+    // A request that throws (a malformed URL or percent-encoding) gets 400 instead of killing
+    // the stand-in, as the real Hub answers it.
+    const s = createServer((req, res) => {
+      try {
+        handler(req, res);
+      } catch {
+        if (!res.headersSent) res.writeHead(400, CORS).end();
+        else res.destroy();
+      }
+    });
     s.on('error', fail);
     s.listen(port, host, () => ok(s));
   });
