@@ -61,6 +61,10 @@ pub enum Error {
     #[error("generation cancelled")]
     Cancelled,
 
+    /// A buffer sized by input that this machine cannot hold (or address, on wasm32).
+    #[error("{what}: no memory for {bytes} bytes")]
+    OutOfMemory { what: String, bytes: u64 },
+
     #[error("invalid request: {0}")]
     Request(String),
 
@@ -73,5 +77,40 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     pub(crate) fn shape(op: &'static str, msg: impl Into<String>) -> Self {
         Error::Shape { op, msg: msg.into() }
+    }
+}
+
+/// An empty vector with room for `n` elements, or `OutOfMemory` naming `what`, instead of the
+/// abort `Vec::with_capacity` gives. For every buffer whose size comes from input (a header, a
+/// manifest, an image), after the size was checked against the input's own rules: a size that
+/// is allowed can still be more than the browser's heap has.
+pub fn try_vec<T>(n: u64, what: impl FnOnce() -> String) -> Result<Vec<T>> {
+    let bytes = n.saturating_mul(std::mem::size_of::<T>() as u64);
+    let mut v = Vec::new();
+    match usize::try_from(n).ok().map(|n| v.try_reserve_exact(n)) {
+        Some(Ok(())) => Ok(v),
+        _ => Err(Error::OutOfMemory { what: what(), bytes }),
+    }
+}
+
+/// `n` zero bytes, as `try_vec` does.
+pub fn try_zeroed(n: u64, what: impl FnOnce() -> String) -> Result<Vec<u8>> {
+    let mut v = try_vec(n, what)?;
+    v.resize(n as usize, 0); // try_vec checked that n fits in usize
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn impossible_sizes_are_errors_not_aborts() {
+        let e = try_vec::<u32>(u64::MAX / 2, || "tensor `x`".into()).unwrap_err();
+        assert_eq!(e.to_string(), format!("tensor `x`: no memory for {} bytes", u64::MAX));
+        assert!(try_zeroed(1 << 62, || "a PNG".into()).is_err());
+        let v = try_zeroed(1000, || unreachable!()).unwrap();
+        assert_eq!((v.len(), v.iter().all(|&b| b == 0)), (1000, true));
+        assert!(try_vec::<f32>(7, || unreachable!()).unwrap().capacity() >= 7);
     }
 }

@@ -201,6 +201,13 @@ impl Engine {
         self.gpu.lost_reason()
     }
 
+    /// Test hook: the device is destroyed now; `lost()` reports it and requests fail until the
+    /// worker makes a new `Engine`.
+    #[wasm_bindgen(js_name = testLoseDevice)]
+    pub fn test_lose_device(&self) {
+        self.gpu.destroy_device();
+    }
+
     /// Loads a model (a diffusers folder or a webdiffusion package) through `reader` (see
     /// `JsReader`). `options`: `{quant?: 'none'|'q8_0'|'q4_0', name?}`. Synchronous reads
     /// inside: call it from a worker, never from the page's main thread.

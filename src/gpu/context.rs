@@ -191,11 +191,10 @@ impl Gpu {
         }));
         let lost: Arc<Mutex<Option<String>>> = Arc::default();
         let lost_sink = lost.clone();
+        // `Destroyed` counts too: only our own drop destroys the device on purpose, and then
+        // nobody is left to read it; any other destroy (the browser's, a test's) is a loss.
         device.set_device_lost_callback(move |reason, msg| {
-            // A deliberate destroy is not an accident worth reporting.
-            if reason != wgpu::DeviceLostReason::Destroyed {
-                *lock(&lost_sink) = Some(format!("{reason:?}: {msg}"));
-            }
+            *lock(&lost_sink) = Some(format!("{reason:?}: {msg}"));
         });
 
         let got = device.limits();
@@ -282,6 +281,12 @@ impl Gpu {
     /// Adds the analytic FLOP count of a kernel about to be recorded.
     pub(crate) fn count_flops(&self, flops: f64) {
         lock(&self.inner.stats).flops += flops;
+    }
+
+    /// Destroys the device under everything allocated on it, as a driver reset or the browser
+    /// reclaiming the GPU does (the fault tests' way to lose a device on purpose).
+    pub fn destroy_device(&self) {
+        self.inner.device.destroy();
     }
 
     /// Why the device was lost, if it was.

@@ -83,10 +83,7 @@ impl FileSource for DirSource {
                 full.display()
             )));
         }
-        let mut buf = Vec::new();
-        buf.try_reserve_exact(len as usize)
-            .map_err(|_| Error::Weights(format!("{}: no memory for {len} bytes at {start}", full.display())))?;
-        buf.resize(len as usize, 0);
+        let mut buf = crate::error::try_zeroed(len, || format!("{} at {start}", full.display()))?;
         f.seek(SeekFrom::Start(start)).and_then(|_| f.read_exact(&mut buf)).map_err(|e| {
             Error::Weights(format!("{} is truncated or unreadable at {start}+{len}: {e}", full.display()))
         })?;

@@ -229,20 +229,17 @@ impl PackageTensors<'_, '_> {
     /// Version 2: exactly the tensor's bytes, checked against its own sha256.
     fn read_verified(&self, t: &TensorEntry, want: &str) -> Result<Vec<u8>> {
         let shards = &self.package.manifest.shards;
-        let mut out = Vec::new();
         let (mut shard, mut offset) = (t.shard, t.offset);
         // The common case, a tensor inside one shard, is read straight into its own buffer.
-        if let Some(entry) = shards.get(shard).filter(|e| offset.checked_add(t.length).is_some_and(|end| end <= e.size))
+        let mut out = if let Some(entry) =
+            shards.get(shard).filter(|e| offset.checked_add(t.length).is_some_and(|end| end <= e.size))
         {
-            out = self.shard_range(entry, offset, t.length)?;
             shard += 1;
             offset = 0;
+            self.shard_range(entry, t.offset, t.length)?
         } else {
-            out.try_reserve_exact(t.length as usize).map_err(|_| Error::Tensor {
-                name: t.name.clone(),
-                msg: format!("no memory for {} bytes", t.length),
-            })?;
-        }
+            crate::error::try_vec(t.length, || format!("tensor `{}`", t.name))?
+        };
         while (out.len() as u64) < t.length {
             let entry = shards
                 .get(shard)
@@ -269,7 +266,7 @@ impl PackageTensors<'_, '_> {
     /// Version 1: whole shards verified, then sliced.
     fn read_from_verified_shards(&self, t: &TensorEntry) -> Result<Vec<u8>> {
         let name = &t.name;
-        let mut out = Vec::with_capacity(t.length as usize);
+        let mut out = crate::error::try_vec(t.length, || format!("tensor `{name}`"))?;
         let (mut shard, mut offset) = (t.shard, t.offset as usize);
         while (out.len() as u64) < t.length {
             let bytes = self.package.shard(shard)?;

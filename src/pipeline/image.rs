@@ -47,7 +47,7 @@ pub fn decode_png(bytes: &[u8]) -> Result<(Vec<u8>, usize, usize)> {
         return Err(png_err(format!("the image declares {w}x{h} pixels; at most {MAX_PIXELS} are taken")));
     }
     let size = reader.output_buffer_size().ok_or_else(|| png_err("image too large"))?;
-    let mut buf = vec![0; size];
+    let mut buf = crate::error::try_zeroed(size as u64, || format!("a {w}x{h} PNG"))?;
     let info = reader.next_frame(&mut buf).map_err(png_err)?;
     let (w, h) = (info.width as usize, info.height as usize);
     let px = &buf[..info.buffer_size()];
