@@ -9,6 +9,7 @@
 // `cancel()`, `catalog`.
 
 import * as store from './store.js';
+import { catalogHosts, checkOrigin, refuseOrigin } from './origins.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -34,7 +35,15 @@ const state = {
   recoveries: 0,
   restarts: 0, // workers replaced after the engine trapped
 };
-const api = { state, load, generate, cancel, catalog: [], loadEntry, testTrap: () => call('testTrap') };
+const api = {
+  state, load, generate, cancel, catalog: [], loadEntry,
+  // Test hooks: faults the engine cannot be made to have on purpose.
+  testTrap: () => call('testTrap'),
+  testHang: (ms) => call('testHang', { ms }),
+  testStall: () => call('testStall'),
+  testLoseDevice: () => call('testLoseDevice'),
+  setWatchdog: (limits) => Object.assign(watchdog, limits),
+};
 window.webdiffusion = api;
 
 // ---- small helpers -----------------------------------------------------------------------
@@ -87,8 +96,26 @@ let nextId = 1;
 const pending = new Map(); // id -> {resolve, reject, onEvent}
 const FINAL = new Set(['ready', 'models', 'loaded', 'done', 'cancelled', 'deleted', 'error']);
 
+// The watchdog: a worker whose thread is stuck stops its once-a-second `alive`; one that waits
+// forever on something (a GPU map that never completes) keeps beating but reports no progress.
+// Either way, with requests waiting, it is replaced as a trapped one is. Progress may be slow
+// (a 512² step on a software GPU takes minutes), so that limit is long. Tests shorten both.
+const watchdog = { silenceMs: 60_000, progressMs: 15 * 60_000, lastHeard: 0, lastProgress: 0, timer: null };
+
+function watch() {
+  if (watchdog.timer) return;
+  watchdog.timer = setInterval(() => {
+    if (!pending.size || restarting) return;
+    const now = performance.now();
+    const secs = (ms) => `${Math.round(ms / 1000)} s`;
+    if (now - watchdog.lastHeard > watchdog.silenceMs) restartWorker(`it did not answer for ${secs(now - watchdog.lastHeard)}`);
+    else if (now - watchdog.lastProgress > watchdog.progressMs) restartWorker(`it made no progress for ${secs(now - watchdog.lastProgress)}`);
+  }, Math.min(1000, watchdog.silenceMs / 4));
+}
+
 function startWorker() {
   worker = new Worker(new URL('worker.js', import.meta.url), { type: 'module' });
+  watchdog.lastHeard = watchdog.lastProgress = performance.now();
   worker.onmessage = (ev) => onWorkerMessage(ev.data);
   worker.onerror = (ev) => {
     // A module that fails to load (missing /pkg build, a syntax error) lands here, not in onmessage.
@@ -107,7 +134,7 @@ function startWorker() {
 let restarting = null;
 function restartWorker(reason) {
   if (restarting) return restarting;
-  const text = `The engine stopped after an internal error (${reason}); it is being restarted.`;
+  const text = `The engine stopped (${reason}); it is being restarted.`;
   worker?.terminate();
   worker = null;
   state.ready = false;
@@ -124,7 +151,7 @@ function restartWorker(reason) {
     await initWorker();
     updateButtons();
     if (last && isCached(last.id)) await load(last.id, { quant: last.quant });
-    notice('trap', 'The engine hit an internal error and was restarted; the model was reloaded from this device.', 'info');
+    notice('trap', `The engine was restarted (${reason})${last && isCached(last.id) ? '; the model was reloaded from this device' : ''}.`, 'info');
   })().catch((e) => {
     notice('trap', `The engine could not be restarted: ${fail('restart', e)}`, 'error');
   }).finally(() => {
@@ -135,7 +162,10 @@ function restartWorker(reason) {
 }
 
 function onWorkerMessage(m) {
-  if (m.type === 'trapped' || m.trapped) restartWorker(m.message);
+  watchdog.lastHeard = performance.now();
+  if (m.type === 'alive') return;
+  watchdog.lastProgress = watchdog.lastHeard;
+  if (m.type === 'trapped' || m.trapped) restartWorker(`an internal error: ${m.message}`);
   if (m.type === 'recovering') {
     state.recoveries++;
     notice('lost', `The GPU device was lost (${m.reason}). Starting a new one and reloading the model…`);
@@ -165,8 +195,10 @@ function call(type, data = {}, onEvent = null) {
   if (!worker) return Promise.reject(new Error('The GPU worker is not running.'));
   const id = nextId++;
   return new Promise((resolve, reject) => {
+    if (!pending.size) watchdog.lastProgress = performance.now();
     pending.set(id, { resolve, reject, onEvent });
     worker.postMessage({ type, id, ...data });
+    watch();
   });
 }
 
@@ -186,13 +218,67 @@ async function loadCatalog() {
     notice('catalog', `The model catalog could not be loaded (${message(e)}). Cached models still work.`, 'error');
     catalog = { models: [] };
   }
-  cdnBase = new URL(params.get('cdn') || catalog.cdn || 'models/', location.href).href;
-  if (!cdnBase.endsWith('/')) cdnBase += '/';
+  for (const m of catalog.models) m.listedUrl = m.url;
+  const listedBase = new URL(catalog.cdn || 'models/', location.href).href;
+  setCdnBase(listedBase);
+  const wanted = params.get('cdn');
+  if (wanted) cdnDecision = decideCdn(wanted, listedBase);
+}
+
+let cdnDecision = Promise.resolve();
+
+function setCdnBase(base) {
+  cdnBase = base.endsWith('/') ? base : `${base}/`;
   for (const m of catalog.models) {
-    m.url = new URL(m.url, cdnBase).href;
+    m.url = new URL(m.listedUrl, cdnBase).href;
     if (!m.url.endsWith('/')) m.url += '/';
   }
   api.catalog = catalog.models;
+}
+
+// `?cdn=` comes from a link anyone can craft; a model's bytes are trusted input to the engine, so
+// another host replaces the catalog's only if it is one the catalog already names, the page's own
+// origin, a local server for a local page (development and tests), or the visitor says so.
+async function decideCdn(wanted, listedBase) {
+  let u;
+  try {
+    u = new URL(wanted, location.href);
+  } catch {
+    notice('cdn', `Ignored ?cdn=${wanted}: not a URL.`, 'error');
+    return;
+  }
+  const why = refuseOrigin(u.href, location.origin);
+  if (why) {
+    notice('cdn', `Ignored ?cdn=${wanted}: ${why}.`, 'error');
+    return;
+  }
+  const loopback = (h) => ['127.0.0.1', 'localhost'].includes(h);
+  const known = u.origin === location.origin || catalogHosts(catalog, listedBase).has(u.host) ||
+    (loopback(location.hostname) && loopback(u.hostname));
+  if (known || (await askNotice('cdn', `This link asks to download the catalog's models from ${u.host} instead of the catalog's own host. Only accept if you trust ${u.host}.`, `Use ${u.host}`))) {
+    setCdnBase(u.href);
+    renderModelSelect();
+  }
+}
+
+/// A notice with a choice; resolves true when accepted, false when dismissed.
+function askNotice(key, text, accept) {
+  notice(key, text);
+  const el = document.querySelector(`.notice[data-key="${key}"]`);
+  return new Promise((ok) => {
+    const button = (label, answer, cls) => {
+      const b = document.createElement('button');
+      b.type = 'button';
+      b.className = cls;
+      b.textContent = label;
+      b.onclick = () => {
+        notice(key, null);
+        ok(answer);
+      };
+      return b;
+    };
+    el.append(' ', button(accept, true, 'secondary'), ' ', button('No', false, 'secondary'));
+  });
 }
 
 function entries() {
@@ -214,6 +300,7 @@ function customEntry(url) {
   } catch {
     throw new Error(`Not a URL: ${url}`);
   }
+  checkOrigin(u.href, location.origin);
   if (!u.pathname.endsWith('/')) u.pathname += '/';
   const href = u.href;
   const name = href.replace(/^https?:\/\//, '').replace(/\/resolve\/main\/$/, '').replace(/^huggingface\.co\//, '');
@@ -327,7 +414,7 @@ function loadEntry(entry, opts = {}) {
 async function load(idOrUrl = $('model').value, opts = {}) {
   if (state.loading || state.generating) throw new Error('Busy: wait for the current download or generation.');
   let entry = findEntry(idOrUrl);
-  if (!entry && /^https?:/.test(idOrUrl)) {
+  if (!entry && /^[a-z][a-z0-9+.-]*:/i.test(idOrUrl)) {
     entry = customEntry(idOrUrl);
     customEntries.set(entry.id, entry);
     renderModelSelect();
@@ -471,22 +558,39 @@ function randomSeed() {
 /// Generates one image. `overrides` replaces form fields ({prompt, negativePrompt, steps,
 /// guidance, width, height, scheduler, seed}); seed null or absent with "random" ticked picks one.
 /// Resolves {cancelled, width, height, seed, ms, parameters}.
+// The form's own min/max/step are the limits for every caller (the form, the URL, the test
+// hooks): a value outside them is brought inside with a visible note, one that is not a number is
+// refused here rather than deep in the engine.
+function enforceLimits(req, sizeStep) {
+  const notes = [];
+  const limit = (k, { integer = false, step = 0 } = {}) => {
+    const input = $(k);
+    const v = Number(req[k]);
+    if (req[k] === '' || req[k] === null || !Number.isFinite(v)) throw new Error(`${input.labels[0]?.textContent.trim() || k}: "${req[k]}" is not a number.`);
+    const min = Math.max(Number(input.min), step);
+    const max = Number(input.max);
+    let w = step ? Math.round(v / step) * step : integer ? Math.round(v) : v;
+    w = Math.min(max, Math.max(min, w));
+    if (w !== v) notes.push(`${k} ${v} → ${w}${step ? ` (multiples of ${step}, ${min}–${max})` : ` (${min}–${max})`}`);
+    req[k] = w;
+    input.value = w;
+  };
+  limit('width', { step: sizeStep });
+  limit('height', { step: sizeStep });
+  limit('steps', { integer: true });
+  limit('guidance');
+  if (notes.length) $('size-hint').textContent = `Adjusted: ${notes.join('; ')}.`;
+}
+
 async function generate(overrides = {}) {
   if (!state.modelLoaded) throw new Error('Load a model first.');
   if (state.generating || state.loading) throw new Error('Busy: wait for the current download or generation.');
   setForm(overrides);
   const req = { ...readForm(), ...overrides };
   if (req.seed === null || req.seed === undefined || req.seed === '') req.seed = randomSeed();
+  if (!Number.isFinite(Number(req.seed))) throw new Error(`Seed: "${req.seed}" is not a number.`);
   req.seed = Math.floor(Math.abs(Number(req.seed))) % 2 ** 53;
-  const step = state.model.sizeStep || 8;
-  for (const k of ['width', 'height']) {
-    const v = Math.max(step, Math.round(Number(req[k]) / step) * step);
-    if (v !== req[k]) {
-      $('size-hint').textContent = `${k} rounded to ${v}: this model needs multiples of ${step}.`;
-      req[k] = v;
-    }
-    $(k).value = v;
-  }
+  enforceLimits(req, state.model.sizeStep || 8);
   if (!req.prompt) req.prompt = $('prompt').placeholder || '';
   if (!req.negativePrompt) delete req.negativePrompt;
   try {
@@ -775,6 +879,7 @@ async function main() {
     return;
   }
   updateButtons();
+  await cdnDecision;
   const wanted = params.get('model');
   const last = localStorage.getItem(LAST_MODEL);
   if (params.get('autoload') === '1') {

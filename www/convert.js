@@ -8,10 +8,15 @@
 // with the pieces; a reload resumes there, drops pieces written after it, and fetches from the
 // tensor that was in progress. Verification: each weight file's sha256 (pinned in the catalog,
 // else listed by the Hub's API) is computed over the stream and checked before the model record
-// is written; a mismatch converts that file again once, then fails.
+// is written; a mismatch converts that file again once, then fails. Versions: every request
+// after a file's first carries If-Range with the validator its first answer gave (saved in the
+// checkpoint, so a resume asks for the same version); a file that changed on the server starts
+// the conversion over once rather than mixing two versions.
 
 import * as store from './store.js';
-import { resolveFiles, FatalError, describeNetworkError, contentRange, abortError, sleep } from './download.js';
+import {
+  resolveFiles, FatalError, describeNetworkError, contentRange, abortError, sleep, fetchModel, checkHost, checkSize, validatorOf,
+} from './download.js';
 
 const CHUNK = 8 << 20;
 const PARALLEL = 3;
@@ -20,25 +25,32 @@ const BACKOFF_MS = 500;
 const CHECKPOINT_BYTES = 64 << 20;
 const COMPONENTS = ['vae', 'text_encoder', 'unet'];
 const STATE = '__conversion__';
+// Package bytes stored per source byte, roughly (fp16 sources quantized): for the quota message.
+const PACKAGE_RATIO = 0.4;
+
+/// A file whose version on the server is no longer the one being converted.
+class ChangedError extends FatalError {}
 
 /// The Hub API's listing for a `…/<org>/<repo>/resolve/<rev>/` base: {path: {size, sha256}}.
 async function hubListing(base, signal, stats) {
   const m = /^(https?:\/\/[^/]+)\/([^/]+)\/([^/]+)\/resolve\/([^/]+)\/$/.exec(base);
   if (!m) return {};
   const [, origin, org, repo, rev] = m;
+  const url = `${origin}/api/models/${org}/${repo}/tree/${rev}?recursive=true`;
   try {
     stats.requests++;
-    const r = await fetch(`${origin}/api/models/${org}/${repo}/tree/${rev}?recursive=true`, { signal, cache: 'no-store' });
+    const r = await fetchModel(url, { signal, cache: 'no-store' });
     if (!r.ok) return {};
     const out = {};
     for (const e of await r.json()) {
       if (e && e.type === 'file' && typeof e.path === 'string') {
-        out[e.path] = { size: e.size, sha256: e.lfs && /^[0-9a-f]{64}$/.test(e.lfs.oid) ? e.lfs.oid : null };
+        // `where` names the entry when its size is used (and checked: see downloadConverted).
+        out[e.path] = { size: e.size, sha256: e.lfs && /^[0-9a-f]{64}$/.test(e.lfs.oid) ? e.lfs.oid : null, where: `${url}: ${e.path}` };
       }
     }
     return out;
   } catch (e) {
-    if (signal.aborted) throw e;
+    if (signal.aborted || e.fatal) throw e;
     return {}; // no listing: files are then marked as unverified
   }
 }
@@ -51,14 +63,26 @@ async function fetchRange(url, start, end, size, file, signal, stats) {
     if (attempt) await sleep(BACKOFF_MS * 2 ** (attempt - 1), signal);
     try {
       const headers = { Range: `bytes=${start}-${end - 1}` };
-      if (file.validator) headers['If-Range'] = file.validator;
+      const asked = file.net?.ifRange && file.validator;
+      if (asked) headers['If-Range'] = file.validator;
       stats.requests++;
-      const r = await fetch(url, { headers, signal, cache: 'no-store' });
+      let r;
+      try {
+        r = await fetchModel(url, { headers, signal, cache: 'no-store' });
+      } catch (e) {
+        // If-Range is not a CORS-safelisted header: a host whose preflight refuses it fails the
+        // request outright. Without it a change still shows as another validator (below).
+        if (asked && e instanceof TypeError && !signal.aborted) file.net.ifRange = false;
+        throw e;
+      }
+      const version = validatorOf(r.headers);
+      if (file.validator && (r.status === 200 || r.status === 206) && (r.status === 200 && asked ? version !== file.validator : version && version !== file.validator)) {
+        r.body?.cancel().catch(() => {});
+        throw new ChangedError(`${file.path} changed on the server during the conversion (${file.validator} is now ${version || 'unnamed'}).`);
+      }
       if (r.status === 200 && !(start === 0 && end === size)) {
         r.body?.cancel().catch(() => {});
-        throw new FatalError(file.validator
-          ? `${file.path} changed on the server while downloading; delete the model and download it again.`
-          : `${url}: the server ignores HTTP Range requests.`);
+        throw new FatalError(`${url}: the server ignores HTTP Range requests.`);
       }
       if (r.status !== 200 && r.status !== 206) {
         r.body?.cancel().catch(() => {});
@@ -72,13 +96,14 @@ async function fetchRange(url, start, end, size, file, signal, stats) {
           throw new FatalError(`${url}: asked for bytes ${start}-${end - 1} of ${size}, the server sent ${r.headers.get('content-range')}`);
         }
       }
-      if (!file.validator) file.validator = r.headers.get('etag') || r.headers.get('last-modified') || null;
+      if (!file.validator) file.validator = version;
+      file.answered = true;
       const buf = new Uint8Array(await r.arrayBuffer());
       stats.bytesFetched += buf.length;
       if (buf.length !== end - start) throw new Error(`got ${buf.length} bytes instead of ${end - start}`);
       return buf;
     } catch (e) {
-      if (e instanceof FatalError || signal.aborted) throw e;
+      if (e instanceof FatalError || e.fatal || signal.aborted) throw e;
       lastError = e;
       console.warn(`webdiffusion: ${file.path} bytes ${start}-${end - 1}, try ${attempt + 1}/${TRIES}: ${e.message}`);
     }
@@ -86,14 +111,9 @@ async function fetchRange(url, start, end, size, file, signal, stats) {
   throw new FatalError(`Downloading ${file.path} failed ${TRIES} times: ${lastError.message}`);
 }
 
-async function storePieces(id, pieces, entry) {
+async function storePieces(id, pieces) {
   if (!pieces.length) return;
-  try {
-    await store.putChunks(id, pieces.map((p) => ({ path: p.shard, index: p.index, blob: new Blob([p.bytes]) })));
-  } catch (e) {
-    if (store.isQuotaError(e)) throw await store.quotaError(entry.bytes ? entry.bytes * 0.4 : 1e9, entry.name || entry.id);
-    throw e;
-  }
+  await store.putChunks(id, pieces.map((p) => ({ path: p.shard, index: p.index, blob: new Blob([p.bytes]) })));
 }
 
 /// After a resume: every stored piece the converter's state does not cover goes.
@@ -155,9 +175,14 @@ export async function downloadConverted(entry, engine, quant, opts = {}) {
   }
   const stats = { requests: 0, bytesFetched: 0, bytesFromCache: 0 };
   const id = entry.id;
+  checkHost(entry.url);
   let pool = null;
+  let conv = null;
   const chunk = opts.chunkSize || CHUNK;
   const checkpointBytes = Math.min(CHECKPOINT_BYTES, 8 * chunk);
+  // Package bytes still to store, for the quota message; exact-ish once the sizes are known.
+  let left = () => (entry.bytes || 0) * PACKAGE_RATIO;
+  const net = { ifRange: true }; // off once a host's CORS refused If-Range
   try {
     const resolved = await resolveFiles(entry, signal, stats);
     if (resolved.kind === 'package') return null;
@@ -166,8 +191,10 @@ export async function downloadConverted(entry, engine, quant, opts = {}) {
       const f = resolved.files.find((x) => x.path.startsWith(`${c}/`) && x.path.endsWith('.safetensors'));
       if (!f) throw new FatalError(`${entry.url} has no ${c} weights`);
       const listed = listing[f.path] || {};
-      // A pinned (catalog) hash always wins over what a server says.
-      return { ...f, size: f.size ?? listed.size, sha256: f.sha256 || listed.sha256 || null };
+      // Catalog sizes were checked with the catalog; a listing's are checked here, where one is
+      // used (a repo may hold other files above any limit). A pinned hash wins over a listing's.
+      const size = f.size ?? (listed.size === undefined ? undefined : checkSize(listed.size, `${listed.where} size`));
+      return { ...f, size, sha256: f.sha256 || listed.sha256 || null };
     });
     const unverified = weights.filter((f) => !f.sha256).map((f) => f.path);
     const small = resolved.files.filter((f) => !f.path.endsWith('.safetensors'));
@@ -177,7 +204,7 @@ export async function downloadConverted(entry, engine, quant, opts = {}) {
         .catch(async (e) => {
           if (!(e instanceof FatalError)) throw e;
           stats.requests++;
-          const r = await fetch(entry.url + f.path, { signal, cache: 'no-store' }); // size unknown or off
+          const r = await fetchModel(entry.url + f.path, { signal, cache: 'no-store' }); // size unknown or off
           if (!r.ok) throw new FatalError(`${entry.url}${f.path}: HTTP ${r.status}`);
           return new Uint8Array(await r.arrayBuffer());
         });
@@ -187,14 +214,15 @@ export async function downloadConverted(entry, engine, quant, opts = {}) {
     const total = weights.reduce((s, f) => s + f.size, 0);
 
     // Resume where a previous visit stopped, if it converted the same files the same way.
-    let conv = null;
     let fileIndex = 0;
+    let resumed = null; // {fileIndex, validator} of the file the checkpoint is inside
     const saved = await store.getFile(id, STATE);
     const key = JSON.stringify({ quant, files: weights.map((f) => [f.path, f.size, f.sha256]) });
     if (saved && saved.key === key) {
       try {
         conv = engine.resumeConverter(saved.checkpoint);
         fileIndex = saved.fileIndex;
+        resumed = { fileIndex, validator: saved.validator || null };
         await dropStalePieces(id, conv.shardPieces());
       } catch (e) {
         console.warn(`webdiffusion: the saved conversion cannot be resumed (${e.message}); starting over.`);
@@ -207,12 +235,13 @@ export async function downloadConverted(entry, engine, quant, opts = {}) {
       fileIndex = 0;
     }
     pool = opts.makePool ? opts.makePool() : null;
-    const jobs = pool && pool.size ? new Jobs(pool, (pieces) => storePieces(id, pieces, entry)) : null;
+    const jobs = pool && pool.size ? new Jobs(pool, (pieces) => storePieces(id, pieces)) : null;
     if (jobs) conv.setOffload(true);
     stats.workers = jobs ? pool.size : 0;
     const done0 = weights.slice(0, fileIndex).reduce((s, f) => s + f.size, 0) + (conv.currentFile() ? conv.position() : 0);
     stats.bytesFromCache = done0;
     let done = done0;
+    left = () => (total - done) * PACKAGE_RATIO;
     const t0 = performance.now();
     let lastPost = 0;
     const progress = (file, force = false) => {
@@ -225,21 +254,27 @@ export async function downloadConverted(entry, engine, quant, opts = {}) {
         unverified, files: weights.length, filesDone: fileIndex, ...stats,
       });
     };
-    const saveState = (index) => store.putFile({ modelId: id, path: STATE, key, fileIndex: index, checkpoint: conv.checkpoint(), size: 0 });
+    // The validator goes with the checkpoint: resumed mid-file, the first request asks (If-Range)
+    // for the version the stored pieces came from.
+    const saveState = (index, validator = null) =>
+      store.putFile({ modelId: id, path: STATE, key, fileIndex: index, checkpoint: conv.checkpoint(), validator, size: 0 });
 
     for (; fileIndex < weights.length; fileIndex++) {
       const f = weights[fileIndex];
       const url = entry.url + f.path;
       let retried = false;
+      const file = { path: f.path, validator: resumed?.fileIndex === fileIndex ? resumed.validator : null, answered: false, net };
       for (;;) {
         if (!conv.currentFile()) conv.beginFile(f.path, f.size, f.sha256 || undefined);
         const atStart = conv.position() === 0 ? conv.checkpoint() : null;
-        const file = { path: f.path, validator: null };
         let next = conv.position();
         let since = 0;
         const inflight = [];
         while (next < f.size || inflight.length) {
-          while (inflight.length < PARALLEL && next < f.size) {
+          // One request until a first answer named the version: parallel ones sent before
+          // could not carry If-Range, and could each be of another version.
+          const width = file.validator || file.answered ? PARALLEL : 1;
+          while (inflight.length < width && next < f.size) {
             const end = Math.min(f.size, next + chunk);
             const p = fetchRange(url, next, end, f.size, file, signal, stats);
             p.catch(() => {}); // awaited in order below; a later failure must not go unhandled
@@ -247,12 +282,12 @@ export async function downloadConverted(entry, engine, quant, opts = {}) {
             next = end;
           }
           const bytes = await inflight.shift();
-          await storePieces(id, conv.push(bytes), entry);
+          await storePieces(id, conv.push(bytes));
           if (jobs) await jobs.pump(conv);
           done += bytes.length;
           since += bytes.length;
           if (since >= checkpointBytes) {
-            await saveState(fileIndex);
+            await saveState(fileIndex, file.validator);
             since = 0;
           }
           progress(f.path);
@@ -301,6 +336,22 @@ export async function downloadConverted(entry, engine, quant, opts = {}) {
     await store.putModel(record);
     return { record, stats };
   } catch (e) {
+    if (e instanceof ChangedError && !opts.changedOnce) {
+      // The pieces and checkpoint are of the old version; starting over beats mixing two.
+      console.warn(`webdiffusion: ${e.message} Converting it again from the start.`);
+      pool?.close();
+      pool = null;
+      try {
+        conv?.free();
+      } catch {
+        // already consumed
+      }
+      await store.deleteModel(id);
+      return downloadConverted(entry, engine, quant, { ...opts, changedOnce: true });
+    }
+    // A write can fail for quota anywhere (a piece, the checkpoint, a record); the visitor needs
+    // the sizes either way, not a bare QuotaExceededError.
+    if (store.isQuotaError(e) && !e.quota) throw await store.quotaError(Math.max(0, left()), entry.name || id);
     throw describeNetworkError(e, entry, opts.signal);
   } finally {
     pool?.close();

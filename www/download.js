@@ -1,9 +1,13 @@
 // Downloads a model's files into the IndexedDB store (store.js): HTTP Range requests of one chunk
 // each, a few at a time, with retries; chunks already stored are never requested again, so a
 // reload mid-download resumes where it stopped. Every file is verified (sha256 where known,
-// sizes always) before it counts as complete, and the model record is written last.
+// sizes always) before it counts as complete, and the model record is written last. Servers are
+// not trusted: only hosts origins.js allows are asked, every size and path a listing gives is
+// checked before use, and each file's version (ETag or Last-Modified) is stored with its chunks
+// and asked for with If-Range, so a file that changed on the server starts over, never mixed.
 
 import * as store from './store.js';
+import { checkOrigin } from './origins.js';
 
 export const DEFAULT_CHUNK = 8 << 20;
 const PARALLEL = 3;
@@ -12,6 +16,10 @@ const BACKOFF_MS = 500;
 // crypto.subtle hashes one ArrayBuffer; above this the file is hashed incrementally in JS so a
 // 1.7 GB U-Net is never in memory whole.
 const SUBTLE_LIMIT = 64 << 20;
+/// The largest file a listing (package manifest, catalog, Hub tree, Content-Range) may claim.
+/// The biggest file of a supported model is an fp32 SD 2 U-Net (3.46 GB); a size beyond 4 GiB
+/// is a broken or hostile listing, and refusing it keeps every offset and chunk count exact.
+const MAX_FILE_BYTES = 2 ** 32;
 
 /// Diffusers' layout, as the wasm loader reads it (a custom URL without a manifest is probed
 /// for these). `weights` lists the safetensors stems whose `.fp16` variant may replace them.
@@ -35,6 +43,88 @@ const DIFFUSERS_WEIGHTS = [
 ];
 
 export class FatalError extends Error {}
+
+// download.js runs in the page's worker, whose location is the page's origin.
+const pageOrigin = () => globalThis.location?.origin;
+
+/// fetch() for anything of a model: a host origins.js refuses is never asked, and bytes a
+/// redirect brought from one are not used.
+export async function fetchModel(url, init) {
+  checkOrigin(url, pageOrigin());
+  const r = await fetch(url, init);
+  if (r.redirected) {
+    try {
+      checkOrigin(r.url, pageOrigin());
+    } catch (e) {
+      r.body?.cancel().catch(() => {});
+      throw e;
+    }
+  }
+  return r;
+}
+
+/// Throws unless the model's host may serve weights (before its first request).
+export const checkHost = (url) => checkOrigin(url, pageOrigin());
+
+// ---- listings from servers: checked before any number in them is used -----------------------
+
+function shown(v) {
+  if (v === undefined) return 'missing';
+  let s;
+  try {
+    s = JSON.stringify(v);
+  } catch {
+    s = undefined;
+  }
+  s ??= String(v);
+  return s.length > 80 ? `${s.slice(0, 80)}…` : s;
+}
+
+/// `v` as a file size; `where` names the field in the error ("…/manifest.json: shards[3].size").
+export function checkSize(v, where) {
+  if (!Number.isSafeInteger(v) || v < 0 || v > MAX_FILE_BYTES) {
+    throw new FatalError(`${where} is ${shown(v)}, expected a whole number of bytes (at most ${MAX_FILE_BYTES / 2 ** 30} GiB)`);
+  }
+  return v;
+}
+
+/// `v` as a path inside a model folder. It becomes a URL (base + path) and a cache key, so it
+/// may neither climb out of the base nor change what the URL means.
+function checkPath(v, where) {
+  let why = null;
+  if (typeof v !== 'string' || v === '') why = 'a relative file path';
+  else if (v.length > 1024) why = 'a path of at most 1024 characters';
+  else if (/^[a-z][a-z0-9+.-]*:/i.test(v)) why = 'a relative path, not a URL';
+  else if (v.startsWith('/')) why = 'a relative path, not an absolute one';
+  else if (/[\\?#\u0000-\u001f\u007f]/.test(v)) why = 'a path without backslashes, ?, # or control characters';
+  else if (v.split('/').some((seg) => seg === '' || seg === '.' || seg === '..')) why = 'a path without empty, "." or ".." segments';
+  if (why) throw new FatalError(`${where} is ${shown(v)}, expected ${why}`);
+  return v;
+}
+
+/// `v` as a sha256 (lower-case hex, as every listing we read writes it).
+function checkSha256(v, where) {
+  if (typeof v !== 'string' || !/^[0-9a-f]{64}$/.test(v)) throw new FatalError(`${where} is ${shown(v)}, expected a sha256 (64 lower-case hex digits)`);
+  return v;
+}
+
+const given = (v) => v !== undefined && v !== null;
+
+/// A listed file `{[pathKey], size?, sha256?}` checked, as `{path, size?, sha256?}`.
+function checkListed(f, where, pathKey, sizeRequired) {
+  if (!f || typeof f !== 'object' || Array.isArray(f)) throw new FatalError(`${where} is ${shown(f)}, expected an object`);
+  const out = { path: checkPath(f[pathKey], `${where}.${pathKey}`) };
+  if (sizeRequired || given(f.size)) out.size = checkSize(f.size, `${where}.size`);
+  if (given(f.sha256)) out.sha256 = checkSha256(f.sha256, `${where}.sha256`);
+  return out;
+}
+
+function checkUnique(files, where, pathKey, seen = new Set()) {
+  files.forEach((f, i) => {
+    if (seen.has(f.path)) throw new FatalError(`${where}[${i}].${pathKey} ${shown(f.path)} is listed twice`);
+    seen.add(f.path);
+  });
+}
 
 export const sleep = (ms, signal) => new Promise((ok, fail) => {
   const t = setTimeout(ok, ms);
@@ -61,6 +151,14 @@ function reprDigest(headers) {
   } catch {
     return null;
   }
+}
+
+/// What names a file's version for If-Range (RFC 9110 §13.1.5): a strong ETag, else
+/// Last-Modified. A weak ETag may not be used, and none at all leaves nothing to compare.
+export function validatorOf(headers) {
+  const etag = headers.get('etag');
+  if (etag && !etag.startsWith('W/')) return etag;
+  return headers.get('last-modified') || null;
 }
 
 export function contentRange(headers) {
@@ -179,15 +277,18 @@ async function sha256Blob(blob, signal, onBytes) {
 /// Status and size of `url` from a one-byte Range request (null when absent).
 async function probeSize(url, signal, stats) {
   stats.requests++;
-  const r = await fetch(url, { headers: { Range: 'bytes=0-0' }, signal, cache: 'no-store' });
+  const r = await fetchModel(url, { headers: { Range: 'bytes=0-0' }, signal, cache: 'no-store' });
   r.body?.cancel().catch(() => {});
   if (r.status === 404 || r.status === 403 || r.status === 410) return null;
   if (r.status === 206) {
     const cr = contentRange(r.headers);
     if (!cr || cr.total === null) throw new FatalError(`${url}: the server does not expose Content-Range (CORS Access-Control-Expose-Headers), so the file size is unknown.`);
-    return cr.total;
+    return checkSize(cr.total, `${url}: the size in Content-Range`);
   }
-  if (r.status === 200) return Number(r.headers.get('content-length')) || null;
+  if (r.status === 200) {
+    const n = Number(r.headers.get('content-length'));
+    return n ? checkSize(n, `${url}: Content-Length`) : null;
+  }
   throw new FatalError(`${url}: HTTP ${r.status}`);
 }
 
@@ -213,8 +314,9 @@ async function probeDiffusers(base, signal, stats) {
 /// `<base>manifest.json` exists, else the entry's own list or a probe.
 export async function resolveFiles(entry, signal, stats) {
   if (entry.format !== 'diffusers') {
+    const where = `${entry.url}manifest.json`;
     stats.requests++;
-    const r = await fetch(entry.url + 'manifest.json', { signal, cache: 'no-store' });
+    const r = await fetchModel(where, { signal, cache: 'no-store' });
     if (r.ok) {
       const bytes = new Uint8Array(await r.arrayBuffer());
       stats.bytesFetched += bytes.length;
@@ -228,13 +330,20 @@ export async function resolveFiles(entry, signal, stats) {
         throw new FatalError(`${entry.url}manifest.json is not a webdiffusion package (version 1 or 2).`);
       }
       const sha256 = hex(await crypto.subtle.digest('SHA-256', bytes));
-      const files = [{ path: 'manifest.json', size: bytes.length, sha256, bytes }];
-      for (const s of m.shards) files.push({ path: s.file, size: s.size, sha256: s.sha256 });
-      return { kind: 'package', files };
+      // A size that is not a number would make the chunk count NaN and the download wait
+      // forever; a path with '..' would fetch (and cache) something outside the package.
+      const shards = m.shards.map((x, i) => checkListed(x, `${where}: shards[${i}]`, 'file', true));
+      checkUnique(shards, `${where}: shards`, 'file', new Set(['manifest.json']));
+      return { kind: 'package', files: [{ path: 'manifest.json', size: bytes.length, sha256, bytes }, ...shards] };
     }
     if (r.status !== 404 && r.status !== 403) throw new FatalError(`${entry.url}manifest.json: HTTP ${r.status}`);
   }
-  if (entry.files?.length) return { kind: 'diffusers', files: entry.files.map((f) => ({ ...f })) };
+  if (Array.isArray(entry.files) && entry.files.length) {
+    const where = `${entry.name || entry.id} (catalog): files`;
+    const files = entry.files.map((f, i) => checkListed(f, `${where}[${i}]`, 'path', false));
+    checkUnique(files, where, 'path');
+    return { kind: 'diffusers', files };
+  }
   return { kind: 'diffusers', files: await probeDiffusers(entry.url, signal, stats) };
 }
 
@@ -244,6 +353,19 @@ export async function resolveFiles(entry, signal, stats) {
 /// returns its model record. Options: chunkSize, parallel, tries, signal (AbortSignal),
 /// onProgress({phase, done, total, speed, eta, file, requests, bytesFetched, bytesFromCache}).
 export async function downloadModel(entry, opts = {}) {
+  // What is still to store, for the quota message; download() keeps it current.
+  const left = { bytes: () => entry.bytes || 0 };
+  try {
+    return await download(entry, opts, left);
+  } catch (e) {
+    // A write can fail for quota anywhere (a file record, the manifest, the model record); the
+    // visitor needs the sizes either way, not a bare QuotaExceededError.
+    if (store.isQuotaError(e) && !e.quota) throw await store.quotaError(Math.max(0, left.bytes()), entry.name || entry.id);
+    throw e;
+  }
+}
+
+async function download(entry, opts, left) {
   const cached = await store.getModel(entry.id);
   if (cached) return { record: cached, stats: { requests: 0, bytesFetched: 0, bytesFromCache: cached.bytes } };
 
@@ -257,6 +379,7 @@ export async function downloadModel(entry, opts = {}) {
     opts.signal.addEventListener('abort', () => ctrl.abort(), { once: true });
   }
   const stats = { requests: 0, bytesFetched: 0, bytesFromCache: 0 };
+  checkHost(entry.url);
 
   let resolved;
   try {
@@ -265,6 +388,7 @@ export async function downloadModel(entry, opts = {}) {
     throw describeNetworkError(e, entry, signal);
   }
   const id = entry.id;
+  left.bytes = () => resolved.files.reduce((n, f) => n + (f.size ?? 0), 0) || entry.bytes || 0;
 
   // Files of an earlier, different list (a re-published package) would only waste space.
   const wanted = new Set(resolved.files.map((f) => f.path));
@@ -275,19 +399,26 @@ export async function downloadModel(entry, opts = {}) {
   const files = [];
   for (const f of resolved.files) {
     let rec = await store.getFile(id, f.path);
-    if (rec && f.sha256 && rec.sha256 && rec.sha256 !== f.sha256 && rec.shaSource !== 'server') {
-      await store.deleteFileChunks(id, f.path); // the catalog now names other bytes
+    // A pinned hash (catalog or manifest) names the bytes; a digest a server once sent, or an
+    // older pin, gives way to it. Stored bytes of another hash are of another file.
+    if (rec && f.sha256 && rec.sha256 && rec.sha256 !== f.sha256) {
+      await store.deleteFileChunks(id, f.path);
       rec = null;
     }
     const file = {
       path: f.path,
       url: entry.url + f.path,
       size: rec ? rec.size : (f.size ?? null),
-      sha256: rec?.sha256 || f.sha256 || null,
-      shaSource: rec?.shaSource || (f.sha256 ? 'catalog' : null),
+      sha256: f.sha256 || rec?.sha256 || null,
+      shaSource: f.sha256 ? 'catalog' : rec?.shaSource || null,
+      // The version (strong ETag, else Last-Modified) the stored chunks are of: sent as
+      // If-Range, so a file changed on the server is never finished with other bytes.
+      validator: rec?.validator || null,
+      recordedValidator: rec?.validator || null,
       chunkSize: rec ? rec.chunkSize : chunkSize,
       present: rec ? await store.chunkIndices(id, f.path) : new Set(),
-      complete: !!rec?.complete,
+      // Verified before a pin existed: verified again against it.
+      complete: !!rec?.complete && (!f.sha256 || rec.sha256 === f.sha256),
       gen: 0,
       restarts: 0,
       refetches: 0,
@@ -325,6 +456,7 @@ export async function downloadModel(entry, opts = {}) {
 
   // ---- progress
   const inFlight = new Map();
+  left.bytes = () => totalKnown() - doneBytes();
   const samples = [];
   let lastPost = 0;
   let phase = 'download';
@@ -349,6 +481,9 @@ export async function downloadModel(entry, opts = {}) {
   // ---- scheduling
   const queue = [];
   let failure = null;
+  // Off once a host's CORS preflight refused If-Range (it is not a safelisted header): a
+  // change then still shows as another validator on the 206, one chunk later.
+  let ifRange = true;
   let wake;
   let woken = new Promise((r) => (wake = r));
   const notify = () => {
@@ -370,9 +505,10 @@ export async function downloadModel(entry, opts = {}) {
   }
   function record(file) {
     file.recorded = true;
+    file.recordedValidator = file.validator;
     return store.putFile({
       modelId: id, path: file.path, size: file.size, chunkSize: file.chunkSize,
-      sha256: file.sha256, shaSource: file.shaSource, complete: file.complete,
+      sha256: file.sha256, shaSource: file.shaSource, validator: file.validator, complete: file.complete,
     });
   }
   function enqueueMissing(file) {
@@ -387,6 +523,7 @@ export async function downloadModel(entry, opts = {}) {
     await store.deleteFileChunks(id, file.path);
     file.present = new Set();
     file.recorded = false;
+    file.validator = null; // the new version's comes with its first answer
     if (size !== undefined) file.size = size;
     if (file.size !== null) await record(file);
     enqueueMissing(file);
@@ -438,7 +575,8 @@ export async function downloadModel(entry, opts = {}) {
         return;
       } catch (e) {
         inFlight.delete(key);
-        if (e instanceof FatalError || e.quota || signal.aborted) throw e;
+        // Quota is not a network hiccup: trying again would only fail again, slowly.
+        if (e instanceof FatalError || e.fatal || store.isQuotaError(e) || signal.aborted) throw e;
         lastError = e;
         console.warn(`webdiffusion: ${file.path} bytes ${start}-${end - 1}, try ${attempt + 1}/${tries}: ${e.message}`);
       }
@@ -448,8 +586,24 @@ export async function downloadModel(entry, opts = {}) {
 
   async function fetchChunk(file, start, end, key) {
     const gen = file.gen;
+    const headers = { Range: `bytes=${start}-${end - 1}` };
+    const asked = ifRange && file.validator;
+    if (asked) headers['If-Range'] = file.validator;
     stats.requests++;
-    const r = await fetch(file.url, { headers: { Range: `bytes=${start}-${end - 1}` }, signal, cache: 'no-store' });
+    let r;
+    try {
+      r = await fetchModel(file.url, { headers, signal, cache: 'no-store' });
+    } catch (e) {
+      if (asked && e instanceof TypeError && ifRange && !signal.aborted) {
+        ifRange = false;
+        console.warn(`webdiffusion: ${file.url} with If-Range failed (${e.message}); trying without it (the host's CORS may not allow it).`);
+      }
+      throw e;
+    }
+    if (gen !== file.gen) {
+      r.body?.cancel().catch(() => {}); // the file was started over meanwhile
+      return;
+    }
     let total = null;
     if (r.status === 206) {
       const cr = contentRange(r.headers);
@@ -457,7 +611,6 @@ export async function downloadModel(entry, opts = {}) {
       total = cr ? cr.total : file.size;
       if (total === null) throw new FatalError(`${file.url}: the server does not expose Content-Range (CORS Access-Control-Expose-Headers), so the file size is unknown.`);
     } else if (r.status === 200) {
-      if (start !== 0) throw new FatalError(`${file.url}: the server ignores HTTP Range requests.`);
       // Without Content-Length (a compressed or chunked reply) the body's own length tells.
       total = Number(r.headers.get('content-length')) || file.size;
     } else if (r.status === 416) {
@@ -467,6 +620,22 @@ export async function downloadModel(entry, opts = {}) {
       const e = new (r.status >= 500 || r.status === 429 || r.status === 408 ? Error : FatalError)(`${file.url}: HTTP ${r.status}`);
       throw e;
     }
+    if (total > MAX_FILE_BYTES) {
+      r.body?.cancel().catch(() => {});
+      checkSize(total, `${file.url}: the size the server gives`);
+    }
+    // Another version than the stored chunks are of: a 200 where If-Range was sent (the
+    // server's way of saying so), or a different validator on any answer.
+    const version = validatorOf(r.headers);
+    if (file.validator && total !== -1 && (r.status === 200 && asked ? version !== file.validator : version && version !== file.validator)) {
+      r.body?.cancel().catch(() => {});
+      return changed(file, gen, r.status === 206 ? total : null, `it changed on the server (${file.validator} is now ${version || 'unnamed'})`);
+    }
+    if (r.status === 200 && start !== 0) {
+      r.body?.cancel().catch(() => {});
+      throw new FatalError(`${file.url}: the server ignores HTTP Range requests.`);
+    }
+    if (!file.validator && version) file.validator = version;
     const digest = reprDigest(r.headers);
     if (digest && file.shaSource === 'server' && file.sha256 !== digest && total !== -1) {
       // The server's file changed since we started (or resumed) it.
@@ -505,7 +674,7 @@ export async function downloadModel(entry, opts = {}) {
     await locked(file, async () => {
       if (gen !== file.gen) return;
       const learned = file.size === null;
-      let dirty = !file.recorded;
+      let dirty = !file.recorded || file.validator !== file.recordedValidator;
       if (file.size !== total) {
         file.size = total; // chunk 0 of a file whose listed size was off (see above)
         dirty = true;

@@ -57,7 +57,10 @@ async function tx(names, mode, body) {
     let result;
     let failed = null;
     t.oncomplete = () => ok(result);
-    t.onabort = () => fail(failed || t.error || new Error('IndexedDB transaction aborted'));
+    // A quota failure at commit aborts the transaction with its own error (t.error) and fails
+    // every pending request with a plain AbortError; reading that as the cause would pass a full
+    // disk off as a cancelled download.
+    t.onabort = () => fail((t.error && (!failed || failed.name === 'AbortError') ? t.error : failed) || new Error('IndexedDB transaction aborted'));
     t.onerror = (ev) => {
       failed ||= ev.target.error;
     };

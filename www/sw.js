@@ -6,7 +6,7 @@
 // glue and the wasm binary must come from the same build, and so must app.js and worker.js),
 // offline ones the last complete set. Bump VERSION when the list changes.
 
-const VERSION = 4;
+const VERSION = 5;
 const CACHE = `webdiffusion-shell-v${VERSION}`;
 const SHELL = [
   './',
@@ -19,26 +19,32 @@ const SHELL = [
   'convert.js',
   'convert-pool.js',
   'convert-worker.js',
+  'origins.js',
   'catalog.json',
-  'selftest.html',
-  'selftest.js',
-  'bench.html',
-  'bench.js',
   'pkg/webdiffusion.js',
   'pkg/webdiffusion_bg.wasm',
 ];
+// Pages a deployment may leave out; the app works without them.
+const OPTIONAL = ['selftest.html', 'selftest.js', 'bench.html', 'bench.js'];
 // A stalled network (captive portal, "lie-fi") should not hold the page longer than this.
 const NETWORK_TIMEOUT_MS = 4000;
 
-const shellUrls = () => new Set(SHELL.map((p) => new URL(p, self.registration.scope).href));
+const shellUrls = () => new Set([...SHELL, ...OPTIONAL].map((p) => new URL(p, self.registration.scope).href));
 
 self.addEventListener('install', (ev) => {
   ev.waitUntil((async () => {
     const cache = await caches.open(CACHE);
-    // One by one, so a missing optional file (no self-test page) does not void the rest.
-    await Promise.all(SHELL.map((p) => cache.add(new Request(p, { cache: 'reload' })).catch((e) => {
-      console.warn(`webdiffusion sw: could not cache ${p}: ${e.message}`);
-    })));
+    // All of the shell or nothing: an install that could not fetch a file fails, so the worker
+    // that kept the last complete shell stays in charge (activating this one would delete it,
+    // and a page whose wasm and glue come from two builds does not start). addAll refuses
+    // non-2xx answers too.
+    try {
+      await cache.addAll(SHELL.map((p) => new Request(p, { cache: 'reload' })));
+    } catch (e) {
+      await caches.delete(CACHE);
+      throw e;
+    }
+    await Promise.all(OPTIONAL.map((p) => cache.add(new Request(p, { cache: 'reload' })).catch(() => {})));
     await self.skipWaiting();
   })());
 });
@@ -69,8 +75,14 @@ async function networkFirst(key) {
   try {
     // Revalidate (ETag -> 304 is cheap) rather than trust the HTTP cache's freshness guess.
     const res = await withTimeout(fetch(key, { cache: 'no-cache' }), NETWORK_TIMEOUT_MS);
-    if (res.ok && res.status === 200) await cache.put(key, res.clone());
-    return res;
+    if (res.ok && res.status === 200) {
+      await cache.put(key, res.clone());
+      return res;
+    }
+    // A server error or a half-deployed site (404 for a file of the shell) must not replace a
+    // working copy: the cached one is a complete, matching set.
+    const hit = await cache.match(key);
+    return hit || res;
   } catch (e) {
     const hit = await cache.match(key);
     if (hit) return hit;

@@ -13,9 +13,11 @@
 //   cancel {}                    -> (no reply; the running load or generate ends as cancelled)
 //   delete {modelId}             -> deleted {modelId}
 //   testTrap {}                  -> (test hook) the engine traps: error {trapped: true}
+//   testHang {ms} / testStall {} -> (test hooks) the thread busy for ms / a request that never ends
+//   testLoseDevice {}            -> (test hook) the GPU device is destroyed, as a driver reset does
 //   any failure                  -> error {op, message, lost, loaded: id of the model still loaded,
 //                                   trapped: the engine trapped and this worker is unusable}
-// Unprompted: recovering {reason} / recovered {} when the GPU device was lost and rebuilt;
+// Unprompted: alive {} every second (the page's watchdog); recovering {reason} / recovered {} when the GPU device was lost and rebuilt;
 // trapped {message} when the engine trapped (the page replaces this worker).
 
 import init, { Engine, testTrap } from './pkg/webdiffusion.js';
@@ -31,6 +33,7 @@ let cancelRequested = false;
 let abort = null; // AbortController of a running download
 
 const post = (msg, transfer = []) => self.postMessage(msg, transfer);
+setInterval(() => post({ type: 'alive' }), 1000);
 
 async function createEngine() {
   if (!self.navigator.gpu) {
@@ -174,6 +177,25 @@ const handlers = {
     return { type: 'done' };
   },
 
+  /// Test hooks for the page's watchdog: a stuck thread (no `alive`), a promise that never ends.
+  async testHang(msg) {
+    const until = performance.now() + Math.min(Number(msg.ms) || 0, 120_000);
+    while (performance.now() < until) {
+      // busy, as a runaway loop in the engine would be
+    }
+    return { type: 'done' };
+  },
+  testStall() {
+    return new Promise(() => {});
+  },
+
+  /// Test hook: the device goes away under the loaded model; the next request finds it lost.
+  async testLoseDevice() {
+    if (!engine) throw new Error('no engine');
+    engine.testLoseDevice();
+    return { type: 'done' };
+  },
+
   async init() {
     if (!wasm) wasm = await init();
     const info = plain(engine ? engine.info() : await createEngine());
@@ -206,7 +228,8 @@ const handlers = {
           download.host = new URL(hosts[i], self.location.href).host;
           break;
         } catch (err) {
-          const gone = /HTTP (401|403|404|410)\b|Could not reach|neither a webdiffusion package/.test(String(err && err.message));
+          // A host the origin rule refuses is skipped like a gone one: another may be allowed.
+          const gone = (err && err.name === 'OriginError') || /HTTP (401|403|404|410)\b|Could not reach|neither a webdiffusion package/.test(String(err && err.message));
           if (!gone || i + 1 === hosts.length || abort.signal.aborted) throw err;
           console.warn(`webdiffusion: ${hosts[i]} failed (${err.message}); trying the mirror ${hosts[i + 1]}`);
           post({ type: 'download', id: msg.id, phase: 'mirror', file: '', done: 0, total: 0, host: new URL(hosts[i + 1], self.location.href).host, reason: err.message });
@@ -247,7 +270,9 @@ const handlers = {
     try {
       return await runGeneration(msg);
     } catch (e) {
-      const lost = lostReason();
+      // The failed readback and the device's `lost` promise are not ordered: give the latter a
+      // moment before deciding this was not a loss.
+      const lost = lostReason() || (await new Promise((r) => setTimeout(r, 100)), lostReason());
       if (!lost || cancelRequested) throw e;
       await recover(lost, msg.id);
       try {
@@ -351,7 +376,8 @@ self.onmessage = (ev) => {
     post({ type: 'error', id: msg.id, op: msg.type, message: `unknown request ${msg.type}` });
     return;
   }
-  if (msg.type === 'list') {
+  // Listing never touches the GPU; losing the device is a test's way to strike mid-request.
+  if (msg.type === 'list' || msg.type === 'testLoseDevice') {
     run(msg, handler);
     return;
   }

@@ -1,10 +1,16 @@
-// Faults in the page, end to end: the engine traps in the middle of a session (the wasm build's
-// `testTrap` hook panics, as an engine bug would): the request fails with a clear message, the
-// page replaces the worker, reloads the model from IndexedDB and the next generation works and
-// gives the same pixels as before the trap. And a prompt with ’ and CJK makes an image whose
-// PNG keeps the prompt as typed (iTXt).
+// Faults in the page, end to end, in one session on the demo model:
+// - the engine traps (the wasm build's `testTrap` hook panics, as an engine bug would): the request
+//   fails with a clear message, the page replaces the worker, reloads the model from IndexedDB and
+//   the next generation gives the same pixels as before the trap;
+// - the GPU device is destroyed mid-generation (`testLoseDevice`): a new device, the model again
+//   from the cache, the generation retried once, same pixels;
+// - the worker's thread hangs, or a request never ends: the watchdog replaces the worker;
+// - out-of-range form values are brought inside the form's limits, non-numbers refused;
+// - a prompt with ’ and CJK makes a PNG that keeps it as typed (iTXt);
+// - all of it under the page's Content-Security-Policy with no violation; `?cdn=` links to
+//   plain-http or unknown hosts are not followed without asking.
 
-import { test } from 'node:test';
+import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { launchBrowser, openPage, serveApp, serveCdn } from './harness.mjs';
 
@@ -12,33 +18,135 @@ const MODEL = 'shapes-demo';
 const REQUEST = { prompt: 'a blue square on the left', negativePrompt: '', steps: 1, guidance: 1, width: 64, height: 64, scheduler: 'euler', seed: 99 };
 const UNICODE = 'a cat’s blue square — 富士山 🦊';
 
+let app;
+let cdn;
+let browser;
+let page;
+let logs;
+let baseline;
+let url;
+
+const errorOf = (fn, arg) => page.evaluate(([f, a]) => window.webdiffusion[f](a).then(() => null, (e) => String(e.message || e)), [fn, arg]);
+const generate = (r) => page.evaluate((q) => window.webdiffusion.generate(q).then((g) => ({ ...g, rgba: window.webdiffusion.state.lastImage.rgba })), r);
+const restarted = (n) => page.waitForFunction((k) => window.webdiffusion.state.restarts === k && window.webdiffusion.state.modelLoaded, n, { timeout: 300_000 });
+
+before(async () => {
+  ({ server: app, url } = await serveApp());
+  ({ server: cdn } = await serveCdn());
+  browser = await launchBrowser();
+  ({ page, logs } = await openPage(browser));
+  await page.addInitScript(() => {
+    window.cspViolations = [];
+    document.addEventListener('securitypolicyviolation', (e) => window.cspViolations.push(`${e.violatedDirective} ${e.blockedURI}`));
+  });
+  const cdnUrl = `http://127.0.0.1:${cdn.address().port}/models/`;
+  await page.goto(`${url}?sw=0&cdn=${encodeURIComponent(cdnUrl)}&model=${MODEL}`);
+  await page.waitForFunction(() => window.webdiffusion && window.webdiffusion.state.ready, null, { timeout: 120_000 });
+  assert.equal(await errorOf('load', MODEL), null, logs.join('\n'));
+  baseline = await generate(REQUEST);
+});
+
+after(async () => {
+  await browser?.close();
+  app?.close();
+  cdn?.close();
+});
+
 test('a trapped engine is replaced, the model reloaded from the cache, and the next request works', { timeout: 600_000 }, async () => {
-  const { server: app, url } = await serveApp();
-  const { server: cdn, url: cdnUrl } = await serveCdn();
-  const browser = await launchBrowser();
+  const err = await errorOf('testTrap');
+  assert.ok(err && /internal error/.test(err) && /testTrap/.test(err) && /restarted/.test(err), `the trap is reported: ${err}`);
+  await restarted(1);
+  const s = await page.evaluate(() => window.webdiffusion.state);
+  assert.equal(s.download.bytesFetched, 0, 'the model came back from IndexedDB');
+  assert.equal((await generate(REQUEST)).rgba, baseline.rgba, 'the same request after the restart gives the same pixels');
+});
+
+test('the GPU device destroyed mid-generation: a new device, the model reloaded, the generation retried once', { timeout: 600_000 }, async () => {
+  const steps = { ...REQUEST, steps: 3 };
+  const want = await generate(steps);
+  const recoveries = await page.evaluate(() => window.webdiffusion.state.recoveries);
+  const got = await page.evaluate(async (q) => {
+    const api = window.webdiffusion;
+    const run = api.generate(q);
+    // Strike after the first step has been reported, while the rest is being computed.
+    while (api.state.steps.length < 1) await new Promise((r) => setTimeout(r, 5));
+    await api.testLoseDevice();
+    const g = await run;
+    return { ...g, rgba: api.state.lastImage.rgba };
+  }, steps);
+  assert.equal(await page.evaluate(() => window.webdiffusion.state.recoveries), recoveries + 1, 'one recovery');
+  assert.equal(got.cancelled, false);
+  assert.equal(got.rgba, want.rgba, 'the retried generation gives the same pixels');
+  assert.equal((await generate(REQUEST)).rgba, baseline.rgba, 'the new device keeps working');
+});
+
+test('the watchdog replaces a worker that stops answering or never finishes a request', { timeout: 600_000 }, async () => {
+  await page.evaluate(() => window.webdiffusion.setWatchdog({ silenceMs: 3000 }));
+  const t0 = Date.now();
+  const hung = await errorOf('testHang', 60_000);
+  assert.ok(Date.now() - t0 < 30_000, `the hang is cut short (${Date.now() - t0} ms)`);
+  assert.ok(hung && /did not answer for \d+ s/.test(hung) && /restarted/.test(hung), `a silent worker is reported: ${hung}`);
+  await restarted(2);
+  assert.equal((await generate(REQUEST)).rgba, baseline.rgba, 'the next request works');
+
+  await page.evaluate(() => window.webdiffusion.setWatchdog({ silenceMs: 60_000, progressMs: 3000 }));
+  const stalled = await errorOf('testStall');
+  assert.ok(stalled && /no progress for \d+ s/.test(stalled), `a request that never ends is reported: ${stalled}`);
+  await restarted(3);
+  await page.evaluate(() => window.webdiffusion.setWatchdog({ progressMs: 15 * 60_000 }));
+  assert.equal((await generate(REQUEST)).rgba, baseline.rgba, 'and again the next request works');
+});
+
+test('form values outside the limits are brought inside them; non-numbers are refused', { timeout: 300_000 }, async () => {
+  const step = await page.evaluate(() => window.webdiffusion.state.model.sizeStep);
+  const g = await generate({ ...REQUEST, width: 10, height: 70, steps: 1.6, guidance: -3 });
+  // The page's minimum side is one size step of the model.
+  const side = (v) => Math.max(step, Math.round(v / step) * step);
+  assert.deepEqual([g.width, g.height], [side(10), side(70)], 'width up to the minimum, height to the size step');
+  assert.match(g.parameters, /Steps: 2,/, 'steps rounded to a whole number');
+  assert.match(g.parameters, /CFG scale: 0,/, 'guidance raised to its minimum');
+  const hint = await page.evaluate(() => document.getElementById('size-hint').textContent);
+  assert.ok(hint.includes(`width 10 → ${side(10)}`), hint);
+  for (const [k, v] of [['steps', 'many'], ['guidance', 'NaN'], ['width', ''], ['seed', 'abc']]) {
+    const err = await errorOf('generate', { ...REQUEST, [k]: v });
+    assert.ok(err && err.includes('is not a number'), `${k} = ${JSON.stringify(v)} is refused: ${err}`);
+  }
+});
+
+test('a prompt with ’, — , CJK and emoji is kept in the image and its PNG (iTXt)', { timeout: 300_000 }, async () => {
+  const g = await generate({ ...REQUEST, prompt: UNICODE });
+  assert.ok(g.parameters.startsWith(UNICODE), `the parameters keep the prompt: ${g.parameters}`);
+  const png = await page.evaluate(async () => Array.from(new Uint8Array(await (await fetch(document.getElementById('download-png').href)).arrayBuffer())));
+  const text = Buffer.from(png).toString('utf8');
+  assert.ok(text.includes('iTXt') && text.includes(UNICODE), 'the PNG holds the prompt as UTF-8 (iTXt)');
+});
+
+test('the page ran under its Content-Security-Policy without a violation', async () => {
+  const meta = await page.evaluate(() => document.querySelector('meta[http-equiv="Content-Security-Policy"]')?.content || '');
+  assert.match(meta, /script-src 'self' 'wasm-unsafe-eval'/);
+  assert.doesNotMatch(meta, /'unsafe-eval'|'unsafe-inline'/, 'no eval, no inline code');
+  const header = (await fetch(`${url}worker.js`)).headers.get('content-security-policy');
+  assert.equal(header, meta, "the worker's script carries the page's policy");
+  assert.deepEqual(await page.evaluate(() => window.cspViolations), []);
+});
+
+test('?cdn= links: plain http to another host is ignored, an unknown https host needs a yes', { timeout: 120_000 }, async () => {
+  const other = await browser.newPage();
   try {
-    const { page, logs } = await openPage(browser);
-    await page.goto(`${url}?sw=0&cdn=${encodeURIComponent(cdnUrl)}&model=${MODEL}`);
-    await page.waitForFunction(() => window.webdiffusion && window.webdiffusion.state.ready, null, { timeout: 120_000 });
-    assert.equal(await page.evaluate((id) => window.webdiffusion.load(id).then(() => null, (e) => String(e.message || e)), MODEL), null, logs.join('\n'));
-    const before = await page.evaluate((r) => window.webdiffusion.generate(r).then(() => window.webdiffusion.state.lastImage.rgba), REQUEST);
+    const catalogUrl = async () => other.evaluate(() => window.webdiffusion.catalog.find((m) => m.id === 'shapes-demo').url);
+    await other.goto(`${url}?sw=0&model=${MODEL}&cdn=${encodeURIComponent('http://example.invalid/models/')}`);
+    await other.waitForFunction(() => window.webdiffusion && document.querySelector('.notice[data-key="cdn"]'));
+    assert.match(await other.textContent('.notice[data-key="cdn"]'), /Ignored \?cdn=http:\/\/example\.invalid.*only over https/);
+    assert.ok((await catalogUrl()).startsWith(url), 'the catalog keeps its own host');
 
-    const err = await page.evaluate(() => window.webdiffusion.testTrap().then(() => null, (e) => String(e.message || e)));
-    assert.ok(err && /internal error/.test(err) && /testTrap/.test(err) && /restarted/.test(err), `the trap is reported: ${err}`);
-    await page.waitForFunction(() => window.webdiffusion.state.restarts === 1 && window.webdiffusion.state.modelLoaded, null, { timeout: 300_000 });
-    const s = await page.evaluate(() => window.webdiffusion.state);
-    assert.equal(s.download.bytesFetched, 0, 'the model came back from IndexedDB');
-    const after = await page.evaluate((r) => window.webdiffusion.generate(r).then(() => window.webdiffusion.state.lastImage.rgba), REQUEST);
-    assert.equal(after, before, 'the same request after the restart gives the same pixels');
-
-    const g = await page.evaluate((r) => window.webdiffusion.generate(r), { ...REQUEST, prompt: UNICODE });
-    assert.ok(g.parameters.startsWith(UNICODE), `the parameters keep the prompt: ${g.parameters}`);
-    const png = await page.evaluate(async () => Array.from(new Uint8Array(await (await fetch(document.getElementById('download-png').href)).arrayBuffer())));
-    const text = Buffer.from(png).toString('utf8');
-    assert.ok(text.includes('iTXt') && text.includes(UNICODE), 'the PNG holds the prompt as UTF-8 (iTXt)');
+    await other.goto(`${url}?sw=0&model=${MODEL}&cdn=${encodeURIComponent('https://example.invalid/models/')}`);
+    await other.waitForFunction(() => document.querySelector('.notice[data-key="cdn"] button'));
+    assert.ok((await catalogUrl()).startsWith(url), 'not before the visitor says yes');
+    await other.click('.notice[data-key="cdn"] button:first-of-type');
+    assert.ok((await catalogUrl()).startsWith('https://example.invalid/models/'), 'after the yes, the link is followed');
+    const refused = await other.evaluate(() => window.webdiffusion.load('ftp://example.invalid/m/').then(() => null, (e) => e.message));
+    assert.match(refused, /Refused model address: ftp: URLs cannot be a model's address/);
   } finally {
-    await browser.close();
-    app.close();
-    cdn.close();
+    await other.close();
   }
 });
