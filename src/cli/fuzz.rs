@@ -34,6 +34,63 @@ pub enum Target {
     Tokenizer,
     /// An init image.
     Png,
+    /// A whole model: one of its files mutated (a config, the model index, a weights file's
+    /// header), then converted to a q4_0 package, that package loaded onto the GPU, and the
+    /// folder itself loaded too — every check between the bytes and the GPU, not one parser.
+    Load,
+}
+
+/// The files of a model the `Load` target mutates (the tokenizer has its own target).
+const LOAD_FILES: &[&str] = &[
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json",
+    "unet/config.json",
+    "vae/config.json",
+    "text_encoder/model.fp16.safetensors",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/diffusion_pytorch_model.safetensors",
+];
+
+/// What a target runs against besides its input.
+struct Inputs<'a> {
+    gpu: &'a Gpu,
+    /// The fixture model's files (the `Load` target's starting point).
+    model: std::collections::HashMap<String, Vec<u8>>,
+}
+
+/// A package's pieces collected in memory.
+#[derive(Default)]
+struct Collect(std::collections::HashMap<String, Vec<u8>>);
+impl PieceSink for Collect {
+    fn append(&mut self, shard: &str, _: u32, bytes: &[u8]) -> webdiffusion::Result<()> {
+        self.0.entry(shard.to_string()).or_default().extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+/// Header bytes (8-byte length + JSON) of a safetensors file, when they parse as such.
+fn header_bytes(all: &[u8]) -> Option<usize> {
+    let n = u64::from_le_bytes(all.get(..8)?.try_into().ok()?);
+    usize::try_from(n).ok()?.checked_add(8).filter(|&end| end <= all.len())
+}
+
+/// The fixture model with one file replaced by the `Load` input: its first byte picks the file,
+/// the rest is the file (for weights: the header; the tensor data stays the fixture's, since
+/// values are not what a loader checks).
+fn mutated_model(ctx: &Inputs, input: &[u8]) -> Option<webdiffusion::models::loader::MemorySource> {
+    let (&pick, body) = input.split_first()?;
+    let path = LOAD_FILES[pick as usize % LOAD_FILES.len()];
+    let mut files = ctx.model.clone();
+    let file = files.get_mut(path)?;
+    if path.ends_with(".safetensors") {
+        let data = file.split_off(header_bytes(file)?);
+        *file = body.to_vec();
+        file.extend_from_slice(&data);
+    } else {
+        *file = body.to_vec();
+    }
+    Some(webdiffusion::models::loader::MemorySource { files, name: "fuzz".into() })
 }
 
 #[derive(clap::Args, Debug)]
@@ -155,7 +212,8 @@ fn read(dir: &Path, path: &str) -> Result<Vec<u8>> {
 }
 
 /// The real inputs a target starts from.
-fn seeds(t: Target, dir: &Path, gpu: &Gpu) -> Result<Vec<Vec<u8>>> {
+fn seeds(t: Target, dir: &Path, ctx: &Inputs) -> Result<Vec<Vec<u8>>> {
+    let gpu = ctx.gpu;
     let weights = ["vae/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.safetensors"];
     Ok(match t {
         Target::Safetensors => weights
@@ -203,13 +261,84 @@ fn seeds(t: Target, dir: &Path, gpu: &Gpu) -> Result<Vec<Vec<u8>>> {
                 webdiffusion::pipeline::image::encode_png(&rgb[..4 * 4 * 3], 4, 4, None)?,
             ]
         }
+        Target::Load => LOAD_FILES
+            .iter()
+            .enumerate()
+            .map(|(i, path)| {
+                let file = &ctx.model[*path];
+                let body = if path.ends_with(".safetensors") {
+                    &file[..header_bytes(file).context("a fixture's safetensors header")?]
+                } else {
+                    &file[..]
+                };
+                Ok([&[i as u8][..], body].concat())
+            })
+            .collect::<Result<_>>()?,
     })
 }
 
 impl Target {
     fn is_json(self) -> bool {
-        !matches!(self, Target::Safetensors | Target::Tokenizer | Target::Png)
+        !matches!(self, Target::Safetensors | Target::Tokenizer | Target::Png | Target::Load)
     }
+}
+
+/// The fixture's files, for the `Load` target.
+fn model_files(dir: &Path) -> Result<std::collections::HashMap<String, Vec<u8>>> {
+    let mut files = std::collections::HashMap::new();
+    for path in LOAD_FILES.iter().chain(&[
+        "tokenizer/vocab.json",
+        "tokenizer/merges.txt",
+        "tokenizer/special_tokens_map.json",
+        "tokenizer/tokenizer_config.json",
+    ]) {
+        files.insert(path.to_string(), read(dir, path)?);
+    }
+    Ok(files)
+}
+
+/// A `Load` input mutated: the file it names stays the same, its JSON (a config, or a weights
+/// file's header) mostly gets number swaps, so the document still parses and the checks behind
+/// it are reached; a weights header's length is set to match (`fix_len`) unless that length is
+/// what this run lies about.
+fn mutate_load(rng: &mut Rng, seeds: &[Vec<u8>], input: &mut Vec<u8>, fix_len: bool) {
+    let Some((&pick, body)) = input.split_first() else { return };
+    let weights = LOAD_FILES[pick as usize % LOAD_FILES.len()].ends_with(".safetensors");
+    let mut body = body.to_vec();
+    if weights && body.len() >= 8 {
+        let mut json = body.split_off(8);
+        mutate(rng, seeds, &mut json, true);
+        if fix_len {
+            body.copy_from_slice(&(json.len() as u64).to_le_bytes());
+        } else {
+            mutate(rng, seeds, &mut body, false);
+            body.truncate(8);
+        }
+        body.extend(json);
+    } else {
+        mutate(rng, seeds, &mut body, true);
+    }
+    *input = [&[pick][..], &body].concat();
+}
+
+/// Convert, load the package, load the folder: each may fail, none may panic. Returns how many
+/// of the three succeeded (a run whose inputs all fail at the first check tests little).
+fn load_whole(ctx: &Inputs, input: &[u8]) -> usize {
+    use webdiffusion::models::loader::{stable_diffusion, LoadOptions, MemorySource};
+    let Some(src) = mutated_model(ctx, input) else { return 0 };
+    let mut passed = 0;
+    let policy = webdiffusion::quant::QuantPolicy::standard(webdiffusion::quant::StoreType::Q4_0);
+    let opts = LoadOptions::new(webdiffusion::gpu::DType::F32);
+    let mut pieces = Collect::default();
+    if let Ok(done) = webdiffusion::models::convert::convert(&src, ctx.gpu, "q4_0", &policy, 1 << 20, &mut pieces) {
+        passed += 1;
+        if let Ok(manifest) = serde_json::to_vec(&done.manifest) {
+            pieces.0.insert("manifest.json".into(), manifest);
+            let package = MemorySource { files: pieces.0, name: "fuzz package".into() };
+            passed += usize::from(stable_diffusion(&package, ctx.gpu, &opts).is_ok());
+        }
+    }
+    passed + usize::from(stable_diffusion(&src, ctx.gpu, &opts).is_ok())
 }
 
 /// Recomputes the CRC of every whole chunk: a hostile PNG has valid CRCs (anyone can compute
@@ -225,8 +354,9 @@ fn fix_png_crcs(png: &mut [u8]) {
     }
 }
 
-/// One execution of target `t` on `input`; errors are fine, panics are not.
-fn run_one(t: Target, input: &[u8]) {
+/// One execution of target `t` on `input`; errors are fine, panics are not. Returns how many
+/// whole loads succeeded (`Load` only).
+fn run_one(t: Target, ctx: &Inputs, input: &[u8]) -> usize {
     let text = std::str::from_utf8(input).unwrap_or("");
     match t {
         Target::Safetensors => {
@@ -261,7 +391,9 @@ fn run_one(t: Target, input: &[u8]) {
         Target::Png => {
             let _ = decode_png(input);
         }
+        Target::Load => return load_whole(ctx, input),
     }
+    0
 }
 
 pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
@@ -270,23 +402,30 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let mut total_crashes = 0;
+    let ctx = Inputs { gpu, model: model_files(&a.fixture)? };
     for t in targets {
-        let seeds = seeds(t, &a.fixture, gpu)?;
+        let seeds = seeds(t, &a.fixture, &ctx)?;
         let mut rng = Rng(a.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
         let (t0, limit) = (Instant::now(), Duration::from_secs_f64(a.seconds));
-        let (mut execs, mut crashes) = (0u64, 0u64);
+        let (mut execs, mut crashes, mut loads) = (0u64, 0u64, 0u64);
         let mut input = Vec::new();
         while t0.elapsed() < limit && a.execs.is_none_or(|n| execs < n) {
             // Mostly mutate the last input further; often start again from a seed.
             if execs % 8 == 0 || input.len() > 1 << 20 {
                 input = seeds[rng.below(seeds.len())].clone();
             }
-            mutate(&mut rng, &seeds, &mut input, t.is_json());
+            if t == Target::Load {
+                mutate_load(&mut rng, &seeds, &mut input, execs % 8 != 7);
+            } else {
+                mutate(&mut rng, &seeds, &mut input, t.is_json());
+            }
             if t == Target::Png {
                 fix_png_crcs(&mut input);
             }
             execs += 1;
-            if catch_unwind(AssertUnwindSafe(|| run_one(t, &input))).is_err() {
+            let outcome = catch_unwind(AssertUnwindSafe(|| run_one(t, &ctx, &input)));
+            loads += outcome.as_ref().map_or(0, |&n| n as u64);
+            if outcome.is_err() {
                 crashes += 1;
                 std::fs::create_dir_all(&a.out)?;
                 let name = a.out.join(format!("{t:?}-{execs}.bin").to_lowercase());
@@ -302,6 +441,9 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
             format!("{t:?}"),
             execs as f64 / secs
         );
+        if t == Target::Load {
+            println!("{:<17} {loads} loads succeeded (of 3 per execution: convert, package, folder)", "");
+        }
         total_crashes += crashes;
     }
     std::panic::set_hook(default_hook);

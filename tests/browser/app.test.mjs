@@ -6,6 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
+import { createServer } from 'node:http';
 import { createHash } from 'node:crypto';
 import { mkdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
@@ -102,6 +103,20 @@ test('returning visit with every server stopped: the app and the model come from
   // IndexedDB can answer.
   const browser = await launchBrowser(profile);
   try {
+    // First a half-deployed or failing site on the app's origin: every file of the shell answers
+    // 404 or 500. The service worker must keep serving its complete cached copy.
+    const broken = createServer((req, res) => res.writeHead(req.url.includes('.js') ? 500 : 404).end('broken deploy'));
+    await new Promise((ok) => broken.listen(Number(new URL(firstVisitUrl).port), '127.0.0.1', ok));
+    try {
+      const { page: p, logs: l } = await openPage(browser);
+      await p.goto(firstVisitUrl);
+      await ready(p);
+      assert.equal(await p.evaluate(() => document.title), 'webdiffusion', l.join('\n'));
+      await p.close();
+    } finally {
+      await new Promise((ok) => broken.close(ok));
+      broken.closeAllConnections?.();
+    }
     const { page, logs } = await openPage(browser);
     const t0 = Date.now();
     await page.goto(firstVisitUrl);
