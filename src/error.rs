@@ -67,9 +67,6 @@ pub enum Error {
 
     #[error("invalid request: {0}")]
     Request(String),
-
-    #[error("CPU reference failed: {0}")]
-    Candle(#[from] candle_core::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

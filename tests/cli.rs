@@ -563,9 +563,17 @@ fn fuzzing_every_parser_briefly_finds_no_crash() {
         .unwrap();
     let report = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{report}\n{}", String::from_utf8_lossy(&o.stderr));
-    for target in
-        ["Safetensors", "Manifest", "UnetConfig", "VaeConfig", "ClipConfig", "SchedulerConfig", "Tokenizer", "Png", "Load"]
-    {
+    for target in [
+        "Safetensors",
+        "Manifest",
+        "UnetConfig",
+        "VaeConfig",
+        "ClipConfig",
+        "SchedulerConfig",
+        "Tokenizer",
+        "Png",
+        "Load",
+    ] {
         let line =
             report.lines().find(|l| l.starts_with(target)).unwrap_or_else(|| panic!("{target} missing:\n{report}"));
         assert!(line.ends_with(" 0 crashes"), "{line}");

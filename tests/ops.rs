@@ -4,9 +4,8 @@
 mod common;
 
 use candle_core::{DType as CDType, Device, Tensor, D};
-use common::{check_op, inp, inp_scaled};
+use common::{check_op, cpu_attention, inp, inp_scaled};
 use webdiffusion::ops::{self, AttentionLayout, Conv2dParams, MatmulSpec};
-use webdiffusion::selftest::cpu_attention;
 
 #[test]
 fn matmul_plain_and_transposed() {
@@ -168,7 +167,7 @@ fn check_attention(case: &str, b: usize, h: usize, nq: usize, nk: usize, d: usiz
         &format!("{case} split"),
         &[inp_scaled(&[b, h, nq, d], 2.0, 0.0), inp(&[b, h, nk, d]), inp(&[b, h, nk, d])],
         |x| ops::attention(&x[0], &x[1], &x[2], h, AttentionLayout::Split, causal, None),
-        |x| cpu_attention(&x[0], &x[1], &x[2], causal).map_err(|e| candle_core::Error::Msg(e.to_string())),
+        |x| cpu_attention(&x[0], &x[1], &x[2], causal),
     );
     check_op(
         "attention",
@@ -177,7 +176,7 @@ fn check_attention(case: &str, b: usize, h: usize, nq: usize, nk: usize, d: usiz
         |x| ops::attention(&x[0], &x[1], &x[2], h, AttentionLayout::Merged, causal, None),
         |x| {
             let (q, k, v) = (split_heads(&x[0], h)?, split_heads(&x[1], h)?, split_heads(&x[2], h)?);
-            let o = cpu_attention(&q, &k, &v, causal).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            let o = cpu_attention(&q, &k, &v, causal)?;
             o.transpose(1, 2)?.reshape((b, nq, h * d))
         },
     );
@@ -410,7 +409,7 @@ fn vae_sized_ops() {
             |x| ops::attention(&x[0], &x[1], &x[2], 1, AttentionLayout::Merged, false, None),
             |x| {
                 let (q, k, v) = (split_heads(&x[0], 1)?, split_heads(&x[1], 1)?, split_heads(&x[2], 1)?);
-                let o = cpu_attention(&q, &k, &v, false).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                let o = cpu_attention(&q, &k, &v, false)?;
                 o.transpose(1, 2)?.reshape((1, n, d))
             },
         );

@@ -10,6 +10,23 @@ use candle_core::{Device, Tensor};
 use webdiffusion::gpu::{DType, Gpu, GpuOptions, GpuTensor};
 use webdiffusion::selftest::random_values;
 
+/// Reference attention on the CPU in candle, [B, H, N, D] layout: softmax(q k^T * scale) v.
+pub fn cpu_attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> candle_core::Result<Tensor> {
+    let d = q.dim(3)?;
+    let s = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?;
+    let s = if causal {
+        let (nq, nk) = (s.dim(2)?, s.dim(3)?);
+        let mask: Vec<f32> = (0..nq * nk).map(|x| if x % nk > x / nk { f32::NEG_INFINITY } else { 0.0 }).collect();
+        s.broadcast_add(&Tensor::from_vec(mask, (nq, nk), &Device::Cpu)?)?
+    } else {
+        s
+    };
+    let m = s.max_keepdim(3)?;
+    let e = s.broadcast_sub(&m)?.exp()?;
+    let p = e.broadcast_div(&e.sum_keepdim(3)?)?;
+    p.matmul(v)
+}
+
 /// One device per test binary. No adapter is a test failure with the library's own message
 /// (what to install), never a silent skip.
 pub fn gpu() -> &'static Gpu {
