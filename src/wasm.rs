@@ -186,6 +186,8 @@ impl Engine {
             allow_f16,
             binding_cap: None,
             dry_run: false,
+            kernels: Default::default(),
+            profile: false,
         };
         let gpu = Gpu::new(&options).await.map_err(js_err)?;
         Ok(Engine { gpu })

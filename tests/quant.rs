@@ -66,8 +66,7 @@ fn quantized_matmul_matches_candle_dequantize_matmul() {
 #[test]
 fn quantized_weights_split_over_bindings() {
     // 16 KiB bindings split a [300, 128] q8_0 weight (300 x 136 bytes) into several chunks.
-    let g =
-        pollster::block_on(Gpu::new(&GpuOptions { binding_cap: Some(16 * 1024), ..GpuOptions::default() })).unwrap();
+    let g = pollster::block_on(Gpu::new(&GpuOptions { binding_cap: Some(16 * 1024), ..common::options() })).unwrap();
     let qt = QTensor::from_f32(&g, QuantFormat::Q8_0, &random_values(2, 300 * 128), 300, 128).unwrap();
     assert!(qt.data.num_chunks() >= 2);
     check_matmul(&g, QuantFormat::Q8_0, GgmlDType::Q8_0, 9, 128, 300, DType::F32);

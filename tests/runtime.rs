@@ -5,7 +5,7 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use common::{compare, gpu, to_vec, tolerance};
-use webdiffusion::gpu::{DType, Gpu, GpuOptions, GpuTensor};
+use webdiffusion::gpu::{DType, Gpu, GpuOptions, GpuTensor, KernelChoice, KernelPolicy};
 use webdiffusion::ops::{self, MatmulSpec};
 use webdiffusion::selftest::random_values;
 use webdiffusion::Error;
@@ -56,6 +56,43 @@ fn pipelines_are_cached_per_variant() {
     assert_eq!(own.cached_pipelines(), n, "same variant, no new pipeline");
     ops::gelu(&x).unwrap();
     assert_eq!(own.cached_pipelines(), n + 1);
+}
+
+/// The kernels each op ran, by the profile's labels (the pipeline key is the label).
+fn kernels_run(policy: KernelPolicy) -> Vec<String> {
+    let own =
+        pollster::block_on(Gpu::new(&GpuOptions { kernels: policy, profile: true, ..GpuOptions::default() })).unwrap();
+    let x = GpuTensor::from_f32(&own, &random_values(1, 2 * 8 * 6 * 6), &[2, 8, 6, 6]).unwrap();
+    let w = GpuTensor::from_f32(&own, &random_values(2, 8 * 8 * 9), &[8, 8, 3, 3]).unwrap();
+    to_vec(&ops::conv2d(&x, &w, None, ops::Conv2dParams { stride: 1, padding: 1, pad_end: 0 }).unwrap());
+    let a = GpuTensor::from_f32(&own, &random_values(3, 5 * 16), &[5, 16]).unwrap();
+    let b = GpuTensor::from_f32(&own, &random_values(4, 12 * 16), &[12, 16]).unwrap();
+    to_vec(&ops::linear(&a, &b, None).unwrap());
+    own.profile().unwrap().into_iter().map(|(label, _, _)| label).collect()
+}
+
+#[test]
+fn the_kernel_policy_picks_each_ops_variant() {
+    let has = |labels: &[String], prefix: &str| labels.iter().any(|l| l.starts_with(prefix));
+    let tiled = kernels_run(KernelPolicy { matmul: KernelChoice::Tiled, conv2d: KernelChoice::Tiled });
+    assert!(
+        has(&tiled, "conv2d[")
+            && has(&tiled, "matmul[")
+            && !has(&tiled, "conv2d_direct")
+            && !has(&tiled, "matmul_direct"),
+        "{tiled:?}"
+    );
+    let direct = kernels_run(KernelPolicy {
+        matmul: KernelChoice::Direct { block: (4, 1) },
+        conv2d: KernelChoice::Direct { block: (8, 2) },
+    });
+    assert!(
+        has(&direct, "conv2d_direct[")
+            && has(&direct, "matmul_direct[")
+            && !has(&direct, "conv2d[")
+            && !has(&direct, "matmul["),
+        "{direct:?}"
+    );
 }
 
 fn capped_gpu(cap: u64) -> Gpu {

@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use webdiffusion::gpu::{DType, Gpu, GpuTensor};
+use webdiffusion::gpu::{DType, Gpu, GpuTensor, KernelChoice, KernelPolicy};
 use webdiffusion::ops;
 use webdiffusion::selftest::random_values;
 
@@ -49,8 +49,9 @@ fn bench_linear(gpu: &Gpu, args: &Args, dtype: DType) -> Result<()> {
         )?;
         let flops = 2.0 * (rows * k * n) as f64;
         let variants = std::env::var("BENCH_MATMUL_VARIANTS").unwrap_or_else(|_| "tiled,direct".into());
+        let policy = gpu.kernel_policy();
         for variant in variants.split(',') {
-            std::env::set_var("WEBDIFFUSION_MATMUL", variant);
+            gpu.set_kernel_policy(KernelPolicy { matmul: KernelChoice::parse(variant)?, ..policy });
             let s = time(gpu, args.repeats, || Ok(ops::linear(&x, &w, None)?))?;
             println!(
                 "{:<44} {dtype:>6} {:>10.1} {:>10.2}",
@@ -66,7 +67,7 @@ fn bench_linear(gpu: &Gpu, args: &Args, dtype: DType) -> Result<()> {
                 flops / s / 1e9
             );
         }
-        std::env::remove_var("WEBDIFFUSION_MATMUL");
+        gpu.set_kernel_policy(policy);
     }
     Ok(())
 }
@@ -95,8 +96,9 @@ fn bench_conv(gpu: &Gpu, args: &Args, dtype: DType) -> Result<()> {
         let flops = 2.0 * (n * cout * cin * k * k * hw * hw) as f64;
         let variants =
             std::env::var("BENCH_CONV_VARIANTS").unwrap_or_else(|_| "tiled,direct:8:2,direct:16:1,direct:16:2".into());
+        let policy = gpu.kernel_policy();
         for variant in variants.split(',') {
-            std::env::set_var("WEBDIFFUSION_CONV2D", variant);
+            gpu.set_kernel_policy(KernelPolicy { conv2d: KernelChoice::parse(variant)?, ..policy });
             let s = time(gpu, args.repeats, || Ok(ops::conv2d(&x, &w, Some(&bias), cp)?))?;
             println!(
                 "{:<44} {dtype:>6} {:>10.1} {:>10.2}",
@@ -105,7 +107,7 @@ fn bench_conv(gpu: &Gpu, args: &Args, dtype: DType) -> Result<()> {
                 flops / s / 1e9
             );
         }
-        std::env::remove_var("WEBDIFFUSION_CONV2D");
+        gpu.set_kernel_policy(policy);
     }
     Ok(())
 }

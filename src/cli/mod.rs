@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use webdiffusion::gpu::{DType, Gpu, GpuOptions, LimitsPolicy};
+use webdiffusion::gpu::{DType, Gpu, GpuOptions, KernelChoice, KernelPolicy, LimitsPolicy};
 use webdiffusion::models::loader::{self, DirSource};
 
 #[derive(Parser)]
@@ -27,6 +27,11 @@ struct Cli {
     /// Never use shader-f16 even where the device has it.
     #[arg(long, global = true)]
     no_f16: bool,
+    /// Kernel variants, e.g. `matmul=tiled,conv2d=direct:8:2` (each auto|tiled|direct[:A[:B]];
+    /// default auto: direct kernels on CPU adapters). The variables WEBDIFFUSION_MATMUL and
+    /// WEBDIFFUSION_CONV2D set one op each when the flag leaves it out.
+    #[arg(long, global = true, default_value = "")]
+    kernels: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -92,6 +97,9 @@ pub fn main() -> Result<()> {
         allow_f16: !cli.no_f16,
         binding_cap: None,
         dry_run: matches!(&cli.command, Command::Bench(a) if a.dry),
+        kernels: kernel_policy(&cli.kernels)?,
+        // Per-kernel times in `bench` (WEBDIFFUSION_PROFILE=1).
+        profile: std::env::var_os("WEBDIFFUSION_PROFILE").is_some_and(|v| v != "0"),
     };
     // Tokenizing needs no GPU; a machine without one can still do it.
     if let Command::Tokenize { model, prompt } = &cli.command {
@@ -119,6 +127,25 @@ pub fn main() -> Result<()> {
 /// headless machine) libwayland prints "error: XDG_RUNTIME_DIR is invalid or not set" twice;
 /// users read those as failures. We draw nothing, so an empty runtime folder makes the probe
 /// fail quietly.
+/// `--kernels`, with the environment filling in what it leaves out.
+fn kernel_policy(flag: &str) -> Result<KernelPolicy> {
+    let mut policy = KernelPolicy::default();
+    for (var, op) in [("WEBDIFFUSION_MATMUL", &mut policy.matmul), ("WEBDIFFUSION_CONV2D", &mut policy.conv2d)] {
+        if let Ok(v) = std::env::var(var) {
+            *op = KernelChoice::parse(&v).with_context(|| format!("the variable {var}"))?;
+        }
+    }
+    let named = KernelPolicy::parse(flag).context("--kernels")?;
+    let set = |op: &str| flag.split(',').any(|p| p.trim().starts_with(op));
+    if set("matmul") {
+        policy.matmul = named.matmul;
+    }
+    if set("conv2d") {
+        policy.conv2d = named.conv2d;
+    }
+    Ok(policy)
+}
+
 fn quiet_display_probe() {
     if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
         // SAFETY: called before the GPU (or anything else) starts a thread.

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::batch::Batch;
 use super::kernel::PipelineCache;
+use super::policy::KernelPolicy;
 use super::pool::BufferPool;
 use crate::error::{Error, Result};
 
@@ -32,11 +33,24 @@ pub struct GpuOptions {
     /// but never executed, while buffers are allocated as in a real run. Gives a run's memory
     /// and dispatch figures in the time it takes to build it; every result read back is garbage.
     pub dry_run: bool,
+    /// Which variant of matmul and conv2d runs (`Auto`: by adapter). Changeable later with
+    /// `Gpu::set_kernel_policy`, so one device can compare variants.
+    pub kernels: KernelPolicy,
+    /// Per-kernel wall time (native only): every dispatch is submitted and waited for on its
+    /// own, so totals are exact but the run is slower. `Gpu::profile` reads them.
+    pub profile: bool,
 }
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        GpuOptions { limits: LimitsPolicy::Adapter, allow_f16: true, binding_cap: None, dry_run: false }
+        GpuOptions {
+            limits: LimitsPolicy::Adapter,
+            allow_f16: true,
+            binding_cap: None,
+            dry_run: false,
+            kernels: KernelPolicy::default(),
+            profile: false,
+        }
     }
 }
 
@@ -87,11 +101,11 @@ pub(crate) struct GpuInner {
     /// Errors wgpu reported outside any scope; surfaced at the next readback.
     pub errors: Arc<Mutex<Vec<String>>>,
     pub lost: Arc<Mutex<Option<String>>>,
-    /// Per-kernel wall time when profiling (`WEBDIFFUSION_PROFILE=1`, native only): every
-    /// dispatch is submitted and waited for on its own, so totals are exact but slower.
+    /// Per-kernel wall time when profiling (`GpuOptions::profile`).
     pub profile: Option<Mutex<std::collections::HashMap<String, (u64, f64)>>>,
     /// See `GpuOptions::dry_run`.
     pub dry_run: bool,
+    pub kernels: Mutex<KernelPolicy>,
 }
 
 #[derive(Clone)]
@@ -229,12 +243,22 @@ impl Gpu {
                 stats: Mutex::new(GpuStats::default()),
                 errors,
                 lost,
-                profile: (cfg!(not(target_arch = "wasm32"))
-                    && std::env::var_os("WEBDIFFUSION_PROFILE").is_some_and(|v| v != "0"))
-                .then(Mutex::default),
+                profile: (cfg!(not(target_arch = "wasm32")) && options.profile).then(Mutex::default),
                 dry_run: options.dry_run,
+                kernels: Mutex::new(options.kernels),
             }),
         })
+    }
+
+    /// Which kernel variants the ops run.
+    pub fn kernel_policy(&self) -> KernelPolicy {
+        *lock(&self.inner.kernels)
+    }
+
+    /// Changes the kernel variants for the ops recorded from now on (pipelines already built
+    /// stay cached under their own keys).
+    pub fn set_kernel_policy(&self, policy: KernelPolicy) {
+        *lock(&self.inner.kernels) = policy;
     }
 
     /// Whether kernels are only counted, not run (`GpuOptions::dry_run`).

@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod context;
 pub mod kernel;
+pub mod policy;
 pub mod pool;
 pub mod preprocess;
 mod readback;
@@ -11,4 +12,5 @@ pub mod tensor;
 
 pub use context::{Capabilities, Gpu, GpuOptions, GpuStats, LimitsPolicy};
 pub use kernel::{KernelKey, Shader};
+pub use policy::{KernelChoice, KernelPolicy};
 pub use tensor::{DType, GpuTensor};

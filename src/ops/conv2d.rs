@@ -26,14 +26,11 @@ enum Variant {
     },
 }
 
-/// `WEBDIFFUSION_CONV2D=tiled|direct[:channels[:pixels]]` forces a kernel (read per call, so
-/// tests and benchmarks can cover both); otherwise `Direct` on CPU adapters, `Tiled` elsewhere.
+/// The device's `KernelPolicy::conv2d` decides (`Auto`: `Direct` on CPU adapters).
 fn variant(x: &GpuTensor) -> Variant {
-    match super::kernel_override("WEBDIFFUSION_CONV2D", &[4, 8, 16], &[1, 2, 4]) {
-        Some(None) => Variant::Tiled,
-        Some(Some((channels, pixels))) => Variant::Direct { channels, pixels },
-        None if super::cpu_adapter(x) => Variant::Direct { channels: 0, pixels: 0 },
+    match x.gpu().kernel_policy().conv2d.direct_block(super::cpu_adapter(x)) {
         None => Variant::Tiled,
+        Some((channels, pixels)) => Variant::Direct { channels, pixels },
     }
 }
 

@@ -15,14 +15,10 @@ const DIRECT: Shader = Shader { name: "matmul_direct", source: include_str!("../
 /// multiple of 4 (every nn.Linear): the tiled one (64x64 tiles through workgroup memory, for
 /// real GPUs) or the direct one (no workgroup memory or barriers, vec4 loads along K, weights
 /// uniform per workgroup: for CPU adapters such as llvmpipe, where each per-lane load is a
-/// scalar loop over the lanes). `WEBDIFFUSION_MATMUL=tiled|direct[:cols[:rows]]` forces one
-/// (read per call, so tests and benchmarks cover both); an unsupported block size falls back
-/// to the automatic choice.
+/// scalar loop over the lanes). The device's `KernelPolicy::matmul` decides; `Some(block)` is the
+/// direct kernel's (cols, rows), `None` the tiled one.
 fn variant(a: &GpuTensor) -> Option<(usize, usize)> {
-    match super::kernel_override("WEBDIFFUSION_MATMUL", &[4, 8, 16], &[1, 2, 4]) {
-        Some(choice) => choice,
-        None => super::cpu_adapter(a).then_some((0, 0)),
-    }
+    a.gpu().kernel_policy().matmul.direct_block(super::cpu_adapter(a))
 }
 
 #[repr(C)]

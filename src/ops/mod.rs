@@ -47,25 +47,6 @@ fn float_dtype(op: &'static str, ts: &[&GpuTensor]) -> Result<DType> {
     Ok(d)
 }
 
-/// The kernel a `WEBDIFFUSION_CONV2D` / `WEBDIFFUSION_MATMUL`-style variable asks for, read per
-/// call so tests and benchmarks can cover every kernel: `tiled` gives `Some(None)`,
-/// `direct[:a[:b]]` gives `Some(Some((a, b)))`, unset or anything else `None` (choose by device:
-/// direct kernels on CPU adapters). A developer's knob, not user input: a missing or unsupported
-/// block size (not in `a_ok` / `b_ok`) becomes 0, the automatic choice, instead of failing the op.
-fn kernel_override(var: &str, a_ok: &[usize], b_ok: &[usize]) -> Option<Option<(usize, usize)>> {
-    let v = std::env::var(var).ok()?;
-    if v == "tiled" {
-        return Some(None);
-    }
-    if !v.starts_with("direct") {
-        return None;
-    }
-    let mut it = v.split(':').skip(1).map(|s| s.parse::<usize>().ok());
-    let a = it.next().flatten().filter(|x| a_ok.contains(x)).unwrap_or(0);
-    let b = it.next().flatten().filter(|x| b_ok.contains(x)).unwrap_or(0);
-    Some(Some((a, b)))
-}
-
 /// Whether kernels should default to their direct (barrier-free) variants: CPU adapters.
 fn cpu_adapter(t: &GpuTensor) -> bool {
     t.gpu().caps().device_type == "Cpu"

@@ -7,7 +7,7 @@
 use std::sync::OnceLock;
 
 use candle_core::{Device, Tensor};
-use webdiffusion::gpu::{DType, Gpu, GpuOptions, GpuTensor};
+use webdiffusion::gpu::{DType, Gpu, GpuOptions, GpuTensor, KernelChoice, KernelPolicy};
 use webdiffusion::selftest::random_values;
 
 /// Reference attention on the CPU in candle, [B, H, N, D] layout: softmax(q k^T * scale) v.
@@ -27,11 +27,23 @@ pub fn cpu_attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> candle
     p.matmul(v)
 }
 
+/// The tests' device options: the kernel variants from WEBDIFFUSION_MATMUL / WEBDIFFUSION_CONV2D
+/// (`scripts/test.sh` reruns the conv and matmul tests with the tiled kernels real GPUs use, which
+/// lavapipe would not pick), as the CLI reads them.
+pub fn options() -> GpuOptions {
+    let choice = |var: &str| match std::env::var(var) {
+        Ok(v) => KernelChoice::parse(&v).unwrap_or_else(|e| panic!("{var}: {e}")),
+        Err(_) => KernelChoice::Auto,
+    };
+    let kernels = KernelPolicy { matmul: choice("WEBDIFFUSION_MATMUL"), conv2d: choice("WEBDIFFUSION_CONV2D") };
+    GpuOptions { kernels, ..GpuOptions::default() }
+}
+
 /// One device per test binary. No adapter is a test failure with the library's own message
 /// (what to install), never a silent skip.
 pub fn gpu() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
-    GPU.get_or_init(|| match pollster::block_on(Gpu::new(&GpuOptions::default())) {
+    GPU.get_or_init(|| match pollster::block_on(Gpu::new(&options())) {
         Ok(g) => g,
         Err(e) => panic!("GPU tests need a GPU adapter: {e}"),
     })
