@@ -11,7 +11,7 @@ use crate::pipeline::generate::{Request, StableDiffusion, Step};
 use crate::pipeline::image::{a1111_parameters, encode_png};
 use crate::pipeline::preview::{self, PreviewFit};
 use crate::pipeline::rng::NormalRng;
-use crate::pipeline::scheduler::SchedulerKind;
+use crate::pipeline::schedulers::SchedulerKind;
 use crate::quant::{QuantPolicy, StoreType};
 
 #[wasm_bindgen(start)]
@@ -428,6 +428,20 @@ impl Model {
         set("cancelled", false.into())?;
         Ok(obj.into())
     }
+}
+
+/// The engine's schedulers in the page's order, `[{id, name}]` (`id` goes in a request's
+/// `scheduler`; `name` is A1111's): the page's list comes from here, not from its own copy.
+#[wasm_bindgen]
+pub fn schedulers() -> Result<JsValue, JsError> {
+    #[derive(serde::Serialize)]
+    struct Named {
+        id: &'static str,
+        name: &'static str,
+    }
+    let list: Vec<Named> =
+        crate::pipeline::schedulers::REGISTRY.iter().map(|e| Named { id: e.id, name: e.a1111 }).collect();
+    to_js(&list)
 }
 
 /// Traps the instance, as a bug in the engine would (a panic is a trap in wasm): the test hook

@@ -16,7 +16,7 @@ use webdiffusion::models::stream::{PieceSink, StreamConverter};
 use webdiffusion::models::weights::convert_bytes;
 use webdiffusion::pipeline::generate::{Generated, Request};
 use webdiffusion::pipeline::rng::NormalRng;
-use webdiffusion::pipeline::scheduler::SchedulerKind;
+use webdiffusion::pipeline::schedulers::SchedulerKind;
 use webdiffusion::quant::{closeness, QuantPolicy, StoreType};
 use webdiffusion::Error;
 

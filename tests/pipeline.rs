@@ -12,7 +12,7 @@ use webdiffusion::gpu::DType;
 use webdiffusion::models::loader::{self, DirSource};
 use webdiffusion::pipeline::generate::{InitImage, Recorded, Request};
 use webdiffusion::pipeline::schedule::SchedulerConfig;
-use webdiffusion::pipeline::scheduler::{Scheduler, SchedulerKind};
+use webdiffusion::pipeline::schedulers::{Scheduler, SchedulerKind};
 
 fn dir(model: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(model)
@@ -35,17 +35,6 @@ impl Case {
     }
 }
 
-fn scheduler_kind(class: &str) -> Option<SchedulerKind> {
-    match class {
-        "DDIMScheduler" => Some(SchedulerKind::Ddim),
-        "EulerDiscreteScheduler" => Some(SchedulerKind::Euler),
-        "EulerAncestralDiscreteScheduler" => Some(SchedulerKind::EulerAncestral),
-        "DPMSolverMultistepScheduler" => Some(SchedulerKind::DpmPP2M),
-        "LCMScheduler" => Some(SchedulerKind::Lcm),
-        _ => None,
-    }
-}
-
 /// Runs every txt2img case whose scheduler we implement; returns (case, max rel err) pairs.
 fn run_cases(model: &str) -> usize {
     let src = DirSource(dir(model));
@@ -60,10 +49,8 @@ fn run_cases(model: &str) -> usize {
     let mut ran = 0;
     for case in cases["cases"].as_array().unwrap() {
         let name = case["case"].as_str().unwrap();
-        let Some(mut kind) = scheduler_kind(case["scheduler_class"].as_str().unwrap()) else { continue };
-        if kind == SchedulerKind::DpmPP2M && case["scheduler_config"]["use_karras_sigmas"].as_bool() == Some(true) {
-            kind = SchedulerKind::DpmPP2MKarras;
-        }
+        let karras = case["scheduler_config"]["use_karras_sigmas"].as_bool() == Some(true);
+        let Some(kind) = SchedulerKind::for_class(case["scheduler_class"].as_str().unwrap(), karras) else { continue };
         let img2img = case["pipeline"].as_str() == Some("StableDiffusionImg2ImgPipeline");
         let c =
             Case { tensors: std::fs::read(dir(model).join("pipeline").join(case["file"].as_str().unwrap())).unwrap() };

@@ -9,6 +9,8 @@
 // `cancel()`, `catalog`.
 
 import * as store from './store.js';
+import { addToGallery, renderGallery } from './gallery.js';
+import { enforceLimits, fillSchedulers, randomSeed, readForm, setForm } from './form.js';
 import { catalogHosts, checkOrigin, refuseOrigin } from './origins.js';
 
 const $ = (id) => document.getElementById(id);
@@ -523,65 +525,11 @@ function applyModelDefaults(entry, model) {
   $('size-hint').textContent = `Width and height: multiples of ${step} for this model.`;
 }
 
-// ---- the form ------------------------------------------------------------------------------
-
-function setForm(r) {
-  for (const k of ['prompt', 'steps', 'guidance', 'width', 'height']) if (r[k] !== undefined && r[k] !== null) $(k).value = r[k];
-  if (r.negativePrompt !== undefined) $('negative').value = r.negativePrompt || '';
-  if (r.scheduler && [...$('scheduler').options].some((o) => o.value === r.scheduler)) $('scheduler').value = r.scheduler;
-  if (r.seed !== undefined && r.seed !== null) {
-    $('seed').value = r.seed;
-    $('seed-random').checked = false;
-    $('seed').disabled = false;
-  }
-}
-
-function readForm() {
-  return {
-    prompt: $('prompt').value.trim(),
-    negativePrompt: $('negative').value.trim(),
-    steps: Number($('steps').value),
-    guidance: Number($('guidance').value),
-    width: Number($('width').value),
-    height: Number($('height').value),
-    scheduler: $('scheduler').value,
-    seed: $('seed-random').checked ? null : Number($('seed').value),
-  };
-}
-
-function randomSeed() {
-  return crypto.getRandomValues(new Uint32Array(1))[0];
-}
-
 // ---- generation ----------------------------------------------------------------------------
 
 /// Generates one image. `overrides` replaces form fields ({prompt, negativePrompt, steps,
 /// guidance, width, height, scheduler, seed}); seed null or absent with "random" ticked picks one.
 /// Resolves {cancelled, width, height, seed, ms, parameters}.
-// The form's own min/max/step are the limits for every caller (the form, the URL, the test
-// hooks): a value outside them is brought inside with a visible note, one that is not a number is
-// refused here rather than deep in the engine.
-function enforceLimits(req, sizeStep) {
-  const notes = [];
-  const limit = (k, { integer = false, step = 0 } = {}) => {
-    const input = $(k);
-    const v = Number(req[k]);
-    if (req[k] === '' || req[k] === null || !Number.isFinite(v)) throw new Error(`${input.labels[0]?.textContent.trim() || k}: "${req[k]}" is not a number.`);
-    const min = Math.max(Number(input.min), step);
-    const max = Number(input.max);
-    let w = step ? Math.round(v / step) * step : integer ? Math.round(v) : v;
-    w = Math.min(max, Math.max(min, w));
-    if (w !== v) notes.push(`${k} ${v} → ${w}${step ? ` (multiples of ${step}, ${min}–${max})` : ` (${min}–${max})`}`);
-    req[k] = w;
-    input.value = w;
-  };
-  limit('width', { step: sizeStep });
-  limit('height', { step: sizeStep });
-  limit('steps', { integer: true });
-  limit('guidance');
-  if (notes.length) $('size-hint').textContent = `Adjusted: ${notes.join('; ')}.`;
-}
-
 async function generate(overrides = {}) {
   if (!state.modelLoaded) throw new Error('Load a model first.');
   if (state.generating || state.loading) throw new Error('Busy: wait for the current download or generation.');
@@ -626,7 +574,7 @@ async function generate(overrides = {}) {
     $('result-info').textContent = `Seed ${m.seed} · ${m.image.width}×${m.image.height} · ${req.steps} steps · ${req.scheduler} · ${state.model.name}`;
     const png = new Blob([m.png], { type: 'image/png' });
     setDownload(png, `webdiffusion-${req.seed}.png`);
-    await addToGallery(req, m, png).catch((e) => console.warn('webdiffusion: gallery', e));
+    await addToGallery(state.model, req, m, png).then(showGallery).catch((e) => console.warn('webdiffusion: gallery', e));
     return { cancelled: false, width: m.image.width, height: m.image.height, seed: m.seed, ms: m.ms, parameters: m.parameters };
   } catch (e) {
     const text = fail('generate', e);
@@ -686,83 +634,8 @@ function setDownload(blob, name) {
 
 // ---- gallery -------------------------------------------------------------------------------
 
-async function thumbnail(image) {
-  const size = 128;
-  const scale = Math.min(1, size / Math.max(image.width, image.height));
-  const src = document.createElement('canvas');
-  src.width = image.width;
-  src.height = image.height;
-  src.getContext('2d').putImageData(new ImageData(new Uint8ClampedArray(image.rgba.buffer, image.rgba.byteOffset, image.width * image.height * 4), image.width, image.height), 0, 0);
-  if (scale === 1) return new Promise((ok) => src.toBlob(ok, 'image/png'));
-  const dst = document.createElement('canvas');
-  dst.width = Math.round(image.width * scale);
-  dst.height = Math.round(image.height * scale);
-  const ctx = dst.getContext('2d');
-  ctx.imageSmoothingQuality = 'high';
-  ctx.drawImage(src, 0, 0, dst.width, dst.height);
-  return new Promise((ok) => dst.toBlob(ok, 'image/webp', 0.85));
-}
-
-async function addToGallery(req, m, png) {
-  const thumb = await thumbnail(m.image);
-  await store.galleryAdd({
-    created: new Date().toISOString(),
-    modelId: state.model.id,
-    modelName: state.model.name,
-    request: { ...req, seed: m.seed },
-    width: m.image.width,
-    height: m.image.height,
-    ms: m.ms,
-    parameters: m.parameters,
-    png,
-    thumb,
-  });
-  await renderGallery();
-}
-
-let galleryUrls = [];
-async function renderGallery() {
-  let items = [];
-  try {
-    items = await store.galleryList();
-  } catch (e) {
-    console.warn('webdiffusion: gallery', e);
-  }
-  galleryUrls.forEach((u) => URL.revokeObjectURL(u));
-  galleryUrls = [];
-  const box = $('gallery');
-  if (!items.length) {
-    const p = document.createElement('p');
-    p.className = 'hint small';
-    p.textContent = 'Nothing yet.';
-    box.replaceChildren(p);
-    return;
-  }
-  box.replaceChildren(...items.map((it) => {
-    const fig = document.createElement('figure');
-    const img = document.createElement('img');
-    const url = URL.createObjectURL(it.thumb || it.png);
-    galleryUrls.push(url);
-    img.src = url;
-    img.alt = it.request.prompt;
-    img.title = `${it.request.prompt}\nseed ${it.request.seed} · ${it.modelName}`;
-    if (it.width < 256) img.classList.add('pixelated');
-    img.onclick = () => restore(it).catch((e) => console.warn('webdiffusion: restore', e));
-    const cap = document.createElement('figcaption');
-    cap.textContent = it.request.prompt;
-    const del = document.createElement('button');
-    del.type = 'button';
-    del.textContent = '×';
-    del.title = 'Delete this image';
-    del.setAttribute('aria-label', 'Delete this image');
-    del.onclick = async () => {
-      await store.galleryDelete(it.id);
-      await renderGallery();
-    };
-    fig.append(img, cap, del);
-    return fig;
-  }));
-}
+// Clicking a thumbnail restores its image and settings.
+const showGallery = () => renderGallery((it) => restore(it).catch((e) => console.warn('webdiffusion: restore', e)));
 
 /// A gallery image back on the canvas with the settings that made it.
 async function restore(it) {
@@ -835,6 +708,7 @@ async function initWorker() {
   const m = await call('init');
   state.info = m.info;
   state.f16Fallback = m.f16Fallback;
+  fillSchedulers(m.schedulers);
   state.ready = true;
   const i = m.info;
   const f16 = i.shader_f16 ? 'shader-f16' : 'f32 fallback (no shader-f16)';
@@ -863,7 +737,7 @@ async function main() {
   store.requestPersistence().then(renderStorage).catch(() => {});
   await loadCatalog();
   await refreshCache();
-  renderGallery();
+  showGallery();
   if (!navigator.gpu) {
     const text = 'This browser has no WebGPU, which webdiffusion needs to run models on your GPU. It is available in Chrome and Edge 113+ (Windows, macOS, ChromeOS; Android 121+), Safari 26+ and Firefox 141+ on Windows. On Linux, Chrome needs chrome://flags/#enable-unsafe-webgpu.';
     notice('nogpu', text, 'error');

@@ -20,6 +20,8 @@ const SHELL = [
   'convert-pool.js',
   'convert-worker.js',
   'origins.js',
+  'form.js',
+  'gallery.js',
   'catalog.json',
   'pkg/webdiffusion.js',
   'pkg/webdiffusion_bg.wasm',

@@ -2,7 +2,7 @@
 // downloads, loading and generation never block the page.
 //
 // Protocol — page -> worker: {type, id, ...}; every reply carries the request's id.
-//   init {}                      -> ready {info, f16Fallback}
+//   init {}                      -> ready {info, f16Fallback, schedulers: [{id, name}]}
 //   list {}                      -> models {models, storage: {usage, quota, persisted}}
 //   load {entry, quant, chunkSize} -> download {phase, done, total, speed, eta, file, ...}*,
 //                                   loading {done, total}*, loaded {model, ms, downloadMs,
@@ -20,7 +20,7 @@
 // Unprompted: alive {} every second (the page's watchdog); recovering {reason} / recovered {} when the GPU device was lost and rebuilt;
 // trapped {message} when the engine trapped (the page replaces this worker).
 
-import init, { Engine, testTrap } from './pkg/webdiffusion.js';
+import init, { Engine, schedulers, testTrap } from './pkg/webdiffusion.js';
 import * as store from './store.js';
 import { downloadModel } from './download.js';
 import { downloadConverted } from './convert.js';
@@ -199,7 +199,7 @@ const handlers = {
   async init() {
     if (!wasm) wasm = await init();
     const info = plain(engine ? engine.info() : await createEngine());
-    return { type: 'ready', info, f16Fallback: !info.shader_f16 };
+    return { type: 'ready', info, f16Fallback: !info.shader_f16, schedulers: schedulers() };
   },
 
   async list() {

@@ -10,7 +10,7 @@ use webdiffusion::models::loader;
 use webdiffusion::pipeline::generate::{InitImage, NoiseSource, Recorded, Request};
 use webdiffusion::pipeline::image::{a1111_parameters, decode_png, encode_png};
 use webdiffusion::pipeline::rng::NormalRng;
-use webdiffusion::pipeline::scheduler::SchedulerKind;
+use webdiffusion::pipeline::schedulers::SchedulerKind;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -70,13 +70,10 @@ pub struct Args {
 
 /// Our name for the scheduler class a model ships with.
 pub(super) fn default_scheduler(class: Option<&str>, karras: bool) -> Result<SchedulerKind> {
+    if let Some(kind) = class.and_then(|c| SchedulerKind::for_class(c, karras)) {
+        return Ok(kind);
+    }
     Ok(match class {
-        Some("DDIMScheduler") => SchedulerKind::Ddim,
-        Some("EulerDiscreteScheduler") => SchedulerKind::Euler,
-        Some("EulerAncestralDiscreteScheduler") => SchedulerKind::EulerAncestral,
-        Some("DPMSolverMultistepScheduler") if karras => SchedulerKind::DpmPP2MKarras,
-        Some("DPMSolverMultistepScheduler") => SchedulerKind::DpmPP2M,
-        Some("LCMScheduler") => SchedulerKind::Lcm,
         // SD 1.x ships PNDM, which we do not implement; DDIM is the closest deterministic sampler.
         Some("PNDMScheduler") | None => {
             eprintln!("note: the model's PNDM scheduler is not implemented; using DDIM");

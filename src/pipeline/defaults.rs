@@ -62,7 +62,7 @@ mod tests {
         let lcm = sched(r#"{"_class_name": "LCMScheduler"}"#);
         assert_eq!(for_model(&lcm, &unet), Defaults { steps: 4, guidance: 8.0, scheduler: "lcm" });
         for d in [for_model(&turbo, &unet), for_model(&sd15, &unet), for_model(&ddim, &unet)] {
-            assert!(crate::pipeline::scheduler::SchedulerKind::parse(d.scheduler).is_ok());
+            assert!(crate::pipeline::schedulers::SchedulerKind::parse(d.scheduler).is_ok());
         }
     }
 }

@@ -4,7 +4,7 @@
 //! [uncond, cond] batch each step, guide, step the scheduler, decode with the VAE.
 
 use super::schedule::SchedulerConfig;
-use super::scheduler::{Scheduler, SchedulerKind};
+use super::schedulers::{Scheduler, SchedulerKind};
 use super::vae_tiling;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, GpuTensor};

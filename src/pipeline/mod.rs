@@ -6,5 +6,5 @@ pub mod image;
 pub mod preview;
 pub mod rng;
 pub mod schedule;
-pub mod scheduler;
+pub mod schedulers;
 pub mod vae_tiling;

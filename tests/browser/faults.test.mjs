@@ -121,6 +121,16 @@ test('a prompt with ’, — , CJK and emoji is kept in the image and its PNG (i
   assert.ok(text.includes('iTXt') && text.includes(UNICODE), 'the PNG holds the prompt as UTF-8 (iTXt)');
 });
 
+test("the scheduler list is the engine's; every image lands in the gallery and restores from it", { timeout: 120_000 }, async () => {
+  const ids = await page.evaluate(() => [...document.getElementById('scheduler').options].map((o) => o.value));
+  assert.deepEqual(ids, ['ddim', 'euler', 'euler-a', 'dpm++2m', 'dpm++2m-karras', 'lcm']);
+  const figures = await page.evaluate(() => document.querySelectorAll('#gallery figure img').length);
+  assert.ok(figures >= 5, `the session's images are in the gallery (${figures})`);
+  await page.evaluate(() => document.getElementById('result-info').replaceChildren());
+  await page.click('#gallery figure img');
+  await page.waitForFunction(() => document.getElementById('result-info').textContent.startsWith('Seed '));
+});
+
 test('the page ran under its Content-Security-Policy without a violation', async () => {
   const meta = await page.evaluate(() => document.querySelector('meta[http-equiv="Content-Security-Policy"]')?.content || '');
   assert.match(meta, /script-src 'self' 'wasm-unsafe-eval'/);

@@ -41,6 +41,12 @@ class Model {
   free() {}
 }
 
+/// The real build's list (ids and A1111 names), as src/pipeline/schedulers/mod.rs has them.
+export function schedulers() {
+  return [['ddim', 'DDIM'], ['euler', 'Euler'], ['euler-a', 'Euler a'], ['dpm++2m', 'DPM++ 2M'], ['dpm++2m-karras', 'DPM++ 2M Karras'], ['lcm', 'LCM']]
+    .map(([id, name]) => ({ id, name }));
+}
+
 /// The real build's test hook: traps the instance.
 export function testTrap() {
   throw new WebAssembly.RuntimeError('unreachable (stub testTrap)');
