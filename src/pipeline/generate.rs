@@ -156,87 +156,25 @@ impl StableDiffusion {
         noise: &mut dyn NoiseSource,
         on_step: &mut dyn FnMut(Step<'_>) -> bool,
     ) -> Result<Generated> {
-        self.check_request(req)?;
-        let f = self.vae_config.downscale();
-        let c = self.unet.config.in_channels;
-        let shape = [1, c, req.height / f, req.width / f];
-        let n: usize = shape.iter().product();
-        // LCM-distilled U-Nets take the guidance scale as an embedding instead of running CFG.
-        let w_embedding = self.unet.config.time_cond_proj_dim.map(|d| guidance_embedding(req.guidance - 1.0, d));
-        let cfg = req.guidance > 1.0 && w_embedding.is_none();
-
-        let context = if cfg {
-            self.encode(&[req.negative_prompt.as_deref().unwrap_or(""), &req.prompt])?
-        } else {
-            self.encode(&[&req.prompt])?
-        };
-        let mut scheduler = Scheduler::new(req.scheduler, &self.scheduler_config, req.steps)?;
-        let timesteps = scheduler.timesteps().to_vec();
-        let total = timesteps.len();
-        let (start, mut x) = match &req.init {
-            None => {
-                let mut x = match latents {
-                    Some(l) if l.len() == n => l,
-                    Some(l) => {
-                        return Err(Error::Request(format!("latents have {} values, {shape:?} needs {n}", l.len())))
-                    }
-                    None => noise.draw(n)?,
-                };
-                let sigma0 = scheduler.init_noise_sigma();
-                x.iter_mut().for_each(|v| *v *= sigma0);
-                (0, x)
-            }
-            Some(init) => {
-                let keep = ((req.steps as f32 * init.strength) as usize).min(req.steps);
-                if keep == 0 || !(0.0..=1.0).contains(&init.strength) {
-                    return Err(Error::Request(format!(
-                        "strength {} leaves no step to run at {} steps",
-                        init.strength, req.steps
-                    )));
-                }
-                if req.scheduler == SchedulerKind::Lcm {
-                    return Err(Error::Request("img2img with the LCM scheduler is not supported".into()));
-                }
-                let start = req.steps - keep;
-                let clean = self.encode_image(init, req.width, req.height, noise).await?;
-                let z = noise.draw(n)?;
-                (start, scheduler.add_noise(&clean, &z, start)?)
-            }
-        };
-
-        let batch = if cfg { 2 } else { 1 };
-        // The guidance embedding is the same every step: upload it once.
-        let cond = match &w_embedding {
-            Some(w) => Some(GpuTensor::from_f32_as(&self.gpu, &w.repeat(batch), &[batch, w.len()], self.dtype)?),
-            None => None,
-        };
-        // img2img starts part-way through the schedule (the first `start` steps are not run).
-        for (i, &t) in timesteps.iter().enumerate().skip(start) {
-            let mut input = x.clone();
-            scheduler.scale_model_input(&mut input, i);
-            let input = if cfg { [input.clone(), input].concat() } else { input };
-            let input = GpuTensor::from_f32_as(&self.gpu, &input, &[batch, c, shape[2], shape[3]], self.dtype)?;
-            let out = self.unet.forward(&input, t, &context, cond.as_ref())?.to_vec_f32().await?;
-            let guided: Vec<f32> = if cfg {
-                let (u, c) = out.split_at(n);
-                u.iter().zip(c).map(|(&u, &c)| u + req.guidance * (c - u)).collect()
-            } else {
-                out
-            };
-            let z = if scheduler.draws_noise(i) { Some(noise.draw(n)?) } else { None };
-            x = scheduler.step(i, &guided, &x, z.as_deref())?;
-            if !on_step(Step { index: i - start, total: total - start, timestep: t, latents: &x }) {
-                return Err(Error::Cancelled);
-            }
-        }
-        let (rgb, width, height) = self.decode(&x, shape).await?;
-        Ok(Generated { latents: x, latent_shape: shape, rgb, width, height })
+        let mut noises: [&mut dyn NoiseSource; 1] = [noise];
+        let mut out = self.run(std::slice::from_ref(req), vec![latents], &mut noises, on_step).await?;
+        Ok(out.remove(0))
     }
 
-    /// Several txt2img generations in one U-Net batch: the requests must agree on size, steps,
-    /// scheduler and guidance (prompts, negative prompts and noise differ). Each image is what
-    /// `generate` gives for its request and noise alone; batching only amortizes the per-dispatch
-    /// cost, which dominates small models (the demo model's adherence check runs 80 at once).
+    /// Several generations in one U-Net batch: the requests must agree on size, steps,
+    /// scheduler, guidance and init-image strength (prompts, negative prompts, init images and
+    /// noise differ). Each image is what `generate` gives for its request and noise alone;
+    /// batching only amortizes the per-dispatch cost, which dominates small models (the demo
+    /// model's adherence check runs 25 at once). `on_step(index, total)`.
+    pub async fn generate_batch(
+        &self,
+        reqs: &[Request],
+        noises: &mut [&mut dyn NoiseSource],
+        on_step: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<Vec<Generated>> {
+        self.run(reqs, vec![None; reqs.len()], noises, &mut |s| on_step(s.index, s.total)).await
+    }
+
     /// The size and step count of a request, checked before anything is allocated: sides are
     /// positive multiples of what the VAE and the U-Net's levels divide by, at most
     /// `MAX_SIDE`, and 1 to `MAX_STEPS` steps.
@@ -262,37 +200,65 @@ impl StableDiffusion {
         Ok(())
     }
 
-    pub async fn generate_batch(
-        &self,
-        reqs: &[Request],
-        noises: &mut [&mut dyn NoiseSource],
-        on_step: &mut dyn FnMut(usize, usize) -> bool,
-    ) -> Result<Vec<Generated>> {
+    /// Checks a batch against one plan: one size, step count, scheduler, guidance and strength,
+    /// and one noise source per request. Returns the first step to run (img2img starts part-way).
+    fn plan(&self, reqs: &[Request], latents: &[Option<Vec<f32>>], noises: usize) -> Result<usize> {
         let first = reqs.first().ok_or_else(|| Error::Request("an empty batch".into()))?;
-        if noises.len() != reqs.len() {
-            return Err(Error::Request(format!("{} requests but {} noise sources", reqs.len(), noises.len())));
+        if noises != reqs.len() || latents.len() != reqs.len() {
+            return Err(Error::Request(format!("{} requests but {noises} noise sources", reqs.len())));
         }
+        let strength = |r: &Request| r.init.as_ref().map(|i| i.strength);
         let same = |r: &Request| {
             r.width == first.width
                 && r.height == first.height
                 && r.steps == first.steps
                 && r.scheduler == first.scheduler
                 && r.guidance == first.guidance
-                && r.init.is_none()
+                && strength(r) == strength(first)
         };
         if !reqs.iter().all(same) {
             return Err(Error::Request(
-                "a batch needs one size, step count, scheduler and guidance, and no init image".into(),
+                "a batch needs one size, step count, scheduler, guidance and init-image strength".into(),
             ));
         }
+        self.check_request(first)?;
+        let Some(init) = &first.init else { return Ok(0) };
+        let keep = ((first.steps as f32 * init.strength) as usize).min(first.steps);
+        if keep == 0 || !(0.0..=1.0).contains(&init.strength) {
+            return Err(Error::Request(format!(
+                "strength {} leaves no step to run at {} steps",
+                init.strength, first.steps
+            )));
+        }
+        if first.scheduler == SchedulerKind::Lcm {
+            return Err(Error::Request("img2img with the LCM scheduler is not supported".into()));
+        }
+        if latents.iter().any(Option::is_some) {
+            return Err(Error::Request("img2img starts from its image, not from given latents".into()));
+        }
+        Ok(first.steps - keep)
+    }
+
+    /// The one denoising loop: `reqs` as a U-Net batch of `reqs.len()` rows (twice that with
+    /// classifier-free guidance), each with its own scheduler and noise, then decoded.
+    async fn run(
+        &self,
+        reqs: &[Request],
+        latents: Vec<Option<Vec<f32>>>,
+        noises: &mut [&mut dyn NoiseSource],
+        on_step: &mut dyn FnMut(Step<'_>) -> bool,
+    ) -> Result<Vec<Generated>> {
+        let start = self.plan(reqs, &latents, noises.len())?;
+        let first = &reqs[0];
         let b = reqs.len();
         let f = self.vae_config.downscale();
         let c = self.unet.config.in_channels;
         let shape = [1, c, first.height / f, first.width / f];
         let n: usize = shape.iter().product();
-        self.check_request(first)?;
+        // LCM-distilled U-Nets take the guidance scale as an embedding instead of running CFG.
         let w_embedding = self.unet.config.time_cond_proj_dim.map(|d| guidance_embedding(first.guidance - 1.0, d));
         let cfg = first.guidance > 1.0 && w_embedding.is_none();
+        // Rows: [uncond × b, cond × b] with guidance, [cond × b] without.
         let mut prompts: Vec<&str> = Vec::new();
         if cfg {
             prompts.extend(reqs.iter().map(|r| r.negative_prompt.as_deref().unwrap_or("")));
@@ -303,19 +269,39 @@ impl StableDiffusion {
             .map(|_| Scheduler::new(first.scheduler, &self.scheduler_config, first.steps))
             .collect::<Result<Vec<_>>>()?;
         let timesteps = schedulers[0].timesteps().to_vec();
-        let sigma0 = schedulers[0].init_noise_sigma();
+        let total = timesteps.len();
+
         let mut xs = Vec::with_capacity(b);
-        for noise in noises.iter_mut() {
-            let mut x = noise.draw(n)?;
-            x.iter_mut().for_each(|v| *v *= sigma0);
+        for ((r, given), (noise, s)) in reqs.iter().zip(latents).zip(noises.iter_mut().zip(&schedulers)) {
+            let x = match (&r.init, given) {
+                (Some(init), _) => {
+                    let clean = self.encode_image(init, r.width, r.height, &mut **noise).await?;
+                    let z = noise.draw(n)?;
+                    s.add_noise(&clean, &z, start)?
+                }
+                (None, Some(l)) if l.len() != n => {
+                    return Err(Error::Request(format!("latents have {} values, {shape:?} needs {n}", l.len())))
+                }
+                (None, given) => {
+                    let mut x = match given {
+                        Some(l) => l,
+                        None => noise.draw(n)?,
+                    };
+                    let sigma0 = s.init_noise_sigma();
+                    x.iter_mut().for_each(|v| *v *= sigma0);
+                    x
+                }
+            };
             xs.push(x);
         }
+
         let rows = if cfg { 2 * b } else { b };
+        // The guidance embedding is the same every step: upload it once.
         let cond = match &w_embedding {
             Some(w) => Some(GpuTensor::from_f32_as(&self.gpu, &w.repeat(rows), &[rows, w.len()], self.dtype)?),
             None => None,
         };
-        for (i, &t) in timesteps.iter().enumerate() {
+        for (i, &t) in timesteps.iter().enumerate().skip(start) {
             let mut input = Vec::with_capacity(rows * n);
             for (x, s) in xs.iter().zip(&schedulers) {
                 let mut scaled = x.clone();
@@ -337,7 +323,7 @@ impl StableDiffusion {
                 let z = if s.draws_noise(i) { Some(noise.draw(n)?) } else { None };
                 *x = s.step(i, &guided, x, z.as_deref())?;
             }
-            if !on_step(i, timesteps.len()) {
+            if !on_step(Step { index: i - start, total: total - start, timestep: t, latents: &xs[0] }) {
                 return Err(Error::Cancelled);
             }
         }
