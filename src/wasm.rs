@@ -229,7 +229,7 @@ impl Engine {
                 load.quant = Some(std::sync::Arc::new(QuantPolicy::standard(store)));
             }
         }
-        let sd = crate::models::loader::stable_diffusion(&src, &self.gpu, &load).map_err(js_err)?;
+        let sd = crate::pipeline::generate::StableDiffusion::load(&src, &self.gpu, &load).map_err(js_err)?;
         let fit = preview::initial_fit(&sd, 8).await.map_err(js_err)?;
         let name = opts.name.unwrap_or_else(|| src.describe());
         Ok(Model { sd, name, preview: std::cell::RefCell::new(fit) })
@@ -246,7 +246,8 @@ impl Engine {
         let r = GenerateRequest::parse(request)?;
         let src = memory_source(files)?;
         let dtype = if self.gpu.caps().shader_f16 { DType::F16 } else { DType::F32 };
-        let sd = crate::models::loader::stable_diffusion(&src, &self.gpu, &LoadOptions::new(dtype)).map_err(js_err)?;
+        let sd = crate::pipeline::generate::StableDiffusion::load(&src, &self.gpu, &LoadOptions::new(dtype))
+            .map_err(js_err)?;
         let model = Model { sd, name: "model".into(), preview: std::cell::RefCell::new(PreviewFit::new(0)) };
         model.run(r, on_step, false).await
     }

@@ -9,12 +9,12 @@ use std::sync::Arc;
 
 use webdiffusion::gpu::DType;
 use webdiffusion::models::convert::convert;
-use webdiffusion::models::loader::{self, DirSource, FileSource, LoadOptions, MemorySource};
+use webdiffusion::models::loader::{DirSource, FileSource, LoadOptions, MemorySource};
 use webdiffusion::models::package::{Manifest, MANIFEST};
 use webdiffusion::models::parity;
 use webdiffusion::models::stream::{PieceSink, StreamConverter};
 use webdiffusion::models::weights::convert_bytes;
-use webdiffusion::pipeline::generate::{Generated, Request};
+use webdiffusion::pipeline::generate::{Generated, Request, StableDiffusion};
 use webdiffusion::pipeline::rng::NormalRng;
 use webdiffusion::pipeline::schedulers::SchedulerKind;
 use webdiffusion::quant::{closeness, QuantPolicy, StoreType};
@@ -49,7 +49,7 @@ fn package(model: &str, quant: &str, policy: &QuantPolicy, max_shard: usize) -> 
 }
 
 fn generate(src: &dyn FileSource, opts: &LoadOptions, steps: usize) -> Generated {
-    let sd = loader::stable_diffusion(src, common::gpu(), opts).unwrap();
+    let sd = StableDiffusion::load(src, common::gpu(), opts).unwrap();
     let req = Request {
         prompt: "a red circle".into(),
         negative_prompt: None,
@@ -99,7 +99,7 @@ fn damaged_shards_are_named() {
     let shard = manifest.shards.iter().find(|s| s.file.contains("unet")).unwrap().file.clone();
     let load = |files: &HashMap<String, Vec<u8>>| {
         let src = MemorySource { files: files.clone(), name: "damaged".into() };
-        match loader::stable_diffusion(&src, common::gpu(), &LoadOptions::new(DType::F32)) {
+        match StableDiffusion::load(&src, common::gpu(), &LoadOptions::new(DType::F32)) {
             Ok(_) => panic!("a damaged package loaded"),
             Err(e) => e,
         }

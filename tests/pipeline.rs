@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use serde_json::Value;
 use webdiffusion::gpu::DType;
 use webdiffusion::models::loader::{self, DirSource};
-use webdiffusion::pipeline::generate::{InitImage, Recorded, Request};
+use webdiffusion::pipeline::generate::{InitImage, Recorded, Request, StableDiffusion};
 use webdiffusion::pipeline::schedule::SchedulerConfig;
 use webdiffusion::pipeline::schedulers::{Scheduler, SchedulerKind};
 
@@ -38,7 +38,7 @@ impl Case {
 /// Runs every txt2img case whose scheduler we implement; returns (case, max rel err) pairs.
 fn run_cases(model: &str) -> usize {
     let src = DirSource(dir(model));
-    let mut sd = loader::stable_diffusion(
+    let mut sd = StableDiffusion::load(
         &src,
         common::gpu(),
         &loader::LoadOptions { with_encoder: true, ..loader::LoadOptions::new(DType::F32) },
@@ -124,9 +124,8 @@ fn txt2img_and_img2img_match_diffusers_step_by_step() {
 
 #[test]
 fn cancelling_stops_between_steps() {
-    let sd =
-        loader::stable_diffusion(&DirSource(dir("tiny-sd2")), common::gpu(), &loader::LoadOptions::new(DType::F32))
-            .unwrap();
+    let sd = StableDiffusion::load(&DirSource(dir("tiny-sd2")), common::gpu(), &loader::LoadOptions::new(DType::F32))
+        .unwrap();
     let req = Request {
         prompt: "a cat".into(),
         negative_prompt: None,
@@ -160,9 +159,8 @@ fn cancelling_stops_between_steps() {
 fn a_batch_equals_its_generations_one_by_one() {
     use webdiffusion::pipeline::generate::NoiseSource;
     use webdiffusion::pipeline::rng::NormalRng;
-    let sd =
-        loader::stable_diffusion(&DirSource(dir("tiny-sd1")), common::gpu(), &loader::LoadOptions::new(DType::F32))
-            .unwrap();
+    let sd = StableDiffusion::load(&DirSource(dir("tiny-sd1")), common::gpu(), &loader::LoadOptions::new(DType::F32))
+        .unwrap();
     let req = |prompt: &str, negative: &str| Request {
         prompt: prompt.into(),
         negative_prompt: Some(negative.into()),

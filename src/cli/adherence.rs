@@ -167,7 +167,7 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
             .with_context(|| format!("parsing {}", a.prompts.display()))?;
     let palette: Vec<(String, [f64; 3])> = set.palette.into_iter().collect();
     let src = super::http::open_model(&a.model);
-    let sd = loader::stable_diffusion(&*src, gpu, &loader::LoadOptions::new(DType::F32))
+    let sd = webdiffusion::pipeline::generate::StableDiffusion::load(&*src, gpu, &loader::LoadOptions::new(DType::F32))
         .with_context(|| format!("loading {}", a.model))?;
     let scheduler = super::generate::default_scheduler(
         sd.scheduler_config.class_name.as_deref(),

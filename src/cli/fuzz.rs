@@ -324,7 +324,8 @@ fn mutate_load(rng: &mut Rng, seeds: &[Vec<u8>], input: &mut Vec<u8>, fix_len: b
 /// Convert, load the package, load the folder: each may fail, none may panic. Returns how many
 /// of the three succeeded (a run whose inputs all fail at the first check tests little).
 fn load_whole(ctx: &Inputs, input: &[u8]) -> usize {
-    use webdiffusion::models::loader::{stable_diffusion, LoadOptions, MemorySource};
+    use webdiffusion::models::loader::{LoadOptions, MemorySource};
+    use webdiffusion::pipeline::generate::StableDiffusion;
     let Some(src) = mutated_model(ctx, input) else { return 0 };
     let mut passed = 0;
     let policy = webdiffusion::quant::QuantPolicy::standard(webdiffusion::quant::StoreType::Q4_0);
@@ -335,10 +336,10 @@ fn load_whole(ctx: &Inputs, input: &[u8]) -> usize {
         if let Ok(manifest) = serde_json::to_vec(&done.manifest) {
             pieces.0.insert("manifest.json".into(), manifest);
             let package = MemorySource { files: pieces.0, name: "fuzz package".into() };
-            passed += usize::from(stable_diffusion(&package, ctx.gpu, &opts).is_ok());
+            passed += usize::from(StableDiffusion::load(&package, ctx.gpu, &opts).is_ok());
         }
     }
-    passed + usize::from(stable_diffusion(&src, ctx.gpu, &opts).is_ok())
+    passed + usize::from(StableDiffusion::load(&src, ctx.gpu, &opts).is_ok())
 }
 
 /// Recomputes the CRC of every whole chunk: a hostile PNG has valid CRCs (anyone can compute

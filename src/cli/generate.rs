@@ -123,7 +123,8 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
         (q, p) => Some(std::sync::Arc::new(super::convert::policy(q.as_deref().unwrap_or("q8_0"), p.as_deref())?)),
     };
     let opts = loader::LoadOptions { dtype, quant, with_encoder: a.init_image.is_some() };
-    let sd = loader::stable_diffusion(&*src, gpu, &opts).with_context(|| format!("loading {}", a.model))?;
+    let sd = webdiffusion::pipeline::generate::StableDiffusion::load(&*src, gpu, &opts)
+        .with_context(|| format!("loading {}", a.model))?;
     eprintln!("loaded {} ({dtype}) in {:.1} s", a.model, t0.elapsed().as_secs_f64());
     // LatentConsistencyModelPipeline's defaults for LCM-distilled U-Nets, else StableDiffusionPipeline's.
     let lcm = sd.unet.config.time_cond_proj_dim.is_some();

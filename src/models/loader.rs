@@ -118,7 +118,8 @@ fn required(src: &dyn FileSource, path: &str) -> Result<Vec<u8>> {
     src.read(path)?.ok_or_else(|| Error::Weights(format!("{} has no {path}", src.describe())))
 }
 
-fn text(src: &dyn FileSource, path: &str) -> Result<String> {
+/// A UTF-8 file of the model, required.
+pub fn text(src: &dyn FileSource, path: &str) -> Result<String> {
     String::from_utf8(required(src, path)?).map_err(|_| Error::Weights(format!("{path} is not UTF-8")))
 }
 
@@ -285,31 +286,4 @@ pub fn check_index(src: &dyn FileSource) -> Result<()> {
             Err(Error::Config { component: "model_index".into(), msg: format!("{other} is not a supported pipeline") })
         }
     }
-}
-
-/// Everything generation needs from a diffusers folder or a package. Components load in the
-/// order the converter writes them (VAE, text encoder, U-Net), so a package streams in order.
-pub fn stable_diffusion(
-    src: &dyn FileSource,
-    gpu: &Gpu,
-    opts: &LoadOptions,
-) -> Result<crate::pipeline::generate::StableDiffusion> {
-    with_model(src, |src| {
-        check_index(src)?;
-        let scheduler_config =
-            crate::pipeline::schedule::SchedulerConfig::from_json(&text(src, "scheduler/scheduler_config.json")?)?;
-        let (decoder, encoder) = vae(src, gpu, opts)?;
-        Ok(crate::pipeline::generate::StableDiffusion {
-            gpu: gpu.clone(),
-            dtype: opts.dtype,
-            tokenizer: tokenizer(src)?,
-            text_encoder: Some(text_encoder(src, gpu, opts)?),
-            unet: unet(src, gpu, opts)?,
-            decoder,
-            encoder,
-            vae_config: vae_config(src)?,
-            scheduler_config,
-            memory: Default::default(),
-        })
-    })
 }

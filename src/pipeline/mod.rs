@@ -3,6 +3,7 @@
 pub mod defaults;
 pub mod generate;
 pub mod image;
+pub mod load;
 pub mod preview;
 pub mod rng;
 pub mod schedule;

@@ -1,0 +1,33 @@
+//! The whole pipeline from a diffusers folder or a package: each component through the models'
+//! loaders, plus the scheduler config. Here, not in `models`, because a pipeline is what the
+//! layer above the models assembles from them.
+
+use super::generate::StableDiffusion;
+use super::schedule::SchedulerConfig;
+use crate::error::Result;
+use crate::gpu::Gpu;
+use crate::models::loader::{self, FileSource, LoadOptions};
+
+impl StableDiffusion {
+    /// Everything generation needs. Components load in the order the converter writes them
+    /// (VAE, text encoder, U-Net), so a package streams in order.
+    pub fn load(src: &dyn FileSource, gpu: &Gpu, opts: &LoadOptions) -> Result<StableDiffusion> {
+        loader::with_model(src, |src| {
+            loader::check_index(src)?;
+            let scheduler_config = SchedulerConfig::from_json(&loader::text(src, "scheduler/scheduler_config.json")?)?;
+            let (decoder, encoder) = loader::vae(src, gpu, opts)?;
+            Ok(StableDiffusion {
+                gpu: gpu.clone(),
+                dtype: opts.dtype,
+                tokenizer: loader::tokenizer(src)?,
+                text_encoder: Some(loader::text_encoder(src, gpu, opts)?),
+                unet: loader::unet(src, gpu, opts)?,
+                decoder,
+                encoder,
+                vae_config: loader::vae_config(src)?,
+                scheduler_config,
+                memory: Default::default(),
+            })
+        })
+    }
+}
