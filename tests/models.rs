@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use common::gpu;
 use webdiffusion::gpu::DType;
+use webdiffusion::models::component::Component;
 use webdiffusion::models::loader::{self, DirSource, FileSource};
 use webdiffusion::models::parity;
 use webdiffusion::models::weights::Weights;
@@ -93,23 +94,23 @@ fn text_encoder_unet_and_vae_match_diffusers() {
 fn loaders_read_every_published_tensor() {
     for model in MODELS {
         let src = fixture(model);
-        for component in ["text_encoder", "unet", "vae"] {
+        for component in [Component::TextEncoder, Component::Unet, Component::Vae] {
             let file = loader::component_tensors(&src, component).unwrap();
             let w = Weights::new(&*file, gpu(), DType::F32);
             let text = |p: &str| String::from_utf8(src.read(p).unwrap().unwrap()).unwrap();
             use webdiffusion::models::{clip, config, unet, vae};
             match component {
-                "text_encoder" => drop(
+                Component::TextEncoder => drop(
                     clip::ClipTextModel::load(
                         config::ClipConfig::from_json(&text("text_encoder/config.json")).unwrap(),
                         &w,
                     )
                     .unwrap(),
                 ),
-                "unet" => drop(
+                Component::Unet => drop(
                     unet::UNet::load(config::UNetConfig::from_json(&text("unet/config.json")).unwrap(), &w).unwrap(),
                 ),
-                _ => {
+                Component::Vae => {
                     let c = config::VaeConfig::from_json(&text("vae/config.json")).unwrap();
                     drop(vae::Decoder::load(&c, &w).unwrap());
                     drop(vae::Encoder::load(&c, &w).unwrap());
@@ -124,7 +125,7 @@ fn loaders_read_every_published_tensor() {
 #[test]
 fn missing_and_misshapen_tensors_are_named() {
     let src = fixture("tiny-sd2");
-    let file = loader::component_tensors(&src, "unet").unwrap();
+    let file = loader::component_tensors(&src, Component::Unet).unwrap();
     let w = Weights::new(&*file, gpu(), DType::F32);
     let err = w.pp("conv_in").get("weight", &[16, 4, 5, 5]).unwrap_err().to_string();
     assert!(err.contains("conv_in.weight") && err.contains("[16, 4, 3, 3]"), "{err}");

@@ -149,7 +149,7 @@ fn stream_package(model: &str, quant: &str, cuts: &[usize], resume_after: &[usiz
     conv.set_offload(lag > 0);
     let mut out = std::collections::VecDeque::new();
     let mut pushes = 0;
-    for component in webdiffusion::models::convert::COMPONENTS {
+    for component in webdiffusion::models::component::Component::LOAD_ORDER {
         let path = webdiffusion::models::convert::weights_file(&src, component).unwrap();
         let bytes = src.read(&path).unwrap().unwrap();
         conv.begin_file(&path, bytes.len() as u64, None).unwrap();

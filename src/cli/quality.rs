@@ -8,8 +8,9 @@ use anyhow::{Context, Result};
 use webdiffusion::gpu::{DType, Gpu, GpuTensor};
 use webdiffusion::models::arch::{self, ARCHS};
 use webdiffusion::models::clip::ClipTextModel;
+use webdiffusion::models::component::Component;
 use webdiffusion::models::config::{ClipConfig, UNetConfig, VaeConfig};
-use webdiffusion::models::convert::{component_accesses, COMPONENTS};
+use webdiffusion::models::convert::component_accesses;
 use webdiffusion::models::loader::{component_tensors, with_model, FileSource, LoadOptions};
 use webdiffusion::models::unet::UNet;
 use webdiffusion::models::vae::Decoder;
@@ -52,14 +53,14 @@ enum Source {
 }
 
 impl Source {
-    fn config(&self, component: &str) -> Result<String> {
+    fn config(&self, component: Component) -> Result<String> {
         Ok(match self {
             Source::Model(src) => {
                 let path = format!("{component}/config.json");
                 let bytes = with_model(&**src, |files| files.read(&path))?;
                 String::from_utf8(bytes.with_context(|| format!("no {path}"))?)?
             }
-            Source::Arch(a) => a.config(component)?.to_string(),
+            Source::Arch(a) => a.config(component).to_string(),
         })
     }
 
@@ -67,7 +68,7 @@ impl Source {
     fn with<T>(
         &self,
         gpu: &Gpu,
-        component: &str,
+        component: Component,
         policy: &Option<Arc<QuantPolicy>>,
         f: impl FnOnce(&Weights) -> webdiffusion::Result<T>,
     ) -> Result<T> {
@@ -83,7 +84,7 @@ impl Source {
                 let t = component_tensors(files, component)?;
                 f(&opts.weights(&*t, gpu, component))
             })?,
-            Source::Arch(_) => f(&opts.apply(Weights::synthetic(gpu, DType::F32, 0, false), component))?,
+            Source::Arch(_) => f(&opts.apply(Weights::synthetic(gpu, DType::F32, 0, false), component.name()))?,
         })
     }
 }
@@ -97,9 +98,9 @@ fn outputs(
 ) -> Result<Vec<(String, Vec<f32>)>> {
     let latent = a.latent;
     let want = |c: &str| a.only.iter().any(|o| o == c);
-    let te = ClipConfig::from_json(&src.config("text_encoder")?)?;
-    let un = UNetConfig::from_json(&src.config("unet")?)?;
-    let vae = VaeConfig::from_json(&src.config("vae")?)?;
+    let te = ClipConfig::from_json(&src.config(Component::TextEncoder)?)?;
+    let un = UNetConfig::from_json(&src.config(Component::Unet)?)?;
+    let vae = VaeConfig::from_json(&src.config(Component::Vae)?)?;
     let mut rng = NormalRng::new(42);
     let mut out = Vec::new();
     let read = |t: &GpuTensor| pollster::block_on(t.to_vec_f32());
@@ -110,7 +111,8 @@ fn outputs(
         .map(|id| id.min(te.vocab_size as u32 - 1))
         .collect();
     if want("text_encoder") {
-        let h = src.with(gpu, "text_encoder", policy, |w| ClipTextModel::load(te.clone(), w)?.forward(&ids, 1, 0))?;
+        let h =
+            src.with(gpu, Component::TextEncoder, policy, |w| ClipTextModel::load(te.clone(), w)?.forward(&ids, 1, 0))?;
         out.push(("text_encoder.last_hidden_state".into(), read(&h)?));
     }
 
@@ -120,7 +122,7 @@ fn outputs(
         GpuTensor::from_f32(gpu, &rng.normals(77 * un.cross_attention_dim), &[1, 77, un.cross_attention_dim])?;
     let cond = un.time_cond_proj_dim.map(|d| GpuTensor::from_f32(gpu, &rng.normals(d), &[1, d])).transpose()?;
     if want("unet") {
-        let eps = src.with(gpu, "unet", policy, |w| {
+        let eps = src.with(gpu, Component::Unet, policy, |w| {
             let unet = UNet::load(un.clone(), w)?;
             a.timesteps
                 .iter()
@@ -138,7 +140,7 @@ fn outputs(
         &[1, vae.latent_channels, latent, latent],
     )?;
     if want("vae") {
-        let img = src.with(gpu, "vae", policy, |w| Decoder::load(&vae, w)?.forward(&z))?;
+        let img = src.with(gpu, Component::Vae, policy, |w| Decoder::load(&vae, w)?.forward(&z))?;
         out.push(("vae.decoded".into(), read(&img)?));
     }
     Ok(out)
@@ -209,9 +211,9 @@ pub fn sizes(gpu: &Gpu, a: &SizesArgs) -> Result<()> {
     for arch in &ARCHS {
         let mut totals = vec![0u64; columns.len()];
         let mut params_total = 0;
-        for component in COMPONENTS {
+        for component in Component::LOAD_ORDER {
             let w = Weights::synthetic(gpu, DType::F32, 0, true);
-            let accesses = component_accesses(component, arch.config(component)?, &w)?;
+            let accesses = component_accesses(component, arch.config(component), &w)?;
             let params: usize = accesses.iter().map(|x| x.shape.iter().product::<usize>()).sum();
             params_total += params;
             let mut cells = Vec::new();

@@ -2,6 +2,7 @@
 //! `tests/published.rs` checks our models load their real tensor lists): what benchmarks and
 //! package-size estimates build with synthetic weights, nothing downloaded.
 
+use super::component::Component;
 use crate::error::{Error, Result};
 
 pub struct Arch {
@@ -14,12 +15,11 @@ pub struct Arch {
 }
 
 impl Arch {
-    pub fn config(&self, component: &str) -> Result<&'static str> {
+    pub fn config(&self, component: Component) -> &'static str {
         match component {
-            "unet" => Ok(self.unet),
-            "vae" => Ok(self.vae),
-            "text_encoder" => Ok(self.text_encoder),
-            other => Err(Error::Request(format!("unknown component {other}"))),
+            Component::Unet => self.unet,
+            Component::Vae => self.vae,
+            Component::TextEncoder => self.text_encoder,
         }
     }
 }

@@ -6,6 +6,7 @@
 //! quantize-on-load uses: a package loads to exactly the weights the same policy gives on load.
 //! Shard bytes leave through a `PieceSink` as they are made, so memory stays at one slice.
 
+use super::component::Component;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -36,24 +37,20 @@ pub const SMALL_FILES: &[&str] = &[
     "tokenizer/special_tokens_map.json",
 ];
 
-/// Components in load order.
-pub const COMPONENTS: [&str; 3] = ["vae", "text_encoder", "unet"];
-
 /// The tensors a component's model loads, in order, from `w` (a dry-run or synthetic cursor).
-pub fn component_accesses(component: &str, config_json: &str, w: &Weights) -> Result<Vec<Access>> {
+pub fn component_accesses(component: Component, config_json: &str, w: &Weights) -> Result<Vec<Access>> {
     match component {
-        "vae" => {
+        Component::Vae => {
             let c = VaeConfig::from_json(config_json)?;
             Decoder::load(&c, w)?;
             Encoder::load(&c, w)?;
         }
-        "text_encoder" => {
+        Component::TextEncoder => {
             ClipTextModel::load(ClipConfig::from_json(config_json)?, w)?;
         }
-        "unet" => {
+        Component::Unet => {
             UNet::load(UNetConfig::from_json(config_json)?, w)?;
         }
-        other => return Err(Error::Request(format!("unknown component {other}"))),
     }
     Ok(w.accesses())
 }
@@ -91,7 +88,7 @@ pub fn convert(
         return convert_package(p, gpu, quant, policy, max_shard, files, sink);
     }
     let mut conv = StreamConverter::new(gpu, quant, policy, max_shard, files)?;
-    for component in COMPONENTS {
+    for component in Component::LOAD_ORDER {
         let path = weights_file(src, component)?;
         // The file's size from its own header (the last tensor's end), checked as it streams.
         let prefix = src.read_range(&path, 0, 8)?.unwrap_or_default();
@@ -115,14 +112,13 @@ pub fn convert(
 }
 
 /// The weights file of `component` in a diffusers folder: the plain file, else `.fp16`.
-pub fn weights_file(src: &dyn FileSource, component: &str) -> Result<String> {
-    let stem = super::loader::stem(component);
-    for file in [format!("{component}/{stem}.safetensors"), format!("{component}/{stem}.fp16.safetensors")] {
+pub fn weights_file(src: &dyn FileSource, component: Component) -> Result<String> {
+    for file in component.weights_files() {
         if src.read_range(&file, 0, 8)?.is_some() {
             return Ok(file);
         }
     }
-    Err(Error::Weights(format!("{} has no {component}/{stem}[.fp16].safetensors", src.describe())))
+    Err(Error::Weights(format!("{} has no {component}/{}[.fp16].safetensors", src.describe(), component.stem())))
 }
 
 /// Re-quantizing a package: its tensors (in load order) through the policy, as on load.
@@ -138,18 +134,18 @@ fn convert_package(
     let policy_arc = Arc::new(policy.clone());
     let mut out = PackageWriter::new(max_shard, sink)?;
     let mut dropped = Vec::new();
-    for component in COMPONENTS {
+    for component in Component::LOAD_ORDER {
         let config = files
-            .get(&format!("{component}/config.json"))
+            .get(&component.config_file())
             .ok_or_else(|| Error::Weights(format!("the package has no {component}/config.json")))?;
-        let source = p.tensors(component)?;
+        let source = p.tensors(component.name())?;
         let dry = Weights::dry_run(&source, gpu, DType::F32);
         let accesses = component_accesses(component, config, &dry)?;
         dropped.extend(dry.unused().into_iter().map(|n| format!("{component}.{n}")));
-        let w = Weights::new(&source, gpu, DType::F32).with_policy(component, policy_arc.clone());
+        let w = Weights::new(&source, gpu, DType::F32).with_policy(component.name(), policy_arc.clone());
         for a in &accesses {
             let (dtype, bytes) = w.stored_access(a)?;
-            out.add(component, &a.name, dtype, &a.shape, &bytes)?;
+            out.add(component.name(), &a.name, dtype, &a.shape, &bytes)?;
         }
         out.end_component();
     }

@@ -7,6 +7,7 @@
 //! read whole; each tensor is then read by byte range, so loading never holds more than one
 //! tensor beyond what the source itself keeps (a CDN source fetches exactly those ranges).
 
+use super::component::Component;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -164,28 +165,18 @@ impl TensorSource for SafeTensorsRanges<'_> {
     }
 }
 
-/// The weights file stem of each component.
-pub fn stem(component: &str) -> &'static str {
-    if component == "text_encoder" {
-        "model"
-    } else {
-        "diffusion_pytorch_model"
-    }
-}
-
 /// A component's tensors: from the package, or from its safetensors file (the plain file
 /// preferred over the `.fp16` variant).
-pub fn component_tensors<'a>(src: &'a dyn FileSource, component: &str) -> Result<Box<dyn TensorSource + 'a>> {
+pub fn component_tensors<'a>(src: &'a dyn FileSource, component: Component) -> Result<Box<dyn TensorSource + 'a>> {
     if let Some(p) = src.as_package() {
-        return Ok(Box::new(p.tensors(component)?));
+        return Ok(Box::new(p.tensors(component.name())?));
     }
-    let stem = stem(component);
-    for file in [format!("{component}/{stem}.safetensors"), format!("{component}/{stem}.fp16.safetensors")] {
+    for file in component.weights_files() {
         if let Some(t) = SafeTensorsRanges::open(src, &file)? {
             return Ok(Box::new(t));
         }
     }
-    Err(Error::Weights(format!("{} has no {component}/{stem}[.fp16].safetensors", src.describe())))
+    Err(Error::Weights(format!("{} has no {component}/{}[.fp16].safetensors", src.describe(), component.stem())))
 }
 
 /// How to load: the compute dtype, and optionally a quantization policy applied on load.
@@ -202,8 +193,8 @@ impl LoadOptions {
         LoadOptions { dtype, quant: None, with_encoder: false }
     }
 
-    pub fn weights<'a>(&self, t: &'a dyn TensorSource, gpu: &'a Gpu, component: &str) -> Weights<'a> {
-        self.apply(Weights::new(t, gpu, self.dtype), component)
+    pub fn weights<'a>(&self, t: &'a dyn TensorSource, gpu: &'a Gpu, component: Component) -> Weights<'a> {
+        self.apply(Weights::new(t, gpu, self.dtype), component.name())
     }
 
     /// `w` with this policy (if any) for `component`.
@@ -246,16 +237,16 @@ pub fn tokenizer(src: &dyn FileSource) -> Result<ClipTokenizer> {
 pub fn text_encoder(src: &dyn FileSource, gpu: &Gpu, opts: &LoadOptions) -> Result<ClipTextModel> {
     with_model(src, |src| {
         let config = ClipConfig::from_json(&text(src, "text_encoder/config.json")?)?;
-        let t = component_tensors(src, "text_encoder")?;
-        ClipTextModel::load(config, &opts.weights(&*t, gpu, "text_encoder"))
+        let t = component_tensors(src, Component::TextEncoder)?;
+        ClipTextModel::load(config, &opts.weights(&*t, gpu, Component::TextEncoder))
     })
 }
 
 pub fn unet(src: &dyn FileSource, gpu: &Gpu, opts: &LoadOptions) -> Result<UNet> {
     with_model(src, |src| {
         let config = UNetConfig::from_json(&text(src, "unet/config.json")?)?;
-        let t = component_tensors(src, "unet")?;
-        UNet::load(config, &opts.weights(&*t, gpu, "unet"))
+        let t = component_tensors(src, Component::Unet)?;
+        UNet::load(config, &opts.weights(&*t, gpu, Component::Unet))
     })
 }
 
@@ -267,8 +258,8 @@ pub fn vae_config(src: &dyn FileSource) -> Result<VaeConfig> {
 pub fn vae(src: &dyn FileSource, gpu: &Gpu, opts: &LoadOptions) -> Result<(Decoder, Option<Encoder>)> {
     with_model(src, |src| {
         let config = vae_config(src)?;
-        let t = component_tensors(src, "vae")?;
-        let w = opts.weights(&*t, gpu, "vae");
+        let t = component_tensors(src, Component::Vae)?;
+        let w = opts.weights(&*t, gpu, Component::Vae);
         let decoder = Decoder::load(&config, &w)?;
         let encoder = if opts.with_encoder { Some(Encoder::load(&config, &w)?) } else { None };
         Ok((decoder, encoder))

@@ -6,6 +6,7 @@
 pub mod arch;
 pub mod attention;
 pub mod clip;
+pub mod component;
 pub mod config;
 pub mod convert;
 pub mod hash;

@@ -20,7 +20,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::convert::{component_accesses, COMPONENTS};
+use super::component::Component;
+use super::convert::component_accesses;
 use super::hash::Sha256State;
 use super::header::{self, HeaderTensor};
 use super::package::{Manifest, ShardEntry, TensorEntry, FORMAT, VERSION};
@@ -248,9 +249,7 @@ impl StreamConverter {
             return Err(Error::Request(format!("{path} started before {} ended", f.path)));
         }
         let component = path.split('/').next().unwrap_or_default().to_string();
-        if !COMPONENTS.contains(&component.as_str()) {
-            return Err(Error::Weights(format!("{path}: {component:?} is not a model component")));
-        }
+        Component::parse(&component).map_err(|e| Error::Weights(format!("{path}: {e}")))?;
         if self.st.converted.iter().any(|(p, _)| p.split('/').next() == Some(component.as_str())) {
             return Err(Error::Weights(format!("{path}: the {component} weights were converted already")));
         }
@@ -395,8 +394,10 @@ impl StreamConverter {
         })?;
         let source = HeaderOnly(tensors.iter().map(|t| (t.name.clone(), t.info.clone())).collect());
         let dry = Weights::dry_run(&source, &self.gpu, DType::F32);
-        let accesses: BTreeMap<String, _> =
-            component_accesses(&f.component, config, &dry)?.into_iter().map(|a| (a.name.clone(), a)).collect();
+        let accesses: BTreeMap<String, _> = component_accesses(Component::parse(&f.component)?, config, &dry)?
+            .into_iter()
+            .map(|a| (a.name.clone(), a))
+            .collect();
         let component = f.component.clone();
         self.plan = tensors
             .into_iter()
@@ -690,8 +691,8 @@ impl StreamConverter {
         if let Some(f) = &self.st.file {
             return Err(Error::Request(format!("{} has not ended", f.path)));
         }
-        for c in COMPONENTS {
-            if !self.st.converted.iter().any(|(p, _)| p.split('/').next() == Some(c)) {
+        for c in Component::LOAD_ORDER {
+            if !self.st.converted.iter().any(|(p, _)| p.split('/').next() == Some(c.name())) {
                 return Err(Error::Weights(format!("no {c} weights were converted")));
             }
         }
