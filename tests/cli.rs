@@ -583,3 +583,51 @@ fn fuzzing_every_parser_briefly_finds_no_crash() {
     }
     assert!(report.contains("loads succeeded"), "{report}");
 }
+
+/// A file that never ends (`/dev/zero`) given as a policy, or linked in as a model's config, is
+/// refused at once with one line: whole-file reads take regular files of a bounded size only.
+#[test]
+fn endless_files_are_refused_not_read() {
+    let model = tmp("endless-model");
+    for dir in ["unet", "vae", "text_encoder", "tokenizer", "scheduler"] {
+        std::fs::create_dir_all(model.join(dir)).unwrap();
+    }
+    for f in [
+        "model_index.json",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder/config.json",
+        "text_encoder/model.fp16.safetensors",
+        "unet/diffusion_pytorch_model.safetensors",
+        "tokenizer/vocab.json",
+        "tokenizer/merges.txt",
+        "tokenizer/special_tokens_map.json",
+        "tokenizer/tokenizer_config.json",
+        "scheduler/scheduler_config.json",
+    ] {
+        std::fs::copy(fixture("tiny-sd1").join(f), model.join(f)).unwrap();
+    }
+    std::os::unix::fs::symlink("/dev/zero", model.join("unet/config.json")).unwrap();
+    let runs = [
+        cli()
+            .args(["convert", "--quant", "q4_0", "--policy", "/dev/zero", "--model"])
+            .arg(fixture("tiny-sd1"))
+            .arg("--out")
+            .arg(tmp("endless-pkg"))
+            .output()
+            .unwrap(),
+        cli()
+            .args(["generate", "--prompt", "x", "--steps", "1", "--width", "64", "--height", "64", "--model"])
+            .arg(&model)
+            .arg("--out")
+            .arg(tmp("endless.png"))
+            .output()
+            .unwrap(),
+    ];
+    for o in runs {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        let last = err.lines().last().unwrap_or("");
+        assert!(last.starts_with("error: ") && last.contains("not a regular file"), "{err}");
+    }
+}

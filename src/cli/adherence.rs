@@ -162,9 +162,10 @@ pub fn classify(rgb: &[u8], w: usize, h: usize, rule: Rule, palette: &[(String, 
 }
 
 pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
-    let set: PromptSet =
-        serde_json::from_slice(&std::fs::read(&a.prompts).with_context(|| format!("reading {}", a.prompts.display()))?)
-            .with_context(|| format!("parsing {}", a.prompts.display()))?;
+    let set: PromptSet = serde_json::from_slice(
+        &loader::read_file(&a.prompts, 64 << 20).with_context(|| format!("reading {}", a.prompts.display()))?,
+    )
+    .with_context(|| format!("parsing {}", a.prompts.display()))?;
     let palette: Vec<(String, [f64; 3])> = set.palette.into_iter().collect();
     let src = super::http::open_model(&a.model);
     let sd = webdiffusion::pipeline::generate::StableDiffusion::load(&*src, gpu, &loader::LoadOptions::new(DType::F32))

@@ -76,7 +76,9 @@ fn options(name: &str) -> Result<BenchOptions> {
     }
     let read = |c: &str| {
         let p = dir.join(c).join("config.json");
-        std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
+        webdiffusion::models::loader::read_file(&p, 16 << 20)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .with_context(|| format!("reading {}", p.display()))
     };
     Ok(BenchOptions {
         name: name.into(),

@@ -56,7 +56,9 @@ impl PieceSink for DirSink {
 pub fn policy(quant: &str, file: Option<&Path>) -> Result<QuantPolicy> {
     match file {
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let text = webdiffusion::models::loader::read_file(p, 16 << 20)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .with_context(|| format!("reading {}", p.display()))?;
             Ok(QuantPolicy::from_json(&text)?)
         }
         None => Ok(QuantPolicy::standard(StoreType::parse(quant)?)),

@@ -84,7 +84,7 @@ pub(super) fn default_scheduler(class: Option<&str>, karras: bool) -> Result<Sch
 }
 
 fn read_tensor(path: &Path, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = loader::read_file(path, 1 << 30).with_context(|| format!("reading {}", path.display()))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .with_context(|| format!("{} is not safetensors", path.display()))?;
     let t = st.tensor(name).with_context(|| format!("{} has no tensor `{name}`", path.display()))?;
@@ -137,7 +137,7 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
     let default_px = sd.unet.config.sample_size.unwrap_or(64) * factor;
     let init = match &a.init_image {
         Some(p) => {
-            let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            let bytes = loader::read_file(p, 1 << 30).with_context(|| format!("reading {}", p.display()))?;
             let (rgb, w, h) = decode_png(&bytes)?;
             Some((InitImage { rgb, strength: a.strength }, w, h))
         }

@@ -57,13 +57,39 @@ fn slice_range<'b>(all: &'b [u8], path: &str, start: u64, len: u64) -> Result<&'
 #[cfg(not(target_arch = "wasm32"))]
 pub struct DirSource(pub std::path::PathBuf);
 
+/// The most a whole-file read takes (configs, tokenizer files, a package's largest shard): a
+/// bigger file is refused before it is read, and so is anything that is not a regular file
+/// (`/dev/zero` as a config never ends).
+pub const MAX_WHOLE_FILE: u64 = 2048 << 20;
+
+/// A whole regular file of at most `max` bytes.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn read_file(path: &std::path::Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error as IoError, ErrorKind, Read};
+    let f = std::fs::File::open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(IoError::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    if meta.len() > max {
+        return Err(IoError::new(ErrorKind::InvalidData, format!("{} bytes, more than the {max} taken", meta.len())));
+    }
+    let mut out = Vec::new();
+    // `take`: a file that grows while it is read still stops at the bound.
+    f.take(max + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > max {
+        return Err(IoError::new(ErrorKind::InvalidData, format!("more than the {max} bytes taken")));
+    }
+    Ok(out)
+}
+
 #[cfg(not(target_arch = "wasm32"))]
 impl FileSource for DirSource {
     fn read(&self, path: &str) -> Result<Option<Vec<u8>>> {
-        match std::fs::read(self.0.join(path)) {
-            Ok(b) => Ok(Some(b)),
+        let full = self.0.join(path);
+        match read_file(&full, MAX_WHOLE_FILE) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::Weights(format!("reading {}: {e}", self.0.join(path).display()))),
+            r => r.map(Some).map_err(|e| Error::Weights(format!("reading {}: {e}", full.display()))),
         }
     }
 
