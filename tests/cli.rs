@@ -631,3 +631,62 @@ fn endless_files_are_refused_not_read() {
         assert!(last.starts_with("error: ") && last.contains("not a regular file"), "{err}");
     }
 }
+
+/// Found by a corpus of hostile inputs: `--out` inside the model's folder wrote the package into
+/// the input; an infinite guidance ran the whole generation to a NaN image; a missing output
+/// folder was found only after the image was made. Each is now refused up front, in one line.
+#[test]
+fn output_and_guidance_are_checked_before_any_work() {
+    let model = tmp("inside-model");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in ["model_index.json", "unet/config.json"] {
+        std::fs::create_dir_all(model.join(f).parent().unwrap()).unwrap();
+        std::fs::copy(fixture("tiny-sd1").join(f), model.join(f)).unwrap();
+    }
+    let before: Vec<_> = walk(&model);
+    let o = cli()
+        .args(["convert", "--quant", "q4_0", "--model"])
+        .arg(&model)
+        .arg("--out")
+        .arg(model.join("unet/pkg"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("inside the model's folder"), "{err}");
+    assert_eq!(walk(&model), before, "nothing was written into the model");
+
+    let gen = |extra: &[&str], out: &std::path::Path| {
+        let o = cli()
+            .args(["generate", "--prompt", "x", "--steps", "1", "--width", "64", "--height", "64", "--model"])
+            .arg(fixture("tiny-sd1"))
+            .args(extra)
+            .arg("--out")
+            .arg(out)
+            .output()
+            .unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let (code, err) = gen(&[], &tmp("no-such-folder/x.png"));
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("no-such-folder") && err.contains("does not exist"), "{err}");
+    for g in ["inf", "NaN", "1e30"] {
+        let (code, err) = gen(&["--guidance", g], &tmp("g.png"));
+        assert_eq!(code, Some(1), "{g}: {err}");
+        assert!(err.lines().last().unwrap_or("").contains("guidance must be 0 to 100"), "{g}: {err}");
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out.sort();
+    out
+}

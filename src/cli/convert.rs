@@ -74,12 +74,16 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
     if !(1..=MAX_SHARD_MIB).contains(&a.shard_mib) {
         bail!("--shard-mib {}: a shard is 1 to {MAX_SHARD_MIB} MiB", a.shard_mib);
     }
-    let same = |x: &Path, y: &Path| matches!((x.canonicalize(), y.canonicalize()), (Ok(p), Ok(q)) if p == q);
-    if same(&a.out, Path::new(&a.model)) {
-        bail!(
-            "--out {} is the model's own folder: write the package somewhere else (nothing was changed)",
-            a.out.display()
-        );
+    // The deepest part of --out that exists decides: `M/unet/pkg` is inside `M` before it exists.
+    let existing = a.out.ancestors().find(|p| p.exists()).and_then(|p| p.canonicalize().ok());
+    if let (Some(out), Ok(model)) = (existing, Path::new(&a.model).canonicalize()) {
+        if out.starts_with(&model) {
+            bail!(
+                "--out {} is inside the model's folder {}: write the package somewhere else (nothing was changed)",
+                a.out.display(),
+                a.model
+            );
+        }
     }
     let src = super::http::open_model(&a.model);
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;

@@ -103,6 +103,13 @@ fn write_latents(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
 }
 
 pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
+    // Found out before the model loads and the image is made, not after.
+    for out in [Some(&a.out), a.out_latents.as_ref()].into_iter().flatten() {
+        let dir = out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if !dir.is_dir() {
+            bail!("--out {}: the folder {} does not exist", out.display(), dir.display());
+        }
+    }
     let dtype = match a.precision.as_str() {
         "f32" => DType::F32,
         "f16" if gpu.caps().shader_f16 => DType::F16,

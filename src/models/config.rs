@@ -215,6 +215,15 @@ impl UNetConfig {
             per_block("unet", "num_attention_heads", h, 1024)?;
         }
         number("unet", "norm_eps", c.norm_eps, 0.0, 1.0)?;
+        // diffusers' SD U-Nets use 0 / 1 / 1; far outside these the model computes nothing useful.
+        number("unet", "freq_shift", c.freq_shift, -1e3, 1e3)?;
+        number("unet", "mid_block_scale_factor", c.mid_block_scale_factor, 1e-6, 1e3)?;
+        if c.downsample_padding != 1 {
+            return bad(format!(
+                "downsample_padding is {}; only 1 (what SD U-Nets use) is supported",
+                c.downsample_padding
+            ));
+        }
         if c.down_block_types.len() != n || c.up_block_types.len() != n {
             return bad("block_out_channels, down_block_types and up_block_types must have one entry per level".into());
         }
@@ -239,6 +248,15 @@ impl UNetConfig {
         }
         if c.block_out_channels.iter().any(|ch| ch % c.norm_num_groups != 0) {
             return bad("every block width must be a multiple of norm_num_groups".into());
+        }
+        for (level, &ch) in c.block_out_channels.iter().enumerate() {
+            let heads = c.heads(level);
+            // `attention_head_dim` is a head count in SD 1.x configs, a head size with
+            // `num_attention_heads`; either way it must divide the width.
+            if heads == 0 || ch % heads != 0 {
+                let key = if c.num_attention_heads.is_some() { "num_attention_heads" } else { "attention_head_dim" };
+                return bad(format!("{key} {heads} does not divide block {level}'s width {ch}"));
+            }
         }
         Ok(c)
     }
@@ -340,6 +358,11 @@ mod tests {
         let unet_err = |k: &str, v: &str| UNetConfig::from_json(&with(&unet, k, v)).unwrap_err().to_string();
         let vae_err = |k: &str, v: &str| VaeConfig::from_json(&with(&vae, k, v)).unwrap_err().to_string();
         let clip_err = |k: &str, v: &str| ClipConfig::from_json(&with(&clip, k, v)).unwrap_err().to_string();
+        // Values the U-Net would run with and compute garbage or fail deep inside an op.
+        assert!(unet_err("downsample_padding", "4294967296").contains("downsample_padding is 4294967296"));
+        assert!(unet_err("downsample_padding", "0").contains("only 1"));
+        let heads = unet_err("attention_head_dim", "3");
+        assert!(heads.contains("attention_head_dim 3 does not divide block 0's width"), "{heads}");
         for (e, key) in [
             (unet_err("norm_num_groups", "0"), "norm_num_groups is 0"),
             (unet_err("in_channels", "100000"), "in_channels is 100000"),
@@ -348,6 +371,8 @@ mod tests {
             (unet_err("attention_head_dim", "0"), "attention_head_dim is 0"),
             (unet_err("layers_per_block", "0"), "layers_per_block is 0"),
             (unet_err("norm_eps", "-1"), "norm_eps is -1"),
+            (unet_err("freq_shift", "1e30"), "freq_shift is 1000000000000000000000000000000"),
+            (unet_err("mid_block_scale_factor", "4294967296"), "mid_block_scale_factor is 4294967296"),
             (vae_err("norm_num_groups", "0"), "norm_num_groups is 0"),
             (vae_err("latent_channels", "0"), "latent_channels is 0"),
             (vae_err("scaling_factor", "0"), "scaling_factor is 0"),

@@ -18,6 +18,8 @@ use crate::models::vae::{Decoder, Encoder};
 pub const MAX_SIDE: usize = 4096;
 /// The most denoising steps a request may ask for.
 pub const MAX_STEPS: usize = 1000;
+/// Classifier-free guidance above this only saturates; the page's own limit is 30.
+pub const MAX_GUIDANCE: f32 = 100.0;
 
 /// Everything a generation needs, loaded once.
 pub struct StableDiffusion {
@@ -197,6 +199,10 @@ impl StableDiffusion {
         if req.steps == 0 || req.steps > MAX_STEPS {
             return Err(Error::Request(format!("steps must be 1 to {MAX_STEPS} (got {})", req.steps)));
         }
+        // An infinite or NaN guidance gives a NaN image after the whole run.
+        if !(req.guidance.is_finite() && (0.0..=MAX_GUIDANCE).contains(&req.guidance)) {
+            return Err(Error::Request(format!("guidance must be 0 to {MAX_GUIDANCE} (got {})", req.guidance)));
+        }
         Ok(())
     }
 
@@ -207,6 +213,8 @@ impl StableDiffusion {
         if noises != reqs.len() || latents.len() != reqs.len() {
             return Err(Error::Request(format!("{} requests but {noises} noise sources", reqs.len())));
         }
+        // First, so a NaN guidance is named as such (NaN equals nothing, not even itself).
+        self.check_request(first)?;
         let strength = |r: &Request| r.init.as_ref().map(|i| i.strength);
         let same = |r: &Request| {
             r.width == first.width
@@ -221,7 +229,6 @@ impl StableDiffusion {
                 "a batch needs one size, step count, scheduler, guidance and init-image strength".into(),
             ));
         }
-        self.check_request(first)?;
         let Some(init) = &first.init else { return Ok(0) };
         let keep = ((first.steps as f32 * init.strength) as usize).min(first.steps);
         if keep == 0 || !(0.0..=1.0).contains(&init.strength) {

@@ -118,6 +118,11 @@ impl SchedulerConfig {
         if c.trained_betas.as_ref().is_some_and(|b| b.len() != c.num_train_timesteps) {
             return Err(bad("trained_betas must have num_train_timesteps entries"));
         }
+        if let Some((i, v)) =
+            c.trained_betas.iter().flatten().enumerate().find(|(_, v)| !(v.is_finite() && **v > 0.0 && **v < 1.0))
+        {
+            return Err(bad(format!("trained_betas[{i}] is {v}; expected a number between 0 and 1")));
+        }
         for (key, v) in [("beta_start", c.beta_start), ("beta_end", c.beta_end)] {
             if !(v.is_finite() && v > 0.0 && v < 1.0) {
                 return Err(bad(format!("{key} is {v}; expected a number between 0 and 1")));

@@ -23,6 +23,7 @@ fn schedule_sizes_are_bounded() {
         (err("steps_offset", 1000.into()), "steps_offset 1000"),
         (err("beta_end", 2.0.into()), "beta_end is 2"),
         (err("trained_betas", serde_json::json!([0.1, 0.2])), "trained_betas"),
+        (err("trained_betas", serde_json::json!(vec![2.0; 1000])), "trained_betas[0] is 2"),
     ] {
         assert!(e.contains(want), "{e}");
     }
