@@ -135,15 +135,7 @@ fn kernel_policy(flag: &str) -> Result<KernelPolicy> {
             *op = KernelChoice::parse(&v).with_context(|| format!("the variable {var}"))?;
         }
     }
-    let named = KernelPolicy::parse(flag).context("--kernels")?;
-    let set = |op: &str| flag.split(',').any(|p| p.trim().starts_with(op));
-    if set("matmul") {
-        policy.matmul = named.matmul;
-    }
-    if set("conv2d") {
-        policy.conv2d = named.conv2d;
-    }
-    Ok(policy)
+    policy.with(flag).context("--kernels")
 }
 
 fn quiet_display_probe() {

@@ -82,7 +82,12 @@ pub struct KernelPolicy {
 impl KernelPolicy {
     /// `matmul=tiled,conv2d=direct:8:2` (either part may be left out: `auto`).
     pub fn parse(spec: &str) -> Result<Self> {
-        let mut policy = KernelPolicy::default();
+        KernelPolicy::default().with(spec)
+    }
+
+    /// This policy with the ops `spec` names set as it says (the others kept).
+    pub fn with(self, spec: &str) -> Result<Self> {
+        let mut policy = self;
         for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (op, choice) = part
                 .split_once('=')
@@ -124,5 +129,8 @@ mod tests {
         assert_eq!(KernelPolicy::parse("").unwrap(), KernelPolicy::default());
         assert!(KernelPolicy::parse("attention=tiled").is_err());
         assert!(KernelPolicy::parse("matmul").is_err());
+        // `with` sets what it names and keeps the rest (the CLI: variables, then the flag).
+        let base = KernelPolicy { matmul: KernelChoice::Tiled, conv2d: KernelChoice::Tiled };
+        assert_eq!(base.with("conv2d=auto").unwrap(), KernelPolicy { conv2d: KernelChoice::Auto, ..base });
     }
 }

@@ -308,6 +308,8 @@ impl StableDiffusion {
             Some(w) => Some(GpuTensor::from_f32_as(&self.gpu, &w.repeat(rows), &[rows, w.len()], self.dtype)?),
             None => None,
         };
+        // img2img starts part-way through the schedule: its first `start` steps are not run (the
+        // init image was noised to step `start` above), as diffusers' img2img pipeline does.
         for (i, &t) in timesteps.iter().enumerate().skip(start) {
             let mut input = Vec::with_capacity(rows * n);
             for (x, s) in xs.iter().zip(&schedulers) {
