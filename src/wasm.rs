@@ -445,6 +445,61 @@ pub fn schedulers() -> Result<JsValue, JsError> {
     to_js(&list)
 }
 
+/// The diffusers layout the loader reads, for the page to probe a bare folder with:
+/// `{files: [{path, required}], weights: [{component, plain, half}]}` (`plain` and `half` are
+/// the component's `.safetensors` and `.fp16.safetensors`). The page keeps no list of its own.
+#[wasm_bindgen(js_name = diffusersLayout)]
+pub fn diffusers_layout() -> Result<JsValue, JsError> {
+    use crate::models::component::{Component, SmallFile, SMALL_FILES};
+    #[derive(serde::Serialize)]
+    struct Weights {
+        component: &'static str,
+        plain: String,
+        half: String,
+    }
+    #[derive(serde::Serialize)]
+    struct Layout {
+        files: [SmallFile; SMALL_FILES.len()],
+        weights: Vec<Weights>,
+    }
+    let weights = Component::LOAD_ORDER
+        .iter()
+        .map(|&c| {
+            let [plain, half] = c.weights_files();
+            Weights { component: c.name(), plain, half }
+        })
+        .collect();
+    to_js(&Layout { files: SMALL_FILES, weights })
+}
+
+/// Incremental SHA-256 for the page's downloads: the same implementation that checks package
+/// shards in the engine, so the page carries none of its own.
+#[wasm_bindgen(js_name = Sha256)]
+pub struct JsSha256(crate::models::hash::Sha256State);
+
+#[wasm_bindgen(js_class = Sha256)]
+impl JsSha256 {
+    #[wasm_bindgen(constructor)]
+    pub fn new() -> JsSha256 {
+        JsSha256(Default::default())
+    }
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// The digest so far as lower-case hex (more bytes may still follow).
+    pub fn hex(&self) -> String {
+        self.0.hex()
+    }
+}
+
+impl Default for JsSha256 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Traps the instance, as a bug in the engine would (a panic is a trap in wasm): the test hook
 /// for the worker's recovery (the worker starts over, the page reloads the model).
 #[wasm_bindgen(js_name = testTrap)]

@@ -138,7 +138,7 @@ fn stream_package(model: &str, quant: &str, cuts: &[usize], resume_after: &[usiz
     let src = DirSource(dir(model));
     let policy = QuantPolicy::standard(StoreType::parse(quant).unwrap());
     let mut files = std::collections::BTreeMap::new();
-    for path in webdiffusion::models::convert::SMALL_FILES {
+    for path in webdiffusion::models::component::SMALL_FILES.map(|f| f.path) {
         if let Some(b) = src.read(path).unwrap() {
             files.insert(path.to_string(), String::from_utf8(b).unwrap());
         }

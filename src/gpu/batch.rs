@@ -6,12 +6,24 @@
 //! Reusing that uniform buffer for the next batch is safe: a `write_buffer` is ordered after
 //! every command buffer submitted before it, and before those submitted after it.
 
-use super::context::{lock, Gpu};
+use std::collections::HashMap;
+
+use super::kernel::Compiled;
 
 /// Dispatches per submit. Large enough to amortise submit cost, small enough that the GPU starts
 /// working while we are still recording.
 pub const MAX_DISPATCHES: usize = 64;
 
+/// What a batch has recorded and submitted since the last reset.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct BatchStats {
+    pub dispatches: u64,
+    pub submits: u64,
+    pub largest_binding: u64,
+}
+
+/// The open command encoder and the uniform slots of its dispatches. Works over the device and
+/// queue it is handed; knows nothing of pools or pipelines beyond the one it records.
 pub(crate) struct Batch {
     encoder: Option<wgpu::CommandEncoder>,
     uniforms: wgpu::Buffer,
@@ -20,11 +32,17 @@ pub(crate) struct Batch {
     dispatches: usize,
     /// `queue.write_buffer` calls since the last submit; wgpu frees their staging memory only
     /// after a submit, so bulk uploads submit every few dozen writes.
-    pub writes: usize,
+    writes: usize,
+    /// Accounting only (`GpuOptions::dry_run`): dispatches are counted, never encoded.
+    dry_run: bool,
+    /// Per-kernel `(dispatches, seconds)` when profiling: every dispatch is submitted and
+    /// waited for on its own.
+    profile: Option<HashMap<String, (u64, f64)>>,
+    stats: BatchStats,
 }
 
 impl Batch {
-    pub fn new(device: &wgpu::Device, align: u32) -> Batch {
+    pub fn new(device: &wgpu::Device, align: u32, dry_run: bool, profile: bool) -> Batch {
         let slot = align.max(256) as u64;
         Batch {
             encoder: None,
@@ -38,49 +56,50 @@ impl Batch {
             slot,
             dispatches: 0,
             writes: 0,
+            dry_run,
+            profile: (cfg!(not(target_arch = "wasm32")) && profile).then(HashMap::new),
+            stats: BatchStats::default(),
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.dispatches == 0 && self.encoder.is_none()
+    pub fn stats(&self) -> BatchStats {
+        self.stats
     }
-}
 
-/// One storage binding of a dispatch.
-#[derive(Clone)]
-pub(crate) struct Bind<'a> {
-    pub buffer: &'a wgpu::Buffer,
-    pub offset: u64,
-    pub size: u64,
-}
+    pub fn reset_stats(&mut self) {
+        self.stats = BatchStats::default();
+    }
 
-impl Gpu {
-    /// Records one compute dispatch into the open batch.
-    pub(crate) fn record(
-        &self,
-        pipeline: &wgpu::ComputePipeline,
-        layout: &wgpu::BindGroupLayout,
-        label: &str,
+    /// Kernels by total time, `(label, dispatches, seconds)`, when profiling is on.
+    pub fn profile(&self) -> Option<Vec<(String, u64, f64)>> {
+        let mut rows: Vec<_> = self.profile.as_ref()?.iter().map(|(k, (n, t))| (k.clone(), *n, *t)).collect();
+        rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+        Some(rows)
+    }
+
+    /// Records one compute dispatch: binding 0 is `params` in this dispatch's uniform slot,
+    /// then `binds` in order.
+    pub fn record(
+        &mut self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        kernel: &Compiled,
         params: &[u8],
         binds: &[Bind<'_>],
         workgroups: [u32; 3],
     ) {
-        let inner = &self.inner;
-        let mut batch = lock(&inner.batch);
-        if batch.dispatches == MAX_DISPATCHES {
-            self.submit_locked(&mut batch);
+        if self.dispatches == MAX_DISPATCHES {
+            self.submit(queue);
         }
-        let slot = batch.slot;
-        let offset = batch.dispatches as u64 * slot;
-        debug_assert!(params.len() as u64 <= slot, "kernel params over one uniform slot");
-        batch.staged.extend_from_slice(params);
-        batch.staged.resize((offset + slot) as usize, 0);
-        if inner.dry_run {
-            batch.dispatches += 1;
-            drop(batch);
-            let mut s = lock(&inner.stats);
-            s.dispatches += 1;
-            s.largest_binding = s.largest_binding.max(binds.iter().map(|b| b.size).max().unwrap_or(0));
+        let offset = self.dispatches as u64 * self.slot;
+        debug_assert!(params.len() as u64 <= self.slot, "kernel params over one uniform slot");
+        self.staged.extend_from_slice(params);
+        self.staged.resize((offset + self.slot) as usize, 0);
+        self.dispatches += 1;
+        self.stats.dispatches += 1;
+        let largest = binds.iter().map(|b| b.size).max().unwrap_or(0);
+        self.stats.largest_binding = self.stats.largest_binding.max(largest);
+        if self.dry_run {
             return;
         }
 
@@ -88,14 +107,12 @@ impl Gpu {
         entries.push(wgpu::BindGroupEntry {
             binding: 0,
             resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                buffer: &batch.uniforms,
+                buffer: &self.uniforms,
                 offset,
                 size: wgpu::BufferSize::new(params.len().max(16) as u64),
             }),
         });
-        let mut largest = 0;
         for (i, b) in binds.iter().enumerate() {
-            largest = largest.max(b.size);
             entries.push(wgpu::BindGroupEntry {
                 binding: i as u32 + 1,
                 resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -105,68 +122,70 @@ impl Gpu {
                 }),
             });
         }
-        let group = inner.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        let label = kernel.label.as_str();
+        let group = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(label),
-            layout,
+            layout: &kernel.layout,
             entries: &entries,
         });
-        let device = &inner.device;
-        let encoder = batch.encoder.get_or_insert_with(|| {
+        let encoder = self.encoder.get_or_insert_with(|| {
             device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("batch") })
         });
         {
             let mut pass =
                 encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(label), timestamp_writes: None });
-            pass.set_pipeline(pipeline);
+            pass.set_pipeline(&kernel.pipeline);
             pass.set_bind_group(0, &group, &[]);
             pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
         }
-        batch.dispatches += 1;
-        if let Some(profile) = &inner.profile {
+        if self.profile.is_some() {
             let t0 = std::time::Instant::now();
-            self.submit_locked(&mut batch);
-            let _ = inner.device.poll(wgpu::PollType::wait_indefinitely());
-            let mut p = lock(profile);
-            let e = p.entry(label.to_string()).or_insert((0, 0.0));
-            e.0 += 1;
-            e.1 += t0.elapsed().as_secs_f64();
-        }
-        drop(batch);
-        let mut s = lock(&inner.stats);
-        s.dispatches += 1;
-        s.largest_binding = s.largest_binding.max(largest);
-    }
-
-    /// Submits whatever is recorded. Cheap when nothing is.
-    pub fn flush(&self) {
-        let mut batch = lock(&self.inner.batch);
-        if !batch.is_empty() || batch.writes > 0 {
-            self.submit_locked(&mut batch);
+            self.submit(queue);
+            let _ = device.poll(wgpu::PollType::wait_indefinitely());
+            let seconds = t0.elapsed().as_secs_f64();
+            if let Some(p) = &mut self.profile {
+                let e = p.entry(kernel.label.clone()).or_insert((0, 0.0));
+                e.0 += 1;
+                e.1 += seconds;
+            }
         }
     }
 
-    fn submit_locked(&self, batch: &mut Batch) {
-        let inner = &self.inner;
-        if !batch.staged.is_empty() {
-            inner.queue.write_buffer(&batch.uniforms, 0, &batch.staged);
+    /// Submits whatever is recorded or written. Cheap when nothing is.
+    pub fn flush(&mut self, queue: &wgpu::Queue) {
+        if self.dispatches > 0 || self.encoder.is_some() || self.writes > 0 {
+            self.submit(queue);
         }
-        let buffers = batch.encoder.take().map(|e| e.finish());
-        inner.queue.submit(buffers);
-        batch.staged.clear();
-        batch.dispatches = 0;
-        batch.writes = 0;
-        lock(&inner.stats).submits += 1;
+    }
+
+    fn submit(&mut self, queue: &wgpu::Queue) {
+        if !self.staged.is_empty() {
+            queue.write_buffer(&self.uniforms, 0, &self.staged);
+        }
+        let buffers = self.encoder.take().map(|e| e.finish());
+        queue.submit(buffers);
+        self.staged.clear();
+        self.dispatches = 0;
+        self.writes = 0;
+        self.stats.submits += 1;
     }
 
     /// Writes bytes into a buffer through the queue, keeping order with recorded work: pending
     /// dispatches are submitted first, because a queue write would otherwise overtake them (and
     /// the pool may hand a buffer they still read to a new tensor).
-    pub(crate) fn write(&self, buffer: &wgpu::Buffer, offset: u64, bytes: &[u8]) {
-        let mut batch = lock(&self.inner.batch);
-        if batch.dispatches > 0 || batch.writes >= 32 {
-            self.submit_locked(&mut batch);
+    pub fn write(&mut self, queue: &wgpu::Queue, buffer: &wgpu::Buffer, offset: u64, bytes: &[u8]) {
+        if self.dispatches > 0 || self.writes >= 32 {
+            self.submit(queue);
         }
-        self.inner.queue.write_buffer(buffer, offset, bytes);
-        batch.writes += 1;
+        queue.write_buffer(buffer, offset, bytes);
+        self.writes += 1;
     }
+}
+
+/// One storage binding of a dispatch.
+#[derive(Clone)]
+pub(crate) struct Bind<'a> {
+    pub buffer: &'a wgpu::Buffer,
+    pub offset: u64,
+    pub size: u64,
 }

@@ -1,12 +1,15 @@
-//! Device set-up and the shared state every op records into: the pipeline cache, the buffer pool
-//! and the open command batch. `Gpu` is a cheap handle (an `Arc`) that tensors keep.
+//! Device set-up, and `Gpu`: the one handle (an `Arc`, cheap to clone, kept by every tensor) that
+//! composes the runtime's parts over its device: the pipeline cache (`kernel.rs`), the buffer
+//! pool (`pool.rs`) and the open command batch (`batch.rs`). Those know nothing of `Gpu` or of
+//! each other; this file is the only one that holds them together.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
-use super::batch::Batch;
-use super::kernel::PipelineCache;
+use super::batch::{Batch, Bind};
+use super::kernel::{KernelKey, PipelineCache};
+use super::lock;
 use super::policy::KernelPolicy;
-use super::pool::BufferPool;
+use super::pool::{BufferPool, PooledBuffer};
 use crate::error::{Error, Result};
 
 /// Which limits to ask the device for.
@@ -90,27 +93,26 @@ pub struct GpuStats {
     pub flops: f64,
 }
 
-pub(crate) struct GpuInner {
-    pub device: wgpu::Device,
-    pub queue: wgpu::Queue,
-    pub caps: Capabilities,
-    pub pipelines: Mutex<PipelineCache>,
-    pub pool: Mutex<BufferPool>,
-    pub batch: Mutex<Batch>,
-    pub stats: Mutex<GpuStats>,
+struct GpuInner {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    caps: Capabilities,
+    pipelines: Mutex<PipelineCache>,
+    pool: Arc<BufferPool>,
+    batch: Mutex<Batch>,
+    /// See `GpuStats::flops`.
+    flops: Mutex<f64>,
     /// Errors wgpu reported outside any scope; surfaced at the next readback.
-    pub errors: Arc<Mutex<Vec<String>>>,
-    pub lost: Arc<Mutex<Option<String>>>,
-    /// Per-kernel wall time when profiling (`GpuOptions::profile`).
-    pub profile: Option<Mutex<std::collections::HashMap<String, (u64, f64)>>>,
+    errors: Arc<Mutex<Vec<String>>>,
+    lost: Arc<Mutex<Option<String>>>,
     /// See `GpuOptions::dry_run`.
-    pub dry_run: bool,
-    pub kernels: Mutex<KernelPolicy>,
+    dry_run: bool,
+    kernels: Mutex<KernelPolicy>,
 }
 
 #[derive(Clone)]
 pub struct Gpu {
-    pub(crate) inner: Arc<GpuInner>,
+    inner: Arc<GpuInner>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -126,12 +128,6 @@ fn backends() -> wgpu::Backends {
         // GL is left out: its compute support is too thin for our kernels.
         wgpu::Backends::from_env().unwrap_or(wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12)
     }
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding one of our locks leaves plain data behind, still consistent enough
-    // to keep going (counters, free lists), so poisoning is not propagated.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Gpu {
@@ -231,19 +227,18 @@ impl Gpu {
             max_storage_buffers_per_stage: got.max_storage_buffers_per_shader_stage,
             min_uniform_offset_alignment: got.min_uniform_buffer_offset_alignment,
         };
-        let batch = Batch::new(&device, caps.min_uniform_offset_alignment);
+        let batch = Batch::new(&device, caps.min_uniform_offset_alignment, options.dry_run, options.profile);
         Ok(Gpu {
             inner: Arc::new(GpuInner {
                 device,
                 queue,
                 caps,
                 pipelines: Mutex::new(PipelineCache::default()),
-                pool: Mutex::new(BufferPool::default()),
+                pool: Arc::default(),
                 batch: Mutex::new(batch),
-                stats: Mutex::new(GpuStats::default()),
+                flops: Mutex::new(0.0),
                 errors,
                 lost,
-                profile: (cfg!(not(target_arch = "wasm32")) && options.profile).then(Mutex::default),
                 dry_run: options.dry_run,
                 kernels: Mutex::new(options.kernels),
             }),
@@ -279,32 +274,36 @@ impl Gpu {
     }
 
     pub fn stats(&self) -> GpuStats {
-        *lock(&self.inner.stats)
+        let batch = lock(&self.inner.batch).stats();
+        let memory = self.inner.pool.stats();
+        GpuStats {
+            dispatches: batch.dispatches,
+            submits: batch.submits,
+            bytes_live: memory.bytes_live,
+            bytes_pooled: memory.bytes_pooled,
+            peak_bytes: memory.peak_bytes,
+            largest_binding: batch.largest_binding,
+            largest_buffer: memory.largest_buffer,
+            flops: *lock(&self.inner.flops),
+        }
     }
 
     /// Kernels by total time, `(label, dispatches, seconds)`, when profiling is on.
     pub fn profile(&self) -> Option<Vec<(String, u64, f64)>> {
-        let p = lock(self.inner.profile.as_ref()?);
-        let mut rows: Vec<_> = p.iter().map(|(k, (n, t))| (k.clone(), *n, *t)).collect();
-        rows.sort_by(|a, b| b.2.total_cmp(&a.2));
-        Some(rows)
+        lock(&self.inner.batch).profile()
     }
 
     /// Resets the peak (to what is allocated now), the largest binding/buffer, the FLOP and the
     /// dispatch/submit counters (not the live byte count).
     pub fn reset_stats(&self) {
-        let mut s = lock(&self.inner.stats);
-        s.dispatches = 0;
-        s.submits = 0;
-        s.peak_bytes = s.bytes_live + s.bytes_pooled;
-        s.largest_binding = 0;
-        s.largest_buffer = 0;
-        s.flops = 0.0;
+        lock(&self.inner.batch).reset_stats();
+        self.inner.pool.reset_peak();
+        *lock(&self.inner.flops) = 0.0;
     }
 
     /// Adds the analytic FLOP count of a kernel about to be recorded.
     pub(crate) fn count_flops(&self, flops: f64) {
-        lock(&self.inner.stats).flops += flops;
+        *lock(&self.inner.flops) += flops;
     }
 
     /// Destroys the device under everything allocated on it, as a driver reset or the browser
@@ -334,8 +333,56 @@ impl Gpu {
 
     /// Releases pooled (currently unused) buffers back to the driver.
     pub fn trim_pool(&self) {
-        let freed = lock(&self.inner.pool).clear();
-        let mut s = lock(&self.inner.stats);
-        s.bytes_pooled = s.bytes_pooled.saturating_sub(freed);
+        self.inner.pool.clear();
+    }
+
+    /// A storage buffer of at least `bytes`, reused when possible.
+    pub(crate) fn alloc(&self, bytes: u64) -> PooledBuffer {
+        self.inner.pool.alloc(&self.inner.device, bytes, false)
+    }
+
+    /// A buffer of exactly `bytes` (rounded to 4): for tensors that live long (weights), where
+    /// the size-class rounding of `alloc` would waste up to 12.5% for nothing.
+    pub(crate) fn alloc_exact(&self, bytes: u64) -> PooledBuffer {
+        self.inner.pool.alloc(&self.inner.device, bytes, true)
+    }
+
+    /// Records one dispatch of `key` into the open batch. Binding 0 is the uniform `params`,
+    /// then `binds` in order.
+    pub(crate) fn launch(&self, key: &KernelKey, params: &[u8], binds: &[Bind<'_>], workgroups: [u32; 3]) -> Result<()> {
+        let max = self.caps().max_storage_binding;
+        if let Some(b) = binds.iter().find(|b| b.size > max) {
+            return Err(Error::BindingTooLarge { what: key.to_string(), needed: b.size, limit: max });
+        }
+        let inner = &self.inner;
+        let kernel = lock(&inner.pipelines).get(&inner.device, inner.caps.shader_f16, key)?;
+        lock(&inner.batch).record(&inner.device, &inner.queue, &kernel, params, binds, workgroups);
+        Ok(())
+    }
+
+    pub fn cached_pipelines(&self) -> usize {
+        lock(&self.inner.pipelines).len()
+    }
+
+    /// Submits whatever is recorded. Cheap when nothing is.
+    pub fn flush(&self) {
+        lock(&self.inner.batch).flush(&self.inner.queue);
+    }
+
+    /// Writes bytes into a buffer, in order with the work recorded before (see `Batch::write`).
+    pub(crate) fn write(&self, buffer: &wgpu::Buffer, offset: u64, bytes: &[u8]) {
+        lock(&self.inner.batch).write(&self.inner.queue, buffer, offset, bytes);
+    }
+
+    /// Copies `size` bytes (a multiple of 4) of `src` back, after everything recorded so far.
+    pub(crate) async fn read_buffer(&self, src: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+        self.flush();
+        super::readback::read_buffer(&self.inner.device, &self.inner.queue, src, size, || self.check()).await
+    }
+
+    /// Waits until the GPU has finished everything submitted so far (for timing).
+    pub async fn sync(&self) -> Result<()> {
+        let probe = self.alloc(4);
+        self.read_buffer(probe.buffer(), 4).await.map(|_| ())
     }
 }

@@ -6,10 +6,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use super::batch::Bind;
-use super::context::{lock, Gpu};
 use super::preprocess::preprocess;
-use super::tensor::DType;
+use super::dtype::DType;
 use crate::error::{Error, Result};
 
 /// A WGSL source from `shaders/`, named. Each op file declares its own.
@@ -66,12 +64,14 @@ impl fmt::Display for KernelKey {
     }
 }
 
+/// A built pipeline and the bind group layout the shader declares.
 pub(crate) struct Compiled {
     pub pipeline: wgpu::ComputePipeline,
     pub layout: wgpu::BindGroupLayout,
     pub label: String,
 }
 
+/// Pipelines by key, built on first use on the device it is handed.
 #[derive(Default)]
 pub(crate) struct PipelineCache {
     map: HashMap<KernelKey, Arc<Compiled>>,
@@ -81,37 +81,19 @@ impl PipelineCache {
     pub fn len(&self) -> usize {
         self.map.len()
     }
-}
 
-/// Splits a 1-D workgroup count over x and y, since one dimension stops at 65535. Kernels
-/// rebuild the linear index as `wg.x + wg.y * num_workgroups.x`.
-pub fn grid_1d(workgroups: u32) -> [u32; 3] {
-    const MAX: u32 = 65535;
-    if workgroups <= MAX {
-        [workgroups.max(1), 1, 1]
-    } else {
-        let y = workgroups.div_ceil(MAX);
-        [workgroups.div_ceil(y), y, 1]
-    }
-}
-
-impl Gpu {
-    fn pipeline(&self, key: &KernelKey) -> Result<Arc<Compiled>> {
-        if let Some(c) = lock(&self.inner.pipelines).map.get(key) {
+    /// The pipeline of `key`, built now if it is not cached. `shader_f16`: whether the device
+    /// was opened with the feature (an f16 key fails without it).
+    pub fn get(&mut self, device: &wgpu::Device, shader_f16: bool, key: &KernelKey) -> Result<Arc<Compiled>> {
+        if let Some(c) = self.map.get(key) {
             return Ok(c.clone());
         }
-        let f16 = match key.dtype {
-            DType::F16 => {
-                if !self.caps().shader_f16 {
-                    return Err(Error::MissingFeature("shader-f16"));
-                }
-                true
-            }
-            _ => false,
-        };
+        let f16 = key.dtype == DType::F16;
+        if f16 && !shader_f16 {
+            return Err(Error::MissingFeature("shader-f16"));
+        }
         let label = key.to_string();
         let source = preprocess(&label, key.shader.source, &key.defines, f16)?;
-        let device = &self.inner.device;
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(&label),
             source: wgpu::ShaderSource::Wgsl(source.into()),
@@ -126,30 +108,19 @@ impl Gpu {
         });
         let layout = pipeline.get_bind_group_layout(0);
         let compiled = Arc::new(Compiled { pipeline, layout, label });
-        lock(&self.inner.pipelines).map.insert(key.clone(), compiled.clone());
+        self.map.insert(key.clone(), compiled.clone());
         Ok(compiled)
     }
+}
 
-    /// Records one dispatch of `key`. Binding 0 is the uniform `params`, then `binds` in order.
-    pub(crate) fn launch(
-        &self,
-        key: &KernelKey,
-        params: &[u8],
-        binds: &[Bind<'_>],
-        workgroups: [u32; 3],
-    ) -> Result<()> {
-        let max = self.caps().max_storage_binding;
-        for b in binds {
-            if b.size > max {
-                return Err(Error::BindingTooLarge { what: key.to_string(), needed: b.size, limit: max });
-            }
-        }
-        let c = self.pipeline(key)?;
-        self.record(&c.pipeline, &c.layout, &c.label, params, binds, workgroups);
-        Ok(())
-    }
-
-    pub fn cached_pipelines(&self) -> usize {
-        lock(&self.inner.pipelines).len()
+/// Splits a 1-D workgroup count over x and y, since one dimension stops at 65535. Kernels
+/// rebuild the linear index as `wg.x + wg.y * num_workgroups.x`.
+pub fn grid_1d(workgroups: u32) -> [u32; 3] {
+    const MAX: u32 = 65535;
+    if workgroups <= MAX {
+        [workgroups.max(1), 1, 1]
+    } else {
+        let y = workgroups.div_ceil(MAX);
+        [workgroups.div_ceil(y), y, 1]
     }
 }

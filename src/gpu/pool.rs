@@ -6,9 +6,9 @@
 //! so that the many slightly different shapes of a U-Net share buffers.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
-use super::context::{lock, Gpu, GpuInner};
+use super::lock;
 
 pub(crate) const STORAGE_USAGE: wgpu::BufferUsages =
     wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_SRC).union(wgpu::BufferUsages::COPY_DST);
@@ -24,12 +24,92 @@ pub fn size_class(bytes: u64) -> u64 {
     bytes.div_ceil(step) * step
 }
 
+/// The pool's view of GPU memory: bytes of the buffers it created, on loan or free.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct MemoryStats {
+    pub bytes_live: u64,
+    pub bytes_pooled: u64,
+    pub peak_bytes: u64,
+    /// The largest single buffer created or reused since the last `reset_peak`.
+    pub largest_buffer: u64,
+}
+
+#[derive(Default)]
+struct Shelves {
+    free: BTreeMap<u64, Vec<wgpu::Buffer>>,
+    stats: MemoryStats,
+}
+
+/// Free storage buffers by size class, and the memory counters. Shared (an `Arc`) with every
+/// buffer on loan, which comes back on drop; knows nothing of the rest of the runtime.
 #[derive(Default)]
 pub(crate) struct BufferPool {
-    free: BTreeMap<u64, Vec<wgpu::Buffer>>,
+    shelves: Mutex<Shelves>,
 }
 
 impl BufferPool {
+    /// A storage buffer of at least `bytes`, reused when possible. `exact`: of exactly `bytes`
+    /// (rounded to 4), for tensors that live long (weights), where the size-class rounding
+    /// would waste up to 12.5% for nothing.
+    pub fn alloc(self: &Arc<Self>, device: &wgpu::Device, bytes: u64, exact: bool) -> PooledBuffer {
+        let class = if exact { (bytes.max(4) + 3) & !3 } else { size_class(bytes) };
+        let mut shelves = lock(&self.shelves);
+        let reused = shelves.take(class, exact);
+        let (buffer, class) = match reused {
+            Some((b, found)) => {
+                shelves.stats.bytes_pooled = shelves.stats.bytes_pooled.saturating_sub(found);
+                (b, found)
+            }
+            None => {
+                let b = device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("tensor"),
+                    size: class,
+                    usage: STORAGE_USAGE,
+                    mapped_at_creation: false,
+                });
+                (b, class)
+            }
+        };
+        let s = &mut shelves.stats;
+        s.bytes_live += class;
+        s.peak_bytes = s.peak_bytes.max(s.bytes_live + s.bytes_pooled);
+        s.largest_buffer = s.largest_buffer.max(class);
+        PooledBuffer { buffer: Some(buffer), len: bytes, class, home: Arc::downgrade(self) }
+    }
+
+    pub fn stats(&self) -> MemoryStats {
+        lock(&self.shelves).stats
+    }
+
+    /// Starts a new peak (at what is allocated now) and a new largest buffer.
+    pub fn reset_peak(&self) {
+        let s = &mut lock(&self.shelves).stats;
+        s.peak_bytes = s.bytes_live + s.bytes_pooled;
+        s.largest_buffer = 0;
+    }
+
+    /// Drops every pooled buffer. Handles are dropped, never `destroy`ed: a pooled buffer may
+    /// still be read by a recorded command that is not yet submitted (its tensor was freed after
+    /// recording), and wgpu frees the memory once no command needs it. (Destroying here failed
+    /// such submits with "buffer has been destroyed".)
+    pub fn clear(&self) {
+        let mut shelves = lock(&self.shelves);
+        let mut freed = 0;
+        for (class, bufs) in std::mem::take(&mut shelves.free) {
+            freed += class * bufs.len() as u64;
+        }
+        shelves.stats.bytes_pooled = shelves.stats.bytes_pooled.saturating_sub(freed);
+    }
+
+    fn give_back(&self, buffer: wgpu::Buffer, class: u64) {
+        let mut shelves = lock(&self.shelves);
+        shelves.stats.bytes_live = shelves.stats.bytes_live.saturating_sub(class);
+        shelves.stats.bytes_pooled += class;
+        shelves.free.entry(class).or_default().push(buffer);
+    }
+}
+
+impl Shelves {
     /// The smallest free buffer of at least `class` bytes and at most twice that (a binding
     /// may cover less than its buffer): freed buffers of one size serve the smaller tensors of
     /// the next layer instead of the pool growing a new size for each. Returns (buffer, its class).
@@ -37,18 +117,6 @@ impl BufferPool {
         let upper = if exact { class } else { class.saturating_mul(2) };
         let (&found, list) = self.free.range_mut(class..=upper).find(|(_, v)| !v.is_empty())?;
         list.pop().map(|b| (b, found))
-    }
-
-    /// Drops every pooled buffer; returns the bytes released. Handles are dropped, never
-    /// `destroy`ed: a pooled buffer may still be read by a recorded command that is not yet
-    /// submitted (its tensor was freed after recording), and wgpu frees the memory once no
-    /// command needs it. (Destroying here failed such submits with "buffer has been destroyed".)
-    pub fn clear(&mut self) -> u64 {
-        let mut freed = 0;
-        for (class, bufs) in std::mem::take(&mut self.free) {
-            freed += class * bufs.len() as u64;
-        }
-        freed
     }
 }
 
@@ -58,7 +126,7 @@ pub struct PooledBuffer {
     /// Bytes the tensor asked for (the buffer may be larger).
     pub len: u64,
     class: u64,
-    home: Weak<GpuInner>,
+    home: Weak<BufferPool>,
 }
 
 impl PooledBuffer {
@@ -75,53 +143,9 @@ impl PooledBuffer {
 
 impl Drop for PooledBuffer {
     fn drop(&mut self) {
-        let (Some(buf), Some(gpu)) = (self.buffer.take(), self.home.upgrade()) else {
-            return;
-        };
-        let mut stats = lock(&gpu.stats);
-        stats.bytes_live = stats.bytes_live.saturating_sub(self.class);
-        stats.bytes_pooled += self.class;
-        drop(stats);
-        lock(&gpu.pool).free.entry(self.class).or_default().push(buf);
-    }
-}
-
-impl Gpu {
-    /// A storage buffer of at least `bytes`, reused when possible.
-    pub(crate) fn alloc(&self, bytes: u64) -> PooledBuffer {
-        self.alloc_class(bytes, size_class(bytes), false)
-    }
-
-    /// A buffer of exactly `bytes` (rounded to 4): for tensors that live long (weights), where
-    /// the size-class rounding of `alloc` would waste up to 12.5% for nothing.
-    pub(crate) fn alloc_exact(&self, bytes: u64) -> PooledBuffer {
-        self.alloc_class(bytes, (bytes.max(4) + 3) & !3, true)
-    }
-
-    fn alloc_class(&self, bytes: u64, class: u64, exact: bool) -> PooledBuffer {
-        let reused = lock(&self.inner.pool).take(class, exact);
-        let (buffer, class) = match reused {
-            Some((b, found)) => {
-                let mut s = lock(&self.inner.stats);
-                s.bytes_pooled = s.bytes_pooled.saturating_sub(found);
-                (b, found)
-            }
-            None => (
-                self.inner.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("tensor"),
-                    size: class,
-                    usage: STORAGE_USAGE,
-                    mapped_at_creation: false,
-                }),
-                class,
-            ),
-        };
-        let mut s = lock(&self.inner.stats);
-        s.bytes_live += class;
-        s.peak_bytes = s.peak_bytes.max(s.bytes_live + s.bytes_pooled);
-        s.largest_buffer = s.largest_buffer.max(class);
-        drop(s);
-        PooledBuffer { buffer: Some(buffer), len: bytes, class, home: Arc::downgrade(&self.inner) }
+        if let (Some(buf), Some(pool)) = (self.buffer.take(), self.home.upgrade()) {
+            pool.give_back(buf, self.class);
+        }
     }
 }
 

@@ -50,6 +50,31 @@ impl Component {
     }
 }
 
+/// A small file of a diffusers folder, and whether a model is usable without it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct SmallFile {
+    pub path: &'static str,
+    pub required: bool,
+}
+
+const fn small(path: &'static str, required: bool) -> SmallFile {
+    SmallFile { path, required }
+}
+
+/// Every small file of the diffusers layout the loader reads (a package copies them into its
+/// manifest; the page probes a bare folder for them). The components' configs are among them.
+pub const SMALL_FILES: [SmallFile; 9] = [
+    small("model_index.json", true),
+    small("scheduler/scheduler_config.json", true),
+    small("text_encoder/config.json", true),
+    small("unet/config.json", true),
+    small("vae/config.json", true),
+    small("tokenizer/vocab.json", true),
+    small("tokenizer/merges.txt", true),
+    small("tokenizer/tokenizer_config.json", false),
+    small("tokenizer/special_tokens_map.json", false),
+];
+
 impl std::fmt::Display for Component {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
@@ -69,5 +94,13 @@ mod tests {
             assert_eq!(Component::parse(c.name()).unwrap(), c);
         }
         assert!(Component::parse("text_encoder_3").is_err());
+    }
+
+    #[test]
+    fn every_component_config_is_a_required_small_file() {
+        for c in Component::LOAD_ORDER {
+            let path = c.config_file();
+            assert!(SMALL_FILES.iter().any(|f| f.path == path && f.required), "{path} missing from SMALL_FILES");
+        }
     }
 }

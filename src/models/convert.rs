@@ -6,7 +6,7 @@
 //! quantize-on-load uses: a package loads to exactly the weights the same policy gives on load.
 //! Shard bytes leave through a `PieceSink` as they are made, so memory stays at one slice.
 
-use super::component::Component;
+use super::component::{Component, SMALL_FILES};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -24,18 +24,6 @@ use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu};
 use crate::quant::QuantPolicy;
 
-/// Small files copied verbatim into the manifest when present.
-pub const SMALL_FILES: &[&str] = &[
-    "model_index.json",
-    "scheduler/scheduler_config.json",
-    "text_encoder/config.json",
-    "unet/config.json",
-    "vae/config.json",
-    "tokenizer/vocab.json",
-    "tokenizer/merges.txt",
-    "tokenizer/tokenizer_config.json",
-    "tokenizer/special_tokens_map.json",
-];
 
 /// The tensors a component's model loads, in order, from `w` (a dry-run or synthetic cursor).
 pub fn component_accesses(component: Component, config_json: &str, w: &Weights) -> Result<Vec<Access>> {
@@ -78,7 +66,7 @@ pub fn convert(
 ) -> Result<Converted> {
     super::loader::check_index(src)?;
     let mut files = BTreeMap::new();
-    for path in SMALL_FILES {
+    for path in SMALL_FILES.map(|f| f.path) {
         if let Some(bytes) = src.read(path)? {
             let text = String::from_utf8(bytes).map_err(|_| Error::Weights(format!("{path} is not UTF-8")))?;
             files.insert(path.to_string(), text);
