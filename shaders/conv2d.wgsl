@@ -5,7 +5,7 @@
 struct Params {
     cin: u32, h: u32, w: u32, cout: u32,
     ho: u32, wo: u32, kh: u32, kw: u32,
-    stride: u32, pad: u32, K: u32, P: u32,
+    stride: u32, pad: u32, k: u32, p: u32,
     wpr: u32, _p0: u32, _p1: u32, _p2: u32,
 };
 
@@ -38,7 +38,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
     var acc: array<f32, 16>;
     for (var i = 0u; i < 16u; i++) { acc[i] = 0.0; }
 
-    for (var k0 = 0u; k0 < p.K; k0 += TK) {
+    for (var k0 = 0u; k0 < p.k; k0 += TK) {
         for (var i = 0u; i < 4u; i++) {
             let e = li + i * 256u;
             let r = e / TK;
@@ -47,9 +47,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
             let gk = k0 + kk;
             var v = 0.0;
 #if QUANT
-            if (co < p.cout && gk < p.K) { v = dequant(co * p.wpr, p.K / 32u, gk); }
+            if (co < p.cout && gk < p.k) { v = dequant(co * p.wpr, p.k / 32u, gk); }
 #else
-            if (co < p.cout && gk < p.K) { v = f32(wt[co * p.K + gk]); }
+            if (co < p.cout && gk < p.k) { v = f32(wt[co * p.k + gk]); }
 #endif
             As[kk * TM + r] = v;
         }
@@ -60,7 +60,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
             let px = px0 + cn;
             let gk = k0 + kk;
             var v = 0.0;
-            if (px < p.P && gk < p.K) {
+            if (px < p.p && gk < p.k) {
                 let ci = gk / khw;
                 let r = gk % khw;
                 let iy = i32((px / p.wo) * p.stride + r / p.kw) - i32(p.pad);
@@ -76,18 +76,18 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
         workgroupBarrier();
     }
 
-    let y_base = wg.z * p.cout * p.P;
+    let y_base = wg.z * p.cout * p.p;
     for (var i = 0u; i < 4u; i++) {
         let co = co0 + lid.y + 16u * i;
         if (co >= p.cout) { continue; }
         for (var j = 0u; j < 4u; j++) {
             let px = px0 + lid.x + 16u * j;
-            if (px >= p.P) { continue; }
+            if (px >= p.p) { continue; }
             var v = acc[i * 4u + j];
 #if BIAS
             v += f32(bias[co]);
 #endif
-            y[y_base + co * p.P + px] = T(v);
+            y[y_base + co * p.p + px] = T(v);
         }
     }
 }

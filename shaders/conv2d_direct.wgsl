@@ -12,7 +12,7 @@
 struct Params {
     cin: u32, h: u32, w: u32, cout: u32,
     ho: u32, wo: u32, kh: u32, kw: u32,
-    stride: u32, pad: u32, K: u32, P: u32,
+    stride: u32, pad: u32, k: u32, p: u32,
     wpr: u32, n: u32, s: u32, inv: u32,
 };
 
@@ -39,11 +39,11 @@ const PXB: u32 = {{PXB}}u; // output pixels per invocation: 1, 2 (P2) or 4 (P2, 
 struct Pix { xb: u32, yb: u32, oy: u32, ox: u32, ok: bool };
 
 fn pixel(g: u32) -> Pix {
-    let ok = g < p.n * p.P;
+    let ok = g < p.n * p.p;
     let gc = select(0u, g, ok);
-    let img = gc / p.P;
-    let px = gc % p.P;
-    return Pix(img * p.cin * p.h * p.w, img * p.cout * p.P + px, px / p.wo, px % p.wo, ok);
+    let img = gc / p.p;
+    let px = gc % p.p;
+    return Pix(img * p.cin * p.h * p.w, img * p.cout * p.p + px, px / p.wo, px % p.wo, ok);
 }
 
 // Input index of channel 0 under tap (ky, kx), clamped in range, and whether it is inside.
@@ -61,12 +61,12 @@ fn tap(q: Pix, ky: u32, kx: u32) -> Tap {
 // Weights of output channels c (already clamped below cout) at reduction index k.
 fn wvec(c: vec4<u32>, k: u32) -> vec4<f32> {
 #if QUANT
-    let nb = p.K / 32u;
+    let nb = p.k / 32u;
     return vec4<f32>(dequant(c.x * p.wpr, nb, k), dequant(c.y * p.wpr, nb, k),
                      dequant(c.z * p.wpr, nb, k), dequant(c.w * p.wpr, nb, k));
 #else
-    return vec4<f32>(f32(wt[c.x * p.K + k]), f32(wt[c.y * p.K + k]),
-                     f32(wt[c.z * p.K + k]), f32(wt[c.w * p.K + k]));
+    return vec4<f32>(f32(wt[c.x * p.k + k]), f32(wt[c.y * p.k + k]),
+                     f32(wt[c.z * p.k + k]), f32(wt[c.w * p.k + k]));
 #endif
 }
 
@@ -79,7 +79,7 @@ fn store(q: Pix, c: vec4<u32>, acc: vec4<f32>) {
 #if BIAS
             v += f32(bias[co]);
 #endif
-            y[q.yb + co * p.P] = T(v);
+            y[q.yb + co * p.p] = T(v);
         }
     }
 }

@@ -7,7 +7,7 @@
 // columns when a split weight is processed one chunk of rows at a time.
 
 struct Params {
-    M: u32, N: u32, K: u32, batch: u32,
+    m: u32, n: u32, k: u32, batch: u32,
     lda: u32, ldb: u32, ldc: u32, c_off: u32,
     a_bs: u32, b_bs: u32, c_bs: u32, bias_off: u32,
 };
@@ -41,7 +41,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
     var acc: array<f32, 16>;
     for (var i = 0u; i < 16u; i++) { acc[i] = 0.0; }
 
-    for (var k0 = 0u; k0 < p.K; k0 += TK) {
+    for (var k0 = 0u; k0 < p.k; k0 += TK) {
         for (var i = 0u; i < 4u; i++) {
             let e = li + i * 256u;
             let r = e / TK;
@@ -49,7 +49,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
             let gr = row0 + r;
             let gk = k0 + kk;
             var v = 0.0;
-            if (gr < p.M && gk < p.K) { v = f32(a[a_base + gr * p.lda + gk]); }
+            if (gr < p.m && gk < p.k) { v = f32(a[a_base + gr * p.lda + gk]); }
             As[kk * TM + r] = v;
         }
         for (var i = 0u; i < 4u; i++) {
@@ -60,7 +60,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
             let gn = col0 + cn;
             let gk = k0 + kk;
             var v = 0.0;
-            if (gn < p.N && gk < p.K) { v = dequant(gn * p.ldb, p.K / 32u, gk); }
+            if (gn < p.n && gk < p.k) { v = dequant(gn * p.ldb, p.k / 32u, gk); }
 #else
 #if TRANS_B
             let cn = e / TK;
@@ -68,14 +68,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
             let gn = col0 + cn;
             let gk = k0 + kk;
             var v = 0.0;
-            if (gn < p.N && gk < p.K) { v = f32(b[b_base + gn * p.ldb + gk]); }
+            if (gn < p.n && gk < p.k) { v = f32(b[b_base + gn * p.ldb + gk]); }
 #else
             let kk = e / TN;
             let cn = e % TN;
             let gn = col0 + cn;
             let gk = k0 + kk;
             var v = 0.0;
-            if (gn < p.N && gk < p.K) { v = f32(b[b_base + gk * p.ldb + gn]); }
+            if (gn < p.n && gk < p.k) { v = f32(b[b_base + gk * p.ldb + gn]); }
 #endif
 #endif
             Bs[kk * TN + cn] = v;
@@ -88,10 +88,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
     let c_base = wg.z * p.c_bs;
     for (var i = 0u; i < 4u; i++) {
         let gr = row0 + lid.y + 16u * i;
-        if (gr >= p.M) { continue; }
+        if (gr >= p.m) { continue; }
         for (var j = 0u; j < 4u; j++) {
             let gn = col0 + lid.x + 16u * j;
-            if (gn >= p.N) { continue; }
+            if (gn >= p.n) { continue; }
             var v = acc[i * 4u + j];
 #if BIAS
             v += f32(bias[p.bias_off + gn]);

@@ -12,7 +12,7 @@
 // quant word and one scale word per 4 weights. Loop iterations per invocation: K / 4.
 
 struct Params {
-    R: u32, N: u32, K4: u32, ldb: u32,
+    r: u32, n: u32, k4: u32, ldb: u32,
     ldc: u32, c_off: u32, bias_off: u32, s: u32,
     inv: u32, _p0: u32, _p1: u32, _p2: u32,
 };
@@ -39,7 +39,7 @@ fn wrow(n: u32, k4: u32) -> vec4<f32> {
 #if QUANT
     let base = n * p.ldb;
     let blk = k4 / 8u;
-    let nb = p.K4 / 8u;
+    let nb = p.k4 / 8u;
     let d = unpack2x16float(bq[base + nb * QWORDS + blk / 2u])[blk % 2u];
 #if Q8
     let w = bq[base + blk * 8u + k4 % 8u];
@@ -57,20 +57,20 @@ fn wrow(n: u32, k4: u32) -> vec4<f32> {
 }
 
 fn wmat(n0: u32, k4: u32) -> mat4x4<f32> {
-    let last = p.N - 1u;
+    let last = p.n - 1u;
     return mat4x4<f32>(wrow(min(n0, last), k4), wrow(min(n0 + 1u, last), k4),
                        wrow(min(n0 + 2u, last), k4), wrow(min(n0 + 3u, last), k4));
 }
 
 fn arow(r: u32, k4: u32) -> vec4<f32> {
-    return vec4<f32>(a[min(r, p.R - 1u) * p.K4 + k4]);
+    return vec4<f32>(a[min(r, p.r - 1u) * p.k4 + k4]);
 }
 
 fn store(r: u32, n0: u32, acc: vec4<f32>) {
-    if (r >= p.R) { return; }
+    if (r >= p.r) { return; }
     for (var j = 0u; j < 4u; j++) {
         let n = n0 + j;
-        if (n < p.N) {
+        if (n < p.n) {
             var v = acc[j];
 #if BIAS
             v += f32(bias[p.bias_off + n]);
@@ -154,7 +154,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
     var acc33 = vec4<f32>(0.0);
 #endif
 #endif
-    for (var k4 = 0u; k4 < p.K4; k4++) {
+    for (var k4 = 0u; k4 < p.k4; k4++) {
         let a0 = arow(r0, k4);
 #if R2
         let a1 = arow(r1, k4);

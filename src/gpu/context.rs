@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use super::batch::{Batch, Bind};
 use super::kernel::{KernelKey, PipelineCache};
+use super::layout::{LaunchLayout, Uniform};
 use super::lock;
 use super::policy::KernelPolicy;
 use super::pool::{BufferPool, PooledBuffer};
@@ -349,13 +350,22 @@ impl Gpu {
 
     /// Records one dispatch of `key` into the open batch. Binding 0 is the uniform `params`,
     /// then `binds` in order.
-    pub(crate) fn launch(&self, key: &KernelKey, params: &[u8], binds: &[Bind<'_>], workgroups: [u32; 3]) -> Result<()> {
+    pub(crate) fn launch<P: Uniform>(
+        &self,
+        key: &KernelKey,
+        params: &P,
+        binds: &[Bind<'_>],
+        workgroups: [u32; 3],
+    ) -> Result<()> {
         let max = self.caps().max_storage_binding;
         if let Some(b) = binds.iter().find(|b| b.size > max) {
             return Err(Error::BindingTooLarge { what: key.to_string(), needed: b.size, limit: max });
         }
         let inner = &self.inner;
-        let kernel = lock(&inner.pipelines).get(&inner.device, inner.caps.shader_f16, key)?;
+        let fields = P::fields();
+        let layout = LaunchLayout { params: &fields, params_size: std::mem::size_of::<P>(), storage: binds.len() };
+        let kernel = lock(&inner.pipelines).get(&inner.device, inner.caps.shader_f16, key, &layout)?;
+        let params = bytemuck::bytes_of(params);
         lock(&inner.batch).record(&inner.device, &inner.queue, &kernel, params, binds, workgroups);
         Ok(())
     }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
+use super::layout::LaunchLayout;
 use super::preprocess::preprocess;
 use super::dtype::DType;
 use crate::error::{Error, Result};
@@ -83,8 +84,15 @@ impl PipelineCache {
     }
 
     /// The pipeline of `key`, built now if it is not cached. `shader_f16`: whether the device
-    /// was opened with the feature (an f16 key fails without it).
-    pub fn get(&mut self, device: &wgpu::Device, shader_f16: bool, key: &KernelKey) -> Result<Arc<Compiled>> {
+    /// was opened with the feature (an f16 key fails without it). `launch` is what the caller
+    /// passes it; natively a new variant is refused unless its WGSL declares just that.
+    pub fn get(
+        &mut self,
+        device: &wgpu::Device,
+        shader_f16: bool,
+        key: &KernelKey,
+        launch: &LaunchLayout<'_>,
+    ) -> Result<Arc<Compiled>> {
         if let Some(c) = self.map.get(key) {
             return Ok(c.clone());
         }
@@ -94,6 +102,10 @@ impl PipelineCache {
         }
         let label = key.to_string();
         let source = preprocess(&label, key.shader.source, &key.defines, f16)?;
+        #[cfg(not(target_arch = "wasm32"))]
+        super::layout::check(&label, &source, launch)?;
+        #[cfg(target_arch = "wasm32")]
+        let _ = launch;
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(&label),
             source: wgpu::ShaderSource::Wgsl(source.into()),

@@ -9,6 +9,7 @@ pub mod batch;
 pub mod context;
 mod dtype;
 pub mod kernel;
+pub mod layout;
 pub mod policy;
 pub mod pool;
 pub mod preprocess;

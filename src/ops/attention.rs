@@ -1,11 +1,10 @@
 //! Flash-style scaled-dot-product attention (`shaders/attention.wgsl`): online softmax, the
 //! Nq x Nk score matrix never exists in memory.
 
-use bytemuck::{Pod, Zeroable};
-
 use super::{float_dtype, u32_of};
 use crate::error::{Error, Result};
 use crate::gpu::kernel::{KernelKey, Shader};
+use crate::gpu::layout::uniform;
 use crate::gpu::{DType, GpuTensor};
 
 const SHADER: Shader = Shader { name: "attention", source: include_str!("../../shaders/attention.wgsl") };
@@ -21,29 +20,29 @@ const TILE_BUDGET_BYTES: usize = 16 * 1024;
 /// loops; every device runs the same chunks.
 const LOOP_BUDGET: usize = 56_000;
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    nq: u32,
-    nk: u32,
-    heads: u32,
-    scale: f32,
-    q_bs: u32,
-    q_hs: u32,
-    q_rs: u32,
-    k_bs: u32,
-    k_hs: u32,
-    k_rs: u32,
-    v_bs: u32,
-    v_hs: u32,
-    v_rs: u32,
-    o_bs: u32,
-    o_hs: u32,
-    o_rs: u32,
-    k_begin: u32,
-    k_end: u32,
-    first: u32,
-    last: u32,
+uniform! {
+    struct Params {
+        nq: u32,
+        nk: u32,
+        heads: u32,
+        scale: f32,
+        q_bs: u32,
+        q_hs: u32,
+        q_rs: u32,
+        k_bs: u32,
+        k_hs: u32,
+        k_rs: u32,
+        v_bs: u32,
+        v_hs: u32,
+        v_rs: u32,
+        o_bs: u32,
+        o_hs: u32,
+        o_rs: u32,
+        k_begin: u32,
+        k_end: u32,
+        first: u32,
+        last: u32,
+    }
 }
 
 /// The kernel's compile-time shape for head dim `d`: output columns per workgroup and keys per
@@ -181,7 +180,7 @@ pub fn attention(
     // QK^T and PV; a causal mask skips about half (not subtracted: an upper bound).
     q.gpu().count_flops(4.0 * (b * heads * nq * nk * d) as f64);
     if chunks == 1 {
-        q.gpu().launch(&key, bytemuck::bytes_of(&params), &binds, grid)?;
+        q.gpu().launch(&key, &params, &binds, grid)?;
         return Ok(out);
     }
     // Per (batch, grid row, query): the unnormalised accumulator and (m, l), carried in f32 from
@@ -195,7 +194,7 @@ pub fn attention(
         params.k_end = ((c + 1) * chunk).min(nk) as u32;
         params.first = (c == 0) as u32;
         params.last = (c + 1 == chunks) as u32;
-        q.gpu().launch(&key, bytemuck::bytes_of(&params), &binds, grid)?;
+        q.gpu().launch(&key, &params, &binds, grid)?;
     }
     Ok(out)
 }

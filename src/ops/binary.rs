@@ -1,22 +1,23 @@
 //! Broadcasting add/mul (`shaders/binary.wgsl`), and the stride collapsing that lets any-rank
 //! broadcasts and permutes run as a 4-D index walk.
 
-use bytemuck::{Pod, Zeroable};
-
 use super::{elementwise_grid, float_dtype, u32_of};
 use crate::error::{Error, Result};
 use crate::gpu::kernel::{KernelKey, Shader};
+use crate::gpu::layout::uniform;
 use crate::gpu::GpuTensor;
 
 const SHADER: Shader = Shader { name: "binary", source: include_str!("../../shaders/binary.wgsl") };
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    n: u32,
-    s: [u32; 3],
-    a: [u32; 4],
-    b: [u32; 4],
+uniform! {
+    struct Params {
+        n: u32,
+        s1: u32,
+        s2: u32,
+        s3: u32,
+        a: [u32; 4],
+        b: [u32; 4],
+    }
 }
 
 /// Row-major strides of `shape` aligned to the right of `out` (numpy broadcasting); a dim of
@@ -102,14 +103,16 @@ fn binary(op: &'static str, define: &'static str, a: &GpuTensor, b: &GpuTensor) 
     let n = u32_of(op, out.numel())?;
     let params = Params {
         n,
-        s: [s4[1] as u32, s4[2] as u32, s4[3] as u32],
+        s1: s4[1] as u32,
+        s2: s4[2] as u32,
+        s3: s4[3] as u32,
         a: st[0].map(|v| v as u32),
         b: st[1].map(|v| v as u32),
     };
     let binds = [a.bind(op)?, b.bind(op)?, out.bind(op)?];
     a.gpu().launch(
         &KernelKey::new(SHADER, dtype).with(define, 1),
-        bytemuck::bytes_of(&params),
+        &params,
         &binds,
         elementwise_grid(out.numel()),
     )?;

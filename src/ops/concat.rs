@@ -1,21 +1,20 @@
 //! Concatenation along any dim of contiguous tensors (`shaders/concat.wgsl`).
 
-use bytemuck::{Pod, Zeroable};
-
 use super::{elementwise_grid, float_dtype, u32_of};
 use crate::error::{Error, Result};
 use crate::gpu::kernel::{KernelKey, Shader};
+use crate::gpu::layout::uniform;
 use crate::gpu::GpuTensor;
 
 const SHADER: Shader = Shader { name: "concat", source: include_str!("../../shaders/concat.wgsl") };
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    n: u32,
-    len: u32,
-    dst_len: u32,
-    offset: u32,
+uniform! {
+    struct Params {
+        n: u32,
+        len: u32,
+        dst_len: u32,
+        offset: u32,
+    }
 }
 
 pub fn concat(xs: &[&GpuTensor], dim: usize) -> Result<GpuTensor> {
@@ -48,7 +47,7 @@ pub fn concat(xs: &[&GpuTensor], dim: usize) -> Result<GpuTensor> {
             offset: offset as u32,
         };
         let binds = [x.bind(OP)?, out.bind(OP)?];
-        first.gpu().launch(&key, bytemuck::bytes_of(&params), &binds, elementwise_grid(outer * len))?;
+        first.gpu().launch(&key, &params, &binds, elementwise_grid(outer * len))?;
         offset += len;
     }
     Ok(out)

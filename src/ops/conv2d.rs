@@ -1,12 +1,11 @@
 //! conv2d as an implicit GEMM (`shaders/conv2d.wgsl`): any kernel size, stride and padding.
 
-use bytemuck::{Pod, Zeroable};
-
-use super::{float_dtype, u32_of};
+use super::{float_dtype, u32_of, WeightStore};
 use crate::error::{Error, Result};
 use crate::gpu::kernel::{grid_1d, KernelKey, Shader};
-use crate::gpu::GpuTensor;
-use crate::quant::{QTensor, QuantFormat};
+use crate::gpu::layout::uniform;
+use crate::gpu::{DType, GpuTensor};
+use crate::quant::QTensor;
 
 const SHADER: Shader = Shader { name: "conv2d", source: include_str!("../../shaders/conv2d.wgsl") };
 const DIRECT: Shader = Shader { name: "conv2d_direct", source: include_str!("../../shaders/conv2d_direct.wgsl") };
@@ -26,6 +25,30 @@ enum Variant {
     },
 }
 
+/// The conv2d kernels, each variant naming what its shader is compiled for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ConvKernel {
+    Tiled { bias: bool, weight: WeightStore },
+    /// `channels` x `pixels` outputs per invocation, as `direct_block` chose them.
+    Direct { bias: bool, weight: WeightStore, channels: usize, pixels: usize },
+}
+
+impl ConvKernel {
+    fn key(self, dtype: DType) -> KernelKey {
+        match self {
+            ConvKernel::Tiled { bias, weight } => weight.define(KernelKey::new(SHADER, dtype).with("BIAS", bias as u32)),
+            ConvKernel::Direct { bias, weight, channels, pixels } => weight
+                .define(KernelKey::new(DIRECT, dtype).with("BIAS", bias as u32))
+                .with("COB", channels as u32)
+                .with("G2", (channels >= 8) as u32)
+                .with("G4", (channels >= 16) as u32)
+                .with("PXB", pixels as u32)
+                .with("P2", (pixels >= 2) as u32)
+                .with("P4", (pixels >= 4) as u32),
+        }
+    }
+}
+
 /// The device's `KernelPolicy::conv2d` decides (`Auto`: `Direct` on CPU adapters).
 fn variant(x: &GpuTensor) -> Variant {
     match x.gpu().kernel_policy().conv2d.direct_block(super::cpu_adapter(x)) {
@@ -34,27 +57,27 @@ fn variant(x: &GpuTensor) -> Variant {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    cin: u32,
-    h: u32,
-    w: u32,
-    cout: u32,
-    ho: u32,
-    wo: u32,
-    kh: u32,
-    kw: u32,
-    stride: u32,
-    pad: u32,
-    k: u32,
-    p: u32,
-    wpr: u32,
-    /// Direct kernel only: batch size, pixel blocks (pixels / pixels per invocation, the stride
-    /// between an invocation's pixels) and invocations in all.
-    n: u32,
-    s: u32,
-    inv: u32,
+uniform! {
+    struct Params {
+        cin: u32,
+        h: u32,
+        w: u32,
+        cout: u32,
+        ho: u32,
+        wo: u32,
+        kh: u32,
+        kw: u32,
+        stride: u32,
+        pad: u32,
+        k: u32,
+        p: u32,
+        wpr: u32,
+        /// Direct kernel only: batch size, pixel blocks (pixels / pixels per invocation, the stride
+        /// between an invocation's pixels) and invocations in all.
+        n: u32,
+        s: u32,
+        inv: u32,
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -78,7 +101,8 @@ pub fn conv2d(x: &GpuTensor, weight: &GpuTensor, bias: Option<&GpuTensor>, cp: C
     const OP: &str = "conv2d";
     let mut ts = vec![x, weight];
     ts.extend(bias);
-    let dtype = float_dtype(OP, &ts)?;
+    // The kernel runs in the input's dtype; this refuses U32 and mixed dtypes.
+    float_dtype(OP, &ts)?;
     let (&[_, cin, h, w], &[cout, wcin, kh, kw]) = (x.shape(), weight.shape()) else {
         return Err(Error::shape(OP, format!("needs NCHW x OIHW, got {:?} x {:?}", x.shape(), weight.shape())));
     };
@@ -96,8 +120,7 @@ pub fn conv2d(x: &GpuTensor, weight: &GpuTensor, bias: Option<&GpuTensor>, cp: C
     }
     let ho = (ph - kh) / cp.stride + 1;
     let wo = (pw - kw) / cp.stride + 1;
-    let key = KernelKey::new(SHADER, dtype).with("BIAS", bias.is_some() as u32);
-    launch(key, x, weight, bias, cp, Geometry { cout, kh, kw, ho, wo, wpr: 0 })
+    launch(WeightStore::Plain, x, weight, bias, cp, Geometry { cout, kh, kw, ho, wo, wpr: 0 })
 }
 
 /// Invocations per workgroup of the direct kernel (`WG` in the shader).
@@ -132,7 +155,7 @@ struct Geometry {
 }
 
 fn launch(
-    key: KernelKey,
+    store: WeightStore,
     x: &GpuTensor,
     weight: &GpuTensor,
     bias: Option<&GpuTensor>,
@@ -167,28 +190,23 @@ fn launch(
     }
     let gpu = x.gpu();
     gpu.count_flops(2.0 * (n * cout * cin * kh * kw * ho * wo) as f64);
+    let (dtype, has_bias) = (x.dtype(), bias.is_some());
     let (key, groups) = match variant(x) {
-        Variant::Tiled => (key, [(ho * wo).div_ceil(64) as u32, cout.div_ceil(64) as u32, n as u32]),
+        Variant::Tiled => (
+            ConvKernel::Tiled { bias: has_bias, weight: store }.key(dtype),
+            [(ho * wo).div_ceil(64) as u32, cout.div_ceil(64) as u32, n as u32],
+        ),
         Variant::Direct { channels, pixels } => {
             let (channels, pixels) = direct_block(n * ho * wo, cout, channels, pixels);
             let s = (n * ho * wo).div_ceil(pixels);
             let inv = u32_of(OP, s * cout.div_ceil(channels))?;
             params.s = s as u32;
             params.inv = inv;
-            let KernelKey { dtype, defines, .. } = key;
-            let mut key = KernelKey::new(DIRECT, dtype);
-            key.defines = defines;
-            let key = key
-                .with("COB", channels as u32)
-                .with("G2", (channels >= 8) as u32)
-                .with("G4", (channels >= 16) as u32)
-                .with("PXB", pixels as u32)
-                .with("P2", (pixels >= 2) as u32)
-                .with("P4", (pixels >= 4) as u32);
+            let key = ConvKernel::Direct { bias: has_bias, weight: store, channels, pixels }.key(dtype);
             (key, grid_1d(inv.div_ceil(DIRECT_WG)))
         }
     };
-    gpu.launch(&key, bytemuck::bytes_of(&params), &binds, groups)?;
+    gpu.launch(&key, &params, &binds, groups)?;
     Ok(out)
 }
 
@@ -205,7 +223,8 @@ pub fn conv2d_quant(
     const OP: &str = "conv2d_quant";
     let mut ts = vec![x];
     ts.extend(bias);
-    let dtype = float_dtype(OP, &ts)?;
+    // The kernel runs in the input's dtype; this refuses U32 and mixed dtypes.
+    float_dtype(OP, &ts)?;
     let [_, cin, h, w] = super::nchw(x, OP)?;
     if weight.cols != cin * kh * kw || bias.is_some_and(|b| b.numel() != weight.rows) {
         return Err(Error::shape(
@@ -217,11 +236,6 @@ pub fn conv2d_quant(
     if cp.stride == 0 || ph < kh || pw < kw {
         return Err(Error::shape(OP, format!("kernel {kh}x{kw} stride {} does not fit {h}x{w}", cp.stride)));
     }
-    let key = KernelKey::new(SHADER, dtype)
-        .with("BIAS", bias.is_some() as u32)
-        .with("QUANT", 1)
-        .with("Q8", (weight.format == QuantFormat::Q8_0) as u32)
-        .with("QWORDS", weight.format.quant_words() as u32);
     let g = Geometry {
         cout: weight.rows,
         kh,
@@ -230,5 +244,5 @@ pub fn conv2d_quant(
         wo: (pw - kw) / cp.stride + 1,
         wpr: weight.format.row_words(weight.cols),
     };
-    launch(key, x, &weight.data, bias, cp, g)
+    launch(WeightStore::Quant(weight.format), x, &weight.data, bias, cp, g)
 }

@@ -1,21 +1,20 @@
 //! Embedding gather (`shaders/embedding.wgsl`), walking a table split over several bindings.
 
-use bytemuck::{Pod, Zeroable};
-
 use super::{elementwise_grid, u32_of};
 use crate::error::{Error, Result};
 use crate::gpu::kernel::{KernelKey, Shader};
+use crate::gpu::layout::uniform;
 use crate::gpu::{DType, GpuTensor};
 
 const SHADER: Shader = Shader { name: "embedding", source: include_str!("../../shaders/embedding.wgsl") };
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    n: u32,
-    d: u32,
-    row0: u32,
-    rows: u32,
+uniform! {
+    struct Params {
+        n: u32,
+        d: u32,
+        row0: u32,
+        rows: u32,
+    }
 }
 
 /// `table` [V, D] gathered at `ids` (host values, checked against V here so a bad token id is an
@@ -40,7 +39,7 @@ pub fn embedding(table: &GpuTensor, ids: &[u32]) -> Result<GpuTensor> {
         let rows = table.chunk_rows(chunk);
         let params = Params { n, d: d as u32, row0: rows.start as u32, rows: rows.len() as u32 };
         let binds = [ids_t.bind(OP)?, table.chunk_bind(chunk), out.bind(OP)?];
-        gpu.launch(&key, bytemuck::bytes_of(&params), &binds, elementwise_grid(out.numel()))?;
+        gpu.launch(&key, &params, &binds, elementwise_grid(out.numel()))?;
     }
     Ok(out)
 }

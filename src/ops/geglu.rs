@@ -1,20 +1,19 @@
 //! GEGLU gating (`shaders/geglu.wgsl`).
 
-use bytemuck::{Pod, Zeroable};
-
 use super::{elementwise_grid, float_dtype, u32_of};
 use crate::error::{Error, Result};
 use crate::gpu::kernel::{KernelKey, Shader};
+use crate::gpu::layout::uniform;
 use crate::gpu::GpuTensor;
 
 const SHADER: Shader = Shader { name: "geglu", source: include_str!("../../shaders/geglu.wgsl") };
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    n: u32,
-    d: u32,
-    pad: [u32; 2],
+uniform! {
+    struct Params {
+        n: u32,
+        d: u32,
+        pad: [u32; 2],
+    }
 }
 
 /// `x` [.., 2D] = [hidden | gate] -> hidden * gelu(gate), [.., D].
@@ -32,7 +31,7 @@ pub fn geglu(x: &GpuTensor) -> Result<GpuTensor> {
     let binds = [x.bind(OP)?, out.bind(OP)?];
     x.gpu().launch(
         &KernelKey::new(SHADER, dtype),
-        bytemuck::bytes_of(&params),
+        &params,
         &binds,
         elementwise_grid(out.numel()),
     )?;

@@ -1,21 +1,20 @@
 //! GroupNorm, optionally fused with SiLU (`shaders/group_norm.wgsl`).
 
-use bytemuck::{Pod, Zeroable};
-
 use super::float_dtype;
 use crate::error::{Error, Result};
 use crate::gpu::kernel::{KernelKey, Shader};
+use crate::gpu::layout::uniform;
 use crate::gpu::GpuTensor;
 
 const SHADER: Shader = Shader { name: "group_norm", source: include_str!("../../shaders/group_norm.wgsl") };
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    c: u32,
-    s: u32,
-    groups: u32,
-    eps: f32,
+uniform! {
+    struct Params {
+        c: u32,
+        s: u32,
+        groups: u32,
+        eps: f32,
+    }
 }
 
 /// `x` [N, C, ...] normalised over groups of C/`groups` channels, then `gamma`/`beta` per
@@ -45,6 +44,6 @@ pub fn group_norm(
     let params = Params { c: c as u32, s: s as u32, groups: groups as u32, eps };
     let key = KernelKey::new(SHADER, dtype).with("SILU", silu as u32);
     let binds = [x.bind(OP)?, gamma.bind(OP)?, beta.bind(OP)?, out.bind(OP)?];
-    x.gpu().launch(&key, bytemuck::bytes_of(&params), &binds, [groups as u32, n as u32, 1])?;
+    x.gpu().launch(&key, &params, &binds, [groups as u32, n as u32, 1])?;
     Ok(out)
 }

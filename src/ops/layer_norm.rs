@@ -1,21 +1,20 @@
 //! LayerNorm over the last dimension (`shaders/layer_norm.wgsl`).
 
-use bytemuck::{Pod, Zeroable};
-
 use super::{float_dtype, u32_of};
 use crate::error::{Error, Result};
 use crate::gpu::kernel::{grid_1d, KernelKey, Shader};
+use crate::gpu::layout::uniform;
 use crate::gpu::GpuTensor;
 
 const SHADER: Shader = Shader { name: "layer_norm", source: include_str!("../../shaders/layer_norm.wgsl") };
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    rows: u32,
-    d: u32,
-    eps: f32,
-    pad: u32,
+uniform! {
+    struct Params {
+        rows: u32,
+        d: u32,
+        eps: f32,
+        pad: u32,
+    }
 }
 
 pub fn layer_norm(x: &GpuTensor, gamma: &GpuTensor, beta: &GpuTensor, eps: f32) -> Result<GpuTensor> {
@@ -29,6 +28,6 @@ pub fn layer_norm(x: &GpuTensor, gamma: &GpuTensor, beta: &GpuTensor, eps: f32) 
     let out = GpuTensor::empty(x.gpu(), x.shape(), dtype)?;
     let params = Params { rows: u32_of(OP, rows)?, d: d as u32, eps, pad: 0 };
     let binds = [x.bind(OP)?, gamma.bind(OP)?, beta.bind(OP)?, out.bind(OP)?];
-    x.gpu().launch(&KernelKey::new(SHADER, dtype), bytemuck::bytes_of(&params), &binds, grid_1d(rows as u32))?;
+    x.gpu().launch(&KernelKey::new(SHADER, dtype), &params, &binds, grid_1d(rows as u32))?;
     Ok(out)
 }

@@ -1,12 +1,11 @@
 //! Batched matmul with optional transposed right operand and fused bias (`shaders/matmul.wgsl`).
 
-use bytemuck::{Pod, Zeroable};
-
-use super::{float_dtype, u32_of};
+use super::{float_dtype, u32_of, WeightStore};
 use crate::error::{Error, Result};
 use crate::gpu::kernel::{KernelKey, Shader};
-use crate::gpu::GpuTensor;
-use crate::quant::{QTensor, QuantFormat};
+use crate::gpu::layout::uniform;
+use crate::gpu::{DType, GpuTensor};
+use crate::quant::QTensor;
 
 const SHADER: Shader = Shader { name: "matmul", source: include_str!("../../shaders/matmul.wgsl") };
 const DIRECT: Shader = Shader { name: "matmul_direct", source: include_str!("../../shaders/matmul_direct.wgsl") };
@@ -21,19 +20,47 @@ fn variant(a: &GpuTensor) -> Option<(usize, usize)> {
     a.gpu().kernel_policy().matmul.direct_block(super::cpu_adapter(a))
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct DirectParams {
-    r: u32,
-    n: u32,
-    k4: u32,
-    ldb: u32,
-    ldc: u32,
-    c_off: u32,
-    bias_off: u32,
-    s: u32,
-    inv: u32,
-    pad: [u32; 3],
+/// The matmul kernels, each variant naming what its shader is compiled for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MatmulKernel {
+    /// 64x64 output tiles staged through workgroup memory (real GPUs).
+    Tiled { trans_b: bool, bias: bool, weight: WeightStore },
+    /// No workgroup memory or barriers, `cols` x `rows` outputs per invocation (CPU adapters);
+    /// only for a transposed weight shared by the batch.
+    Direct { bias: bool, weight: WeightStore, cols: usize, rows: usize },
+}
+
+impl MatmulKernel {
+    fn key(self, dtype: DType) -> KernelKey {
+        match self {
+            MatmulKernel::Tiled { trans_b, bias, weight } => {
+                weight.define(KernelKey::new(SHADER, dtype).with("TRANS_B", trans_b as u32).with("BIAS", bias as u32))
+            }
+            MatmulKernel::Direct { bias, weight, cols, rows } => weight
+                .define(KernelKey::new(DIRECT, dtype).with("BIAS", bias as u32))
+                .with("CB", cols as u32)
+                .with("C8", (cols >= 8) as u32)
+                .with("C16", (cols >= 16) as u32)
+                .with("RB", rows as u32)
+                .with("R2", (rows >= 2) as u32)
+                .with("R4", (rows >= 4) as u32),
+        }
+    }
+}
+
+uniform! {
+    struct DirectParams {
+        r: u32,
+        n: u32,
+        k4: u32,
+        ldb: u32,
+        ldc: u32,
+        c_off: u32,
+        bias_off: u32,
+        s: u32,
+        inv: u32,
+        pad: [u32; 3],
+    }
 }
 
 /// Invocations per workgroup of the direct kernel (`WG` in the shader).
@@ -57,21 +84,21 @@ fn direct_block(rows: usize, cols: usize, want: (usize, usize)) -> (usize, usize
         .unwrap_or((4, 1))
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    batch: u32,
-    lda: u32,
-    ldb: u32,
-    ldc: u32,
-    c_off: u32,
-    a_bs: u32,
-    b_bs: u32,
-    c_bs: u32,
-    bias_off: u32,
+uniform! {
+    struct Params {
+        m: u32,
+        n: u32,
+        k: u32,
+        batch: u32,
+        lda: u32,
+        ldb: u32,
+        ldc: u32,
+        c_off: u32,
+        a_bs: u32,
+        b_bs: u32,
+        c_bs: u32,
+        bias_off: u32,
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -116,13 +143,13 @@ pub fn matmul(a: &GpuTensor, b: &GpuTensor, bias: Option<&GpuTensor>, spec: Matm
     if b.num_chunks() > 1 && !(spec.trans_b && b.rank() == 2) {
         return Err(Error::shape(OP, "only a 2-D transposed weight may be split over bindings"));
     }
-    let key = KernelKey::new(SHADER, dtype).with("TRANS_B", spec.trans_b as u32).with("BIAS", bias.is_some() as u32);
     let ldb = if spec.trans_b { k } else { n };
     let b_bs = if b_batch == 1 { 0 } else { k * n };
-    dispatch(&key, a, b, bias, Dims { m, n, k, batch, ldb, b_bs })
+    dispatch(WeightStore::Plain, spec.trans_b, a, b, bias, Dims { dtype, m, n, k, batch, ldb, b_bs })
 }
 
 struct Dims {
+    dtype: DType,
     m: usize,
     n: usize,
     k: usize,
@@ -132,9 +159,16 @@ struct Dims {
 }
 
 /// One dispatch per chunk of `b`'s rows (a split transposed weight gives output column slices).
-fn dispatch(key: &KernelKey, a: &GpuTensor, b: &GpuTensor, bias: Option<&GpuTensor>, d: Dims) -> Result<GpuTensor> {
+fn dispatch(
+    weight: WeightStore,
+    trans_b: bool,
+    a: &GpuTensor,
+    b: &GpuTensor,
+    bias: Option<&GpuTensor>,
+    d: Dims,
+) -> Result<GpuTensor> {
     const OP: &str = "matmul";
-    let Dims { m, n, k, batch, ldb, b_bs } = d;
+    let Dims { dtype, m, n, k, batch, ldb, b_bs } = d;
     let mut out_shape = a.shape()[..a.rank() - 2].to_vec();
     out_shape.extend([m, n]);
     let out = GpuTensor::empty(a.gpu(), &out_shape, a.dtype())?;
@@ -142,12 +176,12 @@ fn dispatch(key: &KernelKey, a: &GpuTensor, b: &GpuTensor, bias: Option<&GpuTens
     let c_bind = out.bind(OP)?;
     let bias_bind = bias.map(|t| t.bind(OP)).transpose()?;
     a.gpu().count_flops(2.0 * (batch * m * n * k) as f64);
-    let trans = key.defines.iter().any(|&(k, v)| k == "TRANS_B" && v == 1);
-    let direct = variant(a).filter(|_| trans && b_bs == 0 && k % 4 == 0);
+    let direct = variant(a).filter(|_| trans_b && b_bs == 0 && k % 4 == 0);
     if let Some(want) = direct {
-        let quant = key.defines.iter().any(|&(k, v)| k == "QUANT" && v == 1);
+        let quant = weight != WeightStore::Plain;
         let rows_all = batch * m;
         let (cb, rb) = direct_block(rows_all, n, want);
+        let key = MatmulKernel::Direct { bias: bias.is_some(), weight, cols: cb, rows: rb }.key(dtype);
         let s = rows_all.div_ceil(rb);
         for chunk in 0..b.num_chunks() {
             let rows = if b.num_chunks() > 1 { b.chunk_rows(chunk) } else { 0..n };
@@ -164,22 +198,14 @@ fn dispatch(key: &KernelKey, a: &GpuTensor, b: &GpuTensor, bias: Option<&GpuTens
                 inv: 0,
                 pad: [0; 3],
             };
-            let mut dkey = KernelKey::new(DIRECT, key.dtype);
-            dkey.defines = key.defines.iter().filter(|(k, _)| *k != "TRANS_B").cloned().collect();
-            let dkey = dkey
-                .with("CB", cb as u32)
-                .with("C8", (cb >= 8) as u32)
-                .with("C16", (cb >= 16) as u32)
-                .with("RB", rb as u32)
-                .with("R2", (rb >= 2) as u32)
-                .with("R4", (rb >= 4) as u32);
             let mut binds = vec![a_bind.clone(), b.chunk_bind(chunk), c_bind.clone()];
             binds.extend(bias_bind.clone());
             let row_groups = u32_of(OP, s.div_ceil(DIRECT_WG))?;
-            a.gpu().launch(&dkey, bytemuck::bytes_of(&params), &binds, [row_groups, col_groups, 1])?;
+            a.gpu().launch(&key, &params, &binds, [row_groups, col_groups, 1])?;
         }
         return Ok(out);
     }
+    let key = MatmulKernel::Tiled { trans_b, bias: bias.is_some(), weight }.key(dtype);
     for chunk in 0..b.num_chunks() {
         let rows = if b.num_chunks() > 1 { b.chunk_rows(chunk) } else { 0..n };
         let params = Params {
@@ -199,7 +225,7 @@ fn dispatch(key: &KernelKey, a: &GpuTensor, b: &GpuTensor, bias: Option<&GpuTens
         let mut binds = vec![a_bind.clone(), b.chunk_bind(chunk), c_bind.clone()];
         binds.extend(bias_bind.clone());
         let groups = [rows.len().div_ceil(64) as u32, m.div_ceil(64) as u32, batch as u32];
-        a.gpu().launch(key, bytemuck::bytes_of(&params), &binds, groups)?;
+        a.gpu().launch(&key, &params, &binds, groups)?;
     }
     Ok(out)
 }
@@ -219,14 +245,9 @@ pub fn matmul_quant(a: &GpuTensor, w: &QTensor, bias: Option<&GpuTensor>) -> Res
         return Err(Error::shape(OP, format!("bias for {} output columns", w.rows)));
     }
     let (m, batch) = (a.dim(a.rank() - 2), a.numel() / (a.dim(a.rank() - 2) * k).max(1));
-    let key = KernelKey::new(SHADER, dtype)
-        .with("TRANS_B", 1)
-        .with("BIAS", bias.is_some() as u32)
-        .with("QUANT", 1)
-        .with("Q8", (w.format == QuantFormat::Q8_0) as u32)
-        .with("QWORDS", w.format.quant_words() as u32);
     let ldb = w.format.row_words(w.cols);
-    dispatch(&key, a, &w.data, bias, Dims { m, n: w.rows, k, batch, ldb, b_bs: 0 })
+    let dims = Dims { dtype, m, n: w.rows, k, batch, ldb, b_bs: 0 };
+    dispatch(WeightStore::Quant(w.format), true, a, &w.data, bias, dims)
 }
 
 /// nn.Linear: `x` [.., K] x `weight` [N, K]^T + `bias`.

@@ -32,8 +32,9 @@ pub use unary::{affine, clamp, gelu, gelu_quick, silu};
 pub use upsample::upsample_nearest2x;
 
 use crate::error::{Error, Result};
-use crate::gpu::kernel::grid_1d;
+use crate::gpu::kernel::{grid_1d, KernelKey};
 use crate::gpu::{DType, GpuTensor};
+use crate::quant::QuantFormat;
 
 /// Checks that all inputs share one float dtype and returns it.
 fn float_dtype(op: &'static str, ts: &[&GpuTensor]) -> Result<DType> {
@@ -48,6 +49,26 @@ fn float_dtype(op: &'static str, ts: &[&GpuTensor]) -> Result<DType> {
 }
 
 /// Whether kernels should default to their direct (barrier-free) variants: CPU adapters.
+/// How a matmul's or conv's weight is stored, as its kernels see it: plain floats, or quantized
+/// blocks dequantized while they are staged (`QUANT`, with the format's defines).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WeightStore {
+    Plain,
+    Quant(QuantFormat),
+}
+
+impl WeightStore {
+    fn define(self, key: KernelKey) -> KernelKey {
+        match self {
+            WeightStore::Plain => key,
+            WeightStore::Quant(f) => key
+                .with("QUANT", 1)
+                .with("Q8", (f == QuantFormat::Q8_0) as u32)
+                .with("QWORDS", f.quant_words() as u32),
+        }
+    }
+}
+
 fn cpu_adapter(t: &GpuTensor) -> bool {
     t.gpu().caps().device_type == "Cpu"
 }

@@ -1,24 +1,25 @@
 //! Strided copies into a new contiguous tensor (`shaders/permute.wgsl`): dim permutations and
 //! narrowing along a dim.
 
-use bytemuck::{Pod, Zeroable};
-
 use super::binary::collapse4;
 use super::{elementwise_grid, u32_of};
 use crate::error::{Error, Result};
 use crate::gpu::kernel::{KernelKey, Shader};
+use crate::gpu::layout::uniform;
 use crate::gpu::{DType, GpuTensor};
 
 const SHADER: Shader = Shader { name: "permute", source: include_str!("../../shaders/permute.wgsl") };
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    n: u32,
-    s: [u32; 3],
-    x: [u32; 4],
-    off: u32,
-    pad: [u32; 3],
+uniform! {
+    struct Params {
+        n: u32,
+        s1: u32,
+        s2: u32,
+        s3: u32,
+        x: [u32; 4],
+        off: u32,
+        pad: [u32; 3],
+    }
 }
 
 fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
@@ -61,7 +62,9 @@ fn strided_copy(op: &'static str, x: &GpuTensor, shape: &[usize], strides: &[usi
     let out = GpuTensor::empty(x.gpu(), shape, x.dtype())?;
     let params = Params {
         n: u32_of(op, out.numel())?,
-        s: [s4[1] as u32, s4[2] as u32, s4[3] as u32],
+        s1: s4[1] as u32,
+        s2: s4[2] as u32,
+        s3: s4[3] as u32,
         x: st[0].map(|v| v as u32),
         off: u32_of(op, off)?,
         pad: [0; 3],
@@ -71,7 +74,7 @@ fn strided_copy(op: &'static str, x: &GpuTensor, shape: &[usize], strides: &[usi
     let binds = [x.bind(op)?, out.bind(op)?];
     x.gpu().launch(
         &KernelKey::new(SHADER, dtype),
-        bytemuck::bytes_of(&params),
+        &params,
         &binds,
         elementwise_grid(out.numel()),
     )?;

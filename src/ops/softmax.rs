@@ -1,21 +1,20 @@
 //! Softmax over the last dimension, of `scale * x` (`shaders/softmax.wgsl`).
 
-use bytemuck::{Pod, Zeroable};
-
 use super::{float_dtype, u32_of};
 use crate::error::{Error, Result};
 use crate::gpu::kernel::{grid_1d, KernelKey, Shader};
+use crate::gpu::layout::uniform;
 use crate::gpu::GpuTensor;
 
 const SHADER: Shader = Shader { name: "softmax", source: include_str!("../../shaders/softmax.wgsl") };
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    rows: u32,
-    d: u32,
-    scale: f32,
-    pad: u32,
+uniform! {
+    struct Params {
+        rows: u32,
+        d: u32,
+        scale: f32,
+        pad: u32,
+    }
 }
 
 pub fn softmax(x: &GpuTensor, scale: f32) -> Result<GpuTensor> {
@@ -26,6 +25,6 @@ pub fn softmax(x: &GpuTensor, scale: f32) -> Result<GpuTensor> {
     let out = GpuTensor::empty(x.gpu(), x.shape(), dtype)?;
     let params = Params { rows: u32_of(OP, rows)?, d: d as u32, scale, pad: 0 };
     let binds = [x.bind(OP)?, out.bind(OP)?];
-    x.gpu().launch(&KernelKey::new(SHADER, dtype), bytemuck::bytes_of(&params), &binds, grid_1d(rows as u32))?;
+    x.gpu().launch(&KernelKey::new(SHADER, dtype), &params, &binds, grid_1d(rows as u32))?;
     Ok(out)
 }

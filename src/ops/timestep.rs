@@ -1,23 +1,22 @@
 //! Sinusoidal timestep embedding (`shaders/timestep_embedding.wgsl`), as diffusers'
 //! `get_timestep_embedding` with scale 1 and max_period 10000.
 
-use bytemuck::{Pod, Zeroable};
-
 use super::{elementwise_grid, u32_of};
 use crate::error::{Error, Result};
 use crate::gpu::kernel::{KernelKey, Shader};
+use crate::gpu::layout::uniform;
 use crate::gpu::{DType, Gpu, GpuTensor};
 
 const SHADER: Shader =
     Shader { name: "timestep_embedding", source: include_str!("../../shaders/timestep_embedding.wgsl") };
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    n: u32,
-    dim: u32,
-    half_dim: u32,
-    pad: u32,
+uniform! {
+    struct Params {
+        n: u32,
+        dim: u32,
+        half_dim: u32,
+        pad: u32,
+    }
 }
 
 /// exp(-ln(10000) * j / (half - shift)) for j < half, in f32 operation order as torch computes.
@@ -47,6 +46,6 @@ pub fn timestep_embedding(
     let params = Params { n: u32_of(OP, out.numel())?, dim: dim as u32, half_dim: (dim / 2) as u32, pad: 0 };
     let key = KernelKey::new(SHADER, dtype).with("FLIP", flip_sin_to_cos as u32);
     let binds = [t.bind(OP)?, f.bind(OP)?, out.bind(OP)?];
-    gpu.launch(&key, bytemuck::bytes_of(&params), &binds, elementwise_grid(out.numel()))?;
+    gpu.launch(&key, &params, &binds, elementwise_grid(out.numel()))?;
     Ok(out)
 }

@@ -1,21 +1,20 @@
 //! Elementwise activations and affine maps (`shaders/unary.wgsl`).
 
-use bytemuck::{Pod, Zeroable};
-
 use super::{elementwise_grid, float_dtype, u32_of};
 use crate::error::Result;
 use crate::gpu::kernel::{KernelKey, Shader};
+use crate::gpu::layout::uniform;
 use crate::gpu::GpuTensor;
 
 const SHADER: Shader = Shader { name: "unary", source: include_str!("../../shaders/unary.wgsl") };
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    n: u32,
-    alpha: f32,
-    beta: f32,
-    pad: u32,
+uniform! {
+    struct Params {
+        n: u32,
+        alpha: f32,
+        beta: f32,
+        pad: u32,
+    }
 }
 
 fn unary(op: &'static str, define: &'static str, x: &GpuTensor, alpha: f32, beta: f32) -> Result<GpuTensor> {
@@ -25,7 +24,7 @@ fn unary(op: &'static str, define: &'static str, x: &GpuTensor, alpha: f32, beta
     let binds = [x.bind(op)?, out.bind(op)?];
     x.gpu().launch(
         &KernelKey::new(SHADER, dtype).with(define, 1),
-        bytemuck::bytes_of(&params),
+        &params,
         &binds,
         elementwise_grid(x.numel()),
     )?;

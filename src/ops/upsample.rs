@@ -1,21 +1,20 @@
 //! Nearest 2x upsampling (`shaders/upsample_nearest.wgsl`).
 
-use bytemuck::{Pod, Zeroable};
-
 use super::{elementwise_grid, float_dtype, u32_of};
 use crate::error::{Error, Result};
 use crate::gpu::kernel::{KernelKey, Shader};
+use crate::gpu::layout::uniform;
 use crate::gpu::GpuTensor;
 
 const SHADER: Shader = Shader { name: "upsample_nearest", source: include_str!("../../shaders/upsample_nearest.wgsl") };
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    n: u32,
-    h: u32,
-    w: u32,
-    pad: u32,
+uniform! {
+    struct Params {
+        n: u32,
+        h: u32,
+        w: u32,
+        pad: u32,
+    }
 }
 
 /// [N, C, H, W] -> [N, C, 2H, 2W].
@@ -30,7 +29,7 @@ pub fn upsample_nearest2x(x: &GpuTensor) -> Result<GpuTensor> {
     let binds = [x.bind(OP)?, out.bind(OP)?];
     x.gpu().launch(
         &KernelKey::new(SHADER, dtype),
-        bytemuck::bytes_of(&params),
+        &params,
         &binds,
         elementwise_grid(out.numel()),
     )?;
