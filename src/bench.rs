@@ -14,7 +14,7 @@ use crate::models::config::{ClipConfig, UNetConfig, VaeConfig};
 use crate::models::loader::LoadOptions;
 use crate::models::unet::UNet;
 use crate::models::vae::Decoder;
-use crate::models::weights::{Access, Weights};
+use crate::models::weights::{Access, Rounding, Weights};
 use crate::pipeline::rng::NormalRng;
 use crate::pipeline::vae_tiling::{self, VaeTiling};
 use crate::quant::{QuantPolicy, StoreType};
@@ -187,8 +187,12 @@ pub async fn run(gpu: &Gpu, o: &BenchOptions) -> Result<Report> {
     if o.size == 0 || o.size % f != 0 {
         return Err(bad(format!("the size must be a positive multiple of {f}")));
     }
-    let opts = LoadOptions { quant: Some(Arc::new(QuantPolicy::standard(store))), ..LoadOptions::new(dtype) };
-    let synth = |component: &str| opts.apply(Weights::synthetic(gpu, dtype, 0, false).fast_quantization(), component);
+    let opts = LoadOptions {
+        quant: Some(Arc::new(QuantPolicy::standard(store))),
+        rounding: Rounding::Nearest,
+        ..LoadOptions::new(dtype)
+    };
+    let synth = |component: &str| opts.apply(Weights::synthetic(gpu, dtype, 0), component);
 
     // Load as the app does: everything up front (components in package order).
     let t0 = now_ms();

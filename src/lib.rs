@@ -10,6 +10,7 @@ pub mod models;
 pub mod ops;
 pub mod pipeline;
 pub mod quant;
+pub mod random;
 pub mod selftest;
 
 #[cfg(target_arch = "wasm32")]

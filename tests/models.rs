@@ -131,7 +131,7 @@ fn missing_and_misshapen_tensors_are_named() {
     assert!(err.contains("conv_in.weight") && err.contains("[16, 4, 3, 3]"), "{err}");
     let err = w.get("down_blocks.9.resnets.0.conv1.weight", &[1]).unwrap_err().to_string();
     assert!(err.contains("down_blocks.9.resnets.0.conv1.weight") && err.contains("missing"), "{err}");
-    let err = match webdiffusion::models::weights::SafeTensorsBytes::new(vec![1, 2, 3], "broken.safetensors") {
+    let err = match webdiffusion::models::sources::SafeTensorsBytes::new(vec![1, 2, 3], "broken.safetensors") {
         Ok(_) => panic!("garbage parsed"),
         Err(e) => e.to_string(),
     };

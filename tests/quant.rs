@@ -9,7 +9,7 @@ use common::{compare, gpu, to_vec, tolerance};
 use webdiffusion::gpu::{DType, Gpu, GpuOptions, GpuTensor};
 use webdiffusion::ops::{self, Conv2dParams};
 use webdiffusion::quant::{self, QTensor, QuantFormat};
-use webdiffusion::selftest::random_values;
+use webdiffusion::random::random_values;
 
 const FORMATS: [(QuantFormat, GgmlDType); 2] =
     [(QuantFormat::Q8_0, GgmlDType::Q8_0), (QuantFormat::Q4_0, GgmlDType::Q4_0)];

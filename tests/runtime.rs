@@ -7,7 +7,7 @@ use candle_core::{Device, Tensor};
 use common::{compare, gpu, to_vec, tolerance};
 use webdiffusion::gpu::{DType, Gpu, GpuOptions, GpuTensor, KernelChoice, KernelPolicy};
 use webdiffusion::ops::{self, MatmulSpec};
-use webdiffusion::selftest::random_values;
+use webdiffusion::random::random_values;
 use webdiffusion::Error;
 
 #[test]

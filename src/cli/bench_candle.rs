@@ -12,7 +12,8 @@ use candle_transformers::models::stable_diffusion::unet_2d::{
 };
 use serde::Serialize;
 use webdiffusion::models::config::UNetConfig;
-use webdiffusion::models::weights::{synthetic_values, Access};
+use webdiffusion::models::sources::synthetic_values;
+use webdiffusion::models::weights::Access;
 
 #[derive(Serialize, Debug)]
 pub struct CandleReport {

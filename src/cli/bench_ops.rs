@@ -5,7 +5,7 @@ use std::time::Instant;
 use anyhow::Result;
 use webdiffusion::gpu::{DType, Gpu, GpuTensor, KernelChoice, KernelPolicy};
 use webdiffusion::ops;
-use webdiffusion::selftest::random_values;
+use webdiffusion::random::random_values;
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -129,7 +129,7 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
         (None, None) => None,
         (q, p) => Some(std::sync::Arc::new(super::convert::policy(q.as_deref().unwrap_or("q8_0"), p.as_deref())?)),
     };
-    let opts = loader::LoadOptions { dtype, quant, with_encoder: a.init_image.is_some() };
+    let opts = loader::LoadOptions { quant, with_encoder: a.init_image.is_some(), ..loader::LoadOptions::new(dtype) };
     let sd = webdiffusion::pipeline::generate::StableDiffusion::load(&*src, gpu, &opts)
         .with_context(|| format!("loading {}", a.model))?;
     eprintln!("loaded {} ({dtype}) in {:.1} s", a.model, t0.elapsed().as_secs_f64());

@@ -82,9 +82,10 @@ impl Source {
         Ok(match self {
             Source::Model(src) => with_model(&**src, |files| {
                 let t = component_tensors(files, component)?;
-                f(&opts.weights(&*t, gpu, component))
+                let w = opts.weights(&*t, gpu, component);
+                f(&w)
             })?,
-            Source::Arch(_) => f(&opts.apply(Weights::synthetic(gpu, DType::F32, 0, false), component.name()))?,
+            Source::Arch(_) => f(&opts.apply(Weights::synthetic(gpu, DType::F32, 0), component.name()))?,
         })
     }
 }
@@ -212,7 +213,7 @@ pub fn sizes(gpu: &Gpu, a: &SizesArgs) -> Result<()> {
         let mut totals = vec![0u64; columns.len()];
         let mut params_total = 0;
         for component in Component::LOAD_ORDER {
-            let w = Weights::synthetic(gpu, DType::F32, 0, true);
+            let w = Weights::synthetic(gpu, DType::F32, 0).shapes_only();
             let accesses = component_accesses(component, arch.config(component), &w)?;
             let params: usize = accesses.iter().map(|x| x.shape.iter().product::<usize>()).sum();
             params_total += params;

@@ -8,6 +8,7 @@
 //! Naming: a Rust array `s: [u32; 3]` stands for WGSL members `s0`, `s1`, `s2`; a WGSL member
 //! whose name starts with `_` is padding and may cover any Rust field (that shader ignores it).
 
+#[cfg(not(target_arch = "wasm32"))]
 use crate::error::{Error, Result};
 
 /// A uniform struct field: its name, byte offset and size in the Rust struct.

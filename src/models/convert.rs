@@ -19,7 +19,7 @@ use super::package::{sha256_hex, Manifest, ShardEntry, TensorEntry, FORMAT, VERS
 use super::stream::{PieceSink, StreamConverter};
 use super::unet::UNet;
 use super::vae::{Decoder, Encoder};
-use super::weights::{Access, Weights};
+use super::weights::{Access, Rounding, Weights};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu};
 use crate::quant::QuantPolicy;
@@ -130,7 +130,7 @@ fn convert_package(
         let dry = Weights::dry_run(&source, gpu, DType::F32);
         let accesses = component_accesses(component, config, &dry)?;
         dropped.extend(dry.unused().into_iter().map(|n| format!("{component}.{n}")));
-        let w = Weights::new(&source, gpu, DType::F32).with_policy(component.name(), policy_arc.clone());
+        let w = Weights::new(&source, gpu, DType::F32).with_policy(component.name(), policy_arc.clone(), Rounding::Fit);
         for a in &accesses {
             let (dtype, bytes) = w.stored_access(a)?;
             out.add(component.name(), &a.name, dtype, &a.shape, &bytes)?;

@@ -19,7 +19,7 @@ use super::package::Package;
 use super::tokenizer::ClipTokenizer;
 use super::unet::UNet;
 use super::vae::{Decoder, Encoder};
-use super::weights::{TensorInfo, TensorSource, Weights};
+use super::weights::{Rounding, TensorInfo, TensorSource, Weights};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu};
 use crate::quant::QuantPolicy;
@@ -212,11 +212,13 @@ pub struct LoadOptions {
     pub quant: Option<Arc<QuantPolicy>>,
     /// Also load the VAE encoder (img2img).
     pub with_encoder: bool,
+    /// How the policy picks block scales (`Nearest` only for benchmarks).
+    pub rounding: Rounding,
 }
 
 impl LoadOptions {
     pub fn new(dtype: DType) -> LoadOptions {
-        LoadOptions { dtype, quant: None, with_encoder: false }
+        LoadOptions { dtype, quant: None, with_encoder: false, rounding: Rounding::Fit }
     }
 
     pub fn weights<'a>(&self, t: &'a dyn TensorSource, gpu: &'a Gpu, component: Component) -> Weights<'a> {
@@ -226,7 +228,7 @@ impl LoadOptions {
     /// `w` with this policy (if any) for `component`.
     pub fn apply<'a>(&self, w: Weights<'a>, component: &str) -> Weights<'a> {
         match &self.quant {
-            Some(p) => w.with_policy(component, p.clone()),
+            Some(p) => w.with_policy(component, p.clone(), self.rounding),
             None => w,
         }
     }
@@ -264,7 +266,8 @@ pub fn text_encoder(src: &dyn FileSource, gpu: &Gpu, opts: &LoadOptions) -> Resu
     with_model(src, |src| {
         let config = ClipConfig::from_json(&text(src, "text_encoder/config.json")?)?;
         let t = component_tensors(src, Component::TextEncoder)?;
-        ClipTextModel::load(config, &opts.weights(&*t, gpu, Component::TextEncoder))
+        let w = opts.weights(&*t, gpu, Component::TextEncoder);
+        ClipTextModel::load(config, &w)
     })
 }
 
@@ -272,7 +275,8 @@ pub fn unet(src: &dyn FileSource, gpu: &Gpu, opts: &LoadOptions) -> Result<UNet>
     with_model(src, |src| {
         let config = UNetConfig::from_json(&text(src, "unet/config.json")?)?;
         let t = component_tensors(src, Component::Unet)?;
-        UNet::load(config, &opts.weights(&*t, gpu, Component::Unet))
+        let w = opts.weights(&*t, gpu, Component::Unet);
+        UNet::load(config, &w)
     })
 }
 

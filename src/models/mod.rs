@@ -16,6 +16,7 @@ pub mod nn;
 pub mod package;
 pub mod parity;
 pub mod resnet;
+pub mod sources;
 pub mod stream;
 pub mod tokenizer;
 pub mod unet;

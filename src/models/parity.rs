@@ -5,7 +5,8 @@
 use serde::Serialize;
 
 use super::loader::{self, FileSource, LoadOptions};
-use super::weights::{FileDType, SafeTensorsBytes, TensorSource};
+use super::sources::SafeTensorsBytes;
+use super::weights::{FileDType, TensorSource};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, GpuTensor};
 

@@ -9,12 +9,13 @@
 //! converter writes with that policy.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
 use half::{bf16, f16};
 
 use super::nn::Weight;
+use super::sources::{Requantized, Synthetic};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, GpuTensor};
 use crate::quant::{self, QTensor, QuantPolicy, StoreType};
@@ -58,7 +59,7 @@ impl FileDType {
         }
     }
 
-    fn store(self) -> Option<StoreType> {
+    pub(crate) fn store(self) -> Option<StoreType> {
         match self {
             FileDType::F32 => Some(StoreType::F32),
             FileDType::F16 => Some(StoreType::F16),
@@ -86,56 +87,90 @@ pub struct TensorInfo {
     pub shape: Vec<usize>,
 }
 
-/// Somewhere tensors can be read from by name.
+/// Somewhere tensors can be read from by name: a file's bytes (`SafeTensorsBytes`, ranged
+/// reads, packages), made-up values (`sources::Synthetic`) or another source's tensors
+/// re-stored on the way (`sources::Requantized`). Model code sees only `Weights`.
 pub trait TensorSource {
     fn info(&self, name: &str) -> Option<TensorInfo>;
     fn bytes(&self, name: &str) -> Result<Cow<'_, [u8]>>;
     fn names(&self) -> Vec<String>;
-}
 
-/// One safetensors file held in memory.
-pub struct SafeTensorsBytes {
-    bytes: Vec<u8>,
-    data_start: usize,
-    entries: BTreeMap<String, (TensorInfo, std::ops::Range<usize>)>,
-}
+    /// Whether `name` can be had (a source that makes tensors up has them all).
+    fn has(&self, name: &str) -> bool {
+        self.info(name).is_some()
+    }
 
-impl SafeTensorsBytes {
-    /// Parses the header; `what` names the file in errors.
-    pub fn new(bytes: Vec<u8>, what: &str) -> Result<SafeTensorsBytes> {
-        let (header_len, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-            .map_err(|e| Error::Weights(format!("{what} is not a valid safetensors file: {e}")))?;
-        let data_start = 8 + header_len;
-        let mut entries = BTreeMap::new();
-        for (name, info) in meta.tensors() {
-            let dtype = FileDType::parse(&info.dtype.to_string());
-            let (a, b) = info.data_offsets;
-            if data_start + b > bytes.len() {
-                return Err(Error::Weights(format!("{what} is truncated: tensor {name} ends past the file")));
-            }
-            entries.insert(name, (TensorInfo { dtype, shape: info.shape.clone() }, data_start + a..data_start + b));
+    /// The tensor `name` when a model asks for `shape`: the file's info (a source that makes
+    /// tensors up answers with the shape asked for).
+    fn lookup(&self, name: &str, shape: &[usize]) -> Option<TensorInfo> {
+        let _ = shape;
+        self.info(name)
+    }
+
+    /// `name` (as `lookup` found it) in its storage type: f32/f16 and GGML blocks as stored,
+    /// other floats as f32. `matrix`: its [rows, cols] when it is a matmul/conv weight.
+    fn stored(&self, name: &str, info: &TensorInfo, matrix: Option<[usize; 2]>) -> Result<(StoreType, Cow<'_, [u8]>)> {
+        let _ = matrix;
+        let bytes = self.bytes(name)?;
+        let want = info.dtype.store().map_or(0, |s| s.bytes(info.shape.iter().product()));
+        if want != 0 && bytes.len() != want {
+            return Err(Error::Tensor { name: name.into(), msg: format!("has {} bytes, expected {want}", bytes.len()) });
         }
-        Ok(SafeTensorsBytes { bytes, data_start, entries })
-    }
-
-    pub fn header_len(&self) -> usize {
-        self.data_start
+        restore(name, info.dtype, bytes, None, Rounding::Fit)
     }
 }
 
-impl TensorSource for SafeTensorsBytes {
+/// A borrowed source is a source (so `Weights` can hold borrowed and owned ones alike).
+impl<T: TensorSource + ?Sized> TensorSource for &T {
     fn info(&self, name: &str) -> Option<TensorInfo> {
-        self.entries.get(name).map(|(i, _)| i.clone())
+        (**self).info(name)
     }
     fn bytes(&self, name: &str) -> Result<Cow<'_, [u8]>> {
-        let (_, range) = self
-            .entries
-            .get(name)
-            .ok_or_else(|| Error::Tensor { name: name.into(), msg: "missing from the weights".into() })?;
-        Ok(Cow::Borrowed(&self.bytes[range.clone()]))
+        (**self).bytes(name)
     }
     fn names(&self) -> Vec<String> {
-        self.entries.keys().cloned().collect()
+        (**self).names()
+    }
+    fn has(&self, name: &str) -> bool {
+        (**self).has(name)
+    }
+    fn lookup(&self, name: &str, shape: &[usize]) -> Option<TensorInfo> {
+        (**self).lookup(name, shape)
+    }
+    fn stored(&self, name: &str, info: &TensorInfo, matrix: Option<[usize; 2]>) -> Result<(StoreType, Cow<'_, [u8]>)> {
+        (**self).stored(name, info, matrix)
+    }
+}
+
+/// How quantize-on-load picks block scales.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Rounding {
+    /// The least-squares fit the converter uses (what a package holds).
+    #[default]
+    Fit,
+    /// Plain round-to-nearest: ~50x faster to build, same storage and kernels (benchmarks of
+    /// synthetic real-size models, where building would otherwise take longer than running).
+    Nearest,
+}
+
+/// `bytes` stored as `from`, re-stored as `storage(from, target)` says.
+pub(crate) fn restore<'b>(
+    name: &str,
+    from: FileDType,
+    bytes: Cow<'b, [u8]>,
+    target: Option<StoreType>,
+    rounding: Rounding,
+) -> Result<(StoreType, Cow<'b, [u8]>)> {
+    match storage(from, target) {
+        Storage::Keep(s) => Ok((s, bytes)),
+        Storage::Convert(t) => {
+            let values = decode(&bytes, from, name)?;
+            let out = match t.quant() {
+                Some(format) if rounding == Rounding::Nearest => quant::quantize(format, &values)?,
+                _ => encode(&values, t)?,
+            };
+            Ok((t, Cow::Owned(out)))
+        }
     }
 }
 
@@ -205,60 +240,33 @@ struct Log {
     order: Vec<Access>,
 }
 
-/// No tensors at all (the source of synthetic weights).
-struct NoTensors;
-
-impl TensorSource for NoTensors {
-    fn info(&self, _: &str) -> Option<TensorInfo> {
-        None
-    }
-    fn bytes(&self, name: &str) -> Result<Cow<'_, [u8]>> {
-        Err(Error::Tensor { name: name.into(), msg: "no tensors in this source".into() })
-    }
-    fn names(&self) -> Vec<String> {
-        Vec::new()
-    }
+/// What `Weights` does with the tensors a model asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Read, convert and upload them.
+    Upload,
+    /// Check names, shapes and dtypes only, and hand out shape-only placeholders (see `dry_run`).
+    ShapesOnly,
 }
 
 /// A cursor into a `TensorSource` at a name prefix. Cloning is cheap.
 #[derive(Clone)]
 pub struct Weights<'a> {
-    source: &'a dyn TensorSource,
+    source: Arc<dyn TensorSource + 'a>,
     prefix: String,
     gpu: &'a Gpu,
     dtype: DType,
     log: Arc<Mutex<Log>>,
-    /// Check names and shapes only; hand out shape-only placeholders (see `dry_run`).
-    dry: bool,
-    /// Quantize-on-load: the component's name in policy rules, and the policy.
-    policy: Option<(Arc<str>, Arc<QuantPolicy>)>,
-    /// Make up every tensor from this seed (see `synthetic`).
-    synth: Option<u64>,
-    /// Quantize-on-load with plain round-to-nearest scales instead of the least-squares fit
-    /// (benchmarks: ~50x faster to build, same storage and kernels).
-    fast_quant: bool,
+    mode: Mode,
 }
 
 impl<'a> Weights<'a> {
     pub fn new(source: &'a dyn TensorSource, gpu: &'a Gpu, dtype: DType) -> Self {
-        Weights {
-            source,
-            prefix: String::new(),
-            gpu,
-            dtype,
-            log: Arc::default(),
-            dry: false,
-            policy: None,
-            synth: None,
-            fast_quant: false,
-        }
+        Self::over(Arc::new(source), gpu, dtype)
     }
 
-    /// Quantize-on-load with round-to-nearest block scales rather than the least-squares fit: what
-    /// benchmarks of synthetic real-size models use, where building the weights would otherwise
-    /// take longer than running them.
-    pub fn fast_quantization(self) -> Self {
-        Weights { fast_quant: true, ..self }
+    fn over(source: Arc<dyn TensorSource + 'a>, gpu: &'a Gpu, dtype: DType) -> Self {
+        Weights { source, prefix: String::new(), gpu, dtype, log: Arc::default(), mode: Mode::Upload }
     }
 
     /// A cursor that checks every tensor a model asks for (name, shape, float dtype) without
@@ -267,21 +275,25 @@ impl<'a> Weights<'a> {
     /// matrices and in what order they load. The tensors it returns are placeholders that must
     /// never be computed with.
     pub fn dry_run(source: &'a dyn TensorSource, gpu: &'a Gpu, dtype: DType) -> Self {
-        Weights { dry: true, ..Self::new(source, gpu, dtype) }
+        Self::new(source, gpu, dtype).shapes_only()
     }
 
-    /// Random weights of whatever shapes the model asks for, deterministic in `seed` and the
-    /// tensor's name, scaled like PyTorch's default init (uniform ±1/sqrt(fan_in) for matrices,
-    /// norms at 1): real-size architectures for benchmarks and quantization studies without
-    /// downloading anything. With `dry`, only the shapes (for package sizes).
-    pub fn synthetic(gpu: &'a Gpu, dtype: DType, seed: u64, dry: bool) -> Self {
-        Weights { synth: Some(seed), dry, ..Self::new(&NoTensors, gpu, dtype) }
+    /// This cursor, checking shapes only (see `dry_run`).
+    pub fn shapes_only(self) -> Self {
+        Weights { mode: Mode::ShapesOnly, ..self }
     }
 
-    /// Quantize-on-load: tensors stored as floats get the storage `policy` picks for
-    /// `component.name`.
-    pub fn with_policy(self, component: &str, policy: Arc<QuantPolicy>) -> Self {
-        Weights { policy: Some((component.into(), policy)), ..self }
+    /// Random weights of whatever shapes the model asks for (`sources::Synthetic`): real-size
+    /// architectures for benchmarks and quantization studies without downloading anything.
+    pub fn synthetic(gpu: &'a Gpu, dtype: DType, seed: u64) -> Self {
+        Self::over(Arc::new(Synthetic::new(seed)), gpu, dtype)
+    }
+
+    /// Quantize-on-load (`sources::Requantized`): tensors stored as floats get the storage
+    /// `policy` picks for `component.name`. Call before loading anything.
+    pub fn with_policy(self, component: &str, policy: Arc<QuantPolicy>, rounding: Rounding) -> Self {
+        let source = Arc::new(Requantized::new(self.source.clone(), component, policy, rounding));
+        Weights { source, ..self }
     }
 
     /// The same source under `prefix.name`.
@@ -307,7 +319,7 @@ impl<'a> Weights<'a> {
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.synth.is_some() || self.source.info(&self.full(name)).is_some()
+        self.source.has(&self.full(name))
     }
 
     /// Loads `name` with exactly `shape` (trailing 1-dims are tolerated either way, as in 1x1
@@ -319,10 +331,10 @@ impl<'a> Weights<'a> {
     pub fn get_as(&self, name: &str, shape: &[usize], dtype: DType) -> Result<GpuTensor> {
         let (full, info) = self.lookup(name, shape)?;
         self.record(&full, shape, None);
-        if self.dry {
+        if self.mode == Mode::ShapesOnly {
             return GpuTensor::placeholder(self.gpu, shape, dtype);
         }
-        let (stored, bytes) = self.stored(&full, &info, None)?;
+        let (stored, bytes) = self.source.stored(&full, &info, None)?;
         upload(self.gpu, &bytes, stored.into(), shape, dtype, &full)
     }
 
@@ -335,20 +347,14 @@ impl<'a> Weights<'a> {
         // contiguous row of Cin*KH*KW: the reduction dimension the kernels dequantize along.
         let cols = shape.iter().skip(1).product::<usize>();
         self.record(&full, shape, Some([rows, cols]));
-        if self.dry {
+        if self.mode == Mode::ShapesOnly {
             return Ok(Weight::Dense(GpuTensor::placeholder(self.gpu, shape, self.dtype)?));
         }
-        let (stored, bytes) = self.stored(&full, &info, Some([rows, cols]))?;
+        let (stored, bytes) = self.source.stored(&full, &info, Some([rows, cols]))?;
         if let Some(format) = stored.quant() {
             return Ok(Weight::Quant(QTensor::from_blocks(self.gpu, format, &bytes, rows, cols)?));
         }
         Ok(Weight::Dense(upload(self.gpu, &bytes, stored.into(), shape, self.dtype, &full)?))
-    }
-
-    /// The first of `names` present (for renamed tensors, e.g. the VAE's old attention names).
-    pub fn get_any(&self, names: &[&str], shape: &[usize]) -> Result<GpuTensor> {
-        let name = names.iter().find(|n| self.contains(n)).unwrap_or(&names[0]);
-        self.get(name, shape)
     }
 
     /// Tensors of the source never loaded so far (to check a loader reads the whole file).
@@ -363,13 +369,12 @@ impl<'a> Weights<'a> {
     }
 
     /// A tensor the model loaded (`accesses`) in its storage type: the bytes a package holds.
-    pub fn stored_access(&self, a: &Access) -> Result<(StoreType, Cow<'a, [u8]>)> {
-        let info = if self.synth.is_some() {
-            TensorInfo { dtype: FileDType::F32, shape: a.shape.clone() }
-        } else {
-            self.source.info(&a.name).ok_or_else(|| Error::Tensor { name: a.name.clone(), msg: "missing".into() })?
-        };
-        self.stored(&a.name, &info, a.matrix)
+    pub fn stored_access(&self, a: &Access) -> Result<(StoreType, Cow<'_, [u8]>)> {
+        let info = self
+            .source
+            .lookup(&a.name, &a.shape)
+            .ok_or_else(|| Error::Tensor { name: a.name.clone(), msg: "missing".into() })?;
+        self.source.stored(&a.name, &info, a.matrix)
     }
 
     fn record(&self, full: &str, shape: &[usize], matrix: Option<[usize; 2]>) {
@@ -382,10 +387,7 @@ impl<'a> Weights<'a> {
     /// The full name and file info of `name`, checked against the `shape` the config implies.
     fn lookup(&self, name: &str, shape: &[usize]) -> Result<(String, TensorInfo)> {
         let full = self.full(name);
-        if self.synth.is_some() {
-            return Ok((full, TensorInfo { dtype: FileDType::F32, shape: shape.to_vec() }));
-        }
-        let info = self.source.info(&full).ok_or_else(|| Error::Tensor {
+        let info = self.source.lookup(&full, shape).ok_or_else(|| Error::Tensor {
             name: full.clone(),
             msg: "missing from the weights (wrong model type or an incomplete file?)".into(),
         })?;
@@ -407,33 +409,6 @@ impl<'a> Weights<'a> {
             return Err(Error::Tensor { name: full, msg: format!("{:?} is not a float weight", info.dtype) });
         }
         Ok((full, info))
-    }
-
-    /// The tensor in its storage type: as the file has it, or as the policy wants it.
-    fn stored(&self, full: &str, info: &TensorInfo, matrix: Option<[usize; 2]>) -> Result<(StoreType, Cow<'a, [u8]>)> {
-        let bytes: Cow<'a, [u8]> = match self.synth {
-            Some(seed) => Cow::Owned(encode(&synthesize(seed, full, &info.shape, matrix), StoreType::F32)?),
-            None => self.source.bytes(full)?,
-        };
-        let want = info.dtype.store().map_or(0, |s| s.bytes(info.shape.iter().product()));
-        if want != 0 && bytes.len() != want {
-            return Err(Error::Tensor {
-                name: full.into(),
-                msg: format!("has {} bytes, expected {want}", bytes.len()),
-            });
-        }
-        let target = self.policy.as_ref().map(|(component, p)| p.decide(&format!("{component}.{full}"), matrix));
-        match storage(info.dtype, target) {
-            Storage::Keep(s) => Ok((s, bytes)),
-            Storage::Convert(t) => {
-                let values = decode(&bytes, info.dtype, full)?;
-                let bytes = match t.quant() {
-                    Some(format) if self.fast_quant => quant::quantize(format, &values)?,
-                    _ => encode(&values, t)?,
-                };
-                Ok((t, Cow::Owned(bytes)))
-            }
-        }
     }
 }
 
@@ -472,24 +447,4 @@ impl FileDType {
             _ => None,
         }
     }
-}
-
-/// The values `Weights::synthetic(seed)` gives the tensor of access `a` (for building the same
-/// model in another framework).
-pub fn synthetic_values(seed: u64, a: &Access) -> Vec<f32> {
-    synthesize(seed, &a.name, &a.shape, a.matrix)
-}
-
-/// Deterministic stand-in weights (see `Weights::synthetic`).
-fn synthesize(seed: u64, name: &str, shape: &[usize], matrix: Option<[usize; 2]>) -> Vec<f32> {
-    let n: usize = shape.iter().product();
-    // FNV-1a of the name, so a tensor's values do not depend on load order.
-    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
-    let scale = match matrix {
-        Some([_, cols]) => 1.0 / (cols.max(1) as f32).sqrt(),
-        None if shape.len() == 1 && name.ends_with("weight") => return vec![1.0; n], // norm gains
-        None if shape.len() == 1 => 0.02,                                            // biases
-        None => 0.03,                                                                // embeddings
-    };
-    crate::selftest::random_values(seed ^ h, n).into_iter().map(|v| v * scale).collect()
 }

@@ -142,11 +142,6 @@ impl StableDiffusion {
         self.gpu.trim_pool();
     }
 
-    /// Encodes prompts (one row each) into the U-Net's context, [batch, 77, dim].
-    pub fn encode_prompts(&self, prompts: &[&str]) -> Result<GpuTensor> {
-        self.encode(prompts)
-    }
-
     /// Runs a generation. `latents`: diffusers' `latents=` argument for txt2img (standard normal,
     /// scaled by the scheduler's init_noise_sigma here), drawn from `noise` when `None`. Every
     /// other draw (img2img's posterior sample and start noise, ancestral steps) comes from `noise`

@@ -352,7 +352,7 @@ mod tests {
     #[test]
     fn vectorized_fit_equals_the_one_by_one_fit_bit_for_bit() {
         let n = 32 * 20_000;
-        let u = crate::selftest::random_values(31, n);
+        let u = crate::random::random_values(31, n);
         let mut blocks: Vec<Vec<f32>> = Vec::new();
         // Uniform, Gaussian-like with outliers, tiny (subnormal scales), huge (f16 overflow),
         // values on rounding ties, constant, one spike, and hostile non-finite values.
@@ -389,7 +389,7 @@ mod tests {
     /// quotient within a few ulps of a half-integer) are in doubt.
     #[test]
     fn levels_by_multiplying_equal_dividing_unless_in_doubt() {
-        let u = crate::selftest::random_values(5, 200_000);
+        let u = crate::random::random_values(5, 200_000);
         let (mut doubted, mut checked) = (0, 0);
         for (i, w) in u.chunks_exact(2).enumerate() {
             let d = round_f16(w[0] * [1.0, 1e-3, 3e4, 1e-6][i % 4]);

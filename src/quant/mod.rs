@@ -232,7 +232,7 @@ mod tests {
 
     #[test]
     fn fitted_q4_scales_never_lose_to_the_reference() {
-        let x: Vec<f32> = crate::selftest::random_values(9, 32 * 512);
+        let x: Vec<f32> = crate::random::random_values(9, 32 * 512);
         // Gaussian-like: sum of uniforms, with an outlier per block.
         let g: Vec<f32> = x
             .chunks(4)

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use candle_core::{Device, Tensor};
 use webdiffusion::gpu::{DType, Gpu, GpuOptions, GpuTensor, KernelChoice, KernelPolicy};
-use webdiffusion::selftest::random_values;
+use webdiffusion::random::random_values;
 
 /// Reference attention on the CPU in candle, [B, H, N, D] layout: softmax(q k^T * scale) v.
 pub fn cpu_attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> candle_core::Result<Tensor> {
