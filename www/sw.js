@@ -6,7 +6,7 @@
 // glue and the wasm binary must come from the same build, and so must app.js and worker.js),
 // offline ones the last complete set. Bump VERSION when the list changes.
 
-const VERSION = 5;
+const VERSION = 6;
 const CACHE = `webdiffusion-shell-v${VERSION}`;
 const SHELL = [
   './',
@@ -16,6 +16,10 @@ const SHELL = [
   'worker.js',
   'store.js',
   'download.js',
+  'download-net.js',
+  'download-plan.js',
+  'download-chunks.js',
+  'download-verify.js',
   'convert.js',
   'convert-pool.js',
   'convert-worker.js',

@@ -89,29 +89,6 @@ async function cachedReader(record, onRead) {
   };
 }
 
-/// A model's config.json, from a package manifest or the file itself.
-function readConfig(reader, path) {
-  const manifest = reader.read('manifest.json');
-  if (manifest) {
-    const m = JSON.parse(new TextDecoder().decode(manifest));
-    return m.files[path] ? JSON.parse(m.files[path]) : null;
-  }
-  const b = reader.read(path);
-  return b ? JSON.parse(new TextDecoder().decode(b)) : null;
-}
-
-/// The multiple width and height must be: the VAE's downscale times the U-Net's own.
-function sizeStep(reader) {
-  try {
-    const vae = readConfig(reader, 'vae/config.json');
-    const unet = readConfig(reader, 'unet/config.json');
-    const levels = (c, d) => (c && c.block_out_channels ? c.block_out_channels.length : d);
-    return 2 ** (levels(vae, 4) - 1) * 2 ** (levels(unet, 4) - 1);
-  } catch {
-    return 64;
-  }
-}
-
 async function loadFromCache(record, quant, id) {
   let done = 0;
   let last = 0;
@@ -126,20 +103,10 @@ async function loadFromCache(record, quant, id) {
   post({ type: 'loading', id, done: 0, total });
   const handle = await engine.load(reader, { quant, name: record.name });
   post({ type: 'loading', id, done: total, total });
-  let info = {};
-  try {
-    info = plain(handle.info()) || {};
-  } catch {
-    // info is a nicety; the model works without it
-  }
-  return { handle, record, quant, info, sizeStep: info.sizeMultiple || sizeStep(reader) };
-}
-
-// serde_wasm_bindgen turns JSON objects into Maps; the page wants plain objects.
-function plain(v) {
-  if (v instanceof Map) return Object.fromEntries([...v].map(([k, x]) => [k, plain(x)]));
-  if (Array.isArray(v)) return v.map(plain);
-  return v;
+  // The engine knows the size step (VAE downscale times the U-Net's levels); the page keeps no
+  // copy of that rule.
+  const info = handle.info();
+  return { handle, record, quant, info, sizeStep: info.sizeMultiple };
 }
 
 function freeModel() {
@@ -198,7 +165,7 @@ const handlers = {
 
   async init() {
     if (!wasm) wasm = await init();
-    const info = plain(engine ? engine.info() : await createEngine());
+    const info = engine ? engine.info() : await createEngine();
     return { type: 'ready', info, f16Fallback: !info.shader_f16, schedulers: schedulers() };
   },
 

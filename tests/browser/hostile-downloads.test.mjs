@@ -2,9 +2,11 @@
 // and conversion through the app's worker): a manifest with a size that is no number fails at
 // once naming the field; a resumed download asks If-Range for the version its chunks are of, and
 // a file changed between visits is fetched again whole instead of mixed (also from a host whose
-// CORS refuses If-Range); a pinned hash beats a digest a server once sent; a plain-http host is
-// refused before any request; a full quota ends in the sizes message with no model recorded; a
-// streamed conversion (www/convert.js) asks for one version of each file, across a resume.
+// CORS refuses If-Range); a pinned hash beats a digest a server once sent; the engine's sha256
+// (www/download-verify.js) hashes a blob of several slices as node does, and bytes that stay
+// corrupt are never kept; a plain-http host is refused before any request; a full quota ends in
+// the sizes message with no model recorded; a streamed conversion (www/convert.js) asks for one
+// version of each file, across a resume.
 //
 // The weights host is a small server of this file's own: it must answer If-Range as a CDN does
 // (200 with the whole file for a stale validator), change a file between visits, and say in its
@@ -233,6 +235,51 @@ test('a pinned sha256 wins over a digest a server once sent', { timeout: 60_000 
   assert.ok(r.record, r.error);
   assert.equal(r.record.files[0].sha256, sha256(bytes), 'the record names the pinned hash');
   assert.equal(await storedSha('pinned', 'w.bin'), sha256(bytes), 'the pinned bytes are stored');
+});
+
+test('the engine\'s sha256 hashes a blob of several slices as node does, and a pre-aborted one stops', { timeout: 60_000 }, async () => {
+  const bytes = randomBytes((2 << 23) + 4321); // two 8 MiB slices and a part
+  host.put('/hash/big.bin', bytes);
+  const r = await page.evaluate(async (url) => {
+    const { sha256Blob, sha256Bytes, HASH_SLICE } = await import('/download-verify.js');
+    const blob = await (await fetch(url)).blob();
+    const seen = [];
+    const whole = await sha256Blob(blob, new AbortController().signal, (n) => seen.push(n));
+    const aborted = new AbortController();
+    aborted.abort();
+    const stopped = await sha256Blob(blob, aborted.signal).then(() => null, (e) => e.name);
+    const small = await sha256Bytes(new TextEncoder().encode('abc'));
+    const empty = await sha256Bytes(new Uint8Array(0));
+    return { whole, seen, slice: HASH_SLICE, stopped, small, empty };
+  }, `${host.url}hash/big.bin`);
+  assert.ok(bytes.length > r.slice, 'the blob is larger than one slice');
+  assert.equal(r.whole, sha256(bytes));
+  assert.deepEqual(r.seen, [r.slice, r.slice, bytes.length - 2 * r.slice], 'progress after each slice');
+  assert.equal(r.stopped, 'AbortError');
+  assert.equal(r.small, sha256('abc'));
+  assert.equal(r.empty, sha256(''));
+});
+
+test('a file whose bytes stay corrupt fails its pinned sha256 twice and leaves nothing stored; mended, it downloads', { timeout: 60_000 }, async () => {
+  const bytes = randomBytes(9 * MB + 77); // more than one hash slice
+  const bad = Buffer.from(bytes);
+  bad[8 * MB + 5] ^= 0x40; // in the second hash slice
+  host.put('/corrupt/w.bin', bad);
+  host.log.length = 0;
+  const entry = { id: 'corrupt', name: 'corrupt', url: `${host.url}corrupt/`, format: 'diffusers', files: [{ path: 'w.bin', size: bytes.length, sha256: sha256(bytes) }] };
+  const r = await download(entry, { chunkSize: MB });
+  assert.match(r.error || '', new RegExp(`w\\.bin is corrupt after downloading it twice \\(sha256 ${sha256(bad).slice(0, 12)}… instead of ${sha256(bytes).slice(0, 12)}…\\)`));
+  assert.equal(host.requests('/corrupt/w.bin').length, 2 * Math.ceil(bytes.length / MB), 'fetched twice, whole');
+  const left = await page.evaluate(async () => {
+    const store = await import('/store.js');
+    return { chunks: await store.chunkMap('corrupt'), models: (await store.listModels()).map((m) => m.id) };
+  });
+  assert.deepEqual(left.chunks, {}, 'no bad bytes kept');
+  assert.ok(!left.models.includes('corrupt'), 'no model record');
+  host.put('/corrupt/w.bin', bytes);
+  const again = await download(entry, { chunkSize: MB });
+  assert.ok(again.record, again.error);
+  assert.equal(await storedSha('corrupt', 'w.bin'), sha256(bytes));
 });
 
 test('a plain-http host that is not this machine is refused before any request, as is a redirect to one', { timeout: 60_000 }, async (t) => {

@@ -1,9 +1,10 @@
 // A stand-in for the wasm build (pkg/webdiffusion.js) with the same surface worker.js uses for
-// `quant: 'none'` loads — init(), Engine.create/info/lost/load/free, Model.info/generate/free —
-// and no GPU work: it reads every byte the loader offers (so IndexedDB reads are real) and
-// paints an image that depends on the seed and on a hash of those bytes. It exists to run the
-// browser benchmark's driver (tools/bench/browser-bench.mjs --pkg tools/bench/stub-pkg
-// --quant none) where no wasm build is at hand; its timings say nothing about the engine.
+// `quant: 'none'` loads — init(), Engine.create/info/lost/load/free, Model.info/generate/free,
+// and download.js's diffusersLayout() — and no GPU work: it reads every byte the loader offers
+// (so IndexedDB reads are real) and paints an image that depends on the seed and on a hash of
+// those bytes. It exists to run the browser benchmark's driver (tools/bench/browser-bench.mjs
+// --pkg tools/bench/stub-pkg --quant none) where no wasm build is at hand; its timings say
+// nothing about the engine.
 
 const memory = new WebAssembly.Memory({ initial: 17 });
 
@@ -45,6 +46,26 @@ class Model {
 export function schedulers() {
   return [['ddim', 'DDIM'], ['euler', 'Euler'], ['euler-a', 'Euler a'], ['dpm++2m', 'DPM++ 2M'], ['dpm++2m-karras', 'DPM++ 2M Karras'], ['lcm', 'LCM']]
     .map(([id, name]) => ({ id, name }));
+}
+
+/// The real build's layout (src/models/component.rs: SMALL_FILES, and the weights in
+/// Component::LOAD_ORDER), which download.js probes a bare folder for.
+export function diffusersLayout() {
+  const files = [['model_index.json', true], ['scheduler/scheduler_config.json', true], ['text_encoder/config.json', true],
+    ['unet/config.json', true], ['vae/config.json', true], ['tokenizer/vocab.json', true], ['tokenizer/merges.txt', true],
+    ['tokenizer/tokenizer_config.json', false], ['tokenizer/special_tokens_map.json', false]].map(([path, required]) => ({ path, required }));
+  const weights = [['vae', 'diffusion_pytorch_model'], ['text_encoder', 'model'], ['unet', 'diffusion_pytorch_model']]
+    .map(([component, stem]) => ({ component, plain: `${component}/${stem}.safetensors`, half: `${component}/${stem}.fp16.safetensors` }));
+  return { files, weights };
+}
+
+/// The real build's incremental SHA-256 is not stood in for: a stub's own would be a second
+/// hash the page's downloads could come to depend on. The driver's models (a Hub stand-in's
+/// diffusers folder, no pinned hashes, no Repr-Digest) never ask for one.
+export class Sha256 {
+  constructor() {
+    throw new Error('the stub engine has no sha256: run the driver on a model without pinned hashes');
+  }
 }
 
 /// The real build's test hook: traps the instance.
