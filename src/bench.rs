@@ -176,57 +176,100 @@ fn stage_report(name: &str, times: &mut [f64], s: GpuStats) -> StageReport {
     }
 }
 
-pub async fn run(gpu: &Gpu, o: &BenchOptions) -> Result<Report> {
-    let bad = |m: String| Error::Request(m);
-    let store = StoreType::parse(&o.quant)?;
-    let dtype = if gpu.caps().shader_f16 && o.f16 { DType::F16 } else { DType::F32 };
+/// The architecture built with synthetic weights, as the app loads a model: everything up front,
+/// components in package order.
+struct Loaded<'g> {
+    dtype: DType,
+    te_cfg: ClipConfig,
+    un_cfg: UNetConfig,
+    vae_cfg: VaeConfig,
+    decoder: Decoder,
+    text_encoder: Option<ClipTextModel>,
+    unet: UNet,
+    unet_weights: Weights<'g>,
+    /// GPU bytes each component's weights took.
+    weights: Vec<(String, u64)>,
+    load_s: f64,
+}
+
+async fn load<'g>(gpu: &'g Gpu, o: &BenchOptions, opts: &LoadOptions) -> Result<Loaded<'g>> {
+    let dtype = opts.dtype;
     let te_cfg = ClipConfig::from_json(&o.text_encoder)?;
     let un_cfg = UNetConfig::from_json(&o.unet)?;
     let vae_cfg = VaeConfig::from_json(&o.vae)?;
     let f = vae_cfg.downscale() * (1 << (un_cfg.block_out_channels.len() - 1));
     if o.size == 0 || o.size % f != 0 {
-        return Err(bad(format!("the size must be a positive multiple of {f}")));
+        return Err(Error::Request(format!("the size must be a positive multiple of {f}")));
     }
+    let synth = |component: &str| opts.apply(Weights::synthetic(gpu, dtype, 0), component);
+    let t0 = now_ms();
+    gpu.reset_stats();
+    let mut weights = Vec::new();
+    let mut took = |name: &str, before: u64| weights.push((name.to_string(), gpu.stats().bytes_live - before));
+    let b = gpu.stats().bytes_live;
+    let decoder = Decoder::load(&vae_cfg, &synth("vae"))?;
+    took("vae_decoder", b);
+    let b = gpu.stats().bytes_live;
+    let text_encoder = Some(ClipTextModel::load(te_cfg.clone(), &synth("text_encoder"))?);
+    took("text_encoder", b);
+    let b = gpu.stats().bytes_live;
+    let unet_weights = synth("unet");
+    let unet = UNet::load(un_cfg.clone(), &unet_weights)?;
+    took("unet", b);
+    gpu.sync().await?;
+    let load_s = (now_ms() - t0) / 1e3;
+    Ok(Loaded { dtype, te_cfg, un_cfg, vae_cfg, decoder, text_encoder, unet, unet_weights, weights, load_s })
+}
+
+pub async fn run(gpu: &Gpu, o: &BenchOptions) -> Result<Report> {
+    let store = StoreType::parse(&o.quant)?;
+    let dtype = if gpu.caps().shader_f16 && o.f16 { DType::F16 } else { DType::F32 };
     let opts = LoadOptions {
         quant: Some(Arc::new(QuantPolicy::standard(store))),
         rounding: Rounding::Nearest,
         ..LoadOptions::new(dtype)
     };
-    let synth = |component: &str| opts.apply(Weights::synthetic(gpu, dtype, 0), component);
-
-    // Load as the app does: everything up front (components in package order).
-    let t0 = now_ms();
-    gpu.reset_stats();
-    let mut weights = Vec::new();
-    let b = gpu.stats().bytes_live;
-    let decoder = Decoder::load(&vae_cfg, &synth("vae"))?;
-    weights.push(("vae_decoder".to_string(), gpu.stats().bytes_live - b));
-    let b = gpu.stats().bytes_live;
-    let mut text_encoder = Some(ClipTextModel::load(te_cfg.clone(), &synth("text_encoder"))?);
-    weights.push(("text_encoder".to_string(), gpu.stats().bytes_live - b));
-    let b = gpu.stats().bytes_live;
-    let unet_weights = synth("unet");
-    let unet = UNet::load(un_cfg.clone(), &unet_weights)?;
-    weights.push(("unet".to_string(), gpu.stats().bytes_live - b));
-    gpu.sync().await?;
-    let load_s = (now_ms() - t0) / 1e3;
+    let mut m = load(gpu, o, &opts).await?;
     let mut peak = gpu.stats().peak_bytes;
+    let mut stages = Vec::new();
 
-    let cfg = o.guidance > 1.0;
-    let batch = if cfg { 2 } else { 1 };
-    let tokens = te_cfg.max_position_embeddings;
-    // A fixed prompt-like id sequence (BOS, words, EOS padding) per row.
+    let context = time_text_encoder(gpu, o, &m, &mut stages).await?;
+    // Its buffers go back to the pool either way, as in a generation; released, the pool is
+    // trimmed so the U-Net and VAE run without them counted.
+    m.text_encoder = None;
+    if o.release_text_encoder {
+        gpu.trim_pool();
+    }
+    let (x, captured) = time_unet(gpu, o, &m, &context, &mut stages).await?;
+    peak = peak.max(stages.iter().map(|s| s.peak_bytes).max().unwrap_or(0));
+    let head = |stages, captured| report_head(gpu, o, dtype, m.weights.clone(), m.load_s, stages, captured);
+    if !o.decode {
+        return Ok(Report { decoded: false, peak_bytes: peak, ..head(stages, captured) });
+    }
+    let tiling = time_decode(gpu, o, &m, &x, &mut stages).await?;
+    peak = peak.max(stages.iter().map(|s| s.peak_bytes).max().unwrap_or(0));
+    Ok(Report { vae_tiling: tiling, peak_bytes: peak, ..head(stages, captured) })
+}
+
+/// Rows of the guided batch: [uncond, cond] above guidance 1.
+fn batch_of(o: &BenchOptions) -> usize {
+    if o.guidance > 1.0 { 2 } else { 1 }
+}
+
+/// The text encoder's median over `repeats` on a fixed prompt-like id sequence; its output is
+/// the U-Net's context.
+async fn time_text_encoder(gpu: &Gpu, o: &BenchOptions, m: &Loaded<'_>, stages: &mut Vec<StageReport>) -> Result<GpuTensor> {
+    let (batch, tokens) = (batch_of(o), m.te_cfg.max_position_embeddings);
+    // BOS, words, EOS padding, per row.
     let ids: Vec<u32> = (0..batch * tokens)
         .map(|i| match i % tokens {
             0 => 49406,
             j if j < 12 => ((j * 7919) % 40000 + 400) as u32,
             _ => 49407,
         })
-        .map(|id: u32| id.min(te_cfg.vocab_size as u32 - 1))
+        .map(|id: u32| id.min(m.te_cfg.vocab_size as u32 - 1))
         .collect();
-    let mut stages = Vec::new();
-
-    let te = text_encoder.as_ref().ok_or_else(|| bad("no text encoder".into()))?;
+    let te = m.text_encoder.as_ref().ok_or_else(|| Error::Request("no text encoder".into()))?;
     let (mut times, mut s, mut context) = (Vec::new(), GpuStats::default(), None);
     for _ in 0..o.repeats.max(1) {
         gpu.reset_stats();
@@ -238,15 +281,21 @@ pub async fn run(gpu: &Gpu, o: &BenchOptions) -> Result<Report> {
         context = Some(h);
     }
     stages.push(stage_report("text_encoder", &mut times, s));
-    let context = context.ok_or_else(|| bad("no context".into()))?;
-    if o.release_text_encoder {
-        text_encoder = None;
-        gpu.trim_pool();
-    }
-    drop(text_encoder);
+    context.ok_or_else(|| Error::Request("no context".into()))
+}
 
-    let (lh, lw) = (o.size / vae_cfg.downscale(), o.size / vae_cfg.downscale());
-    let c = un_cfg.in_channels;
+/// `steps` U-Net steps (the median one reported, with the peak of all); returns the final
+/// latents and, with `capture`, the first step's tensors.
+async fn time_unet(
+    gpu: &Gpu,
+    o: &BenchOptions,
+    m: &Loaded<'_>,
+    context: &GpuTensor,
+    stages: &mut Vec<StageReport>,
+) -> Result<(Vec<f32>, Option<Captured>)> {
+    let (cfg, batch) = (o.guidance > 1.0, batch_of(o));
+    let (lh, lw) = (o.size / m.vae_cfg.downscale(), o.size / m.vae_cfg.downscale());
+    let c = m.un_cfg.in_channels;
     let n = c * lh * lw;
     let mut x = NormalRng::new(7).normals(n);
     let mut runs: Vec<StageReport> = Vec::new();
@@ -256,8 +305,8 @@ pub async fn run(gpu: &Gpu, o: &BenchOptions) -> Result<Report> {
         gpu.reset_stats();
         let t0 = now_ms();
         let input = if cfg { [x.clone(), x.clone()].concat() } else { x.clone() };
-        let up = GpuTensor::from_f32_as(gpu, &input, &[batch, c, lh, lw], dtype)?;
-        let out = unet.forward(&up, t, &context, None)?.to_vec_f32().await?;
+        let up = GpuTensor::from_f32_as(gpu, &input, &[batch, c, lh, lw], m.dtype)?;
+        let out = m.unet.forward(&up, t, context, None)?.to_vec_f32().await?;
         let mut times = vec![now_ms() - t0];
         runs.push(stage_report("unet_step", &mut times, gpu.stats()));
         let eps: Vec<f32> = if cfg {
@@ -271,10 +320,10 @@ pub async fn run(gpu: &Gpu, o: &BenchOptions) -> Result<Report> {
                 input,
                 input_shape: [batch, c, lh, lw],
                 context: context.to_vec_f32().await?,
-                context_shape: [batch, tokens, un_cfg.cross_attention_dim],
+                context_shape: [batch, m.te_cfg.max_position_embeddings, m.un_cfg.cross_attention_dim],
                 output: out,
                 timestep: t,
-                unet_tensors: unet_weights.accesses(),
+                unet_tensors: m.unet_weights.accesses(),
             });
         }
         // A small Euler-like move keeps the latents finite and the work real.
@@ -286,36 +335,39 @@ pub async fn run(gpu: &Gpu, o: &BenchOptions) -> Result<Report> {
     unet_stage.runs = runs.len();
     unet_stage.peak_bytes = peak_unet;
     stages.push(unet_stage);
+    Ok((x, captured))
+}
 
-    peak = peak.max(stages.iter().map(|s| s.peak_bytes).max().unwrap_or(0));
-    if !o.decode {
-        return Ok(Report {
-            decoded: false,
-            peak_bytes: peak,
-            ..report_head(gpu, o, dtype, weights, load_s, stages, captured)
-        });
-    }
+/// The planned VAE decode of the latents `x` (tiled when the budget needs it: the plan is
+/// `Some`), median over `repeats`.
+async fn time_decode(
+    gpu: &Gpu,
+    o: &BenchOptions,
+    m: &Loaded<'_>,
+    x: &[f32],
+    stages: &mut Vec<StageReport>,
+) -> Result<Option<VaeTiling>> {
+    let (lh, lw) = (o.size / m.vae_cfg.downscale(), o.size / m.vae_cfg.downscale());
+    let c = m.un_cfg.in_channels;
     gpu.trim_pool();
     let s = gpu.stats();
     let act_budget = if o.budget == 0 { 512 << 20 } else { o.budget.saturating_sub(s.bytes_live + s.bytes_pooled) };
     let limit = gpu.caps().max_storage_binding.min(gpu.caps().max_buffer_size);
-    let tiling = vae_tiling::plan(&vae_cfg, lh, lw, dtype, act_budget, limit)?;
-    let z: Vec<f32> = x.iter().map(|v| v / vae_cfg.scaling_factor as f32).collect();
+    let tiling = vae_tiling::plan(&m.vae_cfg, lh, lw, m.dtype, act_budget, limit)?;
+    let z: Vec<f32> = x.iter().map(|v| v / m.vae_cfg.scaling_factor as f32).collect();
     let (mut times, mut s) = (Vec::new(), GpuStats::default());
     for _ in 0..o.repeats.max(1) {
         gpu.reset_stats();
         let t = now_ms();
-        let px = vae_tiling::decode(&decoder, gpu, dtype, &z, [c, lh, lw], tiling).await?;
+        let px = vae_tiling::decode(&m.decoder, gpu, m.dtype, &z, [c, lh, lw], tiling).await?;
         times.push(now_ms() - t);
         s = gpu.stats();
         if !gpu.is_dry_run() && px.data.iter().any(|v| !v.is_finite()) {
-            return Err(bad("the VAE produced non-finite pixels".into()));
+            return Err(Error::Request("the VAE produced non-finite pixels".into()));
         }
     }
     stages.push(stage_report("vae_decode", &mut times, s));
-    peak = peak.max(stages.iter().map(|s| s.peak_bytes).max().unwrap_or(0));
-
-    Ok(Report { vae_tiling: tiling, peak_bytes: peak, ..report_head(gpu, o, dtype, weights, load_s, stages, captured) })
+    Ok(tiling)
 }
 
 fn report_head(

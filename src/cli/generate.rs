@@ -102,6 +102,38 @@ fn write_latents(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
     std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
 }
 
+/// The compute dtype `--precision` asks for on this device.
+fn precision(gpu: &Gpu, asked: &str) -> Result<DType> {
+    Ok(match asked {
+        "f32" => DType::F32,
+        "f16" if gpu.caps().shader_f16 => DType::F16,
+        "f16" => bail!("this device has no shader-f16; use --precision f32"),
+        "auto" if gpu.caps().shader_f16 => DType::F16,
+        "auto" => DType::F32,
+        other => bail!("--precision must be auto, f16 or f32, not {other}"),
+    })
+}
+
+/// Draws replayed from `--noise` (diffusers' recorded draws), else the seeded RNG.
+fn noise_source(recorded: Option<&Path>, seed: u64) -> Result<Box<dyn NoiseSource>> {
+    let Some(p) = recorded else { return Ok(Box::new(NormalRng::new(seed))) };
+    let (shape, v) = read_tensor(p, "noise")?;
+    // [K, 1, C, h, w]: K draws of everything after the leading dim.
+    let per: usize = shape.iter().skip(1).product();
+    let draws = v.chunks(per.max(1)).take(shape.first().copied().unwrap_or(0)).map(<[f32]>::to_vec);
+    Ok(Box::new(Recorded(draws.collect::<VecDeque<_>>())))
+}
+
+/// The per-kernel GPU time table, when profiling was on.
+fn print_profile(gpu: &Gpu) {
+    let Some(rows) = gpu.profile() else { return };
+    let total: f64 = rows.iter().map(|r| r.2).sum();
+    eprintln!("GPU time by kernel (WEBDIFFUSION_PROFILE), total {total:.2} s:");
+    for (label, n, t) in rows.iter().take(25) {
+        eprintln!("{:>8.1} ms {:>5.1}% {:>6}x  {label}", t * 1e3, 100.0 * t / total.max(1e-9), n);
+    }
+}
+
 pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
     // Found out before the model loads and the image is made, not after.
     for out in [Some(&a.out), a.out_latents.as_ref()].into_iter().flatten() {
@@ -110,19 +142,7 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
             bail!("--out {}: the folder {} does not exist", out.display(), dir.display());
         }
     }
-    let dtype = match a.precision.as_str() {
-        "f32" => DType::F32,
-        "f16" if gpu.caps().shader_f16 => DType::F16,
-        "f16" => bail!("this device has no shader-f16; use --precision f32"),
-        "auto" => {
-            if gpu.caps().shader_f16 {
-                DType::F16
-            } else {
-                DType::F32
-            }
-        }
-        other => bail!("--precision must be auto, f16 or f32, not {other}"),
-    };
+    let dtype = precision(gpu, &a.precision)?;
     let t0 = Instant::now();
     let src = super::http::open_model(&a.model);
     let quant = match (&a.quant, &a.policy) {
@@ -176,20 +196,7 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
     let seed = a.seed.unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
     });
-    let mut noise: Box<dyn NoiseSource> = match &a.noise {
-        Some(p) => {
-            let (shape, v) = read_tensor(p, "noise")?;
-            // [K, 1, C, h, w]: K draws of everything after the leading dim.
-            let per: usize = shape.iter().skip(1).product();
-            Box::new(Recorded(
-                v.chunks(per.max(1))
-                    .take(shape.first().copied().unwrap_or(0))
-                    .map(<[f32]>::to_vec)
-                    .collect::<VecDeque<_>>(),
-            ))
-        }
-        None => Box::new(NormalRng::new(seed)),
-    };
+    let mut noise = noise_source(a.noise.as_deref(), seed)?;
     if a.noise.is_none() {
         eprintln!("seed {seed}");
     }
@@ -201,13 +208,7 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
         true
     }))?;
     eprintln!("generated in {:.1} s", t1.elapsed().as_secs_f64());
-    if let Some(rows) = gpu.profile() {
-        let total: f64 = rows.iter().map(|r| r.2).sum();
-        eprintln!("GPU time by kernel (WEBDIFFUSION_PROFILE), total {total:.2} s:");
-        for (label, n, t) in rows.iter().take(25) {
-            eprintln!("{:>8.1} ms {:>5.1}% {:>6}x  {label}", t * 1e3, 100.0 * t / total.max(1e-9), n);
-        }
-    }
+    print_profile(gpu);
     let params = a1111_parameters(
         &a.prompt,
         a.negative_prompt.as_deref(),
