@@ -90,6 +90,40 @@ fn text_encoder_unet_and_vae_match_diffusers() {
     }
 }
 
+/// tiny-sd1's text encoder saved with transformers 5 (`make_tf5_text_encoders.py`): by
+/// `save_pretrained` as `CLIPTextModelWithProjection` (`text_model.*` + `text_projection`, no
+/// `position_ids`, a 5.x config), and as `CLIPTextModel`'s state dict (flat names, no
+/// `text_model.` level). Same weights, so tiny-sd1's reference holds for both, and every tensor
+/// but the projection is read.
+#[test]
+fn text_encoders_saved_by_transformers_5_load() {
+    for (folder, flat) in [("tiny-sd1-tf5", false), ("tiny-sd1-tf5-flat", true)] {
+        let src = fixture(folder);
+        let file = loader::component_tensors(&src, Component::TextEncoder).unwrap();
+        let names = file.names();
+        assert_eq!(names.iter().all(|n| !n.starts_with("text_model.")), flat, "{folder}: {:?}", &names[..2]);
+        assert!(names.iter().all(|n| !n.ends_with("position_ids")), "{folder}");
+        for dtype in common::dtypes() {
+            let opts = loader::LoadOptions::new(dtype);
+            let outputs = pollster::block_on(parity::text_encoder(&src, &fixture("tiny-sd1"), gpu(), &opts)).unwrap();
+            assert_eq!(outputs.len(), 2);
+            let (atol, rtol) = tol(dtype);
+            for o in outputs {
+                let bound = atol + rtol * o.max_abs_ref;
+                assert!(o.max_abs_err <= bound, "{folder} {} {dtype}: {} > {bound}", o.name, o.max_abs_err);
+                assert!(o.max_abs_ref > 0.5, "{folder} {}: a degenerate reference tests nothing", o.name);
+            }
+        }
+        let w = Weights::new(&*file, gpu(), DType::F32);
+        let text = String::from_utf8(src.read("text_encoder/config.json").unwrap().unwrap()).unwrap();
+        let config = webdiffusion::models::config::ClipConfig::from_json(&text).unwrap();
+        drop(webdiffusion::models::clip::ClipTextModel::load(config, &w).unwrap());
+        let unused = w.unused();
+        let projection = if flat { vec![] } else { vec!["text_projection.weight".to_string()] };
+        assert_eq!(unused, projection, "{folder}: every tensor but the projection is read");
+    }
+}
+
 #[test]
 fn loaders_read_every_published_tensor() {
     for model in MODELS {

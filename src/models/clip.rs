@@ -28,9 +28,14 @@ pub struct ClipTextModel {
 }
 
 impl ClipTextModel {
-    /// `w` at the file root; names are `text_model.*` as in published checkpoints.
+    /// `w` at the file root. Published checkpoints (transformers 4) name the tensors
+    /// `text_model.*`; transformers 5 saves `CLIPTextModel` and `CLIPTextModelWithProjection`
+    /// without that level, so every fine-tune saved with current tools does: both are read
+    /// (a `text_projection` beside them is not part of this model).
     pub fn load(config: ClipConfig, w: &Weights) -> Result<ClipTextModel> {
-        let t = w.pp("text_model");
+        let nested = w.contains("text_model.embeddings.token_embedding.weight");
+        let flat = w.contains("embeddings.token_embedding.weight");
+        let t = if nested || !flat { w.pp("text_model") } else { w.clone() };
         let (d, eps) = (config.hidden_size, config.layer_norm_eps);
         let layers = (0..config.num_hidden_layers)
             .map(|i| {

@@ -66,22 +66,48 @@ impl Reference {
     }
 }
 
+/// The text encoder of `model` (its hidden states and its clip_skip=1 output) against the
+/// reference of `reference` (a fixture with `reference.safetensors`): the same network saved
+/// another way must give the same outputs.
+pub async fn text_encoder(
+    model: &dyn FileSource,
+    reference: &dyn FileSource,
+    gpu: &Gpu,
+    opts: &LoadOptions,
+) -> Result<Vec<ParityOutput>> {
+    text_encoder_against(model, &reference_of(reference)?, gpu, opts).await
+}
+
+fn reference_of(src: &dyn FileSource) -> Result<Reference> {
+    let bytes = src
+        .read("reference.safetensors")?
+        .ok_or_else(|| Error::Weights(format!("{} has no reference.safetensors", src.describe())))?;
+    Ok(Reference(SafeTensorsBytes::new(bytes, "reference.safetensors")?))
+}
+
+async fn text_encoder_against(
+    src: &dyn FileSource,
+    r: &Reference,
+    gpu: &Gpu,
+    opts: &LoadOptions,
+) -> Result<Vec<ParityOutput>> {
+    let te = loader::text_encoder(src, gpu, opts)?;
+    let (shape, ids) = r.ids("text_encoder.input_ids")?;
+    let mut out = Vec::new();
+    for (skip, name) in [(0, "text_encoder.last_hidden_state"), (1, "text_encoder.clip_skip1")] {
+        out.push(r.compare(name, &te.forward(&ids, shape[0], skip)?).await?);
+    }
+    Ok(out)
+}
+
 /// Text encoder (and its clip_skip=1 output), U-Net at every reference timestep, VAE decode and
 /// encode, computed in `dtype` and compared with the reference.
 pub async fn run(src: &dyn FileSource, gpu: &Gpu, opts: &LoadOptions) -> Result<Vec<ParityOutput>> {
     let dtype = opts.dtype;
-    let bytes = src
-        .read("reference.safetensors")?
-        .ok_or_else(|| Error::Weights(format!("{} has no reference.safetensors", src.describe())))?;
-    let r = Reference(SafeTensorsBytes::new(bytes, "reference.safetensors")?);
+    let r = reference_of(src)?;
     let mut out = Vec::new();
 
-    let te = loader::text_encoder(src, gpu, opts)?;
-    let (shape, ids) = r.ids("text_encoder.input_ids")?;
-    for (skip, name) in [(0, "text_encoder.last_hidden_state"), (1, "text_encoder.clip_skip1")] {
-        out.push(r.compare(name, &te.forward(&ids, shape[0], skip)?).await?);
-    }
-    drop(te);
+    out.extend(text_encoder_against(src, &r, gpu, opts).await?);
 
     let unet = loader::unet(src, gpu, opts)?;
     let sample = r.upload(gpu, "unet.sample", dtype)?;
