@@ -253,12 +253,21 @@ pub async fn run(gpu: &Gpu, o: &BenchOptions) -> Result<Report> {
 
 /// Rows of the guided batch: [uncond, cond] above guidance 1.
 fn batch_of(o: &BenchOptions) -> usize {
-    if o.guidance > 1.0 { 2 } else { 1 }
+    if o.guidance > 1.0 {
+        2
+    } else {
+        1
+    }
 }
 
 /// The text encoder's median over `repeats` on a fixed prompt-like id sequence; its output is
 /// the U-Net's context.
-async fn time_text_encoder(gpu: &Gpu, o: &BenchOptions, m: &Loaded<'_>, stages: &mut Vec<StageReport>) -> Result<GpuTensor> {
+async fn time_text_encoder(
+    gpu: &Gpu,
+    o: &BenchOptions,
+    m: &Loaded<'_>,
+    stages: &mut Vec<StageReport>,
+) -> Result<GpuTensor> {
     let (batch, tokens) = (batch_of(o), m.te_cfg.max_position_embeddings);
     // BOS, words, EOS padding, per row.
     let ids: Vec<u32> = (0..batch * tokens)

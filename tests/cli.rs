@@ -194,7 +194,7 @@ mod generate {
             err
         };
         assert!(run(&["--width", "60"]).contains("multiples of 32"));
-        assert!(run(&["--scheduler", "pndm"]).contains("unknown scheduler pndm"));
+        assert!(run(&["--scheduler", "nope"]).contains("unknown scheduler nope"));
         assert!(run(&["--steps", "0"]).contains("steps must be 1 to 1000 (got 0)"));
         assert!(run(&["--steps", "100000"]).contains("steps must be 1 to 1000"));
         assert!(run(&["--width", "8192"]).contains("at most 4096 (got 8192x"));

@@ -74,9 +74,8 @@ pub(super) fn default_scheduler(class: Option<&str>, karras: bool) -> Result<Sch
         return Ok(kind);
     }
     Ok(match class {
-        // SD 1.x ships PNDM, which we do not implement; DDIM is the closest deterministic sampler.
-        Some("PNDMScheduler") | None => {
-            eprintln!("note: the model's PNDM scheduler is not implemented; using DDIM");
+        None => {
+            eprintln!("note: the model's scheduler config names no class; using DDIM");
             SchedulerKind::Ddim
         }
         Some(other) => bail!("the model's scheduler {other} is not supported; pick one with --scheduler"),

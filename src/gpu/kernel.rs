@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
+use super::dtype::DType;
 use super::layout::LaunchLayout;
 use super::preprocess::preprocess;
-use super::dtype::DType;
 use crate::error::{Error, Result};
 
 /// A WGSL source from `shaders/`, named. Each op file declares its own.

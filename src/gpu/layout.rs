@@ -105,7 +105,9 @@ pub fn check(label: &str, wgsl: &str, want: &LaunchLayout<'_>) -> Result<()> {
             _ => String::new(),
         };
         if expected != name {
-            let rust = field.map_or("nothing".to_string(), |f| format!("Rust field `{}` ({} bytes at {})", f.name, f.size, f.offset));
+            let rust = field.map_or("nothing".to_string(), |f| {
+                format!("Rust field `{}` ({} bytes at {})", f.name, f.size, f.offset)
+            });
             return Err(bad(format!("member `{name}` ({size} bytes at offset {offset}) meets {rust}")));
         }
     }

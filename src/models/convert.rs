@@ -24,7 +24,6 @@ use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu};
 use crate::quant::QuantPolicy;
 
-
 /// The tensors a component's model loads, in order, from `w` (a dry-run or synthetic cursor).
 pub fn component_accesses(component: Component, config_json: &str, w: &Weights) -> Result<Vec<Access>> {
     match component {

@@ -121,7 +121,12 @@ pub struct Requantized<'a> {
 }
 
 impl<'a> Requantized<'a> {
-    pub fn new(inner: Arc<dyn TensorSource + 'a>, component: &str, policy: Arc<QuantPolicy>, rounding: Rounding) -> Self {
+    pub fn new(
+        inner: Arc<dyn TensorSource + 'a>,
+        component: &str,
+        policy: Arc<QuantPolicy>,
+        rounding: Rounding,
+    ) -> Self {
         Requantized { inner, component: component.to_string(), policy, rounding }
     }
 }

@@ -114,7 +114,10 @@ pub trait TensorSource {
         let bytes = self.bytes(name)?;
         let want = info.dtype.store().map_or(0, |s| s.bytes(info.shape.iter().product()));
         if want != 0 && bytes.len() != want {
-            return Err(Error::Tensor { name: name.into(), msg: format!("has {} bytes, expected {want}", bytes.len()) });
+            return Err(Error::Tensor {
+                name: name.into(),
+                msg: format!("has {} bytes, expected {want}", bytes.len()),
+            });
         }
         restore(name, info.dtype, bytes, None, Rounding::Fit)
     }

@@ -110,12 +110,7 @@ fn binary(op: &'static str, define: &'static str, a: &GpuTensor, b: &GpuTensor) 
         b: st[1].map(|v| v as u32),
     };
     let binds = [a.bind(op)?, b.bind(op)?, out.bind(op)?];
-    a.gpu().launch(
-        &KernelKey::new(SHADER, dtype).with(define, 1),
-        &params,
-        &binds,
-        elementwise_grid(out.numel()),
-    )?;
+    a.gpu().launch(&KernelKey::new(SHADER, dtype).with(define, 1), &params, &binds, elementwise_grid(out.numel()))?;
     Ok(out)
 }
 

@@ -28,15 +28,25 @@ enum Variant {
 /// The conv2d kernels, each variant naming what its shader is compiled for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ConvKernel {
-    Tiled { bias: bool, weight: WeightStore },
+    Tiled {
+        bias: bool,
+        weight: WeightStore,
+    },
     /// `channels` x `pixels` outputs per invocation, as `direct_block` chose them.
-    Direct { bias: bool, weight: WeightStore, channels: usize, pixels: usize },
+    Direct {
+        bias: bool,
+        weight: WeightStore,
+        channels: usize,
+        pixels: usize,
+    },
 }
 
 impl ConvKernel {
     fn key(self, dtype: DType) -> KernelKey {
         match self {
-            ConvKernel::Tiled { bias, weight } => weight.define(KernelKey::new(SHADER, dtype).with("BIAS", bias as u32)),
+            ConvKernel::Tiled { bias, weight } => {
+                weight.define(KernelKey::new(SHADER, dtype).with("BIAS", bias as u32))
+            }
             ConvKernel::Direct { bias, weight, channels, pixels } => weight
                 .define(KernelKey::new(DIRECT, dtype).with("BIAS", bias as u32))
                 .with("COB", channels as u32)

@@ -29,11 +29,6 @@ pub fn geglu(x: &GpuTensor) -> Result<GpuTensor> {
     let out = GpuTensor::empty(x.gpu(), &shape, dtype)?;
     let params = Params { n: u32_of(OP, out.numel())?, d: (d2 / 2) as u32, pad: [0; 2] };
     let binds = [x.bind(OP)?, out.bind(OP)?];
-    x.gpu().launch(
-        &KernelKey::new(SHADER, dtype),
-        &params,
-        &binds,
-        elementwise_grid(out.numel()),
-    )?;
+    x.gpu().launch(&KernelKey::new(SHADER, dtype), &params, &binds, elementwise_grid(out.numel()))?;
     Ok(out)
 }

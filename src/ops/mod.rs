@@ -61,10 +61,9 @@ impl WeightStore {
     fn define(self, key: KernelKey) -> KernelKey {
         match self {
             WeightStore::Plain => key,
-            WeightStore::Quant(f) => key
-                .with("QUANT", 1)
-                .with("Q8", (f == QuantFormat::Q8_0) as u32)
-                .with("QWORDS", f.quant_words() as u32),
+            WeightStore::Quant(f) => {
+                key.with("QUANT", 1).with("Q8", (f == QuantFormat::Q8_0) as u32).with("QWORDS", f.quant_words() as u32)
+            }
         }
     }
 }

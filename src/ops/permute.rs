@@ -72,11 +72,6 @@ fn strided_copy(op: &'static str, x: &GpuTensor, shape: &[usize], strides: &[usi
     // A pure copy: u32 storage moves f32 bits unchanged; f16 needs its own element size.
     let dtype = if x.dtype() == DType::F16 { DType::F16 } else { DType::F32 };
     let binds = [x.bind(op)?, out.bind(op)?];
-    x.gpu().launch(
-        &KernelKey::new(SHADER, dtype),
-        &params,
-        &binds,
-        elementwise_grid(out.numel()),
-    )?;
+    x.gpu().launch(&KernelKey::new(SHADER, dtype), &params, &binds, elementwise_grid(out.numel()))?;
     Ok(out)
 }

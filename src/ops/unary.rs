@@ -22,12 +22,7 @@ fn unary(op: &'static str, define: &'static str, x: &GpuTensor, alpha: f32, beta
     let out = GpuTensor::empty(x.gpu(), x.shape(), dtype)?;
     let params = Params { n: u32_of(op, x.numel())?, alpha, beta, pad: 0 };
     let binds = [x.bind(op)?, out.bind(op)?];
-    x.gpu().launch(
-        &KernelKey::new(SHADER, dtype).with(define, 1),
-        &params,
-        &binds,
-        elementwise_grid(x.numel()),
-    )?;
+    x.gpu().launch(&KernelKey::new(SHADER, dtype).with(define, 1), &params, &binds, elementwise_grid(x.numel()))?;
     Ok(out)
 }
 

@@ -27,11 +27,6 @@ pub fn upsample_nearest2x(x: &GpuTensor) -> Result<GpuTensor> {
     let out = GpuTensor::empty(x.gpu(), &[n, c, 2 * h, 2 * w], dtype)?;
     let params = Params { n: u32_of(OP, out.numel())?, h: h as u32, w: w as u32, pad: 0 };
     let binds = [x.bind(OP)?, out.bind(OP)?];
-    x.gpu().launch(
-        &KernelKey::new(SHADER, dtype),
-        &params,
-        &binds,
-        elementwise_grid(out.numel()),
-    )?;
+    x.gpu().launch(&KernelKey::new(SHADER, dtype), &params, &binds, elementwise_grid(out.numel()))?;
     Ok(out)
 }

@@ -60,6 +60,9 @@ pub struct SchedulerConfig {
     pub solver_order: Option<usize>,
     #[serde(default)]
     pub solver_type: Option<String>,
+    /// PNDM: PLMS steps only (SD 1.x ships this), instead of Runge-Kutta warm-up steps first.
+    #[serde(default)]
+    pub skip_prk_steps: bool,
 }
 
 fn d_train() -> usize {

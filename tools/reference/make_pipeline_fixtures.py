@@ -103,6 +103,7 @@ from diffusers import (  # noqa: E402
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     LCMScheduler,
+    PNDMScheduler,
     StableDiffusionImg2ImgPipeline,
     StableDiffusionPipeline,
 )
@@ -138,9 +139,10 @@ SCHED_MODULE = {
     "EulerAncestralDiscreteScheduler": "diffusers.schedulers.scheduling_euler_ancestral_discrete",
     "DPMSolverMultistepScheduler": "diffusers.schedulers.scheduling_dpmsolver_multistep",
     "LCMScheduler": "diffusers.schedulers.scheduling_lcm",
+    "PNDMScheduler": "diffusers.schedulers.scheduling_pndm",
 }
 SCHED_CLASS = {c.__name__: c for c in (DDIMScheduler, EulerDiscreteScheduler, EulerAncestralDiscreteScheduler,
-                                         DPMSolverMultistepScheduler, LCMScheduler)}
+                                         DPMSolverMultistepScheduler, LCMScheduler, PNDMScheduler)}
 DPMPP2M = {"algorithm_type": "dpmsolver++", "solver_order": 2}
 
 
@@ -167,6 +169,10 @@ NOTE_IMG2IMG = ("StableDiffusionImg2ImgPipeline, strength 0.6, num_inference_ste
                 "encoded, sampled (mean + exp(0.5 * logvar) * noise[0]), scaled by vae.config.scaling_factor "
                 "(image_latents), then add_noise(image_latents, noise[1], timesteps[0]) = start_latents.")
 
+NOTE_PNDM = ("PNDMScheduler from the model's own config (skip_prk_steps true, as SD 1.x ships): PLMS, whose "
+             "schedule has N + 1 timesteps (the second-to-last, i.e. the first one run after the start, twice: the "
+             "warm-up), so the loop runs N + 1 U-Net calls; img2img slices that list at t_start (order 1).")
+
 CASES = [
     case("ddim_2", "DDIMScheduler", 2),
     case("ddim_5", "DDIMScheduler", 5),
@@ -191,7 +197,14 @@ CASES = [
     case("guidance_1_euler_3", "EulerDiscreteScheduler", 3, guidance=1.0,
          notes=["guidance_scale 1.0: do_classifier_free_guidance is guidance_scale > 1, so only the cond batch runs "
                 "and the negative prompt is never encoded."]),
+    case("pndm_2", "PNDMScheduler", 2, notes=[NOTE_PNDM]),
+    case("pndm_5", "PNDMScheduler", 5, notes=[NOTE_PNDM]),
+    case("pndm_prk_4", "PNDMScheduler", 4, overrides={"skip_prk_steps": False}, models=["tiny-sd1"],
+         notes=["skip_prk_steps False: 12 Runge-Kutta calls (the last 4 timesteps and their half-steps) before PLMS."]),
+    case("pndm_vpred_3", "PNDMScheduler", 3, overrides={"prediction_type": "v_prediction"}, models=["tiny-sd2"],
+         notes=["prediction_type v_prediction (the tiny U-Net is random)."]),
     case("img2img_ddim_4", "DDIMScheduler", 4, kind="img2img", notes=[NOTE_IMG2IMG]),
+    case("img2img_pndm_4", "PNDMScheduler", 4, kind="img2img", notes=[NOTE_IMG2IMG, NOTE_PNDM]),
     case("img2img_euler_a_4", "EulerAncestralDiscreteScheduler", 4, kind="img2img", notes=[NOTE_IMG2IMG]),
 ]
 
@@ -449,12 +462,13 @@ def run_case(model: str, pipes: dict, c: dict, init_image: np.ndarray):
     assert cfg == (c["guidance"] > 1.0)
     sched_ts = sched.timesteps.clone()
     if c["kind"] == "txt2img":
-        assert S == c["steps"] and torch.equal(torch.stack([s["t"] for s in steps]), sched_ts)
+        # PNDM's schedule has more entries than steps (the PLMS warm-up, the RK stages).
+        assert S == len(sched_ts) and torch.equal(torch.stack([s["t"] for s in steps]), sched_ts)
         start = latents * sched.init_noise_sigma
         assert torch.equal(steps[0]["sample"], start), "start latents != latents * init_noise_sigma"
     else:
         t_start = c["steps"] - min(int(c["steps"] * IMG2IMG_STRENGTH), c["steps"])
-        assert S == c["steps"] - t_start
+        assert S == len(sched_ts) - t_start
         assert torch.equal(torch.stack([s["t"] for s in steps]), sched_ts[t_start:])
         (an,) = rec["add_noise"]
         assert torch.equal(an["out"], steps[0]["sample"]) and torch.equal(an["noise"], rec["draws"][1])

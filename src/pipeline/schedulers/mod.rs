@@ -11,6 +11,7 @@ mod dpmpp_2m;
 mod euler;
 mod euler_ancestral;
 mod lcm;
+mod pndm;
 
 use super::schedule::{Prediction, SchedulerConfig};
 use crate::error::{Error, Result};
@@ -50,6 +51,7 @@ pub enum SchedulerKind {
     DpmPP2M,
     DpmPP2MKarras,
     Lcm,
+    Pndm,
 }
 
 /// A registry row: how each kind is named and built.
@@ -107,6 +109,14 @@ pub const REGISTRY: &[Entry] = &[
         class: "DPMSolverMultistepScheduler",
         karras: true,
         build: |c, s| dpmpp_2m::build(c, s, true),
+    },
+    Entry {
+        kind: SchedulerKind::Pndm,
+        id: "pndm",
+        a1111: "PLMS",
+        class: "PNDMScheduler",
+        karras: false,
+        build: pndm::build,
     },
     Entry {
         kind: SchedulerKind::Lcm,

@@ -40,7 +40,13 @@ fn sd15() -> SchedulerConfig {
 #[test]
 fn bad_step_counts_are_errors_not_panics() {
     let c = sd15();
-    for kind in [SchedulerKind::Ddim, SchedulerKind::Euler, SchedulerKind::DpmPP2MKarras, SchedulerKind::Lcm] {
+    for kind in [
+        SchedulerKind::Ddim,
+        SchedulerKind::Euler,
+        SchedulerKind::DpmPP2MKarras,
+        SchedulerKind::Lcm,
+        SchedulerKind::Pndm,
+    ] {
         assert!(Scheduler::new(kind, &c, 0).is_err(), "{kind:?} 0 steps");
         assert!(Scheduler::new(kind, &c, 1001).is_err(), "{kind:?} 1001 steps");
         assert!(Scheduler::new(kind, &c, 1).is_ok(), "{kind:?} 1 step");
@@ -55,6 +61,8 @@ fn defaults_follow_the_scheduler_class() {
     // SD 1.5's config has no timestep_spacing: DDIM uses leading (+offset), Euler linspace.
     let c = sd15();
     assert_eq!(Scheduler::new(SchedulerKind::Ddim, &c, 4).unwrap().timesteps(), [751.0, 501.0, 251.0, 1.0]);
+    // PLMS runs its first step after the start twice (the warm-up): N + 1 U-Net calls.
+    assert_eq!(Scheduler::new(SchedulerKind::Pndm, &c, 4).unwrap().timesteps(), [751.0, 501.0, 501.0, 251.0, 1.0]);
     assert_eq!(Scheduler::new(SchedulerKind::Euler, &c, 3).unwrap().timesteps(), [999.0, 499.5, 0.0]);
     assert_eq!(Scheduler::new(SchedulerKind::DpmPP2M, &c, 4).unwrap().timesteps(), [999.0, 749.0, 500.0, 250.0]);
     assert_eq!(Scheduler::new(SchedulerKind::Lcm, &c, 4).unwrap().timesteps(), [999.0, 759.0, 499.0, 259.0]);
@@ -71,6 +79,7 @@ fn the_registry_names_every_kind_once() {
         SchedulerKind::DpmPP2M,
         SchedulerKind::DpmPP2MKarras,
         SchedulerKind::Lcm,
+        SchedulerKind::Pndm,
     ];
     assert_eq!(REGISTRY.len(), kinds.len());
     for kind in kinds {
@@ -81,8 +90,10 @@ fn the_registry_names_every_kind_once() {
     }
     assert_eq!(SchedulerKind::for_class("DPMSolverMultistepScheduler", true), Some(SchedulerKind::DpmPP2MKarras));
     assert_eq!(SchedulerKind::for_class("DPMSolverMultistepScheduler", false), Some(SchedulerKind::DpmPP2M));
-    assert_eq!(SchedulerKind::for_class("PNDMScheduler", false), None);
+    assert_eq!(SchedulerKind::for_class("PNDMScheduler", false), Some(SchedulerKind::Pndm));
+    assert_eq!(SchedulerKind::for_class("HeunDiscreteScheduler", false), None);
     assert_eq!(SchedulerKind::EulerAncestral.a1111_name(), "Euler a");
-    let err = SchedulerKind::parse("pndm").unwrap_err().to_string();
-    assert!(err.contains("unknown scheduler pndm") && err.contains("dpm++2m-karras"), "{err}");
+    assert_eq!(SchedulerKind::Pndm.a1111_name(), "PLMS");
+    let err = SchedulerKind::parse("nope").unwrap_err().to_string();
+    assert!(err.contains("unknown scheduler nope") && err.contains("dpm++2m-karras") && err.contains("pndm"), "{err}");
 }
