@@ -119,7 +119,7 @@ fn run_cases(model: &str) -> usize {
 #[test]
 fn txt2img_and_img2img_match_diffusers_step_by_step() {
     let ran: usize = ["tiny-sd1", "tiny-sd2", "tiny-lcm"].iter().map(|m| run_cases(m)).sum();
-    assert_eq!(ran, 45, "every fixture case runs");
+    assert_eq!(ran, 62, "every fixture case runs");
 }
 
 #[test]

@@ -272,6 +272,8 @@ impl StableDiffusion {
             .collect::<Result<Vec<_>>>()?;
         let timesteps = schedulers[0].timesteps().to_vec();
         let total = timesteps.len();
+        // The steps img2img leaves out, in timesteps (Heun runs each step's twice).
+        let start = start * schedulers[0].order();
 
         let mut xs = Vec::with_capacity(b);
         for ((r, given), (noise, s)) in reqs.iter().zip(latents).zip(noises.iter_mut().zip(&schedulers)) {

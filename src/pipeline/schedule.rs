@@ -190,18 +190,11 @@ impl SchedulerConfig {
         let betas: Vec<f32> = if let Some(t) = &self.trained_betas {
             t.iter().map(|&b| b as f32).collect()
         } else {
-            let lin = |a: f64, b: f64| -> Vec<f64> {
-                (0..n).map(|i| if n == 1 { a } else { a + (b - a) * i as f64 / (n - 1) as f64 }).collect()
-            };
             match self.beta_schedule.as_str() {
-                "linear" => lin(self.beta_start, self.beta_end).into_iter().map(|b| b as f32).collect(),
-                "scaled_linear" => lin(self.beta_start.sqrt(), self.beta_end.sqrt())
-                    .into_iter()
-                    .map(|b| {
-                        let b = b as f32;
-                        b * b
-                    })
-                    .collect(),
+                "linear" => torch_linspace(self.beta_start, self.beta_end, n),
+                "scaled_linear" => {
+                    torch_linspace(self.beta_start.sqrt(), self.beta_end.sqrt(), n).into_iter().map(|b| b * b).collect()
+                }
                 "squaredcos_cap_v2" => {
                     let abar = |t: f64| ((t + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2).cos().powi(2);
                     (0..n)
@@ -246,6 +239,18 @@ impl SchedulerConfig {
             }
         })
     }
+}
+
+/// `torch.linspace(a, b, n, dtype=torch.float32)` bit for bit: an f32 step, each value one fused
+/// multiply-add from the nearer end (the first half counts up from `a`, the second down from
+/// `b`), as ATen's CPU kernel computes it. The betas, and so every alpha and sigma, come from it.
+pub fn torch_linspace(a: f64, b: f64, n: usize) -> Vec<f32> {
+    let (a, b) = (a as f32, b as f32);
+    if n == 1 {
+        return vec![a];
+    }
+    let step = (b - a) / (n - 1) as f32;
+    (0..n).map(|i| if i < n / 2 { step.mul_add(i as f32, a) } else { (-step).mul_add((n - 1 - i) as f32, b) }).collect()
 }
 
 /// numpy's `round`: halves go to the even neighbour.

@@ -123,7 +123,7 @@ test('a prompt with ’, — , CJK and emoji is kept in the image and its PNG (i
 
 test("the scheduler list is the engine's; every image lands in the gallery and restores from it", { timeout: 120_000 }, async () => {
   const ids = await page.evaluate(() => [...document.getElementById('scheduler').options].map((o) => o.value));
-  assert.deepEqual(ids, ['ddim', 'euler', 'euler-a', 'dpm++2m', 'dpm++2m-karras', 'pndm', 'lcm']);
+  assert.deepEqual(ids, ['ddim', 'euler', 'euler-a', 'dpm++2m', 'dpm++2m-karras', 'pndm', 'heun', 'lms', 'lms-karras', 'lcm']);
   const figures = await page.evaluate(() => document.querySelectorAll('#gallery figure img').length);
   assert.ok(figures >= 5, `the session's images are in the gallery (${figures})`);
   await page.evaluate(() => document.getElementById('result-info').replaceChildren());

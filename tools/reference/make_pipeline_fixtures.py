@@ -102,7 +102,9 @@ from diffusers import (  # noqa: E402
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
     LCMScheduler,
+    LMSDiscreteScheduler,
     PNDMScheduler,
     StableDiffusionImg2ImgPipeline,
     StableDiffusionPipeline,
@@ -140,9 +142,12 @@ SCHED_MODULE = {
     "DPMSolverMultistepScheduler": "diffusers.schedulers.scheduling_dpmsolver_multistep",
     "LCMScheduler": "diffusers.schedulers.scheduling_lcm",
     "PNDMScheduler": "diffusers.schedulers.scheduling_pndm",
+    "HeunDiscreteScheduler": "diffusers.schedulers.scheduling_heun_discrete",
+    "LMSDiscreteScheduler": "diffusers.schedulers.scheduling_lms_discrete",
 }
 SCHED_CLASS = {c.__name__: c for c in (DDIMScheduler, EulerDiscreteScheduler, EulerAncestralDiscreteScheduler,
-                                         DPMSolverMultistepScheduler, LCMScheduler, PNDMScheduler)}
+                                         DPMSolverMultistepScheduler, LCMScheduler, PNDMScheduler,
+                                         HeunDiscreteScheduler, LMSDiscreteScheduler)}
 DPMPP2M = {"algorithm_type": "dpmsolver++", "solver_order": 2}
 
 
@@ -172,6 +177,9 @@ NOTE_IMG2IMG = ("StableDiffusionImg2ImgPipeline, strength 0.6, num_inference_ste
 NOTE_PNDM = ("PNDMScheduler from the model's own config (skip_prk_steps true, as SD 1.x ships): PLMS, whose "
              "schedule has N + 1 timesteps (the second-to-last, i.e. the first one run after the start, twice: the "
              "warm-up), so the loop runs N + 1 U-Net calls; img2img slices that list at t_start (order 1).")
+
+NOTE_HEUN = ("HeunDiscreteScheduler: every sigma after the first twice, so the loop runs 2N - 1 U-Net calls; order 2, "
+             "so img2img starts at timesteps[t_start * 2:] with set_begin_index(t_start * 2).")
 
 CASES = [
     case("ddim_2", "DDIMScheduler", 2),
@@ -203,7 +211,17 @@ CASES = [
          notes=["skip_prk_steps False: 12 Runge-Kutta calls (the last 4 timesteps and their half-steps) before PLMS."]),
     case("pndm_vpred_3", "PNDMScheduler", 3, overrides={"prediction_type": "v_prediction"}, models=["tiny-sd2"],
          notes=["prediction_type v_prediction (the tiny U-Net is random)."]),
+    case("heun_2", "HeunDiscreteScheduler", 2, notes=[NOTE_HEUN]),
+    case("heun_5", "HeunDiscreteScheduler", 5, notes=[NOTE_HEUN]),
+    case("heun_vpred_3", "HeunDiscreteScheduler", 3, overrides={"prediction_type": "v_prediction"},
+         models=["tiny-sd2"], notes=[NOTE_HEUN, "prediction_type v_prediction (the tiny U-Net is random)."]),
+    case("lms_2", "LMSDiscreteScheduler", 2),
+    case("lms_5", "LMSDiscreteScheduler", 5),
+    case("lms_karras_2", "LMSDiscreteScheduler", 2, overrides={"use_karras_sigmas": True}),
+    case("lms_karras_5", "LMSDiscreteScheduler", 5, overrides={"use_karras_sigmas": True}),
     case("img2img_ddim_4", "DDIMScheduler", 4, kind="img2img", notes=[NOTE_IMG2IMG]),
+    case("img2img_heun_4", "HeunDiscreteScheduler", 4, kind="img2img", notes=[NOTE_IMG2IMG, NOTE_HEUN]),
+    case("img2img_lms_4", "LMSDiscreteScheduler", 4, kind="img2img", notes=[NOTE_IMG2IMG]),
     case("img2img_pndm_4", "PNDMScheduler", 4, kind="img2img", notes=[NOTE_IMG2IMG, NOTE_PNDM]),
     case("img2img_euler_a_4", "EulerAncestralDiscreteScheduler", 4, kind="img2img", notes=[NOTE_IMG2IMG]),
 ]
@@ -468,8 +486,9 @@ def run_case(model: str, pipes: dict, c: dict, init_image: np.ndarray):
         assert torch.equal(steps[0]["sample"], start), "start latents != latents * init_noise_sigma"
     else:
         t_start = c["steps"] - min(int(c["steps"] * IMG2IMG_STRENGTH), c["steps"])
-        assert S == len(sched_ts) - t_start
-        assert torch.equal(torch.stack([s["t"] for s in steps]), sched_ts[t_start:])
+        begin = t_start * sched.order
+        assert S == len(sched_ts) - begin
+        assert torch.equal(torch.stack([s["t"] for s in steps]), sched_ts[begin:])
         (an,) = rec["add_noise"]
         assert torch.equal(an["out"], steps[0]["sample"]) and torch.equal(an["noise"], rec["draws"][1])
         assert an["t"].tolist() == [steps[0]["t"].item()]

@@ -1,6 +1,7 @@
 //! DPM-Solver++ 2M (midpoint), optionally with Karras sigmas, as diffusers'
 //! `DPMSolverMultistepScheduler` with its defaults for SD.
 
+use super::euler::{karras as karras_sigmas, sigma_to_t};
 use super::Sampler;
 use crate::error::Result;
 use crate::pipeline::schedule::{interp, round_half_even, Prediction, SchedulerConfig};
@@ -31,14 +32,7 @@ fn schedule(config: &SchedulerConfig, ac: &[f32], steps: usize, karras: bool) ->
     let table64: Vec<f64> = table.iter().map(|&s| s as f64).collect();
     let (timesteps, mut sigmas): (Vec<f64>, Vec<f32>) = if karras {
         let (smin, smax) = (table64[0], table64[n - 1]);
-        let rho = 7.0;
-        let (lo, hi) = (smin.powf(1.0 / rho), smax.powf(1.0 / rho));
-        let sig: Vec<f64> = (0..steps)
-            .map(|i| {
-                let ramp = if steps == 1 { 0.0 } else { i as f64 / (steps - 1) as f64 };
-                (hi + ramp * (lo - hi)).powf(rho)
-            })
-            .collect();
+        let sig = karras_sigmas(smin, smax, steps);
         let logs: Vec<f64> = table.iter().map(|&s| s.ln() as f64).collect();
         let ts = sig.iter().map(|&s| round_half_even(sigma_to_t(s, &logs))).collect();
         (ts, sig.iter().map(|&s| s as f32).collect())
@@ -63,16 +57,6 @@ fn schedule(config: &SchedulerConfig, ac: &[f32], steps: usize, karras: bool) ->
     };
     sigmas.push(0.0);
     (timesteps.iter().map(|&t| t as f32).collect(), sigmas)
-}
-
-/// diffusers' `_sigma_to_t`: interpolates a sigma's position in the log-sigma table.
-fn sigma_to_t(sigma: f64, log_sigmas: &[f64]) -> f64 {
-    let ls = sigma.max(1e-10).ln();
-    let n = log_sigmas.len();
-    let low = log_sigmas.iter().rposition(|&l| ls - l >= 0.0).unwrap_or(0).min(n - 2);
-    let (lo, hi) = (log_sigmas[low], log_sigmas[low + 1]);
-    let w = ((lo - ls) / (lo - hi)).clamp(0.0, 1.0);
-    (1.0 - w) * low as f64 + w * (low + 1) as f64
 }
 
 /// (alpha, sigma) of the variance-preserving form at Euler sigma `s`.

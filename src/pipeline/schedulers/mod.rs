@@ -10,7 +10,9 @@ mod ddim;
 mod dpmpp_2m;
 mod euler;
 mod euler_ancestral;
+mod heun;
 mod lcm;
+mod lms;
 mod pndm;
 
 use super::schedule::{Prediction, SchedulerConfig};
@@ -20,6 +22,12 @@ use crate::error::{Error, Result};
 /// advanced by `step`.
 pub trait Sampler: Send {
     fn timesteps(&self) -> &[f32];
+
+    /// Timesteps per step of the schedule (Heun runs each twice): img2img skips this many per
+    /// step it leaves out, as diffusers' `timesteps[t_start * order:]`.
+    fn order(&self) -> usize {
+        1
+    }
 
     /// Initial latents are standard normal times this.
     fn init_noise_sigma(&self) -> f32 {
@@ -52,6 +60,9 @@ pub enum SchedulerKind {
     DpmPP2MKarras,
     Lcm,
     Pndm,
+    Heun,
+    Lms,
+    LmsKarras,
 }
 
 /// A registry row: how each kind is named and built.
@@ -117,6 +128,30 @@ pub const REGISTRY: &[Entry] = &[
         class: "PNDMScheduler",
         karras: false,
         build: pndm::build,
+    },
+    Entry {
+        kind: SchedulerKind::Heun,
+        id: "heun",
+        a1111: "Heun",
+        class: "HeunDiscreteScheduler",
+        karras: false,
+        build: heun::build,
+    },
+    Entry {
+        kind: SchedulerKind::Lms,
+        id: "lms",
+        a1111: "LMS",
+        class: "LMSDiscreteScheduler",
+        karras: false,
+        build: |c, s| lms::build(c, s, false),
+    },
+    Entry {
+        kind: SchedulerKind::LmsKarras,
+        id: "lms-karras",
+        a1111: "LMS Karras",
+        class: "LMSDiscreteScheduler",
+        karras: true,
+        build: |c, s| lms::build(c, s, true),
     },
     Entry {
         kind: SchedulerKind::Lcm,
@@ -186,6 +221,11 @@ impl Scheduler {
 
     pub fn timesteps(&self) -> &[f32] {
         self.inner.timesteps()
+    }
+
+    /// Timesteps per step (see `Sampler::order`).
+    pub fn order(&self) -> usize {
+        self.inner.order()
     }
 
     /// Initial latents are standard normal times this.

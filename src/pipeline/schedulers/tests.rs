@@ -80,6 +80,9 @@ fn the_registry_names_every_kind_once() {
         SchedulerKind::DpmPP2MKarras,
         SchedulerKind::Lcm,
         SchedulerKind::Pndm,
+        SchedulerKind::Heun,
+        SchedulerKind::Lms,
+        SchedulerKind::LmsKarras,
     ];
     assert_eq!(REGISTRY.len(), kinds.len());
     for kind in kinds {
@@ -91,9 +94,23 @@ fn the_registry_names_every_kind_once() {
     assert_eq!(SchedulerKind::for_class("DPMSolverMultistepScheduler", true), Some(SchedulerKind::DpmPP2MKarras));
     assert_eq!(SchedulerKind::for_class("DPMSolverMultistepScheduler", false), Some(SchedulerKind::DpmPP2M));
     assert_eq!(SchedulerKind::for_class("PNDMScheduler", false), Some(SchedulerKind::Pndm));
-    assert_eq!(SchedulerKind::for_class("HeunDiscreteScheduler", false), None);
+    assert_eq!(SchedulerKind::for_class("LMSDiscreteScheduler", true), Some(SchedulerKind::LmsKarras));
+    assert_eq!(SchedulerKind::for_class("UniPCMultistepScheduler", false), None);
     assert_eq!(SchedulerKind::EulerAncestral.a1111_name(), "Euler a");
     assert_eq!(SchedulerKind::Pndm.a1111_name(), "PLMS");
     let err = SchedulerKind::parse("nope").unwrap_err().to_string();
     assert!(err.contains("unknown scheduler nope") && err.contains("dpm++2m-karras") && err.contains("pndm"), "{err}");
+}
+
+/// The betas come from `torch.linspace(.., dtype=float32)` as ATen computes it, so the schedule
+/// is torch's to the bit: SD's last alphas_cumprod, as torch 2.15 (CPU) gives it for SD's
+/// scaled_linear betas (`torch.cumprod(1 - torch.linspace(0.00085**0.5, 0.012**0.5, 1000)**2, 0)[999]`),
+/// differs from a plain f64 linspace's by several ulps.
+#[test]
+fn betas_are_torch_linspace() {
+    let ac = sd15().alphas_cumprod().unwrap();
+    assert_eq!(ac[999], 0.004_660_095_088_183_88_f32);
+    let l = crate::pipeline::schedule::torch_linspace(0.1, 0.9, 7);
+    assert_eq!((l[0], l[6]), (0.1, 0.9));
+    assert!(l.windows(2).all(|w| w[0] < w[1]));
 }
