@@ -55,6 +55,9 @@ struct GenerateRequest {
     height: usize,
     scheduler: String,
     seed: u64,
+    /// DDIM's eta (absent: 0).
+    #[serde(default)]
+    eta: f32,
 }
 
 impl GenerateRequest {
@@ -71,6 +74,7 @@ impl GenerateRequest {
             width: self.width,
             height: self.height,
             scheduler: SchedulerKind::parse(&self.scheduler).map_err(js_err)?,
+            eta: self.eta,
             init: None,
         })
     }

@@ -95,54 +95,67 @@ mod generate {
         webdiffusion::pipeline::image::decode_png(&std::fs::read(png).unwrap()).unwrap().0
     }
 
+    /// The CLI reproduces a diffusers run given its latents and every noise draw: Euler
+    /// Ancestral (a draw per step) and DDIM with `--eta 1` (also a draw per step).
     #[test]
     fn generate_replays_diffusers_from_latents_and_noise_files() {
-        let case = fixture("tiny-sd2").join("pipeline/euler_a_2.safetensors");
-        let (latents, noise, out, out_latents) =
-            (tmp("l.safetensors"), tmp("n.safetensors"), tmp("out.png"), tmp("out-l.safetensors"));
-        extract(&case, "latents", "latents", &latents);
-        extract(&case, "noise", "noise", &noise);
-        let model = fixture("tiny-sd2");
-        let args = [
-            "generate",
-            "--model",
-            model.to_str().unwrap(),
-            "--prompt",
-            "a red circle on a blue background",
-            "--negative-prompt",
-            "",
-            "--steps",
-            "2",
-            "--guidance",
-            "7.5",
-            "--scheduler",
-            "euler-a",
-            "--width",
-            "64",
-            "--height",
-            "64",
-            "--precision",
-            "f32",
-        ];
-        let status = cli()
-            .args(args)
-            .args(["--latents", latents.to_str().unwrap(), "--noise", noise.to_str().unwrap()])
-            .args(["--out", out.to_str().unwrap(), "--out-latents", out_latents.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
-        let want = tensor(&case, "image");
-        let got = decode(&out);
-        assert_eq!(got.len(), want.len());
-        assert!(
-            got.iter().zip(&want).all(|(a, b)| a.abs_diff(*b) <= 1),
-            "PNG differs from diffusers by more than 1/255"
-        );
-        let (got, want) = (f32s(&tensor(&out_latents, "latents")), f32s(&tensor(&case, "final_latents")));
-        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-        assert!(got.iter().zip(&want).all(|(g, w)| (g - w).abs() <= 1e-4 * scale));
-        let png = std::fs::read(&out).unwrap();
-        assert!(String::from_utf8_lossy(&png).contains("Steps: 2, Sampler: Euler a, CFG scale: 7.5"));
+        for (name, scheduler, steps, eta, sampler) in [
+            ("euler_a_2", "euler-a", "2", "0", "Steps: 2, Sampler: Euler a, CFG scale: 7.5"),
+            ("ddim_eta1_3", "ddim", "3", "1", "Steps: 3, Sampler: DDIM, CFG scale: 7.5"),
+        ] {
+            let case = fixture("tiny-sd2").join(format!("pipeline/{name}.safetensors"));
+            let (latents, noise, out, out_latents) = (
+                tmp(&format!("{name}-l.safetensors")),
+                tmp(&format!("{name}-n.safetensors")),
+                tmp(&format!("{name}-out.png")),
+                tmp(&format!("{name}-out-l.safetensors")),
+            );
+            extract(&case, "latents", "latents", &latents);
+            extract(&case, "noise", "noise", &noise);
+            let model = fixture("tiny-sd2");
+            let args = [
+                "generate",
+                "--model",
+                model.to_str().unwrap(),
+                "--prompt",
+                "a red circle on a blue background",
+                "--negative-prompt",
+                "",
+                "--steps",
+                steps,
+                "--guidance",
+                "7.5",
+                "--scheduler",
+                scheduler,
+                "--eta",
+                eta,
+                "--width",
+                "64",
+                "--height",
+                "64",
+                "--precision",
+                "f32",
+            ];
+            let status = cli()
+                .args(args)
+                .args(["--latents", latents.to_str().unwrap(), "--noise", noise.to_str().unwrap()])
+                .args(["--out", out.to_str().unwrap(), "--out-latents", out_latents.to_str().unwrap()])
+                .output()
+                .unwrap();
+            assert!(status.status.success(), "{name}: {}", String::from_utf8_lossy(&status.stderr));
+            let want = tensor(&case, "image");
+            let got = decode(&out);
+            assert_eq!(got.len(), want.len());
+            assert!(
+                got.iter().zip(&want).all(|(a, b)| a.abs_diff(*b) <= 1),
+                "{name}: PNG differs from diffusers by more than 1/255"
+            );
+            let (got, want) = (f32s(&tensor(&out_latents, "latents")), f32s(&tensor(&case, "final_latents")));
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert!(got.iter().zip(&want).all(|(g, w)| (g - w).abs() <= 1e-4 * scale), "{name}: final latents");
+            let png = std::fs::read(&out).unwrap();
+            assert!(String::from_utf8_lossy(&png).contains(sampler), "{name}: parameters text");
+        }
     }
 
     #[test]
@@ -195,6 +208,7 @@ mod generate {
         };
         assert!(run(&["--width", "60"]).contains("multiples of 32"));
         assert!(run(&["--scheduler", "nope"]).contains("unknown scheduler nope"));
+        assert!(run(&["--eta", "2"]).contains("eta must be 0 to 1 (got 2)"));
         assert!(run(&["--steps", "0"]).contains("steps must be 1 to 1000 (got 0)"));
         assert!(run(&["--steps", "100000"]).contains("steps must be 1 to 1000"));
         assert!(run(&["--width", "8192"]).contains("at most 4096 (got 8192x"));

@@ -58,6 +58,7 @@ fn generate(src: &dyn FileSource, opts: &LoadOptions, steps: usize) -> Generated
         width: 64,
         height: 64,
         scheduler: SchedulerKind::Euler,
+        eta: 0.0,
         init: None,
     };
     pollster::block_on(sd.generate(&req, None, &mut NormalRng::new(7), &mut |_| true)).unwrap()

@@ -77,6 +77,7 @@ fn run_cases(model: &str) -> usize {
             width: case["width"].as_u64().unwrap() as usize,
             height: case["height"].as_u64().unwrap() as usize,
             scheduler: kind,
+            eta: case["eta"].as_f64().unwrap_or(0.0) as f32,
         };
         let latents = c.f32("latents").map(|l| l.1);
         if let Some((shape, w)) = c.f32("w_embedding") {
@@ -119,7 +120,7 @@ fn run_cases(model: &str) -> usize {
 #[test]
 fn txt2img_and_img2img_match_diffusers_step_by_step() {
     let ran: usize = ["tiny-sd1", "tiny-sd2", "tiny-lcm"].iter().map(|m| run_cases(m)).sum();
-    assert_eq!(ran, 62, "every fixture case runs");
+    assert_eq!(ran, 66, "every fixture case runs");
 }
 
 #[test]
@@ -134,6 +135,7 @@ fn cancelling_stops_between_steps() {
         width: 64,
         height: 64,
         scheduler: SchedulerKind::Euler,
+        eta: 0.0,
         init: None,
     };
     let mut calls = Vec::new();
@@ -169,6 +171,7 @@ fn a_batch_equals_its_generations_one_by_one() {
         width: 64,
         height: 64,
         scheduler: SchedulerKind::EulerAncestral,
+        eta: 0.0,
         init: None,
     };
     let reqs = [req("a red circle", ""), req("a blue square", "blurry"), req("a green star", "")];

@@ -19,7 +19,7 @@ export function fillSchedulers(list) {
 }
 
 export function setForm(r) {
-  for (const k of ['prompt', 'steps', 'guidance', 'width', 'height']) if (r[k] !== undefined && r[k] !== null) $(k).value = r[k];
+  for (const k of ['prompt', 'steps', 'guidance', 'width', 'height', 'eta']) if (r[k] !== undefined && r[k] !== null) $(k).value = r[k];
   if (r.negativePrompt !== undefined) $('negative').value = r.negativePrompt || '';
   if (r.scheduler) setScheduler(r.scheduler);
   if (r.seed !== undefined && r.seed !== null) {
@@ -38,6 +38,7 @@ export function readForm() {
     width: Number($('width').value),
     height: Number($('height').value),
     scheduler: $('scheduler').value,
+    eta: Number($('eta').value),
     seed: $('seed-random').checked ? null : Number($('seed').value),
   };
 }
@@ -67,5 +68,6 @@ export function enforceLimits(req, sizeStep) {
   limit('height', { step: sizeStep });
   limit('steps', { integer: true });
   limit('guidance');
+  limit('eta');
   if (notes.length) $('size-hint').textContent = `Adjusted: ${notes.join('; ')}.`;
 }

@@ -279,6 +279,7 @@ async function runGeneration(msg) {
     height: Number(r.height),
     scheduler: String(r.scheduler),
     seed: Number(r.seed),
+    eta: Number(r.eta ?? 0),
   };
   const t0 = performance.now();
   let firstStepAt = null;

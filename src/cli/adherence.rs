@@ -194,6 +194,7 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
                 width: set.inference.width,
                 height: set.inference.height,
                 scheduler,
+                eta: 0.0,
                 init: None,
             })
             .collect();

@@ -35,9 +35,14 @@ pub struct Args {
     /// models embed it instead, default 8.5).
     #[arg(long)]
     guidance: Option<f32>,
-    /// ddim, euler, euler-a, dpm++2m, dpm++2m-karras or lcm (default: the model's scheduler).
+    /// ddim, euler, euler-a, dpm++2m, dpm++2m-karras, pndm, heun, lms, lms-karras or lcm
+    /// (default: the model's scheduler).
     #[arg(long)]
     scheduler: Option<String>,
+    /// DDIM's eta, 0 to 1: 0 is deterministic, 1 adds DDPM's noise each step (other samplers
+    /// ignore it).
+    #[arg(long, default_value_t = 0.0)]
+    eta: f32,
     /// Pixels; default the U-Net's sample_size times the VAE factor.
     #[arg(long)]
     width: Option<usize>,
@@ -186,6 +191,7 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
         width,
         height,
         scheduler,
+        eta: a.eta,
         init: init.map(|(i, _, _)| i),
     };
     let latents = match &a.latents {

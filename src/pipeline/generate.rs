@@ -65,6 +65,9 @@ pub struct Request {
     pub width: usize,
     pub height: usize,
     pub scheduler: SchedulerKind,
+    /// DDIM's eta, 0..=1: 0 is deterministic DDIM, 1 adds DDPM's full noise each step (a draw
+    /// per step). Other samplers ignore it, as diffusers' pipelines do.
+    pub eta: f32,
     /// img2img: the starting picture (RGB, `width` x `height`) and how much to change it.
     pub init: Option<InitImage>,
 }
@@ -198,6 +201,9 @@ impl StableDiffusion {
         if !(req.guidance.is_finite() && (0.0..=MAX_GUIDANCE).contains(&req.guidance)) {
             return Err(Error::Request(format!("guidance must be 0 to {MAX_GUIDANCE} (got {})", req.guidance)));
         }
+        if !(req.eta.is_finite() && (0.0..=1.0).contains(&req.eta)) {
+            return Err(Error::Request(format!("eta must be 0 to 1 (got {})", req.eta)));
+        }
         Ok(())
     }
 
@@ -217,11 +223,12 @@ impl StableDiffusion {
                 && r.steps == first.steps
                 && r.scheduler == first.scheduler
                 && r.guidance == first.guidance
+                && r.eta == first.eta
                 && strength(r) == strength(first)
         };
         if !reqs.iter().all(same) {
             return Err(Error::Request(
-                "a batch needs one size, step count, scheduler, guidance and init-image strength".into(),
+                "a batch needs one size, step count, scheduler, guidance, eta and init-image strength".into(),
             ));
         }
         let Some(init) = &first.init else { return Ok(0) };
@@ -270,6 +277,9 @@ impl StableDiffusion {
         let mut schedulers = (0..b)
             .map(|_| Scheduler::new(first.scheduler, &self.scheduler_config, first.steps))
             .collect::<Result<Vec<_>>>()?;
+        for s in &mut schedulers {
+            s.set_eta(first.eta);
+        }
         let timesteps = schedulers[0].timesteps().to_vec();
         let total = timesteps.len();
         // The steps img2img leaves out, in timesteps (Heun runs each step's twice).

@@ -152,11 +152,11 @@ DPMPP2M = {"algorithm_type": "dpmsolver++", "solver_order": 2}
 
 
 def case(name, sched, steps, *, base="model", overrides=None, guidance=7.5, negative="", kind="txt2img",
-         models=("tiny-sd1", "tiny-sd2"), notes=()):
+         models=("tiny-sd1", "tiny-sd2"), notes=(), eta=0.0):
     if guidance <= 1.0:
         negative = None  # never used without CFG: diffusers only encodes the negative prompt when guidance > 1
     return dict(name=name, sched=sched, steps=steps, base=base, overrides=dict(overrides or {}), guidance=guidance,
-                negative=negative, kind=kind, models=list(models), notes=list(notes))
+                negative=negative, kind=kind, models=list(models), notes=list(notes), eta=eta)
 
 
 NOTE_LCM = ("LatentConsistencyModelPipeline cannot run these U-Nets: it always builds the guidance embedding with "
@@ -184,6 +184,10 @@ NOTE_HEUN = ("HeunDiscreteScheduler: every sigma after the first twice, so the l
 CASES = [
     case("ddim_2", "DDIMScheduler", 2),
     case("ddim_5", "DDIMScheduler", 5),
+    case("ddim_eta1_3", "DDIMScheduler", 3, eta=1.0,
+         notes=["eta 1.0: DDIMScheduler.step draws variance_noise (randn_tensor) every step and adds "
+                "eta * sqrt(variance) * noise; the direction term uses 1 - alpha_prev - std^2."]),
+    case("ddim_eta05_5", "DDIMScheduler", 5, eta=0.5, notes=["eta 0.5, as ddim_eta1_3."]),
     case("euler_2", "EulerDiscreteScheduler", 2),
     case("euler_5", "EulerDiscreteScheduler", 5),
     case("euler_a_2", "EulerAncestralDiscreteScheduler", 2),
@@ -235,7 +239,7 @@ RULES = [
     "config) of the scheduler actually used. NOTE from_config drops the keys listed in the base config's "
     "'_use_default_values' (tiny-sd1's lists timestep_spacing and prediction_type, tiny-sd2's timestep_spacing), "
     "so each scheduler class falls back to ITS OWN default: DDIM 'leading', Euler/EulerA/DPM++ 'linspace', LCM 'leading'.",
-    "Call: prompt, negative_prompt, num_inference_steps, guidance_scale, eta=0.0 (only DDIM's step accepts it), "
+    "Call: prompt, negative_prompt, num_inference_steps, guidance_scale, eta (0.0 unless the case sets one; only DDIM's step accepts it), "
     "generator=torch.Generator().manual_seed(0) (unused: every draw is injected), callback_on_step_end capturing "
     "latents, output_type='pil'. txt2img passes latents=<latents>; img2img passes image=<init_image as PIL RGB> and "
     "strength=0.6.",
@@ -341,6 +345,8 @@ def base_config(pipes: dict, base: str) -> dict:
 
 def expected_sources(c: dict, n_run: int) -> list:
     per_step = {"EulerAncestralDiscreteScheduler": n_run, "LCMScheduler": n_run - 1}.get(c["sched"], 0)
+    if c["sched"] == "DDIMScheduler" and c["eta"] > 0:
+        per_step = n_run
     pre = [MOD_VAE, MOD_IMG2IMG] if c["kind"] == "img2img" else []
     return pre + [SCHED_MODULE[c["sched"]]] * per_step
 
@@ -458,7 +464,7 @@ def run_case(model: str, pipes: dict, c: dict, init_image: np.ndarray):
         return kw
 
     kwargs = dict(prompt=PROMPT, negative_prompt=c["negative"], num_inference_steps=c["steps"],
-                  guidance_scale=c["guidance"], eta=0.0, generator=torch.Generator().manual_seed(0),
+                  guidance_scale=c["guidance"], eta=c["eta"], generator=torch.Generator().manual_seed(0),
                   output_type="pil", callback_on_step_end=on_step_end)
     if c["kind"] == "txt2img":
         kwargs.update(height=HEIGHT, width=WIDTH, latents=latents.clone())
@@ -551,7 +557,7 @@ def run_case(model: str, pipes: dict, c: dict, init_image: np.ndarray):
     entry["do_classifier_free_guidance"] = cfg
     entry["strength"] = IMG2IMG_STRENGTH if c["kind"] == "img2img" else None
     entry["width"], entry["height"] = WIDTH, HEIGHT
-    entry["eta"] = 0.0 if c["sched"] == "DDIMScheduler" else None
+    entry["eta"] = c["eta"] if c["sched"] == "DDIMScheduler" else None
     entry["scheduler_class"] = type(sched).__name__
     entry["scheduler_config_source"] = {
         "model": f"tests/fixtures/{model}/scheduler/scheduler_config.json (as loaded by the pipeline)",

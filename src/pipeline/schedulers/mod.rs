@@ -46,6 +46,9 @@ pub trait Sampler: Send {
     /// Scales the U-Net input at step `i` in place.
     fn scale_model_input(&self, _x: &mut [f32], _i: usize) {}
 
+    /// DDIM's eta (checked to be 0..=1 by the request); samplers without one ignore it.
+    fn set_eta(&mut self, _eta: f32) {}
+
     /// Advances `sample` by step `i` given the guided model output; sizes are checked and a
     /// needed `noise` is present (see `Scheduler::step`).
     fn step(&mut self, i: usize, model_output: &[f32], sample: &[f32], noise: Option<&[f32]>) -> Vec<f32>;
@@ -246,6 +249,11 @@ impl Scheduler {
         }
         let (a, b) = self.inner.noise_factors(i);
         Ok(x.iter().zip(noise).map(|(&x, &n)| a * x + b * n).collect())
+    }
+
+    /// DDIM's eta (see `Sampler::set_eta`).
+    pub fn set_eta(&mut self, eta: f32) {
+        self.inner.set_eta(eta)
     }
 
     /// Scales the U-Net input at step `i` in place.
