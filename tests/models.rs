@@ -58,6 +58,26 @@ fn tokenizer_matches_reference_ids() {
     }
 }
 
+/// Special tokens typed in a prompt are tokenized as transformers' CLIPTokenizer does (as the
+/// special token, case-sensitively), with text around them, near misses and SD 2's `!` pad:
+/// ids from `make_tokenizer_cases.py`.
+#[test]
+fn typed_special_tokens_match_transformers() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer_cases.json");
+    let cases: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let mut checked = 0;
+    for model in MODELS {
+        let tok = loader::tokenizer(&fixture(model)).unwrap();
+        for case in cases["models"][model].as_array().unwrap() {
+            let prompt = case["prompt"].as_str().unwrap();
+            let want: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+            assert_eq!(tok.encode(prompt).unwrap().ids, want, "{model} {prompt:?}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 18);
+}
+
 #[test]
 fn text_encoder_unet_and_vae_match_diffusers() {
     let expected = [

@@ -4,7 +4,9 @@
 //!
 //! Sequences are BOS + up to 75 tokens + EOS, padded to 77 with the pad token the repo names
 //! (`<|endoftext|>` for SD 1.x, `!` = id 0 for SD 2.x). As in OpenCLIP, a `!` typed in the prompt
-//! stays ordinary text even when it is the pad token.
+//! stays ordinary text even when it is the pad token (transformers maps every `!` of an SD 2
+//! prompt to 0; OpenCLIP, which SD 2 was trained with, does not). A typed `<|startoftext|>` or
+//! `<|endoftext|>` is that special token, as in transformers.
 
 use std::collections::HashMap;
 
@@ -14,7 +16,7 @@ use tokenizers::normalizers::{Lowercase, Replace, Sequence as NormSeq, NFC};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreSeq;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::{NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
+use tokenizers::{AddedToken, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
 
 use crate::error::{Error, Result};
 
@@ -40,15 +42,33 @@ pub struct Tokens {
     pub dropped: usize,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 #[serde(untagged)]
 enum TokenSpec {
     Plain(String),
-    Added { content: String },
+    Added {
+        content: String,
+        #[serde(default)]
+        normalized: bool,
+    },
+}
+
+impl TokenSpec {
+    /// The token's text, and whether transformers matches it in the normalized (lower-cased)
+    /// text: a plain string is never normalized, an `AddedToken` says.
+    fn parts(&self) -> (&str, bool) {
+        match self {
+            TokenSpec::Plain(s) => (s, false),
+            TokenSpec::Added { content, normalized } => (content, *normalized),
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
 struct SpecialTokens {
+    bos_token: Option<TokenSpec>,
+    eos_token: Option<TokenSpec>,
+    unk_token: Option<TokenSpec>,
     pad_token: Option<TokenSpec>,
     model_max_length: Option<f64>,
 }
@@ -87,10 +107,18 @@ impl ClipTokenizer {
             b.map(|b| serde_json::from_slice(b).map_err(tok_err)).transpose().map(|s| s.unwrap_or_default())
         };
         let (config, map) = (parse(tokenizer_config)?, parse(special_tokens_map)?);
-        let pad_name = match map.pad_token.or(config.pad_token) {
-            Some(TokenSpec::Plain(s)) | Some(TokenSpec::Added { content: s }) => s,
-            None => EOS.to_string(),
+        // Per role, special_tokens_map wins over tokenizer_config; transformers registers the
+        // roles in this order, and a later role naming the same text sets how it is matched.
+        let roles = [
+            map.bos_token.clone().or(config.bos_token.clone()),
+            map.eos_token.clone().or(config.eos_token.clone()),
+            map.unk_token.clone().or(config.unk_token.clone()),
+            map.pad_token.clone().or(config.pad_token.clone()),
+        ];
+        let normalized = |text: &str| {
+            roles.iter().flatten().map(TokenSpec::parts).filter(|p| p.0 == text).last().is_some_and(|p| p.1)
         };
+        let pad_name = roles[3].as_ref().map_or(EOS, |r| r.parts().0).to_string();
         let pad = id(&pad_name)?;
         let max_len = config.model_max_length.filter(|&m| (2.0..=4096.0).contains(&m)).map_or(77, |m| m as usize);
 
@@ -114,8 +142,17 @@ impl ClipTokenizer {
             Split::new(SplitPattern::Regex(SPLIT.into()), SplitDelimiterBehavior::Removed, true).map_err(tok_err)?;
         inner.with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(PreSeq::new(vec![
             PreTokenizerWrapper::Split(split),
-            PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, false)),
+            // GPT-2's split inside each piece too, as transformers 5's CLIPTokenizer does: it
+            // only matters for a special token's text in another case (`<|EndOfText|>`),
+            // which lower-cases to one piece that GPT-2's pattern cuts at the bars.
+            PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true)),
         ]))));
+        // A special token typed in the prompt is that token, as transformers' CLIPTokenizer reads
+        // it, never BPE pieces of its text: matched in the raw text, or in the lower-cased text
+        // where the config says `normalized` (SD 1.5's pad entry makes `<|endoftext|>` raw, its
+        // `<|startoftext|>` stays normalized). Both are in the vocabulary, so their ids stay. SD 2
+        // names `!` as its pad token too; that one stays ordinary text (see the module doc).
+        inner.add_special_tokens([BOS, EOS].map(|t| AddedToken::from(t, true).normalized(normalized(t))));
         Ok(ClipTokenizer { inner, bos, eos, pad, max_len })
     }
 
