@@ -7,7 +7,17 @@ scripts/setup.sh test
 start=$(date +%s)
 
 echo "== native: unit, op and CLI tests (GPU: lavapipe) =="
-cargo test --all-targets
+cargo test --all-targets --no-run
+# The demo model's adherence run (~2.5 min, one CLI process) overlaps the other test binaries,
+# which cargo runs one after another and which leave a core idle much of the time (process
+# starts, model loads, readbacks); on 2 cores that saves minutes. Both must pass.
+cargo test --test demo_model > target/demo_model.log 2>&1 &
+demo=$!
+status=0
+cargo test --all-targets -- --skip demo_model_follows_color_and_position || status=$?
+wait "$demo" || { cat target/demo_model.log; echo "demo model test failed"; exit 1; }
+tail -n 4 target/demo_model.log
+[ "$status" = 0 ] || exit "$status"
 # lavapipe picks the direct conv and matmul kernels (CPU adapters); check the tiled ones real
 # GPUs use too.
 WEBDIFFUSION_CONV2D=tiled WEBDIFFUSION_MATMUL=tiled cargo test --test ops --test quant -- conv matmul linear
