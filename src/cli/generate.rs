@@ -122,7 +122,8 @@ fn precision(gpu: &Gpu, asked: &str) -> Result<DType> {
 fn noise_source(recorded: Option<&Path>, seed: u64) -> Result<Box<dyn NoiseSource>> {
     let Some(p) = recorded else { return Ok(Box::new(NormalRng::new(seed))) };
     let (shape, v) = read_tensor(p, "noise")?;
-    // [K, 1, C, h, w]: K draws of everything after the leading dim.
+    // [K, 1, C, h, w]: K draws of everything after the leading dim. The product cannot overflow
+    // or outrun the data: safetensors has checked that the shape's elements are the bytes there.
     let per: usize = shape.iter().skip(1).product();
     let draws = v.chunks(per.max(1)).take(shape.first().copied().unwrap_or(0)).map(<[f32]>::to_vec);
     Ok(Box::new(Recorded(draws.collect::<VecDeque<_>>())))

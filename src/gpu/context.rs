@@ -362,8 +362,7 @@ impl Gpu {
             return Err(Error::BindingTooLarge { what: key.to_string(), needed: b.size, limit: max });
         }
         let inner = &self.inner;
-        let fields = P::fields();
-        let layout = LaunchLayout { params: &fields, params_size: std::mem::size_of::<P>(), storage: binds.len() };
+        let layout = LaunchLayout { params: P::fields, params_size: std::mem::size_of::<P>(), storage: binds.len() };
         let kernel = lock(&inner.pipelines).get(&inner.device, inner.caps.shader_f16, key, &layout)?;
         let params = bytemuck::bytes_of(params);
         lock(&inner.batch).record(&inner.device, &inner.queue, &kernel, params, binds, workgroups);

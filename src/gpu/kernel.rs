@@ -91,7 +91,7 @@ impl PipelineCache {
         device: &wgpu::Device,
         shader_f16: bool,
         key: &KernelKey,
-        launch: &LaunchLayout<'_>,
+        launch: &LaunchLayout,
     ) -> Result<Arc<Compiled>> {
         if let Some(c) = self.map.get(key) {
             return Ok(c.clone());

@@ -46,9 +46,11 @@ macro_rules! uniform {
 }
 pub(crate) use uniform;
 
-/// What a launch hands a kernel: the parameter layout and the number of storage bindings.
-pub struct LaunchLayout<'a> {
-    pub params: &'a [Field],
+/// What a launch hands a kernel: the parameter layout and the number of storage bindings. The
+/// fields are a function, not a list: only the first build of a variant reads them, and every
+/// dispatch passes this.
+pub struct LaunchLayout {
+    pub params: fn() -> Vec<Field>,
     pub params_size: usize,
     pub storage: usize,
 }
@@ -56,7 +58,7 @@ pub struct LaunchLayout<'a> {
 /// Checks a preprocessed WGSL variant against what its launches pass. `label` names the variant
 /// in the error.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn check(label: &str, wgsl: &str, want: &LaunchLayout<'_>) -> Result<()> {
+pub fn check(label: &str, wgsl: &str, want: &LaunchLayout) -> Result<()> {
     let bad = |message: String| Error::Validation { context: format!("the layout of {label}"), message };
     let module = naga::front::wgsl::parse_str(wgsl).map_err(|e| bad(e.emit_to_string(wgsl)))?;
     let mut layouter = naga::proc::Layouter::default();
@@ -90,13 +92,14 @@ pub fn check(label: &str, wgsl: &str, want: &LaunchLayout<'_>) -> Result<()> {
     if span != want.params_size {
         return Err(bad(format!("the WGSL struct is {span} bytes, the Rust one {}", want.params_size)));
     }
+    let fields = (want.params)();
     for m in members {
         let name = m.name.as_deref().unwrap_or("");
         let (offset, size) = (m.offset as usize, layouter[m.ty].size as usize);
         if name.starts_with('_') {
             continue;
         }
-        let field = want.params.iter().find(|f| f.offset <= offset && offset < f.offset + f.size);
+        let field = fields.iter().find(|f| f.offset <= offset && offset < f.offset + f.size);
         let expected = match field {
             Some(f) if f.offset == offset && f.size == size => f.name.to_string(),
             Some(f) if (offset - f.offset) % size == 0 && offset + size <= f.offset + f.size => {
@@ -132,8 +135,7 @@ mod tests {
             "struct Params {{ {members} }}\n@group(0) @binding(0) var<uniform> p: Params;\n{storage}\n\
              @compute @workgroup_size(1) fn main() {{ _ = p.eps; }}"
         );
-        let params = P::fields();
-        check("test", &src, &LaunchLayout { params: &params, params_size: std::mem::size_of::<P>(), storage: n })
+        check("test", &src, &LaunchLayout { params: P::fields, params_size: std::mem::size_of::<P>(), storage: n })
     }
 
     const GOOD: &str = "n: u32, s0: u32, s1: u32, s2: u32, eps: f32, _p0: u32, _p1: u32, _p2: u32";

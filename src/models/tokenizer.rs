@@ -152,7 +152,9 @@ impl ClipTokenizer {
         // where the config says `normalized` (SD 1.5's pad entry makes `<|endoftext|>` raw, its
         // `<|startoftext|>` stays normalized). Both are in the vocabulary, so their ids stay. SD 2
         // names `!` as its pad token too; that one stays ordinary text (see the module doc).
-        inner.add_special_tokens([BOS, EOS].map(|t| AddedToken::from(t, true).normalized(normalized(t))));
+        inner
+            .add_special_tokens([BOS, EOS].map(|t| AddedToken::from(t, true).normalized(normalized(t))))
+            .map_err(tok_err)?;
         Ok(ClipTokenizer { inner, bos, eos, pad, max_len })
     }
 
