@@ -10,6 +10,7 @@ use crate::models::loader::{FileSource, LoadOptions, MemorySource};
 use crate::pipeline::generate::{Request, StableDiffusion, Step};
 use crate::pipeline::image::{a1111_parameters, encode_png};
 use crate::pipeline::preview::{self, PreviewFit};
+use crate::pipeline::prompt::PromptSyntax;
 use crate::pipeline::rng::NormalRng;
 use crate::pipeline::schedulers::SchedulerKind;
 use crate::quant::{QuantPolicy, StoreType};
@@ -58,6 +59,9 @@ struct GenerateRequest {
     /// DDIM's eta (absent: 0).
     #[serde(default)]
     eta: f32,
+    /// "a1111" (absent) or "diffusers".
+    #[serde(default)]
+    prompt_syntax: Option<String>,
 }
 
 impl GenerateRequest {
@@ -74,6 +78,10 @@ impl GenerateRequest {
             width: self.width,
             height: self.height,
             scheduler: SchedulerKind::parse(&self.scheduler).map_err(js_err)?,
+            prompt_syntax: match &self.prompt_syntax {
+                Some(s) => PromptSyntax::parse(s).map_err(js_err)?,
+                None => PromptSyntax::default(),
+            },
             eta: self.eta,
             init: None,
         })
@@ -354,8 +362,24 @@ impl Model {
         }))
     }
 
+    /// `{count, target, chunks}`: the prompt's tokens as A1111 counts them (`count/target`
+    /// reads `34/75`; a prompt over 75 takes another chunk) under `syntax` ("a1111" or
+    /// "diffusers"; with the latter, tokens past 75 are dropped and `dropped` says how many).
+    #[wasm_bindgen(js_name = tokenCount)]
+    pub fn token_count(&self, prompt: &str, syntax: &str) -> Result<JsValue, JsError> {
+        let syntax = PromptSyntax::parse(syntax).map_err(js_err)?;
+        let t = crate::pipeline::conditioning::tokenize(&self.sd.tokenizer, prompt, syntax).map_err(js_err)?;
+        to_js(&serde_json::json!({
+            "count": t.count,
+            "target": t.target(),
+            "chunks": t.chunks.len(),
+            "dropped": t.dropped,
+            "maxChunks": crate::pipeline::conditioning::MAX_PROMPT_CHUNKS,
+        }))
+    }
+
     /// Generates one image. `request`: `{prompt, negativePrompt?, steps, guidance, width,
-    /// height, scheduler, seed}`. `onStep(index, total, preview)` runs after every step, with
+    /// height, scheduler, seed, eta?, promptSyntax?}`. `onStep(index, total, preview)` runs after every step, with
     /// `preview = {width, height, rgba}` at latent resolution; returning `false` cancels (the
     /// result then has `cancelled: true` and no image). Every step awaits a GPU readback, so the
     /// worker's message handlers (a cancel button) run between steps.

@@ -46,12 +46,20 @@ fn tokenize_prints_77_ids_and_reports_truncation() {
     assert_eq!(&ids[..5], &[49406, 2781, 256, 49407, 0]);
     assert_eq!(ids.len(), 77);
 
+    // diffusers' reading cuts a long prompt at 77 tokens, and says so.
     let long = "a photo of a cat ".repeat(20);
-    let out = cli().args(["tokenize", "--model", model, &long]).output().unwrap();
+    let out = cli().args(["tokenize", "--model", model, "--prompt-syntax", "diffusers", &long]).output().unwrap();
     let ids: Vec<u32> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!((ids.len(), ids[76]), (77, 49407));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("102 tokens; 25 were dropped"), "{stderr}");
+    // A1111's (the default) takes all 100 tokens as two chunks, each BOS … EOS, SD 2's pad after.
+    let out = cli().args(["tokenize", "--model", model, &long]).output().unwrap();
+    let ids: Vec<u32> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ids.len(), 154);
+    assert_eq!((ids[0], ids[76], ids[77], ids[77 + 26], ids[77 + 27]), (49406, 49407, 49406, 49407, 0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("100/150 tokens in 2 chunk(s)"), "{stderr}");
 
     let out = cli().args(["tokenize", "--model", "/nonexistent", "x"]).output().unwrap();
     assert!(!out.status.success());

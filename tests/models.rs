@@ -12,6 +12,8 @@ use webdiffusion::models::component::Component;
 use webdiffusion::models::loader::{self, DirSource, FileSource};
 use webdiffusion::models::parity;
 use webdiffusion::models::weights::Weights;
+use webdiffusion::pipeline::conditioning;
+use webdiffusion::pipeline::prompt::{parse_attention, PromptSyntax};
 
 const MODELS: [&str; 2] = ["tiny-sd1", "tiny-sd2"];
 
@@ -244,5 +246,85 @@ fn tiled_vae_decode_matches_diffusers() {
         .unwrap();
         let err = whole.data.iter().zip(&full).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
         assert!(err <= atol + rtol * 4.0, "untiled {dtype}: {err}");
+    }
+}
+
+/// A1111's prompt syntax, prompt by prompt, against what A1111's own `parse_prompt_attention`
+/// returned (`make_prompt_fixtures.py`): nesting, weights, escapes, unbalanced brackets, BREAK.
+#[test]
+fn prompt_syntax_parses_as_a1111_does() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/prompt_syntax.json");
+    let cases: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let cases = cases["parse"].as_array().unwrap();
+    for case in cases {
+        let prompt = case["prompt"].as_str().unwrap();
+        let want: Vec<(String, f64)> = serde_json::from_value(case["fragments"].clone()).unwrap();
+        let got: Vec<(String, f64)> = parse_attention(prompt).into_iter().map(|f| (f.text, f.weight)).collect();
+        assert_eq!(got, want, "{prompt:?}");
+    }
+    assert!(cases.len() >= 30, "{} prompts", cases.len());
+}
+
+/// Long and weighted prompts: chunks, multipliers and token counts as A1111's tokenize_line
+/// makes them, and the conditioning (chunks encoded, emphasis applied, concatenated, a
+/// 3-chunk prompt among them) against the fixture script's torch reference. A batch pads a
+/// shorter row with empty chunks: the empty prompt beside the 3-chunk one is its own
+/// conditioning three times.
+#[test]
+fn long_weighted_prompts_match_a1111_conditioning() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/prompt_syntax.json");
+    let fixture_json: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let a1111 = PromptSyntax::A1111;
+    for model in MODELS {
+        let src = fixture(model);
+        let tok = loader::tokenizer(&src).unwrap();
+        let bytes = src.read("prompt_chunks.safetensors").unwrap().unwrap();
+        let reference = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let cases = fixture_json["chunks"][model].as_array().unwrap();
+        let want_of = |case: &serde_json::Value| -> Vec<f32> {
+            let t = reference.tensor(case["tensor"].as_str().unwrap()).unwrap();
+            t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        };
+        for case in cases {
+            let prompt = case["prompt"].as_str().unwrap();
+            let t = conditioning::tokenize(&tok, prompt, a1111).unwrap();
+            let ids: Vec<Vec<u32>> = serde_json::from_value(case["ids"].clone()).unwrap();
+            let mults: Vec<Vec<f64>> = serde_json::from_value(case["multipliers"].clone()).unwrap();
+            assert_eq!(t.chunks.iter().map(|c| c.ids.clone()).collect::<Vec<_>>(), ids, "{model} {prompt:?} ids");
+            let mults: Vec<Vec<f32>> = mults.iter().map(|m| m.iter().map(|&w| w as f32).collect()).collect();
+            assert_eq!(t.chunks.iter().map(|c| c.weights.clone()).collect::<Vec<_>>(), mults, "{model} {prompt:?}");
+            assert_eq!(t.count as u64, case["token_count"].as_u64().unwrap(), "{model} {prompt:?} count");
+            assert_eq!(t.target() as u64, case["target"].as_u64().unwrap(), "{model} {prompt:?} target");
+        }
+        assert_eq!(cases[2]["ids"].as_array().unwrap().len(), 3, "the long prompt spans 3 chunks");
+
+        for dtype in common::dtypes() {
+            let te = loader::text_encoder(&src, gpu(), &loader::LoadOptions::new(dtype)).unwrap();
+            let (atol, rtol) = tol(dtype);
+            for case in cases {
+                let prompt = case["prompt"].as_str().unwrap();
+                let want = want_of(case);
+                let got =
+                    common::to_vec(&pollster::block_on(conditioning::context(&tok, &te, &[(prompt, a1111)])).unwrap());
+                assert_eq!(got.len(), want.len(), "{model} {prompt:?}");
+                let max_ref = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let err = got.iter().zip(&want).fold(0f32, |m, (g, w)| m.max((g - w).abs()));
+                let bound = 2.0 * atol + rtol * max_ref;
+                eprintln!(
+                    "{model} {dtype} {:.40?}: max |err| {err:.2e} (max |ref| {max_ref:.3}, bound {bound:.1e})",
+                    prompt
+                );
+                assert!(err <= bound, "{model} {dtype} {prompt:?}: {err} > {bound}");
+            }
+            // [negative "", the 3-chunk prompt] as one batch.
+            let (empty, long) = (want_of(&cases[1]), want_of(&cases[2]));
+            let batch = [("", a1111), (cases[2]["prompt"].as_str().unwrap(), a1111)];
+            let got = common::to_vec(&pollster::block_on(conditioning::context(&tok, &te, &batch)).unwrap());
+            let want: Vec<f32> = empty.iter().cycle().take(long.len()).chain(&long).copied().collect();
+            let err = got.iter().zip(&want).fold(0f32, |m, (g, w)| m.max((g - w).abs()));
+            assert_eq!(got.len(), want.len());
+            let bound = 2.0 * atol + rtol * want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert!(err <= bound, "{model} {dtype} padded batch: {err} > {bound}");
+        }
     }
 }

@@ -15,6 +15,7 @@ use webdiffusion::models::parity;
 use webdiffusion::models::stream::{PieceSink, StreamConverter};
 use webdiffusion::models::weights::convert_bytes;
 use webdiffusion::pipeline::generate::{Generated, Request, StableDiffusion};
+use webdiffusion::pipeline::prompt::PromptSyntax;
 use webdiffusion::pipeline::rng::NormalRng;
 use webdiffusion::pipeline::schedulers::SchedulerKind;
 use webdiffusion::quant::{closeness, QuantPolicy, StoreType};
@@ -58,6 +59,7 @@ fn generate(src: &dyn FileSource, opts: &LoadOptions, steps: usize) -> Generated
         width: 64,
         height: 64,
         scheduler: SchedulerKind::Euler,
+        prompt_syntax: PromptSyntax::A1111,
         eta: 0.0,
         init: None,
     };

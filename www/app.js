@@ -96,7 +96,7 @@ function fail(where, e) {
 let worker = null;
 let nextId = 1;
 const pending = new Map(); // id -> {resolve, reject, onEvent}
-const FINAL = new Set(['ready', 'models', 'loaded', 'done', 'cancelled', 'deleted', 'error']);
+const FINAL = new Set(['ready', 'models', 'loaded', 'done', 'cancelled', 'deleted', 'tokens', 'error']);
 
 // The watchdog: a worker whose thread is stuck stops its once-a-second `alive`; one that waits
 // forever on something (a GPU map that never completes) keeps beating but reports no progress.
@@ -453,6 +453,7 @@ async function load(idOrUrl = $('model').value, opts = {}) {
     state.wasmHeapBytes = m.wasmHeapBytes;
     localStorage.setItem(LAST_MODEL, entry.id);
     applyModelDefaults(entry, m.model);
+    countTokens();
     const fetched = m.download.bytesFetched
       ? `, ${fmtBytes(m.download.bytesFetched)} downloaded from ${m.download.host || 'the network'}`
       : ', from this device';
@@ -674,7 +675,37 @@ function updateButtons() {
   $('custom-add').disabled = busy;
 }
 
+// A1111's token count beside each prompt (`34/75`; `80/150` takes two chunks), from the loaded
+// model's own tokenizer. The worker answers it between generation steps.
+let tokenTimer = null;
+function countTokens() {
+  clearTimeout(tokenTimer);
+  tokenTimer = setTimeout(async () => {
+    const shown = [$('prompt-tokens'), $('negative-tokens')];
+    if (!state.model || !state.modelLoaded || !worker) {
+      for (const s of shown) s.textContent = '';
+      return;
+    }
+    try {
+      const texts = [$('prompt').value, $('negative').value];
+      const syntax = $('prompt-syntax').value;
+      const m = await call('tokens', { texts, syntax });
+      (m.counts || []).forEach((c, i) => {
+        shown[i].dataset.for = `${syntax}\n${texts[i]}`; // what this count is of (tests wait on it)
+        const over = c.chunks > c.maxChunks;
+        shown[i].textContent = c.dropped ? `${c.count}/${c.target} (${c.dropped} cut)` : `${c.count}/${c.target}`;
+        shown[i].classList.toggle('over', over || c.dropped > 0);
+        shown[i].title = over ? `Too long: at most ${c.maxChunks * 75} tokens.` : 'tokens / what the chunks hold (75 each)';
+      });
+    } catch {
+      for (const s of shown) s.textContent = '';
+    }
+  }, 150);
+}
+
 function wireUp() {
+  for (const id of ['prompt', 'negative']) $(id).addEventListener('input', countTokens);
+  $('prompt-syntax').onchange = countTokens;
   $('model').onchange = () => onModelSelected();
   $('load').onclick = () => load().catch(() => {});
   $('load-cancel').onclick = () => cancel();

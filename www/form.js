@@ -22,6 +22,7 @@ export function setForm(r) {
   for (const k of ['prompt', 'steps', 'guidance', 'width', 'height', 'eta']) if (r[k] !== undefined && r[k] !== null) $(k).value = r[k];
   if (r.negativePrompt !== undefined) $('negative').value = r.negativePrompt || '';
   if (r.scheduler) setScheduler(r.scheduler);
+  if (r.promptSyntax === 'a1111' || r.promptSyntax === 'diffusers') $('prompt-syntax').value = r.promptSyntax;
   if (r.seed !== undefined && r.seed !== null) {
     $('seed').value = r.seed;
     $('seed-random').checked = false;
@@ -39,6 +40,7 @@ export function readForm() {
     height: Number($('height').value),
     scheduler: $('scheduler').value,
     eta: Number($('eta').value),
+    promptSyntax: $('prompt-syntax').value,
     seed: $('seed-random').checked ? null : Number($('seed').value),
   };
 }

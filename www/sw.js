@@ -6,7 +6,7 @@
 // glue and the wasm binary must come from the same build, and so must app.js and worker.js),
 // offline ones the last complete set. Bump VERSION when the list changes.
 
-const VERSION = 7;
+const VERSION = 8;
 const CACHE = `webdiffusion-shell-v${VERSION}`;
 const SHELL = [
   './',

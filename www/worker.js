@@ -253,6 +253,13 @@ const handlers = {
     }
   },
 
+  async tokens(msg) {
+    if (!model) return { type: 'tokens', counts: null };
+    const syntax = String(msg.syntax || 'a1111');
+    const counts = (msg.texts || []).map((t) => model.handle.tokenCount(String(t ?? ''), syntax));
+    return { type: 'tokens', counts };
+  },
+
   async delete(msg) {
     if (model && model.record.id === msg.modelId) freeModel();
     await store.deleteModel(msg.modelId);
@@ -280,6 +287,7 @@ async function runGeneration(msg) {
     scheduler: String(r.scheduler),
     seed: Number(r.seed),
     eta: Number(r.eta ?? 0),
+    promptSyntax: r.promptSyntax === 'diffusers' ? 'diffusers' : 'a1111',
   };
   const t0 = performance.now();
   let firstStepAt = null;
@@ -344,8 +352,9 @@ self.onmessage = (ev) => {
     post({ type: 'error', id: msg.id, op: msg.type, message: `unknown request ${msg.type}` });
     return;
   }
-  // Listing never touches the GPU; losing the device is a test's way to strike mid-request.
-  if (msg.type === 'list' || msg.type === 'testLoseDevice') {
+  // Listing and counting tokens never touch the GPU (the count answers while a generation
+  // runs); losing the device is a test's way to strike mid-request.
+  if (msg.type === 'list' || msg.type === 'tokens' || msg.type === 'testLoseDevice') {
     run(msg, handler);
     return;
   }

@@ -11,6 +11,7 @@ use clap::Args as ClapArgs;
 use serde::{Deserialize, Serialize};
 use webdiffusion::models::loader;
 use webdiffusion::pipeline::generate::Request;
+use webdiffusion::pipeline::prompt::PromptSyntax;
 use webdiffusion::pipeline::rng::NormalRng;
 use webdiffusion::{DType, Gpu};
 
@@ -194,6 +195,7 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
                 width: set.inference.width,
                 height: set.inference.height,
                 scheduler,
+                prompt_syntax: PromptSyntax::A1111,
                 eta: 0.0,
                 init: None,
             })

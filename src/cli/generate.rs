@@ -9,6 +9,7 @@ use webdiffusion::gpu::{DType, Gpu};
 use webdiffusion::models::loader;
 use webdiffusion::pipeline::generate::{InitImage, NoiseSource, Recorded, Request};
 use webdiffusion::pipeline::image::{a1111_parameters, decode_png, encode_png};
+use webdiffusion::pipeline::prompt::PromptSyntax;
 use webdiffusion::pipeline::rng::NormalRng;
 use webdiffusion::pipeline::schedulers::SchedulerKind;
 
@@ -28,6 +29,10 @@ pub struct Args {
     prompt: String,
     #[arg(long)]
     negative_prompt: Option<String>,
+    /// How prompts are read: a1111 (`(word:1.2)`, `[word]`, BREAK, any length in 75-token
+    /// chunks) or diffusers (literal text, cut at 77 tokens).
+    #[arg(long, default_value = "a1111")]
+    prompt_syntax: String,
     /// Denoising steps (default 50, or 4 for LCM models, as diffusers' pipelines).
     #[arg(long)]
     steps: Option<usize>,
@@ -35,7 +40,8 @@ pub struct Args {
     /// models embed it instead, default 8.5).
     #[arg(long)]
     guidance: Option<f32>,
-    /// ddim, euler, euler-a, dpm++2m, dpm++2m-karras, pndm, heun, lms, lms-karras or lcm
+    /// ddim, euler, euler-a, dpm++2m, dpm++2m-karras, pndm, heun, lms, lms-karras, unipc, unipc-karras
+    /// or lcm
     /// (default: the model's scheduler).
     #[arg(long)]
     scheduler: Option<String>,
@@ -192,6 +198,7 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
         width,
         height,
         scheduler,
+        prompt_syntax: PromptSyntax::parse(&a.prompt_syntax).context("--prompt-syntax")?,
         eta: a.eta,
         init: init.map(|(i, _, _)| i),
     };

@@ -16,6 +16,8 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use webdiffusion::gpu::{DType, Gpu, GpuOptions, KernelChoice, KernelPolicy, LimitsPolicy};
 use webdiffusion::models::loader::{self, DirSource};
+use webdiffusion::pipeline::conditioning;
+use webdiffusion::pipeline::prompt::PromptSyntax;
 
 #[derive(Parser)]
 #[command(name = "webdiffusion", version, about = "Stable Diffusion on WebGPU (native CLI)")]
@@ -64,11 +66,15 @@ enum Command {
     PackageSizes(quality::SizesArgs),
     /// Generate an image (txt2img, or img2img with --init-image).
     Generate(Box<generate::Args>),
-    /// Print a prompt's 77 CLIP token ids as JSON, tokenized as the model's tokenizer/ says.
+    /// Print a prompt's CLIP token ids as JSON (77 per chunk), tokenized as the model's
+    /// tokenizer/ says, and its token count as A1111 shows it (`34/75`) on stderr.
     Tokenize {
         /// A diffusers model folder.
         #[arg(long)]
         model: PathBuf,
+        /// a1111 (weights, BREAK, 75-token chunks) or diffusers (literal, cut at 77).
+        #[arg(long, default_value = "a1111")]
+        prompt_syntax: String,
         prompt: String,
     },
     /// The demo model's prompt adherence through our pipeline (colour and position accuracy).
@@ -102,8 +108,8 @@ pub fn main() -> Result<()> {
         profile: std::env::var_os("WEBDIFFUSION_PROFILE").is_some_and(|v| v != "0"),
     };
     // Tokenizing needs no GPU; a machine without one can still do it.
-    if let Command::Tokenize { model, prompt } = &cli.command {
-        return tokenize(model, prompt);
+    if let Command::Tokenize { model, prompt, prompt_syntax } = &cli.command {
+        return tokenize(model, prompt, PromptSyntax::parse(prompt_syntax).context("--prompt-syntax")?);
     }
     quiet_display_probe();
     let gpu = pollster::block_on(Gpu::new(&options)).context("opening the GPU")?;
@@ -145,14 +151,17 @@ fn quiet_display_probe() {
     }
 }
 
-fn tokenize(model: &Path, prompt: &str) -> Result<()> {
+fn tokenize(model: &Path, prompt: &str, syntax: PromptSyntax) -> Result<()> {
     let tok =
         loader::tokenizer(&DirSource(model.to_path_buf())).with_context(|| format!("loading {}", model.display()))?;
-    let t = tok.encode(prompt)?;
+    let t = conditioning::tokenize(&tok, prompt, syntax)?;
     if t.dropped > 0 {
-        eprintln!("warning: the prompt has {} tokens; {} were dropped to fit {}", t.total, t.dropped, tok.max_len);
+        let total = t.count + t.dropped + 2;
+        eprintln!("warning: the prompt has {total} tokens; {} were dropped to fit {}", t.dropped, tok.max_len);
     }
-    println!("{}", serde_json::to_string(&t.ids)?);
+    eprintln!("{}/{} tokens in {} chunk(s)", t.count, t.target(), t.chunks.len());
+    let ids: Vec<u32> = t.chunks.iter().flat_map(|c| c.ids.iter().copied()).collect();
+    println!("{}", serde_json::to_string(&ids)?);
     Ok(())
 }
 

@@ -30,6 +30,8 @@ pub struct ClipTokenizer {
     pub eos: u32,
     pub pad: u32,
     pub max_len: usize,
+    /// `,</w>`, where A1111's chunker prefers to break a long prompt.
+    pub comma: Option<u32>,
 }
 
 /// Token ids of one prompt, always `max_len` long.
@@ -102,6 +104,7 @@ impl ClipTokenizer {
             .collect::<Result<_>>()?;
         let id = |t: &str| vocab.get(t).copied().ok_or_else(|| tok_err(format!("vocab.json lacks {t}")));
         let (bos, eos) = (id(BOS)?, id(EOS)?);
+        let comma = vocab.get(",</w>").copied();
 
         let parse = |b: Option<&[u8]>| -> Result<SpecialTokens> {
             b.map(|b| serde_json::from_slice(b).map_err(tok_err)).transpose().map(|s| s.unwrap_or_default())
@@ -155,12 +158,16 @@ impl ClipTokenizer {
         inner
             .add_special_tokens([BOS, EOS].map(|t| AddedToken::from(t, true).normalized(normalized(t))))
             .map_err(tok_err)?;
-        Ok(ClipTokenizer { inner, bos, eos, pad, max_len })
+        Ok(ClipTokenizer { inner, bos, eos, pad, max_len, comma })
+    }
+
+    /// The text's token ids alone: no BOS, EOS or padding, never truncated.
+    pub fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self.inner.encode(text, false).map_err(tok_err)?.get_ids().to_vec())
     }
 
     pub fn encode(&self, prompt: &str) -> Result<Tokens> {
-        let enc = self.inner.encode(prompt, false).map_err(tok_err)?;
-        let body = enc.get_ids();
+        let body = self.tokenize(prompt)?;
         let keep = body.len().min(self.max_len - 2);
         let mut ids = Vec::with_capacity(self.max_len);
         ids.push(self.bos);

@@ -3,6 +3,8 @@
 //! noise (txt2img) or from the noised VAE encoding of an image (img2img), run the U-Net on the
 //! [uncond, cond] batch each step, guide, step the scheduler, decode with the VAE.
 
+use super::conditioning;
+use super::prompt::PromptSyntax;
 use super::schedule::SchedulerConfig;
 use super::schedulers::{Scheduler, SchedulerKind};
 use super::vae_tiling;
@@ -65,6 +67,8 @@ pub struct Request {
     pub width: usize,
     pub height: usize,
     pub scheduler: SchedulerKind,
+    /// How the prompts are read: A1111's weights, BREAK and any length, or diffusers' literal text.
+    pub prompt_syntax: PromptSyntax,
     /// DDIM's eta, 0..=1: 0 is deterministic DDIM, 1 adds DDPM's full noise each step (a draw
     /// per step). Other samplers ignore it, as diffusers' pipelines do.
     pub eta: f32,
@@ -124,17 +128,13 @@ impl Generated {
 }
 
 impl StableDiffusion {
-    fn encode(&self, prompts: &[&str]) -> Result<GpuTensor> {
-        let mut ids = Vec::new();
-        for p in prompts {
-            ids.extend(self.tokenizer.encode(p)?.ids);
-        }
+    async fn encode(&self, prompts: &[(&str, PromptSyntax)]) -> Result<GpuTensor> {
         let te = self.text_encoder.as_ref().ok_or_else(|| {
             Error::Request(
                 "the text encoder was released to save memory; load the model again to change the prompt".into(),
             )
         })?;
-        te.forward(&ids, prompts.len(), 0)
+        conditioning::context(&self.tokenizer, te, prompts).await
     }
 
     /// Frees the text encoder's weights (123 M parameters for SD 1.x, 340 M for SD 2.x) for the
@@ -268,12 +268,12 @@ impl StableDiffusion {
         let w_embedding = self.unet.config.time_cond_proj_dim.map(|d| guidance_embedding(first.guidance - 1.0, d));
         let cfg = first.guidance > 1.0 && w_embedding.is_none();
         // Rows: [uncond × b, cond × b] with guidance, [cond × b] without.
-        let mut prompts: Vec<&str> = Vec::new();
+        let mut prompts: Vec<(&str, PromptSyntax)> = Vec::new();
         if cfg {
-            prompts.extend(reqs.iter().map(|r| r.negative_prompt.as_deref().unwrap_or("")));
+            prompts.extend(reqs.iter().map(|r| (r.negative_prompt.as_deref().unwrap_or(""), r.prompt_syntax)));
         }
-        prompts.extend(reqs.iter().map(|r| r.prompt.as_str()));
-        let context = self.encode(&prompts)?;
+        prompts.extend(reqs.iter().map(|r| (r.prompt.as_str(), r.prompt_syntax)));
+        let context = self.encode(&prompts).await?;
         let mut schedulers = (0..b)
             .map(|_| Scheduler::new(first.scheduler, &self.scheduler_config, first.steps))
             .collect::<Result<Vec<_>>>()?;

@@ -53,7 +53,8 @@ pub struct SchedulerConfig {
     pub thresholding: bool,
     #[serde(default)]
     pub rescale_betas_zero_snr: bool,
-    /// DPM-Solver settings; only DPM-Solver++ 2M (midpoint, lower order final) is implemented.
+    /// Multistep solver settings (DPM-Solver's, UniPC's), checked by the sampler that reads them:
+    /// the model's config may name another class's.
     #[serde(default)]
     pub algorithm_type: Option<String>,
     #[serde(default)]
@@ -134,12 +135,6 @@ impl SchedulerConfig {
         c.prediction()?;
         if let Some(sp) = c.timestep_spacing.as_deref().filter(|s| !matches!(*s, "leading" | "trailing" | "linspace")) {
             return Err(bad(format!("timestep_spacing {sp} is not supported")));
-        }
-        if c.algorithm_type.as_deref().is_some_and(|a| a != "dpmsolver++")
-            || c.solver_order.is_some_and(|o| o != 2)
-            || c.solver_type.as_deref().is_some_and(|t| t != "midpoint")
-        {
-            return Err(bad("only DPM-Solver++ 2M with the midpoint solver is supported"));
         }
         if c.clip_sample {
             return Err(bad("clip_sample is not supported (no Stable Diffusion model uses it)"));

@@ -121,9 +121,34 @@ test('a prompt with ’, — , CJK and emoji is kept in the image and its PNG (i
   assert.ok(text.includes('iTXt') && text.includes(UNICODE), 'the PNG holds the prompt as UTF-8 (iTXt)');
 });
 
+test("A1111's prompt syntax: the token count beside the prompt, BREAK chunks, weights that change the image", { timeout: 300_000 }, async () => {
+  const count = async (text) => {
+    await page.fill('#prompt', text);
+    const syntax = await page.evaluate(() => document.getElementById('prompt-syntax').value);
+    await page.waitForFunction((want) => document.getElementById('prompt-tokens').dataset.for === want, `${syntax}\n${text}`, { timeout: 30_000 });
+    return page.evaluate(() => document.getElementById('prompt-tokens').textContent);
+  };
+  assert.equal(await count('a blue square'), '3/75');
+  assert.equal(await count('word '.repeat(80)), '80/150', 'a prompt over 75 tokens takes a second chunk');
+  await page.selectOption('#prompt-syntax', 'diffusers');
+  assert.equal(await count('word '.repeat(80)), '75/75 (5 cut)', 'the literal reading cuts at 75 and says so');
+  await page.selectOption('#prompt-syntax', 'a1111');
+  // Two identical BREAK chunks: the U-Net attends over 154 tokens holding each key twice, which
+  // softmax attention cannot tell from once: the baseline image within rounding.
+  const pixels = (g) => Buffer.from(g.rgba, 'base64');
+  const base = pixels(baseline);
+  const maxDiff = (g) => pixels(g).reduce((m, v, i) => Math.max(m, Math.abs(v - base[i])), 0);
+  const twice = await generate({ ...REQUEST, prompt: `${REQUEST.prompt} BREAK ${REQUEST.prompt}` });
+  assert.ok(maxDiff(twice) <= 1, `BREAK-chunked prompt differs by ${maxDiff(twice)}/255`);
+  const weighted = await generate({ ...REQUEST, prompt: `(${REQUEST.prompt}:1.5)` });
+  const literal = await generate({ ...REQUEST, prompt: `(${REQUEST.prompt}:1.5)`, promptSyntax: 'diffusers' });
+  assert.ok(maxDiff(weighted) > 1 && maxDiff(literal) > 1 && pixels(weighted).some((v, i) => v !== pixels(literal)[i]),
+    'a weight changes the image, and differs from reading the brackets as text');
+});
+
 test("the scheduler list is the engine's; every image lands in the gallery and restores from it", { timeout: 120_000 }, async () => {
   const ids = await page.evaluate(() => [...document.getElementById('scheduler').options].map((o) => o.value));
-  assert.deepEqual(ids, ['ddim', 'euler', 'euler-a', 'dpm++2m', 'dpm++2m-karras', 'pndm', 'heun', 'lms', 'lms-karras', 'lcm']);
+  assert.deepEqual(ids, ['ddim', 'euler', 'euler-a', 'dpm++2m', 'dpm++2m-karras', 'pndm', 'heun', 'lms', 'lms-karras', 'unipc', 'unipc-karras', 'lcm']);
   const figures = await page.evaluate(() => document.querySelectorAll('#gallery figure img').length);
   assert.ok(figures >= 5, `the session's images are in the gallery (${figures})`);
   await page.evaluate(() => document.getElementById('result-info').replaceChildren());

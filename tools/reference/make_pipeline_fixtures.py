@@ -108,6 +108,7 @@ from diffusers import (  # noqa: E402
     PNDMScheduler,
     StableDiffusionImg2ImgPipeline,
     StableDiffusionPipeline,
+    UniPCMultistepScheduler,
 )
 from diffusers.models.autoencoders import vae as _vae_module  # noqa: E402,F401  (DiagonalGaussianDistribution)
 
@@ -144,10 +145,11 @@ SCHED_MODULE = {
     "PNDMScheduler": "diffusers.schedulers.scheduling_pndm",
     "HeunDiscreteScheduler": "diffusers.schedulers.scheduling_heun_discrete",
     "LMSDiscreteScheduler": "diffusers.schedulers.scheduling_lms_discrete",
+    "UniPCMultistepScheduler": "diffusers.schedulers.scheduling_unipc_multistep",
 }
 SCHED_CLASS = {c.__name__: c for c in (DDIMScheduler, EulerDiscreteScheduler, EulerAncestralDiscreteScheduler,
                                          DPMSolverMultistepScheduler, LCMScheduler, PNDMScheduler,
-                                         HeunDiscreteScheduler, LMSDiscreteScheduler)}
+                                         HeunDiscreteScheduler, LMSDiscreteScheduler, UniPCMultistepScheduler)}
 DPMPP2M = {"algorithm_type": "dpmsolver++", "solver_order": 2}
 
 
@@ -180,6 +182,10 @@ NOTE_PNDM = ("PNDMScheduler from the model's own config (skip_prk_steps true, as
 
 NOTE_HEUN = ("HeunDiscreteScheduler: every sigma after the first twice, so the loop runs 2N - 1 U-Net calls; order 2, "
              "so img2img starts at timesteps[t_start * 2:] with set_begin_index(t_start * 2).")
+
+NOTE_UNIPC = ("UniPCMultistepScheduler from the model's config with its own defaults (solver_order 2, bh2, "
+              "predict_x0, lower_order_final, the corrector on every step after the first): order 1 on the first "
+              "and last step; no random draws.")
 
 CASES = [
     case("ddim_2", "DDIMScheduler", 2),
@@ -228,6 +234,12 @@ CASES = [
     case("img2img_lms_4", "LMSDiscreteScheduler", 4, kind="img2img", notes=[NOTE_IMG2IMG]),
     case("img2img_pndm_4", "PNDMScheduler", 4, kind="img2img", notes=[NOTE_IMG2IMG, NOTE_PNDM]),
     case("img2img_euler_a_4", "EulerAncestralDiscreteScheduler", 4, kind="img2img", notes=[NOTE_IMG2IMG]),
+    case("unipc_2", "UniPCMultistepScheduler", 2, notes=[NOTE_UNIPC]),
+    case("unipc_5", "UniPCMultistepScheduler", 5, notes=[NOTE_UNIPC]),
+    case("unipc_karras_5", "UniPCMultistepScheduler", 5, overrides={"use_karras_sigmas": True}, notes=[NOTE_UNIPC]),
+    case("unipc_vpred_3", "UniPCMultistepScheduler", 3, overrides={"prediction_type": "v_prediction"},
+         models=["tiny-sd2"], notes=[NOTE_UNIPC, "prediction_type v_prediction (the tiny U-Net is random)."]),
+    case("img2img_unipc_4", "UniPCMultistepScheduler", 4, kind="img2img", notes=[NOTE_IMG2IMG, NOTE_UNIPC]),
 ]
 
 RULES = [

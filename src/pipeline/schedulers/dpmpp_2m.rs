@@ -3,7 +3,7 @@
 
 use super::euler::{karras as karras_sigmas, sigma_to_t};
 use super::Sampler;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::pipeline::schedule::{interp, round_half_even, Prediction, SchedulerConfig};
 
 pub struct DpmPP2M {
@@ -17,6 +17,17 @@ pub struct DpmPP2M {
 
 pub fn build(config: &SchedulerConfig, steps: usize, karras: bool) -> Result<Box<dyn Sampler>> {
     let config = &config.for_class("linspace");
+    // diffusers' DPMSolverMultistepScheduler maps UniPC's solver types (bh1, bh2, logrho) to
+    // midpoint; heun, other orders and algorithms are other solvers.
+    if config.algorithm_type.as_deref().is_some_and(|a| a != "dpmsolver++")
+        || config.solver_order.is_some_and(|o| o != 2)
+        || config.solver_type.as_deref().is_some_and(|t| !matches!(t, "midpoint" | "logrho" | "bh1" | "bh2"))
+    {
+        return Err(Error::Config {
+            component: "scheduler".into(),
+            msg: "only DPM-Solver++ 2M with the midpoint solver is supported".into(),
+        });
+    }
     let ac = config.alphas_cumprod()?;
     // The spaced timesteps are not this schedule's, but building them checks the step count.
     config.timesteps(steps)?;
@@ -26,7 +37,7 @@ pub fn build(config: &SchedulerConfig, steps: usize, karras: bool) -> Result<Box
 
 /// `steps + 1` points spaced per config with the last dropped, or Karras sigmas (rho 7) mapped
 /// back to (rounded) timesteps; a final sigma of 0.
-fn schedule(config: &SchedulerConfig, ac: &[f32], steps: usize, karras: bool) -> (Vec<f32>, Vec<f32>) {
+pub(super) fn schedule(config: &SchedulerConfig, ac: &[f32], steps: usize, karras: bool) -> (Vec<f32>, Vec<f32>) {
     let n = config.num_train_timesteps;
     let table: Vec<f32> = ac.iter().map(|&a| ((1.0 - a) / a).sqrt()).collect();
     let table64: Vec<f64> = table.iter().map(|&s| s as f64).collect();

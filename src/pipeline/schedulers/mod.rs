@@ -14,6 +14,7 @@ mod heun;
 mod lcm;
 mod lms;
 mod pndm;
+mod unipc;
 
 use super::schedule::{Prediction, SchedulerConfig};
 use crate::error::{Error, Result};
@@ -66,6 +67,8 @@ pub enum SchedulerKind {
     Heun,
     Lms,
     LmsKarras,
+    UniPc,
+    UniPcKarras,
 }
 
 /// A registry row: how each kind is named and built.
@@ -155,6 +158,22 @@ pub const REGISTRY: &[Entry] = &[
         class: "LMSDiscreteScheduler",
         karras: true,
         build: |c, s| lms::build(c, s, true),
+    },
+    Entry {
+        kind: SchedulerKind::UniPc,
+        id: "unipc",
+        a1111: "UniPC",
+        class: "UniPCMultistepScheduler",
+        karras: false,
+        build: |c, s| unipc::build(c, s, false),
+    },
+    Entry {
+        kind: SchedulerKind::UniPcKarras,
+        id: "unipc-karras",
+        a1111: "UniPC Karras",
+        class: "UniPCMultistepScheduler",
+        karras: true,
+        build: |c, s| unipc::build(c, s, true),
     },
     Entry {
         kind: SchedulerKind::Lcm,

@@ -83,6 +83,8 @@ fn the_registry_names_every_kind_once() {
         SchedulerKind::Heun,
         SchedulerKind::Lms,
         SchedulerKind::LmsKarras,
+        SchedulerKind::UniPc,
+        SchedulerKind::UniPcKarras,
     ];
     assert_eq!(REGISTRY.len(), kinds.len());
     for kind in kinds {
@@ -95,7 +97,8 @@ fn the_registry_names_every_kind_once() {
     assert_eq!(SchedulerKind::for_class("DPMSolverMultistepScheduler", false), Some(SchedulerKind::DpmPP2M));
     assert_eq!(SchedulerKind::for_class("PNDMScheduler", false), Some(SchedulerKind::Pndm));
     assert_eq!(SchedulerKind::for_class("LMSDiscreteScheduler", true), Some(SchedulerKind::LmsKarras));
-    assert_eq!(SchedulerKind::for_class("UniPCMultistepScheduler", false), None);
+    assert_eq!(SchedulerKind::for_class("UniPCMultistepScheduler", true), Some(SchedulerKind::UniPcKarras));
+    assert_eq!(SchedulerKind::for_class("KDPM2DiscreteScheduler", false), None);
     assert_eq!(SchedulerKind::EulerAncestral.a1111_name(), "Euler a");
     assert_eq!(SchedulerKind::Pndm.a1111_name(), "PLMS");
     let err = SchedulerKind::parse("nope").unwrap_err().to_string();
