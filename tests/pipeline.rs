@@ -36,6 +36,19 @@ impl Case {
     }
 }
 
+/// Timesteps equal diffusers' exactly, except DPM++ SDE's midpoints: diffusers maps those back
+/// to timesteps through numpy's float32 `log` of the sigma table, whose SIMD kernel differs from
+/// a correctly rounded log in about 1 entry in 5 (by an ulp; it also depends on the CPU numpy
+/// runs on), which moves a fractional timestep by up to ~1e-6 of its value.
+fn assert_timesteps(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: {got:?} vs {want:?}");
+    for (&g, &w) in got.iter().zip(want) {
+        let exact = w.fract() == 0.0 || w.fract() == 0.5 || w.fract() == 0.25 || w.fract() == 0.75;
+        let ok = if exact { g == w } else { (g - w).abs() <= 2e-6 * w.abs().max(1.0) };
+        assert!(ok, "{what}: {got:?} vs {want:?}");
+    }
+}
+
 /// Runs every txt2img case whose scheduler we implement; returns (case, max rel err) pairs.
 fn run_cases(model: &str) -> usize {
     let src = DirSource(dir(model));
@@ -64,7 +77,7 @@ fn run_cases(model: &str) -> usize {
                 Scheduler::new(kind, &model_config, case["num_inference_steps"].as_u64().unwrap() as usize).unwrap();
             let key = if img2img { "scheduler_timesteps" } else { "timesteps" };
             let want: Vec<f32> = case[key].as_array().unwrap().iter().map(|t| t.as_f64().unwrap() as f32).collect();
-            assert_eq!(s.timesteps(), want.as_slice(), "{model} {name}: schedule from the model's config");
+            assert_timesteps(s.timesteps(), &want, &format!("{model} {name}: schedule from the model's config"));
         }
         sd.scheduler_config = SchedulerConfig::from_json(&case["scheduler_config"].to_string()).unwrap();
         let init =
@@ -108,7 +121,8 @@ fn run_cases(model: &str) -> usize {
                 true
             }))
             .unwrap_or_else(|e| panic!("{model} {name}: {e}"));
-            assert_eq!(steps_seen.iter().map(|s| s.0).collect::<Vec<_>>(), want_ts, "{model} {name}: timesteps");
+            let seen: Vec<f32> = steps_seen.iter().map(|s| s.0).collect();
+            assert_timesteps(&seen, &want_ts, &format!("{model} {name}: timesteps"));
             // Per-step and final latents: relative error <= 1e-4 of the largest value (the bound).
             let mut worst = 0f32;
             for (i, (_, got)) in steps_seen.iter().enumerate() {
@@ -133,7 +147,7 @@ fn run_cases(model: &str) -> usize {
 #[test]
 fn txt2img_and_img2img_match_diffusers_step_by_step() {
     let ran: usize = ["tiny-sd1", "tiny-sd2", "tiny-lcm"].iter().map(|m| run_cases(m)).sum();
-    assert_eq!(ran, 75 + 4, "every fixture case runs (two of each SD model's twice)");
+    assert_eq!(ran, 84 + 4, "every fixture case runs (two of each SD model's twice)");
 }
 
 #[test]

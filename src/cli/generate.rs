@@ -40,8 +40,8 @@ pub struct Args {
     /// models embed it instead, default 8.5).
     #[arg(long)]
     guidance: Option<f32>,
-    /// ddim, euler, euler-a, dpm++2m, dpm++2m-karras, pndm, heun, lms, lms-karras, unipc, unipc-karras
-    /// or lcm
+    /// ddim, euler, euler-a, dpm++2m, dpm++2m-karras, pndm, heun, lms, lms-karras, unipc,
+    /// unipc-karras, dpm++sde, dpm++sde-karras or lcm
     /// (default: the model's scheduler).
     #[arg(long)]
     scheduler: Option<String>,

@@ -148,7 +148,7 @@ test("A1111's prompt syntax: the token count beside the prompt, BREAK chunks, we
 
 test("the scheduler list is the engine's; every image lands in the gallery and restores from it", { timeout: 120_000 }, async () => {
   const ids = await page.evaluate(() => [...document.getElementById('scheduler').options].map((o) => o.value));
-  assert.deepEqual(ids, ['ddim', 'euler', 'euler-a', 'dpm++2m', 'dpm++2m-karras', 'pndm', 'heun', 'lms', 'lms-karras', 'unipc', 'unipc-karras', 'lcm']);
+  assert.deepEqual(ids, ['ddim', 'euler', 'euler-a', 'dpm++2m', 'dpm++2m-karras', 'pndm', 'heun', 'lms', 'lms-karras', 'unipc', 'unipc-karras', 'dpm++sde', 'dpm++sde-karras', 'lcm']);
   const figures = await page.evaluate(() => document.querySelectorAll('#gallery figure img').length);
   assert.ok(figures >= 5, `the session's images are in the gallery (${figures})`);
   await page.evaluate(() => document.getElementById('result-info').replaceChildren());

@@ -58,7 +58,8 @@ i.e. torch: (x * 0.5 + 0.5).clamp(0, 1) (two separately rounded float32 ops; x*0
 (images * 255).round().astype("uint8") (np.round = round half to even, like WGSL round()). Asserted per case.
 
 Seeds: case seed = crc32("<model>/<case>"); latents = torch.randn([1,4,8,8], Generator(seed)); the noise pool =
-torch.randn([8,1,4,8,8], Generator(seed + 1)) (only the first K are used and stored).
+torch.randn([P,1,4,8,8], Generator(seed + 1)) with P = 8 (12 for the 5-step DPM++ SDE cases, whose entries say
+noise_pool_size) (only the first K are used and stored).
 
 Everything runs in float32 on CPU with one thread; the output is byte-identical when re-run on the same
 machine/library versions (tools/reference/requirements.txt).
@@ -100,6 +101,7 @@ import transformers  # noqa: E402
 from diffusers import (  # noqa: E402
     DDIMScheduler,
     DPMSolverMultistepScheduler,
+    DPMSolverSDEScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     HeunDiscreteScheduler,
@@ -111,6 +113,8 @@ from diffusers import (  # noqa: E402
     UniPCMultistepScheduler,
 )
 from diffusers.models.autoencoders import vae as _vae_module  # noqa: E402,F401  (DiagonalGaussianDistribution)
+
+import diffusers.schedulers.scheduling_dpmsolver_sde as _sde_module  # noqa: E402
 
 torch.set_num_threads(1)
 torch.use_deterministic_algorithms(True)
@@ -146,19 +150,22 @@ SCHED_MODULE = {
     "HeunDiscreteScheduler": "diffusers.schedulers.scheduling_heun_discrete",
     "LMSDiscreteScheduler": "diffusers.schedulers.scheduling_lms_discrete",
     "UniPCMultistepScheduler": "diffusers.schedulers.scheduling_unipc_multistep",
+    # Its Brownian tree is replaced by RecordedBrownian (below), which draws in this module.
+    "DPMSolverSDEScheduler": __name__,
 }
 SCHED_CLASS = {c.__name__: c for c in (DDIMScheduler, EulerDiscreteScheduler, EulerAncestralDiscreteScheduler,
                                          DPMSolverMultistepScheduler, LCMScheduler, PNDMScheduler,
-                                         HeunDiscreteScheduler, LMSDiscreteScheduler, UniPCMultistepScheduler)}
+                                         HeunDiscreteScheduler, LMSDiscreteScheduler, UniPCMultistepScheduler,
+                                         DPMSolverSDEScheduler)}
 DPMPP2M = {"algorithm_type": "dpmsolver++", "solver_order": 2}
 
 
 def case(name, sched, steps, *, base="model", overrides=None, guidance=7.5, negative="", kind="txt2img",
-         models=("tiny-sd1", "tiny-sd2"), notes=(), eta=0.0):
+         models=("tiny-sd1", "tiny-sd2"), notes=(), eta=0.0, pool=POOL):
     if guidance <= 1.0:
         negative = None  # never used without CFG: diffusers only encodes the negative prompt when guidance > 1
     return dict(name=name, sched=sched, steps=steps, base=base, overrides=dict(overrides or {}), guidance=guidance,
-                negative=negative, kind=kind, models=list(models), notes=list(notes), eta=eta)
+                negative=negative, kind=kind, models=list(models), notes=list(notes), eta=eta, pool=pool)
 
 
 NOTE_LCM = ("LatentConsistencyModelPipeline cannot run these U-Nets: it always builds the guidance embedding with "
@@ -186,6 +193,11 @@ NOTE_HEUN = ("HeunDiscreteScheduler: every sigma after the first twice, so the l
 NOTE_UNIPC = ("UniPCMultistepScheduler from the model's config with its own defaults (solver_order 2, bh2, "
               "predict_x0, lower_order_final, the corrector on every step after the first): order 1 on the first "
               "and last step; no random draws.")
+
+NOTE_SDE = ("DPMSolverSDEScheduler: every sigma after the first twice (the midpoint in log-sigma), 2N - 1 U-Net "
+            "calls, order 2 for img2img. Its torchsde Brownian tree is replaced by RecordedBrownian: the same "
+            "Brownian motion in sigma built from the injected draws (two per step, none on the last Euler step), "
+            "so the run can be replayed; noise_pool_size says how many draws were pooled.")
 
 CASES = [
     case("ddim_2", "DDIMScheduler", 2),
@@ -240,6 +252,13 @@ CASES = [
     case("unipc_vpred_3", "UniPCMultistepScheduler", 3, overrides={"prediction_type": "v_prediction"},
          models=["tiny-sd2"], notes=[NOTE_UNIPC, "prediction_type v_prediction (the tiny U-Net is random)."]),
     case("img2img_unipc_4", "UniPCMultistepScheduler", 4, kind="img2img", notes=[NOTE_IMG2IMG, NOTE_UNIPC]),
+    case("dpmsde_2", "DPMSolverSDEScheduler", 2, notes=[NOTE_SDE]),
+    case("dpmsde_5", "DPMSolverSDEScheduler", 5, notes=[NOTE_SDE], pool=12),
+    case("dpmsde_karras_5", "DPMSolverSDEScheduler", 5, overrides={"use_karras_sigmas": True}, notes=[NOTE_SDE],
+         pool=12),
+    case("dpmsde_vpred_3", "DPMSolverSDEScheduler", 3, overrides={"prediction_type": "v_prediction"},
+         models=["tiny-sd2"], notes=[NOTE_SDE, "prediction_type v_prediction (the tiny U-Net is random)."]),
+    case("img2img_dpmsde_4", "DPMSolverSDEScheduler", 4, kind="img2img", notes=[NOTE_IMG2IMG, NOTE_SDE]),
 ]
 
 RULES = [
@@ -356,7 +375,8 @@ def base_config(pipes: dict, base: str) -> dict:
 
 
 def expected_sources(c: dict, n_run: int) -> list:
-    per_step = {"EulerAncestralDiscreteScheduler": n_run, "LCMScheduler": n_run - 1}.get(c["sched"], 0)
+    per_step = {"EulerAncestralDiscreteScheduler": n_run, "LCMScheduler": n_run - 1,
+                "DPMSolverSDEScheduler": n_run - 1}.get(c["sched"], 0)
     if c["sched"] == "DDIMScheduler" and c["eta"] > 0:
         per_step = n_run
     pre = [MOD_VAE, MOD_IMG2IMG] if c["kind"] == "img2img" else []
@@ -367,6 +387,32 @@ def expected_sources(c: dict, n_run: int) -> list:
 # Noise injection and instrumentation
 # --------------------------------------------------------------------------------------------------------
 _FORBIDDEN = ("randn", "rand", "randn_like", "rand_like", "randint", "normal", "bernoulli", "multinomial")
+
+
+class RecordedBrownian:
+    """Stands in for diffusers' BrownianTreeNoiseSampler(x, sigma_min, sigma_max, seed): a Brownian motion W over
+    sigma built from injected N(0,1) draws. A step asks for (sigma, sigma_mid) and then (sigma, sigma_next): the
+    first is sqrt(a) z1 over a = |sigma_mid - sigma|, the second extends it by sqrt(b) z2 over
+    b = |sigma_next - sigma_mid|, and each call returns its increment divided by sqrt of its interval, as diffusers'
+    sampler does. Intervals of different steps are disjoint, hence independent draws."""
+
+    def __init__(self, x, sigma_min, sigma_max, seed=None, transform=lambda v: v):
+        self.shape, self.open = tuple(x.shape), None
+
+    def __call__(self, sigma, sigma_next):
+        t0, t1 = float(sigma), float(sigma_next)
+        z = diffusers.utils.torch_utils.randn_tensor(self.shape, dtype=torch.float32)
+        if self.open is not None and self.open[0] == t0:
+            _, tm, w = self.open
+            w = w + abs(t1 - tm) ** 0.5 * z
+            self.open = None
+        else:
+            w = abs(t1 - t0) ** 0.5 * z
+            self.open = (t0, t1, w)
+        return w / abs(t1 - t0) ** 0.5
+
+
+_sde_module.BrownianTreeNoiseSampler = RecordedBrownian
 
 
 @contextmanager
@@ -465,7 +511,7 @@ def run_case(model: str, pipes: dict, c: dict, init_image: np.ndarray):
 
     seed = zlib.crc32(f"{model}/{c['name']}".encode())
     latents = torch.randn(LATENT_SHAPE, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
-    pool = torch.randn((POOL,) + LATENT_SHAPE, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float32)
+    pool = torch.randn((c["pool"],) + LATENT_SHAPE, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float32)
 
     cb_latents, cb_t = [], []
 
@@ -561,6 +607,8 @@ def run_case(model: str, pipes: dict, c: dict, init_image: np.ndarray):
     entry["case"] = c["name"]
     entry["file"] = f"{c['name']}.safetensors"
     entry["pipeline"] = type(pipe).__name__
+    if c["pool"] != POOL:
+        entry["noise_pool_size"] = c["pool"]
     entry["prompt"] = PROMPT
     entry["negative_prompt"] = c["negative"]
     entry["num_inference_steps"] = c["steps"]

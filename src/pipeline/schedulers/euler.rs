@@ -46,6 +46,9 @@ pub(super) struct EulerSchedule {
     pub prediction: Prediction,
     pub timesteps: Vec<f32>,
     pub sigmas: Vec<f32>,
+    /// The sigmas in f64 before they are rounded to f32 (no final one): DPM++ SDE's midpoints
+    /// are computed from these, as numpy does.
+    pub sigmas64: Vec<f64>,
     pub init_noise_sigma: f32,
 }
 
@@ -84,7 +87,7 @@ impl EulerSchedule {
         sigmas.push(last);
         let max = sigmas.iter().fold(0f32, |m, &s| m.max(s));
         let init = if matches!(config.spacing(), "linspace" | "trailing") { max } else { (max * max + 1.0).sqrt() };
-        Ok(EulerSchedule { prediction: config.prediction()?, timesteps, sigmas, init_noise_sigma: init })
+        Ok(EulerSchedule { prediction: config.prediction()?, timesteps, sigmas, sigmas64, init_noise_sigma: init })
     }
 
     pub fn scale_model_input(&self, x: &mut [f32], i: usize) {

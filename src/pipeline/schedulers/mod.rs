@@ -8,6 +8,7 @@
 
 mod ddim;
 mod dpmpp_2m;
+mod dpmpp_sde;
 mod euler;
 mod euler_ancestral;
 mod heun;
@@ -69,6 +70,8 @@ pub enum SchedulerKind {
     LmsKarras,
     UniPc,
     UniPcKarras,
+    DpmPPSde,
+    DpmPPSdeKarras,
 }
 
 /// A registry row: how each kind is named and built.
@@ -174,6 +177,22 @@ pub const REGISTRY: &[Entry] = &[
         class: "UniPCMultistepScheduler",
         karras: true,
         build: |c, s| unipc::build(c, s, true),
+    },
+    Entry {
+        kind: SchedulerKind::DpmPPSde,
+        id: "dpm++sde",
+        a1111: "DPM++ SDE",
+        class: "DPMSolverSDEScheduler",
+        karras: false,
+        build: |c, s| dpmpp_sde::build(c, s, false),
+    },
+    Entry {
+        kind: SchedulerKind::DpmPPSdeKarras,
+        id: "dpm++sde-karras",
+        a1111: "DPM++ SDE Karras",
+        class: "DPMSolverSDEScheduler",
+        karras: true,
+        build: |c, s| dpmpp_sde::build(c, s, true),
     },
     Entry {
         kind: SchedulerKind::Lcm,

@@ -85,6 +85,8 @@ fn the_registry_names_every_kind_once() {
         SchedulerKind::LmsKarras,
         SchedulerKind::UniPc,
         SchedulerKind::UniPcKarras,
+        SchedulerKind::DpmPPSde,
+        SchedulerKind::DpmPPSdeKarras,
     ];
     assert_eq!(REGISTRY.len(), kinds.len());
     for kind in kinds {
