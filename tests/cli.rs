@@ -594,6 +594,7 @@ fn fuzzing_every_parser_briefly_finds_no_crash() {
         "SchedulerConfig",
         "Tokenizer",
         "Png",
+        "Prompt",
         "Load",
     ] {
         let line =

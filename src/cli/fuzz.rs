@@ -17,7 +17,9 @@ use webdiffusion::models::loader::DirSource;
 use webdiffusion::models::package::Manifest;
 use webdiffusion::models::tokenizer::ClipTokenizer;
 use webdiffusion::models::{header, stream::PieceSink};
+use webdiffusion::pipeline::conditioning;
 use webdiffusion::pipeline::image::decode_png;
+use webdiffusion::pipeline::prompt::PromptSyntax;
 use webdiffusion::pipeline::schedule::SchedulerConfig;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -34,6 +36,9 @@ pub enum Target {
     Tokenizer,
     /// An init image.
     Png,
+    /// A prompt in A1111's syntax (weights, escapes, BREAK), parsed and chunked with the
+    /// fixture's tokenizer.
+    Prompt,
     /// A whole model: one of its files mutated (a config, the model index, a weights file's
     /// header), then converted to a q4_0 package, that package loaded onto the GPU, and the
     /// folder itself loaded too — every check between the bytes and the GPU, not one parser.
@@ -57,6 +62,8 @@ struct Inputs<'a> {
     gpu: &'a Gpu,
     /// The fixture model's files (the `Load` target's starting point).
     model: std::collections::HashMap<String, Vec<u8>>,
+    /// The fixture's tokenizer (the `Prompt` target's).
+    tokenizer: ClipTokenizer,
 }
 
 /// A package's pieces collected in memory.
@@ -254,6 +261,14 @@ fn seeds(t: Target, dir: &Path, ctx: &Inputs) -> Result<Vec<Vec<u8>>> {
             seed.extend(merges.as_bytes());
             vec![seed]
         }
+        Target::Prompt => [
+            "(masterpiece:1.2), best quality, [blurry], ((a cat)) BREAK \\(literal\\) (unclosed [x",
+            "a (((house:1.3)) [on] a (hill:0.5), sun, (((sky))). 東京の(夜景:1.4) 🦊",
+            "(a:-1e9) (b:1.2.3) :) ]] [[ BREAK BREAK <|endoftext|> x, y, z",
+        ]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect(),
         Target::Png => {
             let rgb: Vec<u8> = (0..16 * 8 * 3).map(|i| (i * 37) as u8).collect();
             vec![
@@ -279,7 +294,7 @@ fn seeds(t: Target, dir: &Path, ctx: &Inputs) -> Result<Vec<Vec<u8>>> {
 
 impl Target {
     fn is_json(self) -> bool {
-        !matches!(self, Target::Safetensors | Target::Tokenizer | Target::Png | Target::Load)
+        !matches!(self, Target::Safetensors | Target::Tokenizer | Target::Png | Target::Load | Target::Prompt)
     }
 }
 
@@ -392,6 +407,11 @@ fn run_one(t: Target, ctx: &Inputs, input: &[u8]) -> usize {
         Target::Png => {
             let _ = decode_png(input);
         }
+        Target::Prompt => {
+            let prompt = String::from_utf8_lossy(input);
+            let _ = webdiffusion::pipeline::prompt::parse_attention(&prompt);
+            let _ = conditioning::tokenize(&ctx.tokenizer, &prompt, PromptSyntax::A1111);
+        }
         Target::Load => return load_whole(ctx, input),
     }
     0
@@ -403,7 +423,9 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let mut total_crashes = 0;
-    let ctx = Inputs { gpu, model: model_files(&a.fixture)? };
+    let tokenizer = webdiffusion::models::loader::tokenizer(&DirSource(a.fixture.clone()))
+        .with_context(|| format!("the tokenizer of {}", a.fixture.display()))?;
+    let ctx = Inputs { gpu, model: model_files(&a.fixture)?, tokenizer };
     for t in targets {
         let seeds = seeds(t, &a.fixture, &ctx)?;
         let mut rng = Rng(a.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);

@@ -15,6 +15,9 @@ use crate::models::tokenizer::ClipTokenizer;
 
 /// The most 75-token chunks a prompt may take (1200 tokens).
 pub const MAX_PROMPT_CHUNKS: usize = 16;
+/// The longest prompt text taken, in bytes: far above what 16 chunks hold (a token is a few
+/// bytes), low enough that a pasted novel is refused before it is tokenized.
+pub const MAX_PROMPT_BYTES: usize = 32 << 10;
 
 /// How many tokens back from a full chunk A1111 looks for a comma to break at instead
 /// (its `comma_padding_backtrack` default).
@@ -76,6 +79,12 @@ pub fn empty_chunk(tok: &ClipTokenizer) -> Chunk {
 }
 
 pub fn tokenize(tok: &ClipTokenizer, prompt: &str, syntax: PromptSyntax) -> Result<PromptTokens> {
+    if prompt.len() > MAX_PROMPT_BYTES {
+        return Err(Error::Request(format!(
+            "the prompt has {} bytes of text; at most {MAX_PROMPT_BYTES} are taken",
+            prompt.len()
+        )));
+    }
     let per_chunk = tok.max_len - 2;
     if syntax == PromptSyntax::Diffusers {
         let t = tok.encode(prompt)?;
@@ -168,4 +177,22 @@ pub async fn context(tok: &ClipTokenizer, te: &ClipTextModel, prompts: &[(&str, 
         emphasize(z, &chunk.weights);
     }
     GpuTensor::from_f32_as(z.gpu(), &values, &shape, z.dtype())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emphasis_keeps_the_mean_and_weighs_rows() {
+        let mut z = vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        emphasize(&mut z, &[1.0, 2.0, 1.0]);
+        let mean = z.iter().sum::<f32>() / 6.0;
+        assert!((mean - 3.5).abs() < 1e-6, "{z:?}");
+        // Row 1 doubled relative to the others, then all scaled by 21 / 28.
+        let s = 21.0 / 28.0;
+        for (g, w) in z.iter().zip([1.0 * s, 2.0 * s, 6.0 * s, 8.0 * s, 5.0 * s, 6.0 * s]) {
+            assert!((g - w).abs() < 1e-6, "{z:?}");
+        }
+    }
 }
