@@ -459,6 +459,43 @@ mod package {
         assert!(ranged > 100 && ranged + 20 > requests, "{requests} requests, {ranged} with Range");
     }
 
+    /// A single-file checkpoint (`--model FILE.safetensors --config FOLDER`) generates the
+    /// folder's image, converts into the package the folder converts into, and without
+    /// `--config`, or with another family's configs, is refused in one line.
+    #[test]
+    fn single_file_checkpoints_generate_and_convert_like_their_folder() {
+        for model in ["tiny-sd1", "tiny-sd2"] {
+            let (folder, file) = (fixture(model), fixture(&format!("{model}-single")).join("model.safetensors"));
+            let (folder, file) = (folder.to_str().unwrap(), file.to_str().unwrap());
+            let from_file = generate(file, &["--config", folder], &tmp(&format!("{model}-single.png")));
+            assert_eq!(from_file, generate(folder, &[], &tmp(&format!("{model}-folder.png"))), "{model}");
+            let (a, b) = (tmp(&format!("{model}-single-q4")), tmp(&format!("{model}-folder-q4")));
+            for (m, out, extra) in [(file, &a, vec!["--config", folder]), (folder, &b, vec![])] {
+                let mut args = vec!["convert", "--model", m, "--out", out.to_str().unwrap(), "--quant", "q4_0"];
+                args.extend(extra);
+                let o = run(&args);
+                assert!(o.status.success(), "{model}: {}", String::from_utf8_lossy(&o.stderr));
+            }
+            // The packages differ in bytes where the folder stores f16 (its text encoder) and the
+            // file f32, and in the VAE's attention names (the folder's are the older ones); the
+            // values, and so the images, are the same.
+            let (pa, pb) = (
+                generate(a.to_str().unwrap(), &[], &tmp("pa.png")),
+                generate(b.to_str().unwrap(), &[], &tmp("pb.png")),
+            );
+            assert!(pa == pb, "{model}: the single file's q4_0 package generates the folder's package's image");
+        }
+        let file = fixture("tiny-sd1-single").join("model.safetensors");
+        let o = run(&["generate", "--model", file.to_str().unwrap(), "--prompt", "x", "--out", "/tmp/never.png"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains("--config names the diffusers folder"), "{err}");
+        let sd2 = fixture("tiny-sd2");
+        let args = ["generate", "--model", file.to_str().unwrap(), "--config", sd2.to_str().unwrap(), "--prompt", "x"];
+        let o = run(&[&args[..], &["--out", "/tmp/never.png"]].concat());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains("SD 1.x"), "{err}");
+    }
+
     /// A server that ignores Range (every tensor would fetch the whole file again) or answers
     /// another range than asked is refused with one line naming the URL, not used.
     #[test]

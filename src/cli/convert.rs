@@ -13,9 +13,14 @@ use webdiffusion::quant::{QuantPolicy, StoreType};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A diffusers model folder or URL (or a package, to re-quantize).
+    /// A diffusers model folder or URL (or a package, to re-quantize), or a single-file
+    /// checkpoint in the original layout (`FILE.safetensors`, with --config).
     #[arg(long)]
     model: String,
+    /// For a single-file checkpoint: the diffusers folder whose configs, tokenizer and
+    /// scheduler go with it (its weights are not read).
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Output folder (created).
     #[arg(long)]
     out: PathBuf,
@@ -85,7 +90,7 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
             );
         }
     }
-    let src = super::http::open_model(&a.model);
+    let src = super::http::open_model_with(&a.model, a.config.as_deref())?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     // A stale manifest must not describe the new shards while they are written.
     let manifest_path = a.out.join(MANIFEST);

@@ -15,9 +15,14 @@ use webdiffusion::pipeline::schedulers::SchedulerKind;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A diffusers model or a package: a folder or an http(s) URL.
+    /// A diffusers model or a package (a folder or an http(s) URL), or a single-file
+    /// checkpoint in the original layout (`FILE.safetensors`, with --config).
     #[arg(long)]
     model: String,
+    /// For a single-file checkpoint: the diffusers folder whose configs, tokenizer and
+    /// scheduler go with it (the published repo's small files; its weights are not read).
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Quantize on load: q8_0, q4_0 or f16 storage with the standard policy (a package is
     /// already quantized; this re-quantizes only its float tensors).
     #[arg(long)]
@@ -155,7 +160,7 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
     }
     let dtype = precision(gpu, &a.precision)?;
     let t0 = Instant::now();
-    let src = super::http::open_model(&a.model);
+    let src = super::http::open_model_with(&a.model, a.config.as_deref())?;
     let quant = match (&a.quant, &a.policy) {
         (None, None) => None,
         (q, p) => Some(std::sync::Arc::new(super::convert::policy(q.as_deref().unwrap_or("q8_0"), p.as_deref())?)),

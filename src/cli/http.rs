@@ -126,6 +126,29 @@ impl FileSource for HttpSource {
 }
 
 /// A folder or a URL.
+/// `--model` with `--config`: a single-file checkpoint (`FILE.safetensors`) seen through the
+/// diffusers folder `config` names, else as `open_model`.
+pub fn open_model_with(model: &str, config: Option<&std::path::Path>) -> anyhow::Result<Box<dyn FileSource>> {
+    use anyhow::Context;
+    use webdiffusion::models::loader::DirSource;
+    if !model.ends_with(".safetensors") {
+        return Ok(open_model(model));
+    }
+    let config = config.context(
+        "--model is a single-file checkpoint: --config names the diffusers folder whose configs, tokenizer and scheduler go with it",
+    )?;
+    let path = std::path::Path::new(model);
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).context("--model: a file name")?;
+    let single = webdiffusion::models::single_file::SingleFile::open(
+        Box::new(DirSource(dir.to_path_buf())),
+        name,
+        Box::new(DirSource(config.to_path_buf())),
+    )
+    .with_context(|| format!("opening {model}"))?;
+    Ok(Box::new(single))
+}
+
 pub fn open_model(model: &str) -> Box<dyn FileSource> {
     if model.starts_with("http://") || model.starts_with("https://") {
         Box::new(HttpSource::new(model))

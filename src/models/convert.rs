@@ -19,7 +19,7 @@ use super::package::{sha256_hex, Manifest, ShardEntry, TensorEntry, FORMAT, VERS
 use super::stream::{PieceSink, StreamConverter};
 use super::unet::UNet;
 use super::vae::{Decoder, Encoder};
-use super::weights::{Access, Rounding, Weights};
+use super::weights::{Access, Rounding, TensorSource, Weights};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu};
 use crate::quant::QuantPolicy;
@@ -72,7 +72,12 @@ pub fn convert(
         }
     }
     if let Some(p) = src.as_package() {
-        return convert_package(p, gpu, quant, policy, max_shard, files, sink);
+        let tensors = |c: Component| -> Result<Box<dyn TensorSource + '_>> { Ok(Box::new(p.tensors(c.name())?)) };
+        return convert_tensors(&tensors, gpu, quant, policy, max_shard, files, sink);
+    }
+    if let Some(s) = src.as_single_file() {
+        let tensors = |c: Component| -> Result<Box<dyn TensorSource + '_>> { Ok(Box::new(s.tensors(c)?)) };
+        return convert_tensors(&tensors, gpu, quant, policy, max_shard, files, sink);
     }
     let mut conv = StreamConverter::new(gpu, quant, policy, max_shard, files)?;
     for component in Component::LOAD_ORDER {
@@ -108,9 +113,11 @@ pub fn weights_file(src: &dyn FileSource, component: Component) -> Result<String
     Err(Error::Weights(format!("{} has no {component}/{}[.fp16].safetensors", src.describe(), component.stem())))
 }
 
-/// Re-quantizing a package: its tensors (in load order) through the policy, as on load.
-fn convert_package(
-    p: &super::package::Package<'_>,
+/// Re-quantizing a package, or a single-file checkpoint: each component's tensors (in load
+/// order, under diffusers names) through the policy, as on load.
+#[allow(clippy::too_many_arguments)]
+fn convert_tensors<'s>(
+    tensors: &dyn Fn(Component) -> Result<Box<dyn TensorSource + 's>>,
     gpu: &Gpu,
     quant: &str,
     policy: &QuantPolicy,
@@ -124,12 +131,13 @@ fn convert_package(
     for component in Component::LOAD_ORDER {
         let config = files
             .get(&component.config_file())
-            .ok_or_else(|| Error::Weights(format!("the package has no {component}/config.json")))?;
-        let source = p.tensors(component.name())?;
-        let dry = Weights::dry_run(&source, gpu, DType::F32);
+            .ok_or_else(|| Error::Weights(format!("the model has no {component}/config.json")))?;
+        let source = tensors(component)?;
+        let dry = Weights::dry_run(&*source, gpu, DType::F32);
         let accesses = component_accesses(component, config, &dry)?;
         dropped.extend(dry.unused().into_iter().map(|n| format!("{component}.{n}")));
-        let w = Weights::new(&source, gpu, DType::F32).with_policy(component.name(), policy_arc.clone(), Rounding::Fit);
+        let w =
+            Weights::new(&*source, gpu, DType::F32).with_policy(component.name(), policy_arc.clone(), Rounding::Fit);
         for a in &accesses {
             let (dtype, bytes) = w.stored_access(a)?;
             out.add(component.name(), &a.name, dtype, &a.shape, &bytes)?;

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use super::clip::ClipTextModel;
 use super::config::{ClipConfig, UNetConfig, VaeConfig};
 use super::package::Package;
+use super::single_file::SingleFile;
 use super::tokenizer::ClipTokenizer;
 use super::unet::UNet;
 use super::vae::{Decoder, Encoder};
@@ -41,6 +42,11 @@ pub trait FileSource {
 
     /// The package these files are, if they are one (see `Package`).
     fn as_package(&self) -> Option<&Package<'_>> {
+        None
+    }
+
+    /// The single-file checkpoint these files are, if they are one (see `SingleFile`).
+    fn as_single_file(&self) -> Option<&SingleFile<'_>> {
         None
     }
 }
@@ -197,6 +203,9 @@ pub fn component_tensors<'a>(src: &'a dyn FileSource, component: Component) -> R
     if let Some(p) = src.as_package() {
         return Ok(Box::new(p.tensors(component.name())?));
     }
+    if let Some(s) = src.as_single_file() {
+        return Ok(Box::new(s.tensors(component)?));
+    }
     for file in component.weights_files() {
         if let Some(t) = SafeTensorsRanges::open(src, &file)? {
             return Ok(Box::new(t));
@@ -236,7 +245,7 @@ impl LoadOptions {
 
 /// Runs `f` on the model's files, seen as a package when they are one.
 pub fn with_model<T>(src: &dyn FileSource, f: impl FnOnce(&dyn FileSource) -> Result<T>) -> Result<T> {
-    if src.as_package().is_some() {
+    if src.as_package().is_some() || src.as_single_file().is_some() {
         return f(src);
     }
     match Package::detect(src)? {

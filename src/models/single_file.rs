@@ -1,0 +1,185 @@
+//! A single-file checkpoint (`.safetensors` in the original layout, see `ldm`) seen as the
+//! diffusers model it holds: configs, tokenizer and scheduler from a companion folder (the
+//! published repo's small files, or a fine-tune's), every weight from the checkpoint under its
+//! diffusers name. Loading, quantizing on load and converting to a package then work as they do
+//! for a diffusers folder.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use super::component::Component;
+use super::config::{ClipConfig, UNetConfig, VaeConfig};
+use super::ldm::{self, Cut, Family};
+use super::loader::{text, FileSource, SafeTensorsRanges};
+use super::weights::{TensorInfo, TensorSource};
+use crate::error::{Error, Result};
+
+pub struct SingleFile<'a> {
+    checkpoint: Box<dyn FileSource + 'a>,
+    path: String,
+    companion: Box<dyn FileSource + 'a>,
+    pub family: Family,
+    unet: UNetConfig,
+    vae: VaeConfig,
+}
+
+impl<'a> SingleFile<'a> {
+    /// `path` in `checkpoint` is the file; `companion` has the configs (`unet/config.json`, …,
+    /// `tokenizer/`, `scheduler/`). Checks the file is a single-file SD 1.x/2.x checkpoint whose
+    /// U-Net and text encoder fit those configs.
+    pub fn open(
+        checkpoint: Box<dyn FileSource + 'a>,
+        path: &str,
+        companion: Box<dyn FileSource + 'a>,
+    ) -> Result<SingleFile<'a>> {
+        let file = SafeTensorsRanges::open(&*checkpoint, path)?
+            .ok_or_else(|| Error::Weights(format!("{} has no {path}", checkpoint.describe())))?;
+        let names = file.names();
+        let family = Family::detect(&names).ok_or_else(|| {
+            Error::Weights(format!(
+                "{path}: not a single-file Stable Diffusion checkpoint (no `{}` or `{}` tensors)",
+                ldm::CLIP_L,
+                ldm::OPEN_CLIP
+            ))
+        })?;
+        if family == Family::Sdxl {
+            return Err(Error::Weights(format!("{path}: an SDXL checkpoint; single-file SDXL is not supported yet")));
+        }
+        let unet = UNetConfig::from_json(&text(&*companion, "unet/config.json")?)?;
+        let vae = VaeConfig::from_json(&text(&*companion, "vae/config.json")?)?;
+        let key = format!("{}input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight", ldm::UNET);
+        let context = file.info(&key).and_then(|i| i.shape.get(1).copied());
+        drop(file);
+        let sf = SingleFile { checkpoint, path: path.to_string(), companion, family, unet, vae };
+        // The text encoder's width tells SD 1 (768) from SD 2 (1024); a companion of the other
+        // family is a wrong choice the user should hear about now, not as a shape error later.
+        let want = match family {
+            Family::Sd1 => "SD 1.x (CLIP ViT-L, 768 wide)",
+            _ => "SD 2.x (OpenCLIP ViT-H, 1024 wide)",
+        };
+        // OpenCLIP (SD 2) uses gelu, OpenAI's CLIP (SD 1) quick_gelu: configs of the other
+        // family would fail later on a tensor name; say what is wrong instead.
+        let te = ClipConfig::from_json(&text(&*sf.companion, "text_encoder/config.json")?)?;
+        let sd2_configs = te.hidden_act == "gelu";
+        if sd2_configs != (family == Family::Sd2) {
+            let theirs =
+                if sd2_configs { "an SD 2.x model's (OpenCLIP, gelu)" } else { "an SD 1.x model's (CLIP, quick_gelu)" };
+            return Err(Error::Weights(format!(
+                "{path} is {want}; the configs in {} are {theirs}: pass the configs of its base model",
+                sf.companion.describe()
+            )));
+        }
+        let ctx = sf.unet.cross_attention_dim;
+        if let Some(got) = context.filter(|&c| c != ctx) {
+            return Err(Error::Weights(format!(
+                "{path} is {want} with a {got}-wide context; the configs in {} are for {ctx}",
+                sf.companion.describe()
+            )));
+        }
+        Ok(sf)
+    }
+
+    /// The component's tensors, named as diffusers names them.
+    pub fn tensors(&self, component: Component) -> Result<LdmTensors<'_>> {
+        let file = SafeTensorsRanges::open(&*self.checkpoint, &self.path)?
+            .ok_or_else(|| Error::Weights(format!("{} vanished while loading", self.path)))?;
+        let mut map = BTreeMap::new();
+        for name in file.names() {
+            for (c, diffusers, cut) in ldm::ldm_to_diffusers(&name, &self.unet, &self.vae) {
+                if c == component {
+                    map.insert(diffusers, (name.clone(), cut));
+                }
+            }
+        }
+        Ok(LdmTensors { file, map, path: self.path.clone(), last: Mutex::new(None) })
+    }
+}
+
+impl FileSource for SingleFile<'_> {
+    fn read(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        self.companion.read(path)
+    }
+    fn describe(&self) -> String {
+        format!("{} (configs from {})", self.path, self.companion.describe())
+    }
+    fn as_single_file(&self) -> Option<&SingleFile<'_>> {
+        Some(self)
+    }
+}
+
+/// One component of a single-file checkpoint under diffusers names.
+pub struct LdmTensors<'a> {
+    file: SafeTensorsRanges<'a>,
+    /// diffusers name → (name in the file, how to cut it)
+    map: BTreeMap<String, (String, Cut)>,
+    path: String,
+    /// The last whole tensor read: a fused `in_proj` serves q, k and v in turn.
+    last: Mutex<Option<(String, Arc<Vec<u8>>)>>,
+}
+
+impl LdmTensors<'_> {
+    fn whole(&self, name: &str) -> Result<Arc<Vec<u8>>> {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((n, b)) = last.as_ref() {
+            if n == name {
+                return Ok(b.clone());
+            }
+        }
+        let b = Arc::new(self.file.bytes(name)?.into_owned());
+        *last = Some((name.to_string(), b.clone()));
+        Ok(b)
+    }
+}
+
+impl TensorSource for LdmTensors<'_> {
+    fn info(&self, name: &str) -> Option<TensorInfo> {
+        let (src, cut) = self.map.get(name)?;
+        let mut info = self.file.info(src)?;
+        match *cut {
+            Cut::Whole => {}
+            Cut::Squeeze => {
+                if info.shape.len() == 4 && info.shape[2..] == [1, 1] {
+                    info.shape.truncate(2);
+                }
+            }
+            Cut::Rows { parts, .. } => {
+                let rows = *info.shape.first()?;
+                if rows % parts != 0 {
+                    return None;
+                }
+                info.shape[0] = rows / parts;
+            }
+        }
+        Some(info)
+    }
+
+    fn bytes(&self, name: &str) -> Result<std::borrow::Cow<'_, [u8]>> {
+        let (src, cut) = self.map.get(name).ok_or_else(|| Error::Tensor {
+            name: name.into(),
+            msg: format!("missing from the single-file checkpoint {}", self.path),
+        })?;
+        match *cut {
+            Cut::Whole | Cut::Squeeze => Ok(std::borrow::Cow::Owned(self.file.bytes(src)?.into_owned())),
+            Cut::Rows { index, parts } => {
+                let all = self.whole(src)?;
+                let rows = self.file.info(src).and_then(|i| i.shape.first().copied()).unwrap_or(0);
+                if rows == 0 || rows % parts != 0 || all.len() % parts != 0 {
+                    return Err(Error::Tensor {
+                        name: src.clone(),
+                        msg: format!(
+                            "in {}: {rows} rows ({} bytes) do not split into {parts} equal parts",
+                            self.path,
+                            all.len()
+                        ),
+                    });
+                }
+                let n = all.len() / parts;
+                Ok(std::borrow::Cow::Owned(all[index * n..(index + 1) * n].to_vec()))
+            }
+        }
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.map.keys().cloned().collect()
+    }
+}
