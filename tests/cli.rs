@@ -496,6 +496,35 @@ mod package {
         assert!(!o.status.success() && err.contains("SD 1.x"), "{err}");
     }
 
+    /// LoRAs from the command line and from the prompt's A1111 tags: strength 0 is exactly the
+    /// base model's image, strength 1 changes it, and `<lora:kohya:1>` with `--lora-dir` is the
+    /// same as `--lora kohya.safetensors:1` (the tag never reaches the text encoder).
+    #[test]
+    fn loras_from_flags_and_prompt_tags() {
+        let model = fixture("tiny-sd1");
+        let dir = model.join("lora");
+        let (model, kohya) = (model.to_str().unwrap(), dir.join("kohya.safetensors"));
+        let base = generate(model, &[], &tmp("lora-base.png"));
+        let zero = generate(model, &["--lora", &format!("{}:0", kohya.display())], &tmp("lora-0.png"));
+        assert!(zero == base, "a LoRA at strength 0 gives the base model's image");
+        let one = generate(model, &["--lora", &format!("{}:1", kohya.display())], &tmp("lora-1.png"));
+        assert!(one != base, "a LoRA at strength 1 changes the image");
+        let peft = generate(model, &["--lora", dir.join("peft.safetensors").to_str().unwrap()], &tmp("lora-p.png"));
+        assert!(peft != base && peft != one);
+        let out = tmp("lora-tag.png");
+        let prompt = format!("{PROMPT} <lora:kohya:1>");
+        let mut args = vec!["generate", "--model", model, "--prompt", &prompt, "--steps", "2", "--seed", "5"];
+        args.extend(["--width", "64", "--height", "64", "--precision", "f32", "--scheduler", "euler"]);
+        args.extend(["--lora-dir", dir.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        let o = run(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let tagged = webdiffusion::pipeline::image::decode_png(&std::fs::read(&out).unwrap()).unwrap().0;
+        assert!(tagged == one, "<lora:kohya:1> is --lora kohya.safetensors:1");
+        let o = run(&[&args[..args.len() - 4], &["--out", "/tmp/never.png"]].concat());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains("--lora-dir"), "{err}");
+    }
+
     /// A server that ignores Range (every tensor would fetch the whole file again) or answers
     /// another range than asked is refused with one line naming the URL, not used.
     #[test]
@@ -631,6 +660,7 @@ fn fuzzing_every_parser_briefly_finds_no_crash() {
         "SchedulerConfig",
         "Tokenizer",
         "Png",
+        "Lora",
         "Prompt",
         "Load",
     ] {

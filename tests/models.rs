@@ -396,3 +396,69 @@ fn single_file_checkpoints_load_as_their_folder() {
         assert_eq!(run(&single), run(&folder), "{model}: the single file generates the folder's image");
     }
 }
+
+/// LoRAs in every format we read (kohya in the diffusers and the LDM module layout with LoCon
+/// convs, PEFT with its metadata alphas, diffusers' older spelling), merged on load, against
+/// diffusers' `load_lora_weights` + `fuse_lora(lora_scale)` (`make_lora_fixtures.py`): every
+/// touched tensor at two strengths and with two LoRAs at once, and every other tensor unchanged.
+#[test]
+fn loras_merge_as_diffusers_fuses_them() {
+    use webdiffusion::models::lora::{Lora, LoraUse, Merged};
+    let unet_vae = |src: &DirSource| {
+        let u = webdiffusion::models::config::UNetConfig::from_json(&loader::text(src, "unet/config.json").unwrap());
+        (u.unwrap(), loader::vae_config(src).unwrap())
+    };
+    let mut checked = 0;
+    for model in MODELS {
+        let src = fixture(model);
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(model).join("lora");
+        let cases: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("cases.json")).unwrap()).unwrap();
+        let (unet_cfg, vae_cfg) = unet_vae(&src);
+        for r in cases["references"].as_array().unwrap() {
+            let names: Vec<&str> = r["loras"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+            let weights: Vec<f32> = match r["adapter_weights"].as_array() {
+                Some(w) => w.iter().map(|v| v.as_f64().unwrap() as f32).collect(),
+                None => vec![r["lora_scale"].as_f64().unwrap() as f32; names.len()],
+            };
+            let uses: Vec<LoraUse> = names
+                .iter()
+                .zip(&weights)
+                .map(|(n, &strength)| {
+                    let bytes = std::fs::read(dir.join(format!("{n}.safetensors"))).unwrap();
+                    LoraUse { lora: std::sync::Arc::new(Lora::from_bytes(n, &bytes).unwrap()), strength }
+                })
+                .collect();
+            let reference = std::fs::read(dir.join(r["file"].as_str().unwrap())).unwrap();
+            let reference = safetensors::SafeTensors::deserialize(&reference).unwrap();
+            for component in [Component::Unet, Component::TextEncoder] {
+                let base = loader::component_tensors(&src, component).unwrap();
+                let merged = Merged::new(&*base, component, &uses, Some((&unet_cfg, &vae_cfg))).unwrap();
+                let prefix = format!("{}.", component.name());
+                let mut touched = 0;
+                for name in base.names().into_iter().filter(|n| !n.ends_with("position_ids")) {
+                    let got = values_f32(&merged, &name);
+                    match reference.tensor(&format!("{prefix}{name}")) {
+                        Ok(t) => {
+                            let want: Vec<f32> = t
+                                .data()
+                                .chunks_exact(4)
+                                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                                .collect();
+                            let err = got.iter().zip(&want).fold(0f32, |m, (g, w)| m.max((g - w).abs()));
+                            let base_vals = values_f32(&*base, &name);
+                            let moved = base_vals.iter().zip(&want).fold(0f32, |m, (b, w)| m.max((b - w).abs()));
+                            assert!(err <= 1e-5, "{model} {names:?} {:?} {name}: max |err| {err}", r["file"]);
+                            assert!(moved > 1e-3, "{model} {name}: the LoRA must move the weight ({moved})");
+                            touched += 1;
+                        }
+                        Err(_) => assert_eq!(got, values_f32(&*base, &name), "{model} {names:?}: {name} must stay"),
+                    }
+                }
+                let listed = reference.names().iter().filter(|n| n.starts_with(&prefix)).count();
+                assert_eq!(touched, listed, "{model} {names:?} {component}: every reference tensor is one we merged");
+                checked += touched;
+            }
+        }
+    }
+    assert!(checked > 200, "{checked} merged tensors checked");
+}

@@ -36,6 +36,8 @@ pub enum Target {
     Tokenizer,
     /// An init image.
     Png,
+    /// A LoRA file (kohya, PEFT), parsed and merged into the fixture's U-Net tensors.
+    Lora,
     /// A prompt in A1111's syntax (weights, escapes, BREAK), parsed and chunked with the
     /// fixture's tokenizer.
     Prompt,
@@ -64,6 +66,8 @@ struct Inputs<'a> {
     model: std::collections::HashMap<String, Vec<u8>>,
     /// The fixture's tokenizer (the `Prompt` target's).
     tokenizer: ClipTokenizer,
+    /// The fixture's U-Net tensors (the `Lora` target merges into them).
+    unet_tensors: webdiffusion::models::sources::SafeTensorsBytes,
 }
 
 /// A package's pieces collected in memory.
@@ -261,6 +265,7 @@ fn seeds(t: Target, dir: &Path, ctx: &Inputs) -> Result<Vec<Vec<u8>>> {
             seed.extend(merges.as_bytes());
             vec![seed]
         }
+        Target::Lora => vec![read(dir, "lora/kohya.safetensors")?, read(dir, "lora/peft.safetensors")?],
         Target::Prompt => [
             "(masterpiece:1.2), best quality, [blurry], ((a cat)) BREAK \\(literal\\) (unclosed [x",
             "a (((house:1.3)) [on] a (hill:0.5), sun, (((sky))). 東京の(夜景:1.4) 🦊",
@@ -294,7 +299,10 @@ fn seeds(t: Target, dir: &Path, ctx: &Inputs) -> Result<Vec<Vec<u8>>> {
 
 impl Target {
     fn is_json(self) -> bool {
-        !matches!(self, Target::Safetensors | Target::Tokenizer | Target::Png | Target::Load | Target::Prompt)
+        !matches!(
+            self,
+            Target::Safetensors | Target::Tokenizer | Target::Png | Target::Load | Target::Prompt | Target::Lora
+        )
     }
 }
 
@@ -407,6 +415,14 @@ fn run_one(t: Target, ctx: &Inputs, input: &[u8]) -> usize {
         Target::Png => {
             let _ = decode_png(input);
         }
+        Target::Lora => {
+            use webdiffusion::models::lora::{Lora, LoraUse, Merged};
+            if let Ok(lora) = Lora::from_bytes("fuzz", input) {
+                let uses = [LoraUse { lora: std::sync::Arc::new(lora), strength: 0.5 }];
+                let unet = &ctx.unet_tensors;
+                let _ = Merged::new(unet, webdiffusion::models::component::Component::Unet, &uses, None);
+            }
+        }
         Target::Prompt => {
             let prompt = String::from_utf8_lossy(input);
             let _ = webdiffusion::pipeline::prompt::parse_attention(&prompt);
@@ -425,7 +441,12 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
     let mut total_crashes = 0;
     let tokenizer = webdiffusion::models::loader::tokenizer(&DirSource(a.fixture.clone()))
         .with_context(|| format!("the tokenizer of {}", a.fixture.display()))?;
-    let ctx = Inputs { gpu, model: model_files(&a.fixture)?, tokenizer };
+    let model = model_files(&a.fixture)?;
+    let unet_tensors = webdiffusion::models::sources::SafeTensorsBytes::new(
+        model["unet/diffusion_pytorch_model.safetensors"].clone(),
+        "the fixture's U-Net",
+    )?;
+    let ctx = Inputs { gpu, model, tokenizer, unet_tensors };
     for t in targets {
         let seeds = seeds(t, &a.fixture, &ctx)?;
         let mut rng = Rng(a.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);

@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use webdiffusion::gpu::{DType, Gpu};
 use webdiffusion::models::loader;
+use webdiffusion::models::lora::{Lora, LoraUse};
 use webdiffusion::pipeline::generate::{InitImage, NoiseSource, Recorded, Request};
 use webdiffusion::pipeline::image::{a1111_parameters, decode_png, encode_png};
 use webdiffusion::pipeline::prompt::PromptSyntax;
@@ -82,6 +83,41 @@ pub struct Args {
     /// Also write the final latents (before the VAE) as safetensors tensor `latents`.
     #[arg(long)]
     out_latents: Option<PathBuf>,
+    /// A LoRA merged into the weights on load: FILE.safetensors[:STRENGTH] (default 1; kohya,
+    /// PEFT or diffusers format); repeatable.
+    #[arg(long)]
+    lora: Vec<String>,
+    /// Where `<lora:NAME:STRENGTH>` tags in the prompt find NAME.safetensors (A1111's Lora
+    /// folder); the tags are taken out of the prompt the model sees.
+    #[arg(long)]
+    lora_dir: Option<PathBuf>,
+}
+
+/// `--lora FILE[:STRENGTH]`, then the prompt's `<lora:NAME:STRENGTH>` tags from `--lora-dir`.
+fn loras(a: &Args, tags: &[webdiffusion::pipeline::prompt::LoraTag]) -> Result<Vec<LoraUse>> {
+    let read = |path: &Path, strength: f32| -> Result<LoraUse> {
+        let bytes = loader::read_file(path, 2 << 30).with_context(|| format!("reading the LoRA {}", path.display()))?;
+        let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("lora");
+        Ok(LoraUse { lora: std::sync::Arc::new(Lora::from_bytes(name, &bytes)?), strength })
+    };
+    let mut out = Vec::new();
+    for spec in &a.lora {
+        let (path, strength) = match spec.rsplit_once(':').map(|(p, s)| (p, s.parse::<f32>())) {
+            Some((p, Ok(s))) if s.is_finite() => (p, s),
+            _ => (spec.as_str(), 1.0),
+        };
+        out.push(read(Path::new(path), strength)?);
+    }
+    for tag in tags {
+        let dir = a.lora_dir.as_ref().with_context(|| {
+            format!("the prompt names <lora:{}>: --lora-dir says which folder holds {}.safetensors", tag.name, tag.name)
+        })?;
+        if tag.name.contains(['/', '\\']) || tag.name.starts_with('.') {
+            bail!("<lora:{}>: a LoRA name, not a path", tag.name);
+        }
+        out.push(read(&dir.join(format!("{}.safetensors", tag.name)), tag.strength)?);
+    }
+    Ok(out)
 }
 
 /// Our name for the scheduler class a model ships with.
@@ -165,7 +201,10 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
         (None, None) => None,
         (q, p) => Some(std::sync::Arc::new(super::convert::policy(q.as_deref().unwrap_or("q8_0"), p.as_deref())?)),
     };
-    let opts = loader::LoadOptions { quant, with_encoder: a.init_image.is_some(), ..loader::LoadOptions::new(dtype) };
+    let (prompt, tags) = webdiffusion::pipeline::prompt::extract_loras(&a.prompt)?;
+    let loras = loras(a, &tags)?;
+    let opts =
+        loader::LoadOptions { quant, with_encoder: a.init_image.is_some(), loras, ..loader::LoadOptions::new(dtype) };
     let sd = webdiffusion::pipeline::generate::StableDiffusion::load(&*src, gpu, &opts)
         .with_context(|| format!("loading {}", a.model))?;
     eprintln!("loaded {} ({dtype}) in {:.1} s", a.model, t0.elapsed().as_secs_f64());
@@ -196,7 +235,7 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
         None => (a.width.unwrap_or(default_px), a.height.unwrap_or(default_px)),
     };
     let req = Request {
-        prompt: a.prompt.clone(),
+        prompt,
         negative_prompt: a.negative_prompt.clone(),
         steps: a.steps.unwrap_or(default_steps),
         guidance: a.guidance.unwrap_or(default_guidance),

@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use super::clip::ClipTextModel;
 use super::config::{ClipConfig, UNetConfig, VaeConfig};
+use super::lora::{LoraUse, Merged};
 use super::package::Package;
 use super::single_file::SingleFile;
 use super::tokenizer::ClipTokenizer;
@@ -223,11 +224,13 @@ pub struct LoadOptions {
     pub with_encoder: bool,
     /// How the policy picks block scales (`Nearest` only for benchmarks).
     pub rounding: Rounding,
+    /// LoRAs merged into the U-Net and text encoder weights before the policy stores them.
+    pub loras: Vec<LoraUse>,
 }
 
 impl LoadOptions {
     pub fn new(dtype: DType) -> LoadOptions {
-        LoadOptions { dtype, quant: None, with_encoder: false, rounding: Rounding::Fit }
+        LoadOptions { dtype, quant: None, with_encoder: false, rounding: Rounding::Fit, loras: Vec::new() }
     }
 
     pub fn weights<'a>(&self, t: &'a dyn TensorSource, gpu: &'a Gpu, component: Component) -> Weights<'a> {
@@ -275,7 +278,8 @@ pub fn text_encoder(src: &dyn FileSource, gpu: &Gpu, opts: &LoadOptions) -> Resu
     with_model(src, |src| {
         let config = ClipConfig::from_json(&text(src, "text_encoder/config.json")?)?;
         let t = component_tensors(src, Component::TextEncoder)?;
-        let w = opts.weights(&*t, gpu, Component::TextEncoder);
+        let merged = Merged::new(&*t, Component::TextEncoder, &opts.loras, None)?;
+        let w = opts.weights(&merged, gpu, Component::TextEncoder);
         ClipTextModel::load(config, &w)
     })
 }
@@ -284,7 +288,9 @@ pub fn unet(src: &dyn FileSource, gpu: &Gpu, opts: &LoadOptions) -> Result<UNet>
     with_model(src, |src| {
         let config = UNetConfig::from_json(&text(src, "unet/config.json")?)?;
         let t = component_tensors(src, Component::Unet)?;
-        let w = opts.weights(&*t, gpu, Component::Unet);
+        let vae = if opts.loras.is_empty() { None } else { Some(vae_config(src)?) };
+        let merged = Merged::new(&*t, Component::Unet, &opts.loras, vae.as_ref().map(|v| (&config, v)))?;
+        let w = opts.weights(&merged, gpu, Component::Unet);
         UNet::load(config, &w)
     })
 }

@@ -13,6 +13,7 @@ pub mod hash;
 pub mod header;
 pub mod ldm;
 pub mod loader;
+pub mod lora;
 pub mod nn;
 pub mod package;
 pub mod parity;

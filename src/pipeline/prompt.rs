@@ -196,8 +196,57 @@ mod tests {
     }
 
     #[test]
+    fn lora_tags_come_out_of_the_prompt() {
+        let (p, tags) = extract_loras("a cat <lora:film:0.7>, (sharp:1.2) <lora:grain>").unwrap();
+        assert_eq!(p, "a cat , (sharp:1.2) ");
+        assert_eq!(
+            tags,
+            [LoraTag { name: "film".into(), strength: 0.7 }, LoraTag { name: "grain".into(), strength: 1.0 }]
+        );
+        assert!(extract_loras("<lora:x:lots>").unwrap_err().to_string().contains("not a number"));
+        assert!(extract_loras("<lora::1>").is_err());
+        assert_eq!(extract_loras("no tags <lora:open").unwrap().0, "no tags <lora:open");
+    }
+
+    #[test]
     fn weights_that_are_not_numbers_are_text() {
         let f = parse_attention("(a:1.2.3)");
         assert_eq!(f, [Fragment { text: "a:1.2.3".into(), weight: 1.1 }]);
     }
+}
+
+/// A1111's extra-network tag for a LoRA in a prompt: `<lora:name>` or `<lora:name:0.8>`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoraTag {
+    pub name: String,
+    pub strength: f32,
+}
+
+/// The prompt without its `<lora:…>` tags, and the tags, as A1111 takes them out before it
+/// reads the rest. A tag whose strength is not a number is an error, not text.
+pub fn extract_loras(prompt: &str) -> crate::Result<(String, Vec<LoraTag>)> {
+    let mut out = String::with_capacity(prompt.len());
+    let mut tags = Vec::new();
+    let mut rest = prompt;
+    while let Some(at) = rest.find("<lora:") {
+        let Some(end) = rest[at..].find('>') else { break };
+        out.push_str(&rest[..at]);
+        let body = &rest[at + "<lora:".len()..at + end];
+        let mut parts = body.split(':');
+        let name = parts.next().unwrap_or("").trim().to_string();
+        let strength =
+            match parts.next() {
+                None => 1.0,
+                Some(s) => s.trim().parse::<f32>().ok().filter(|v| v.is_finite()).ok_or_else(|| {
+                    crate::Error::Request(format!("<lora:{body}>: the strength `{s}` is not a number"))
+                })?,
+            };
+        if name.is_empty() || parts.next().is_some() {
+            return Err(crate::Error::Request(format!("<lora:{body}>: expected <lora:name> or <lora:name:strength>")));
+        }
+        tags.push(LoraTag { name, strength });
+        rest = &rest[at + end + 1..];
+    }
+    out.push_str(rest);
+    Ok((out, tags))
 }
