@@ -70,6 +70,14 @@ impl GenerateRequest {
     }
 
     fn request(&self) -> Result<Request, JsError> {
+        // A1111's `<lora:…>` tags would otherwise reach the text encoder as words.
+        let (_, tags) = crate::pipeline::prompt::extract_loras(&self.prompt).map_err(js_err)?;
+        if let Some(t) = tags.first() {
+            return Err(JsError::new(&format!(
+                "<lora:{}:{}>: LoRAs are not supported in the page yet (the command line takes them: --lora, --lora-dir); remove the tag to generate without it",
+                t.name, t.strength
+            )));
+        }
         Ok(Request {
             prompt: self.prompt.clone(),
             negative_prompt: self.negative_prompt.clone(),

@@ -523,6 +523,24 @@ mod package {
         let o = run(&[&args[..args.len() - 4], &["--out", "/tmp/never.png"]].concat());
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success() && err.contains("--lora-dir"), "{err}");
+        // A package's matrices are already quantized: merging needs the float weights.
+        let pkg = tmp("lora-q4");
+        assert!(run(&["convert", "--model", model, "--out", pkg.to_str().unwrap(), "--quant", "q4_0"])
+            .status
+            .success());
+        let o = run(&[
+            "generate",
+            "--model",
+            pkg.to_str().unwrap(),
+            "--prompt",
+            "x",
+            "--lora",
+            kohya.to_str().unwrap(),
+            "--out",
+            "/tmp/never.png",
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains("not a quantized package"), "{err}");
     }
 
     /// A server that ignores Range (every tensor would fetch the whole file again) or answers

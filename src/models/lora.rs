@@ -290,6 +290,15 @@ impl<'a> Merged<'a> {
                     )
                 })?;
                 let info = inner.info(target).ok_or_else(|| bad(&u.lora.name, format!("{target}: no info")))?;
+                if !matches!(info.dtype, FileDType::F32 | FileDType::F16 | FileDType::BF16) {
+                    return Err(bad(
+                        &u.lora.name,
+                        format!(
+                            "{component} weight {target} is stored as {}: a LoRA merges into float weights (a diffusers folder or a single-file checkpoint, quantized on load if wanted), not a quantized package",
+                            info.dtype.name()
+                        ),
+                    ));
+                }
                 let numel: usize = info.shape.iter().product();
                 let (out, rank) = (pair.up_shape[0], pair.down_shape[0]);
                 let cols: usize = pair.down_shape[1..].iter().product();
