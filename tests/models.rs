@@ -462,3 +462,34 @@ fn loras_merge_as_diffusers_fuses_them() {
     }
     assert!(checked > 200, "{checked} merged tensors checked");
 }
+
+/// The prediction type of a single file: the companion's scheduler by default, Stability's
+/// ModelSpec metadata when the file has it, the user's choice over both (shapes cannot tell an
+/// SD 2 768-v checkpoint from a 512 epsilon one).
+#[test]
+fn single_file_prediction_type_from_metadata_or_choice() {
+    use webdiffusion::models::loader::MemorySource;
+    use webdiffusion::models::single_file::SingleFile;
+    use webdiffusion::pipeline::schedule::{Prediction, SchedulerConfig};
+    let predicted = |sf: &SingleFile| {
+        let text = loader::text(sf, "scheduler/scheduler_config.json").unwrap();
+        SchedulerConfig::from_json(&text).unwrap().for_class("leading").prediction().unwrap()
+    };
+    let dir = || Box::new(fixture("tiny-sd1-single"));
+    let plain = SingleFile::open(dir(), "model.safetensors", Box::new(fixture("tiny-sd1"))).unwrap();
+    assert_eq!((plain.prediction(), predicted(&plain)), (None, Prediction::Epsilon));
+
+    // The same file with `modelspec.prediction_type: v` in its header metadata.
+    let bytes = std::fs::read(fixture("tiny-sd1-single").0.join("model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    header["__metadata__"] = serde_json::json!({"modelspec.prediction_type": "v"});
+    let json = serde_json::to_vec(&header).unwrap();
+    let file = [&(json.len() as u64).to_le_bytes()[..], &json, &bytes[8 + n..]].concat();
+    let mem = MemorySource { files: [("model.safetensors".to_string(), file)].into(), name: "v file".into() };
+    let mut v = SingleFile::open(Box::new(mem), "model.safetensors", Box::new(fixture("tiny-sd1"))).unwrap();
+    assert_eq!((v.prediction(), predicted(&v)), (Some("v_prediction"), Prediction::V));
+    v.set_prediction("epsilon").unwrap();
+    assert_eq!(predicted(&v), Prediction::Epsilon);
+    assert!(v.set_prediction("x").is_err());
+}

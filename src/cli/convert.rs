@@ -21,6 +21,10 @@ pub struct Args {
     /// scheduler go with it (its weights are not read).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// For a single-file checkpoint: epsilon or v_prediction, over its ModelSpec metadata and
+    /// the --config scheduler (shapes cannot tell SD 2's 768-v models from its 512 ones).
+    #[arg(long)]
+    prediction_type: Option<String>,
     /// Output folder (created).
     #[arg(long)]
     out: PathBuf,
@@ -90,7 +94,7 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
             );
         }
     }
-    let src = super::http::open_model_with(&a.model, a.config.as_deref())?;
+    let src = super::http::open_model_with(&a.model, a.config.as_deref(), a.prediction_type.as_deref())?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     // A stale manifest must not describe the new shards while they are written.
     let manifest_path = a.out.join(MANIFEST);

@@ -24,6 +24,10 @@ pub struct Args {
     /// scheduler go with it (the published repo's small files; its weights are not read).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// For a single-file checkpoint: epsilon or v_prediction, over its ModelSpec metadata and
+    /// the --config scheduler (shapes cannot tell SD 2's 768-v models from its 512 ones).
+    #[arg(long)]
+    prediction_type: Option<String>,
     /// Quantize on load: q8_0, q4_0 or f16 storage with the standard policy (a package is
     /// already quantized; this re-quantizes only its float tensors).
     #[arg(long)]
@@ -196,7 +200,7 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
     }
     let dtype = precision(gpu, &a.precision)?;
     let t0 = Instant::now();
-    let src = super::http::open_model_with(&a.model, a.config.as_deref())?;
+    let src = super::http::open_model_with(&a.model, a.config.as_deref(), a.prediction_type.as_deref())?;
     let quant = match (&a.quant, &a.policy) {
         (None, None) => None,
         (q, p) => Some(std::sync::Arc::new(super::convert::policy(q.as_deref().unwrap_or("q8_0"), p.as_deref())?)),

@@ -128,10 +128,20 @@ impl FileSource for HttpSource {
 /// A folder or a URL.
 /// `--model` with `--config`: a single-file checkpoint (`FILE.safetensors`) seen through the
 /// diffusers folder `config` names, else as `open_model`.
-pub fn open_model_with(model: &str, config: Option<&std::path::Path>) -> anyhow::Result<Box<dyn FileSource>> {
+/// `prediction`: a single file's `epsilon` or `v_prediction`, when its shapes and metadata
+/// cannot tell (SD 2 at 768 is v, at 512 epsilon).
+pub fn open_model_with(
+    model: &str,
+    config: Option<&std::path::Path>,
+    prediction: Option<&str>,
+) -> anyhow::Result<Box<dyn FileSource>> {
     use anyhow::Context;
     use webdiffusion::models::loader::DirSource;
     if !model.ends_with(".safetensors") {
+        anyhow::ensure!(
+            prediction.is_none(),
+            "--prediction-type is for single-file checkpoints (a folder's scheduler config says it)"
+        );
         return Ok(open_model(model));
     }
     let config = config.context(
@@ -140,12 +150,15 @@ pub fn open_model_with(model: &str, config: Option<&std::path::Path>) -> anyhow:
     let path = std::path::Path::new(model);
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).context("--model: a file name")?;
-    let single = webdiffusion::models::single_file::SingleFile::open(
+    let mut single = webdiffusion::models::single_file::SingleFile::open(
         Box::new(DirSource(dir.to_path_buf())),
         name,
         Box::new(DirSource(config.to_path_buf())),
     )
     .with_context(|| format!("opening {model}"))?;
+    if let Some(p) = prediction {
+        single.set_prediction(p).context("--prediction-type")?;
+    }
     Ok(Box::new(single))
 }
 

@@ -21,6 +21,23 @@ pub struct SingleFile<'a> {
     pub family: Family,
     unet: UNetConfig,
     vae: VaeConfig,
+    /// The scheduler's `prediction_type` when the file or the user says (shapes cannot tell an
+    /// SD 2 768-v model from a 512 epsilon one), else the companion's.
+    prediction: Option<String>,
+}
+
+/// What Stability's ModelSpec metadata (`modelspec.prediction_type`: `epsilon` or `v`) says.
+fn modelspec_prediction(checkpoint: &dyn FileSource, path: &str) -> Result<Option<String>> {
+    let Some(prefix) = checkpoint.read_range(path, 0, 8)? else { return Ok(None) };
+    let n = super::header::header_len(path, &prefix, None)?;
+    let Some(json) = checkpoint.read_range(path, 8, n)? else { return Ok(None) };
+    let v: serde_json::Value =
+        serde_json::from_slice(&json).map_err(|e| Error::Weights(format!("{path}: header: {e}")))?;
+    Ok(match v["__metadata__"]["modelspec.prediction_type"].as_str() {
+        Some("v") | Some("v_prediction") => Some("v_prediction".into()),
+        Some("epsilon") => Some("epsilon".into()),
+        _ => None,
+    })
 }
 
 impl<'a> SingleFile<'a> {
@@ -50,7 +67,8 @@ impl<'a> SingleFile<'a> {
         let key = format!("{}input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight", ldm::UNET);
         let context = file.info(&key).and_then(|i| i.shape.get(1).copied());
         drop(file);
-        let sf = SingleFile { checkpoint, path: path.to_string(), companion, family, unet, vae };
+        let prediction = modelspec_prediction(&*checkpoint, path)?;
+        let sf = SingleFile { checkpoint, path: path.to_string(), companion, family, unet, vae, prediction };
         // The text encoder's width tells SD 1 (768) from SD 2 (1024); a companion of the other
         // family is a wrong choice the user should hear about now, not as a shape error later.
         let want = match family {
@@ -79,6 +97,20 @@ impl<'a> SingleFile<'a> {
         Ok(sf)
     }
 
+    /// The user's choice of `epsilon` or `v_prediction`, over the file's metadata and the
+    /// companion's scheduler config.
+    pub fn set_prediction(&mut self, prediction: &str) -> Result<()> {
+        if !matches!(prediction, "epsilon" | "v_prediction") {
+            return Err(Error::Request(format!("prediction type {prediction}: epsilon or v_prediction")));
+        }
+        self.prediction = Some(prediction.into());
+        Ok(())
+    }
+
+    pub fn prediction(&self) -> Option<&str> {
+        self.prediction.as_deref()
+    }
+
     /// The component's tensors, named as diffusers names them.
     pub fn tensors(&self, component: Component) -> Result<LdmTensors<'_>> {
         let file = SafeTensorsRanges::open(&*self.checkpoint, &self.path)?
@@ -97,7 +129,22 @@ impl<'a> SingleFile<'a> {
 
 impl FileSource for SingleFile<'_> {
     fn read(&self, path: &str) -> Result<Option<Vec<u8>>> {
-        self.companion.read(path)
+        let file = self.companion.read(path)?;
+        match (&self.prediction, file) {
+            (Some(p), Some(bytes)) if path == "scheduler/scheduler_config.json" => {
+                let mut v: serde_json::Value = serde_json::from_slice(&bytes)
+                    .map_err(|e| Error::Config { component: "scheduler".into(), msg: e.to_string() })?;
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("prediction_type".into(), p.clone().into());
+                    // from_config would otherwise take the class default for a listed key.
+                    if let Some(serde_json::Value::Array(d)) = o.get_mut("_use_default_values") {
+                        d.retain(|k| k != "prediction_type");
+                    }
+                }
+                Ok(Some(serde_json::to_vec(&v).map_err(|e| Error::Weights(e.to_string()))?))
+            }
+            (_, file) => Ok(file),
+        }
     }
     fn describe(&self) -> String {
         format!("{} (configs from {})", self.path, self.companion.describe())
