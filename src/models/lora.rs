@@ -70,11 +70,11 @@ fn floats(file: &str, name: &str, dtype: FileDType, bytes: &[u8]) -> Result<Vec<
     })
 }
 
-/// PEFT's alphas and ranks from the file's `lora_adapter_metadata`, per component prefix.
+/// PEFT's alphas from the file's `lora_adapter_metadata`, per component prefix (the rank is
+/// each pair's own).
 #[derive(Default)]
 struct PeftMeta {
     alpha: HashMap<String, f32>,
-    rank: HashMap<String, f32>,
 }
 
 impl PeftMeta {
@@ -91,9 +91,11 @@ impl PeftMeta {
             if pattern("alpha_pattern") || pattern("rank_pattern") {
                 return Err(bad(file, format!("per-module {field} is not supported yet")));
             }
+            if field == "use_rslora" && v.as_bool() == Some(true) {
+                return Err(bad(file, "rank-stabilized scaling (use_rslora, alpha/sqrt(r)) is not supported yet"));
+            }
             match (field, v.as_f64()) {
                 ("lora_alpha", Some(a)) => out.alpha.insert(component.to_string(), a as f32),
-                ("r", Some(r)) => out.rank.insert(component.to_string(), r as f32),
                 _ => None,
             };
         }
@@ -166,10 +168,8 @@ impl Lora {
             ] {
                 if let Some(module) = rest.strip_suffix(down_sfx) {
                     let up = format!("{prefix}.{module}{up_sfx}");
-                    let alpha = match (peft.alpha.get(prefix), peft.rank.get(prefix)) {
-                        (Some(&a), _) => Some(a),
-                        _ => None,
-                    };
+                    // Without metadata PEFT's alpha is the rank: scale 1.
+                    let alpha = peft.alpha.get(prefix).copied();
                     take((component, Key::Dotted(module.into())), &up, k, alpha)?;
                 }
             }
@@ -377,5 +377,35 @@ impl TensorSource for Merged<'_> {
         }
         let bytes = self.bytes(name)?;
         super::weights::restore(name, FileDType::F32, bytes, None, super::weights::Rounding::Fit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A one-pair PEFT file with the given adapter metadata.
+    fn peft_file(meta: &str) -> Vec<u8> {
+        let f = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let (a, b) = (f(&[1.0, 2.0]), f(&[3.0, 4.0]));
+        let header = serde_json::json!({
+            "__metadata__": {"lora_adapter_metadata": meta},
+            "unet.x.lora_A.weight": {"dtype": "F32", "shape": [1, 2], "data_offsets": [0, 8]},
+            "unet.x.lora_B.weight": {"dtype": "F32", "shape": [2, 1], "data_offsets": [8, 16]},
+        });
+        let json = serde_json::to_vec(&header).unwrap();
+        [&(json.len() as u64).to_le_bytes()[..], &json, &a, &b].concat()
+    }
+
+    #[test]
+    fn peft_alpha_comes_from_the_metadata_and_rslora_is_refused() {
+        let l = Lora::from_bytes("p", &peft_file(r#"{"unet.lora_alpha": 4.0, "unet.r": 1}"#)).unwrap();
+        assert_eq!(l.layers.values().next().unwrap().scale, 4.0);
+        let l = Lora::from_bytes("p", &peft_file("{}")).unwrap();
+        assert_eq!(l.layers.values().next().unwrap().scale, 1.0);
+        let e = Lora::from_bytes("p", &peft_file(r#"{"unet.use_rslora": true}"#)).unwrap_err();
+        assert!(e.to_string().contains("use_rslora"), "{e}");
+        let e = Lora::from_bytes("p", &[1, 2, 3]).unwrap_err();
+        assert!(e.to_string().contains('p'), "{e}");
     }
 }
