@@ -406,7 +406,12 @@ mod package {
     const PROMPT: &str = "a red circle’s 富士山";
 
     fn generate(model: &str, extra: &[&str], out: &Path) -> Vec<u8> {
-        let mut args = vec!["generate", "--model", model, "--prompt", PROMPT, "--steps", "2", "--seed", "5"];
+        generate_prompt(model, PROMPT, extra, out)
+    }
+
+    /// `generate` with another prompt (it must contain `PROMPT`, which the PNG keeps).
+    fn generate_prompt(model: &str, prompt: &str, extra: &[&str], out: &Path) -> Vec<u8> {
+        let mut args = vec!["generate", "--model", model, "--prompt", prompt, "--steps", "2", "--seed", "5"];
         args.extend(["--width", "64", "--height", "64", "--precision", "f32", "--scheduler", "euler"]);
         args.extend(extra);
         args.extend(["--out", out.to_str().unwrap()]);
@@ -511,16 +516,10 @@ mod package {
         assert!(one != base, "a LoRA at strength 1 changes the image");
         let peft = generate(model, &["--lora", dir.join("peft.safetensors").to_str().unwrap()], &tmp("lora-p.png"));
         assert!(peft != base && peft != one);
-        let out = tmp("lora-tag.png");
         let prompt = format!("{PROMPT} <lora:kohya:1>");
-        let mut args = vec!["generate", "--model", model, "--prompt", &prompt, "--steps", "2", "--seed", "5"];
-        args.extend(["--width", "64", "--height", "64", "--precision", "f32", "--scheduler", "euler"]);
-        args.extend(["--lora-dir", dir.to_str().unwrap(), "--out", out.to_str().unwrap()]);
-        let o = run(&args);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let tagged = webdiffusion::pipeline::image::decode_png(&std::fs::read(&out).unwrap()).unwrap().0;
+        let tagged = generate_prompt(model, &prompt, &["--lora-dir", dir.to_str().unwrap()], &tmp("lora-tag.png"));
         assert!(tagged == one, "<lora:kohya:1> is --lora kohya.safetensors:1");
-        let o = run(&[&args[..args.len() - 4], &["--out", "/tmp/never.png"]].concat());
+        let o = run(&["generate", "--model", model, "--prompt", &prompt, "--out", "/tmp/never.png"]);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success() && err.contains("--lora-dir"), "{err}");
         // A package's matrices are already quantized: merging needs the float weights.

@@ -276,8 +276,12 @@ impl<'a> Merged<'a> {
         loras: &[LoraUse],
         configs: Option<(&UNetConfig, &VaeConfig)>,
     ) -> Result<Merged<'a>> {
-        let index = Index::new(&inner.names());
         let mut deltas: HashMap<String, Vec<f32>> = HashMap::new();
+        // Most loads have no LoRA for this component: no index of its names then.
+        if !loras.iter().any(|u| u.lora.layers.keys().any(|(c, _)| *c == component)) {
+            return Ok(Merged { inner, deltas });
+        }
+        let index = Index::new(&inner.names());
         for u in loras {
             for ((c, key), pair) in &u.lora.layers {
                 if *c != component {

@@ -128,28 +128,23 @@ impl Sampler for DpmSde {
         let ancestral_t = t_of(sigma_down);
         let ratio = sigma_of(ancestral_t) / sigma_of(t);
         let coef = (t - ancestral_t).exp_m1();
-        let start: Vec<f32> = match &self.pending {
-            Some(p) => p.start.clone(),
-            None => sample.to_vec(),
-        };
-        // This substep's Brownian increment, normalised by its interval (see the module doc).
+        // This substep's Brownian increment, normalised by its interval (see the module doc); the
+        // second half starts again from the step's start sample.
         let (from, to) = (sigma_from as f64, sigma_to as f64);
-        let n: Vec<f32> = match self.pending.take() {
+        let (start, n) = match self.pending.take() {
             None => {
-                self.pending = Some(Pending {
-                    start: start.clone(),
-                    z1: noise.to_vec(),
-                    root_a: (to - from).abs().sqrt(),
-                    mid_sigma: sigma_to,
-                });
-                noise.to_vec()
+                let root_a = (to - from).abs().sqrt();
+                self.pending =
+                    Some(Pending { start: sample.to_vec(), z1: noise.to_vec(), root_a, mid_sigma: sigma_to });
+                (sample.to_vec(), noise.to_vec())
             }
             Some(p) => {
                 let (root_b, total) = ((to - p.mid_sigma as f64).abs().sqrt(), (to - from).abs().sqrt());
-                p.z1.iter()
-                    .zip(noise)
-                    .map(|(&z1, &z2)| ((p.root_a * z1 as f64 + root_b * z2 as f64) / total) as f32)
-                    .collect()
+                let n =
+                    p.z1.iter()
+                        .zip(noise)
+                        .map(|(&z1, &z2)| ((p.root_a * z1 as f64 + root_b * z2 as f64) / total) as f32);
+                (p.start, n.collect())
             }
         };
         start.iter().zip(&x0).zip(&n).map(|((&x, &d0), &z)| ratio * x - coef * d0 + z * sigma_up).collect()
