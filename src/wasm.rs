@@ -614,6 +614,24 @@ impl Converter {
         self.inner.begin_file(path, size as u64, sha256).map_err(js_err)
     }
 
+    /// Starts single-file checkpoint `path` (original LDM names, every component) of `size`
+    /// bytes, converted against the base model's configs the converter was made with;
+    /// `prediction`: `epsilon` or `v_prediction` when the user chose (else the file's metadata,
+    /// else the base model's scheduler).
+    #[wasm_bindgen(js_name = beginSingleFile)]
+    pub fn begin_single_file(
+        &mut self,
+        path: &str,
+        size: f64,
+        sha256: Option<String>,
+        prediction: Option<String>,
+    ) -> Result<(), JsError> {
+        if !(size >= 0.0 && size <= 9.0e15 && size.fract() == 0.0) {
+            return Err(JsError::new(&format!("{path}: bad size {size}")));
+        }
+        self.inner.begin_single_file(path, size as u64, sha256, prediction).map_err(js_err)
+    }
+
     /// The next bytes of the file; returns the shard pieces they produced.
     pub fn push(&mut self, bytes: &[u8]) -> Result<js_sys::Array, JsError> {
         let mut out = JsPieces(js_sys::Array::new());

@@ -139,6 +139,24 @@ fn damaged_shards_are_named() {
 /// (a resume drops the ones out, as a reload does).
 fn stream_package(model: &str, quant: &str, cuts: &[usize], resume_after: &[usize], lag: usize) -> (MemSink, Manifest) {
     let src = DirSource(dir(model));
+    let weights = webdiffusion::models::component::Component::LOAD_ORDER.map(|component| {
+        let path = webdiffusion::models::convert::weights_file(&src, component).unwrap();
+        let bytes = src.read(&path).unwrap().unwrap();
+        (path, bytes, false)
+    });
+    stream_files(&src, &weights, quant, cuts, resume_after, lag)
+}
+
+/// `stream_package` over `weights` (path, bytes, whether a single-file checkpoint), the small
+/// files from `src`.
+fn stream_files(
+    src: &dyn FileSource,
+    weights: &[(String, Vec<u8>, bool)],
+    quant: &str,
+    cuts: &[usize],
+    resume_after: &[usize],
+    lag: usize,
+) -> (MemSink, Manifest) {
     let policy = QuantPolicy::standard(StoreType::parse(quant).unwrap());
     let mut files = std::collections::BTreeMap::new();
     for path in webdiffusion::models::component::SMALL_FILES.map(|f| f.path) {
@@ -152,10 +170,12 @@ fn stream_package(model: &str, quant: &str, cuts: &[usize], resume_after: &[usiz
     conv.set_offload(lag > 0);
     let mut out = std::collections::VecDeque::new();
     let mut pushes = 0;
-    for component in webdiffusion::models::component::Component::LOAD_ORDER {
-        let path = webdiffusion::models::convert::weights_file(&src, component).unwrap();
-        let bytes = src.read(&path).unwrap().unwrap();
-        conv.begin_file(&path, bytes.len() as u64, None).unwrap();
+    for (path, bytes, single) in weights {
+        if *single {
+            conv.begin_single_file(path, bytes.len() as u64, None, None).unwrap();
+        } else {
+            conv.begin_file(path, bytes.len() as u64, None).unwrap();
+        }
         let mut cut = cuts.iter().cycle();
         while (conv.position() as usize) < bytes.len() {
             let at = conv.position() as usize;
@@ -235,6 +255,81 @@ fn conversion_while_streaming_equals_convert_byte_for_byte() {
             );
         }
     }
+}
+
+/// A single-file checkpoint streams as the page streams it (cut anywhere, resumed from its
+/// checkpoints, quantized by jobs): its names mapped and SD 2's fused q/k/v cut while the bytes
+/// pass, into exactly the package `convert` writes for it; each shard holds one component.
+#[test]
+fn a_single_file_checkpoint_streams_into_the_package_convert_writes() {
+    use webdiffusion::models::single_file::SingleFile;
+    let policy = QuantPolicy::standard(StoreType::Q4_0);
+    for model in ["tiny-sd1", "tiny-sd2"] {
+        let file = DirSource(dir(&format!("{model}-single")));
+        let (checkpoint, base) = (Box::new(DirSource(dir(&format!("{model}-single")))), Box::new(DirSource(dir(model))));
+        let single = SingleFile::open(checkpoint, "model.safetensors", base).unwrap();
+        let mut sink = MemSink::default();
+        let native = convert(&single, common::gpu(), "q4_0", &policy, 200_000, &mut sink).unwrap().manifest;
+        let bytes = file.read("model.safetensors").unwrap().unwrap();
+        let weights = [("model.safetensors".to_string(), bytes, true)];
+        for (cuts, resume, lag) in [(&[1usize, 7, 4093, 65536, 3][..], &[][..], 0), (&[100_003, 17], &[1, 2, 3, 9, 30, 31], 5)] {
+            let (streamed, m) = stream_files(&single, &weights, "q4_0", cuts, resume, lag);
+            assert_eq!(serde_json::to_string(&m).unwrap(), serde_json::to_string(&native).unwrap(), "{model} {cuts:?}");
+            for s in &native.shards {
+                assert!(streamed.0[&s.file] == sink.0[&s.file], "{model}: {} differs", s.file);
+            }
+        }
+        for t in &native.tensors {
+            let shard = &native.shards[t.shard].file;
+            assert!(shard.starts_with(&format!("shards/{}-", t.component)), "{}.{} in {shard}", t.component, t.name);
+        }
+        let qkv = native.tensors.iter().filter(|t| t.name.ends_with("self_attn.q_proj.weight")).count();
+        assert!(qkv > 0, "{model}: the text encoder's q_proj came through");
+    }
+}
+
+/// A checkpoint streamed against the other family's configs, or with a fused in_proj that does
+/// not cut into three, is refused in one line naming the file, before any byte is stored.
+#[test]
+fn a_single_file_of_the_wrong_base_or_shape_is_refused_while_streaming() {
+    let policy = QuantPolicy::standard(StoreType::Q4_0);
+    let small = |model: &str| {
+        let src = DirSource(dir(model));
+        let mut files = std::collections::BTreeMap::new();
+        for path in webdiffusion::models::component::SMALL_FILES.map(|f| f.path) {
+            if let Some(b) = src.read(path).unwrap() {
+                files.insert(path.to_string(), String::from_utf8(b).unwrap());
+            }
+        }
+        files
+    };
+    let run = |model: &str, bytes: &[u8]| {
+        let mut conv = StreamConverter::new(common::gpu(), "q4_0", &policy, 200_000, small(model)).unwrap();
+        let mut sink = MemSink::default();
+        conv.begin_single_file("model.safetensors", bytes.len() as u64, None, None).unwrap();
+        let r = conv.push(bytes, &mut sink).map(|_| ());
+        (r, sink.0.len())
+    };
+    let sd2 = std::fs::read(dir("tiny-sd2-single").join("model.safetensors")).unwrap();
+    let (err, stored) = run("tiny-sd1", &sd2);
+    let err = err.unwrap_err().to_string();
+    assert!(err.contains("model.safetensors is SD 2.x") && err.contains("SD 1.x model's"), "{err}");
+    assert_eq!(stored, 0);
+    // The first in_proj bias re-declared as 2 rows (the same bytes, so the header is consistent):
+    // 2 rows do not cut into q, k and v.
+    let n = u64::from_le_bytes(sd2[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&sd2[8..8 + n]).unwrap();
+    let key = header.as_object().unwrap().keys().find(|k| k.ends_with("in_proj_bias")).unwrap().clone();
+    let rows = header[&key]["shape"][0].as_u64().unwrap();
+    header[&key]["shape"] = serde_json::json!([2, rows / 2]);
+    // Data offsets count from the header's end, so a header of another length keeps them.
+    let text = serde_json::to_vec(&header).unwrap();
+    let mut bad = (text.len() as u64).to_le_bytes().to_vec();
+    bad.extend_from_slice(&text);
+    bad.extend_from_slice(&sd2[8 + n..]);
+    let (err, _) = run("tiny-sd2", &bad);
+    let err = err.unwrap_err().to_string();
+    assert!(err.contains(&key) && err.contains("model.safetensors") && err.contains("do not split into 3"), "{err}");
 }
 
 #[test]

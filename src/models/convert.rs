@@ -75,32 +75,48 @@ pub fn convert(
         let tensors = |c: Component| -> Result<Box<dyn TensorSource + '_>> { Ok(Box::new(p.tensors(c.name())?)) };
         return convert_tensors(&tensors, gpu, quant, policy, max_shard, files, sink);
     }
-    if let Some(s) = src.as_single_file() {
-        let tensors = |c: Component| -> Result<Box<dyn TensorSource + '_>> { Ok(Box::new(s.tensors(c)?)) };
-        return convert_tensors(&tensors, gpu, quant, policy, max_shard, files, sink);
-    }
     let mut conv = StreamConverter::new(gpu, quant, policy, max_shard, files)?;
-    for component in Component::LOAD_ORDER {
-        let path = weights_file(src, component)?;
-        // The file's size from its own header (the last tensor's end), checked as it streams.
-        let prefix = src.read_range(&path, 0, 8)?.unwrap_or_default();
-        let n = header::header_len(&path, &prefix, None)?;
-        let json = src.read_range(&path, 8, n)?.unwrap_or_default();
-        let size = header::parse(&path, &json, None)?.iter().map(|t| t.start + t.len).max().unwrap_or(8 + n);
-        conv.begin_file(&path, size, None)?;
-        let mut at = 0;
-        while at < size {
-            let len = READ.min(size - at);
-            let bytes = src
-                .read_range(&path, at, len)?
-                .ok_or_else(|| Error::Weights(format!("{path} vanished while converting")))?;
-            conv.push(&bytes, sink)?;
-            at += len;
+    // A single-file checkpoint streams as the browser streams it: one file, names mapped.
+    if let Some(s) = src.as_single_file() {
+        let (path, file) = s.checkpoint();
+        stream_file(file, path, &mut conv, sink, |c, size| {
+            c.begin_single_file(path, size, None, s.prediction().map(str::to_string))
+        })?;
+    } else {
+        for component in Component::LOAD_ORDER {
+            let path = weights_file(src, component)?;
+            stream_file(src, &path, &mut conv, sink, |c, size| c.begin_file(&path, size, None))?;
         }
-        conv.end_file()?;
     }
     let done = conv.finish()?;
     Ok(Converted { manifest: done.manifest, dropped: done.dropped })
+}
+
+/// Pushes weight file `path` of `src` through `conv` (begun by `begin` with its size); returns
+/// the size.
+fn stream_file(
+    src: &dyn FileSource,
+    path: &str,
+    conv: &mut StreamConverter,
+    sink: &mut dyn PieceSink,
+    begin: impl FnOnce(&mut StreamConverter, u64) -> Result<()>,
+) -> Result<u64> {
+    // The file's size from its own header (the last tensor's end), checked as it streams.
+    let prefix = src.read_range(path, 0, 8)?.unwrap_or_default();
+    let n = header::header_len(path, &prefix, None)?;
+    let json = src.read_range(path, 8, n)?.unwrap_or_default();
+    let size = header::parse(path, &json, None)?.iter().map(|t| t.start + t.len).max().unwrap_or(8 + n);
+    begin(conv, size)?;
+    let mut at = 0;
+    while at < size {
+        let len = READ.min(size - at);
+        let bytes =
+            src.read_range(path, at, len)?.ok_or_else(|| Error::Weights(format!("{path} vanished while converting")))?;
+        conv.push(&bytes, sink)?;
+        at += len;
+    }
+    conv.end_file()?;
+    Ok(size)
 }
 
 /// The weights file of `component` in a diffusers folder: the plain file, else `.fp16`.
@@ -113,7 +129,7 @@ pub fn weights_file(src: &dyn FileSource, component: Component) -> Result<String
     Err(Error::Weights(format!("{} has no {component}/{}[.fp16].safetensors", src.describe(), component.stem())))
 }
 
-/// Re-quantizing a package, or a single-file checkpoint: each component's tensors (in load
+/// Re-quantizing a package: each component's tensors (in load
 /// order, under diffusers names) through the policy, as on load.
 #[allow(clippy::too_many_arguments)]
 fn convert_tensors<'s>(

@@ -21,6 +21,7 @@ pub mod resnet;
 pub mod single_file;
 pub mod sources;
 pub mod stream;
+pub mod stream_single;
 pub mod tokenizer;
 pub mod unet;
 pub mod unet_blocks;

@@ -26,18 +26,86 @@ pub struct SingleFile<'a> {
     prediction: Option<String>,
 }
 
-/// What Stability's ModelSpec metadata (`modelspec.prediction_type`: `epsilon` or `v`) says.
-fn modelspec_prediction(checkpoint: &dyn FileSource, path: &str) -> Result<Option<String>> {
-    let Some(prefix) = checkpoint.read_range(path, 0, 8)? else { return Ok(None) };
-    let n = super::header::header_len(path, &prefix, None)?;
-    let Some(json) = checkpoint.read_range(path, 8, n)? else { return Ok(None) };
+/// What Stability's ModelSpec metadata (`modelspec.prediction_type`: `epsilon` or `v`) in a
+/// safetensors header says.
+pub fn modelspec_prediction(path: &str, header_json: &[u8]) -> Result<Option<String>> {
     let v: serde_json::Value =
-        serde_json::from_slice(&json).map_err(|e| Error::Weights(format!("{path}: header: {e}")))?;
+        serde_json::from_slice(header_json).map_err(|e| Error::Weights(format!("{path}: header: {e}")))?;
     Ok(match v["__metadata__"]["modelspec.prediction_type"].as_str() {
         Some("v") | Some("v_prediction") => Some("v_prediction".into()),
         Some("epsilon") => Some("epsilon".into()),
         _ => None,
     })
+}
+
+fn file_prediction(checkpoint: &dyn FileSource, path: &str) -> Result<Option<String>> {
+    let Some(prefix) = checkpoint.read_range(path, 0, 8)? else { return Ok(None) };
+    let n = super::header::header_len(path, &prefix, None)?;
+    let Some(json) = checkpoint.read_range(path, 8, n)? else { return Ok(None) };
+    modelspec_prediction(path, &json)
+}
+
+/// Checks that `names` (with `info`) are a single-file SD 1.x/2.x checkpoint whose U-Net and
+/// text encoder fit the companion's configs (`companion` names them in messages): the loader and
+/// the streaming converter both ask before reading any weight.
+pub fn check_checkpoint(
+    path: &str,
+    names: &[String],
+    info: &dyn Fn(&str) -> Option<TensorInfo>,
+    unet: &UNetConfig,
+    text_encoder_config: &str,
+    companion: &str,
+) -> Result<Family> {
+    let family = Family::detect(names).ok_or_else(|| {
+        Error::Weights(format!(
+            "{path}: not a single-file Stable Diffusion checkpoint (no `{}` or `{}` tensors)",
+            ldm::CLIP_L,
+            ldm::OPEN_CLIP
+        ))
+    })?;
+    if family == Family::Sdxl {
+        return Err(Error::Weights(format!("{path}: an SDXL checkpoint; single-file SDXL is not supported yet")));
+    }
+    // The text encoder's width tells SD 1 (768) from SD 2 (1024); a companion of the other
+    // family is a wrong choice the user should hear about now, not as a shape error later.
+    let want = match family {
+        Family::Sd1 => "SD 1.x (CLIP ViT-L, 768 wide)",
+        _ => "SD 2.x (OpenCLIP ViT-H, 1024 wide)",
+    };
+    // OpenCLIP (SD 2) uses gelu, OpenAI's CLIP (SD 1) quick_gelu: configs of the other
+    // family would fail later on a tensor name; say what is wrong instead.
+    let te = ClipConfig::from_json(text_encoder_config)?;
+    let sd2_configs = te.hidden_act == "gelu";
+    if sd2_configs != (family == Family::Sd2) {
+        let theirs =
+            if sd2_configs { "an SD 2.x model's (OpenCLIP, gelu)" } else { "an SD 1.x model's (CLIP, quick_gelu)" };
+        return Err(Error::Weights(format!(
+            "{path} is {want}; the configs in {companion} are {theirs}: pass the configs of its base model"
+        )));
+    }
+    let key = format!("{}input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight", ldm::UNET);
+    let context = info(&key).and_then(|i| i.shape.get(1).copied());
+    let ctx = unet.cross_attention_dim;
+    if let Some(got) = context.filter(|&c| c != ctx) {
+        return Err(Error::Weights(format!(
+            "{path} is {want} with a {got}-wide context; the configs in {companion} are for {ctx}"
+        )));
+    }
+    Ok(family)
+}
+
+/// `scheduler_config.json` with `prediction_type` set to `prediction`.
+pub fn with_prediction(config: &[u8], prediction: &str) -> Result<Vec<u8>> {
+    let mut v: serde_json::Value = serde_json::from_slice(config)
+        .map_err(|e| Error::Config { component: "scheduler".into(), msg: e.to_string() })?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert("prediction_type".into(), prediction.into());
+        // from_config would otherwise take the class default for a listed key.
+        if let Some(serde_json::Value::Array(d)) = o.get_mut("_use_default_values") {
+            d.retain(|k| k != "prediction_type");
+        }
+    }
+    serde_json::to_vec(&v).map_err(|e| Error::Weights(e.to_string()))
 }
 
 impl<'a> SingleFile<'a> {
@@ -52,48 +120,13 @@ impl<'a> SingleFile<'a> {
         let file = SafeTensorsRanges::open(&*checkpoint, path)?
             .ok_or_else(|| Error::Weights(format!("{} has no {path}", checkpoint.describe())))?;
         let names = file.names();
-        let family = Family::detect(&names).ok_or_else(|| {
-            Error::Weights(format!(
-                "{path}: not a single-file Stable Diffusion checkpoint (no `{}` or `{}` tensors)",
-                ldm::CLIP_L,
-                ldm::OPEN_CLIP
-            ))
-        })?;
-        if family == Family::Sdxl {
-            return Err(Error::Weights(format!("{path}: an SDXL checkpoint; single-file SDXL is not supported yet")));
-        }
         let unet = UNetConfig::from_json(&text(&*companion, "unet/config.json")?)?;
         let vae = VaeConfig::from_json(&text(&*companion, "vae/config.json")?)?;
-        let key = format!("{}input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight", ldm::UNET);
-        let context = file.info(&key).and_then(|i| i.shape.get(1).copied());
+        let te = text(&*companion, "text_encoder/config.json")?;
+        let family = check_checkpoint(path, &names, &|n| file.info(n), &unet, &te, &companion.describe())?;
         drop(file);
-        let prediction = modelspec_prediction(&*checkpoint, path)?;
+        let prediction = file_prediction(&*checkpoint, path)?;
         let sf = SingleFile { checkpoint, path: path.to_string(), companion, family, unet, vae, prediction };
-        // The text encoder's width tells SD 1 (768) from SD 2 (1024); a companion of the other
-        // family is a wrong choice the user should hear about now, not as a shape error later.
-        let want = match family {
-            Family::Sd1 => "SD 1.x (CLIP ViT-L, 768 wide)",
-            _ => "SD 2.x (OpenCLIP ViT-H, 1024 wide)",
-        };
-        // OpenCLIP (SD 2) uses gelu, OpenAI's CLIP (SD 1) quick_gelu: configs of the other
-        // family would fail later on a tensor name; say what is wrong instead.
-        let te = ClipConfig::from_json(&text(&*sf.companion, "text_encoder/config.json")?)?;
-        let sd2_configs = te.hidden_act == "gelu";
-        if sd2_configs != (family == Family::Sd2) {
-            let theirs =
-                if sd2_configs { "an SD 2.x model's (OpenCLIP, gelu)" } else { "an SD 1.x model's (CLIP, quick_gelu)" };
-            return Err(Error::Weights(format!(
-                "{path} is {want}; the configs in {} are {theirs}: pass the configs of its base model",
-                sf.companion.describe()
-            )));
-        }
-        let ctx = sf.unet.cross_attention_dim;
-        if let Some(got) = context.filter(|&c| c != ctx) {
-            return Err(Error::Weights(format!(
-                "{path} is {want} with a {got}-wide context; the configs in {} are for {ctx}",
-                sf.companion.describe()
-            )));
-        }
         Ok(sf)
     }
 
@@ -109,6 +142,11 @@ impl<'a> SingleFile<'a> {
 
     pub fn prediction(&self) -> Option<&str> {
         self.prediction.as_deref()
+    }
+
+    /// The checkpoint file's path and where its bytes are (the streaming converter reads it raw).
+    pub fn checkpoint(&self) -> (&str, &dyn FileSource) {
+        (&self.path, &*self.checkpoint)
     }
 
     /// The component's tensors, named as diffusers names them.
@@ -131,18 +169,7 @@ impl FileSource for SingleFile<'_> {
     fn read(&self, path: &str) -> Result<Option<Vec<u8>>> {
         let file = self.companion.read(path)?;
         match (&self.prediction, file) {
-            (Some(p), Some(bytes)) if path == "scheduler/scheduler_config.json" => {
-                let mut v: serde_json::Value = serde_json::from_slice(&bytes)
-                    .map_err(|e| Error::Config { component: "scheduler".into(), msg: e.to_string() })?;
-                if let Some(o) = v.as_object_mut() {
-                    o.insert("prediction_type".into(), p.clone().into());
-                    // from_config would otherwise take the class default for a listed key.
-                    if let Some(serde_json::Value::Array(d)) = o.get_mut("_use_default_values") {
-                        d.retain(|k| k != "prediction_type");
-                    }
-                }
-                Ok(Some(serde_json::to_vec(&v).map_err(|e| Error::Weights(e.to_string()))?))
-            }
+            (Some(p), Some(bytes)) if path == "scheduler/scheduler_config.json" => Ok(Some(with_prediction(&bytes, p)?)),
             (_, file) => Ok(file),
         }
     }

@@ -25,7 +25,8 @@ use super::convert::component_accesses;
 use super::hash::Sha256State;
 use super::header::{self, HeaderTensor};
 use super::package::{Manifest, ShardEntry, TensorEntry, FORMAT, VERSION};
-use super::weights::{convert_bytes, storage, FileDType, Storage, TensorInfo, TensorSource, Weights};
+use super::stream_single::{self, HeaderOnly, Planned};
+use super::weights::{convert_bytes, storage, FileDType, Storage, Weights};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu};
 use crate::quant::{QuantPolicy, StoreType, BLOCK};
@@ -68,6 +69,12 @@ struct FileState {
     component: String,
     size: u64,
     expected_sha256: Option<String>,
+    /// A single-file checkpoint (every component in one file, original names), and the
+    /// prediction type the user chose for it.
+    #[serde(default)]
+    single: bool,
+    #[serde(default)]
+    prediction: Option<String>,
     /// The JSON header, once it has arrived (the plan is rebuilt from it on resume).
     header: Option<String>,
     mark: Mark,
@@ -75,6 +82,8 @@ struct FileState {
 
 /// What a tensor of the file becomes.
 struct Item {
+    /// The component it belongs to (empty for a checkpoint's tensors no model reads).
+    component: String,
     t: HeaderTensor,
     /// The access the model made (`None`: no model uses it; its bytes are skipped).
     shape: Option<Vec<usize>>,
@@ -178,21 +187,6 @@ fn stored_len(item: &Item, shape: &[usize]) -> Result<u64> {
     }
 }
 
-/// A tensor list without data, for the dry run that plans a file.
-struct HeaderOnly(BTreeMap<String, TensorInfo>);
-
-impl TensorSource for HeaderOnly {
-    fn info(&self, name: &str) -> Option<TensorInfo> {
-        self.0.get(name).cloned()
-    }
-    fn bytes(&self, name: &str) -> Result<std::borrow::Cow<'_, [u8]>> {
-        Err(Error::Tensor { name: name.into(), msg: "planning reads no data".into() })
-    }
-    fn names(&self) -> Vec<String> {
-        self.0.keys().cloned().collect()
-    }
-}
-
 impl StreamConverter {
     /// A conversion with `policy` (`quant` names it in the manifest) into shards of at most
     /// `max_shard` bytes; `files` are the small text files of the layout (configs, tokenizer).
@@ -245,13 +239,42 @@ impl StreamConverter {
     /// Starts weight file `path` (`<component>/<name>.safetensors`) of `size` bytes; its sha256
     /// is checked at `end_file` when known.
     pub fn begin_file(&mut self, path: &str, size: u64, expected_sha256: Option<String>) -> Result<()> {
+        let component = path.split('/').next().unwrap_or_default().to_string();
+        Component::parse(&component).map_err(|e| Error::Weights(format!("{path}: {e}")))?;
+        self.begin(path, component, size, expected_sha256, None)
+    }
+
+    /// Starts single-file checkpoint `path` (original LDM names, every component; see
+    /// `stream_single`), converted against the base model's configs given to `new`. Its
+    /// `prediction` type (`epsilon`, `v_prediction`) when the user chose one.
+    pub fn begin_single_file(
+        &mut self,
+        path: &str,
+        size: u64,
+        expected_sha256: Option<String>,
+        prediction: Option<String>,
+    ) -> Result<()> {
+        if let Some(p) = prediction.as_deref().filter(|p| !matches!(*p, "epsilon" | "v_prediction")) {
+            return Err(Error::Request(format!("prediction type {p}: epsilon or v_prediction")));
+        }
+        self.begin(path, String::new(), size, expected_sha256, Some(prediction))
+    }
+
+    fn begin(
+        &mut self,
+        path: &str,
+        component: String,
+        size: u64,
+        expected_sha256: Option<String>,
+        single: Option<Option<String>>,
+    ) -> Result<()> {
         if let Some(f) = &self.st.file {
             return Err(Error::Request(format!("{path} started before {} ended", f.path)));
         }
-        let component = path.split('/').next().unwrap_or_default().to_string();
-        Component::parse(&component).map_err(|e| Error::Weights(format!("{path}: {e}")))?;
-        if self.st.converted.iter().any(|(p, _)| p.split('/').next() == Some(component.as_str())) {
-            return Err(Error::Weights(format!("{path}: the {component} weights were converted already")));
+        let done = |c: &str| self.st.tensors.iter().any(|t| t.component == c);
+        if single.is_some() && !self.st.converted.is_empty() || done(&component) {
+            let what = if component.is_empty() { "a checkpoint's".into() } else { format!("the {component}") };
+            return Err(Error::Weights(format!("{path}: {what} weights were converted already")));
         }
         let mark = Mark {
             position: 0,
@@ -268,6 +291,8 @@ impl StreamConverter {
             component,
             size,
             expected_sha256: expected_sha256.map(|s| s.to_ascii_lowercase()),
+            single: single.is_some(),
+            prediction: single.flatten(),
             header: None,
             mark,
         });
@@ -387,24 +412,32 @@ impl StreamConverter {
     /// What each tensor of the file becomes: a dry run of the component's model over the header.
     fn plan_file(&mut self, json: &str) -> Result<()> {
         let f = self.st.file.as_ref().ok_or_else(|| Error::Request("no file begun".into()))?;
-        // Checked there: every byte belongs to the header or to exactly one tensor.
-        let tensors = header::parse(&f.path, json.as_bytes(), Some(f.size))?;
-        let config = self.st.files.get(&format!("{}/config.json", f.component)).ok_or_else(|| {
-            Error::Weights(format!("{}: no {}/config.json came before its weights", f.path, f.component))
-        })?;
-        let source = HeaderOnly(tensors.iter().map(|t| (t.name.clone(), t.info.clone())).collect());
-        let dry = Weights::dry_run(&source, &self.gpu, DType::F32);
-        let accesses: BTreeMap<String, _> = component_accesses(Component::parse(&f.component)?, config, &dry)?
+        let planned = if f.single {
+            let (path, size, prediction) = (f.path.clone(), f.size, f.prediction.clone());
+            stream_single::plan(&self.gpu, &mut self.st.files, &path, size, json, prediction.as_deref())?
+        } else {
+            // Checked there: every byte belongs to the header or to exactly one tensor.
+            let tensors = header::parse(&f.path, json.as_bytes(), Some(f.size))?;
+            let config = self.st.files.get(&format!("{}/config.json", f.component)).ok_or_else(|| {
+                Error::Weights(format!("{}: no {}/config.json came before its weights", f.path, f.component))
+            })?;
+            let source = HeaderOnly(tensors.iter().map(|t| (t.name.clone(), t.info.clone())).collect());
+            let dry = Weights::dry_run(&source, &self.gpu, DType::F32);
+            let mut accesses: BTreeMap<String, _> = component_accesses(Component::parse(&f.component)?, config, &dry)?
+                .into_iter()
+                .map(|a| (a.name.clone(), a))
+                .collect();
+            let component = f.component.clone();
+            tensors
+                .into_iter()
+                .map(|t| Planned { component: component.clone(), access: accesses.remove(&t.name), t })
+                .collect()
+        };
+        self.plan = planned
             .into_iter()
-            .map(|a| (a.name.clone(), a))
-            .collect();
-        let component = f.component.clone();
-        self.plan = tensors
-            .into_iter()
-            .map(|t| {
-                let access = accesses.get(&t.name);
-                let target = access.map(|a| self.policy.decide(&format!("{component}.{}", t.name), a.matrix));
-                Item { shape: access.map(|a| a.shape.clone()), storage: storage(t.info.dtype, target), t }
+            .map(|Planned { component, t, access }| {
+                let target = access.as_ref().map(|a| self.policy.decide(&format!("{component}.{}", t.name), a.matrix));
+                Item { shape: access.map(|a| a.shape), storage: storage(t.info.dtype, target), component, t }
             })
             .collect();
         Ok(())
@@ -430,11 +463,14 @@ impl StreamConverter {
         let dtype = match item.storage {
             Storage::Keep(s) | Storage::Convert(s) => s,
         };
-        if self.st.open.as_ref().is_some_and(|o| o.size > 0 && o.size + length > self.st.max_shard) {
+        let component = item.component.clone();
+        // A shard holds one component (a checkpoint's come in one file), so loading one reads none
+        // of another's bytes.
+        let other = |o: &OpenShard| !o.file.starts_with(&format!("shards/{component}-"));
+        if self.st.open.as_ref().is_some_and(|o| o.size > 0 && o.size + length > self.st.max_shard || other(o)) {
             self.close_shard();
         }
         let offset = self.st.open.as_ref().map_or(0, |o| o.size);
-        let component = self.st.file.as_ref().map(|f| f.component.clone()).unwrap_or_default();
         let entry =
             TensorEntry { component, name, dtype, shape, shard: self.st.shards.len(), offset, length, sha256: None };
         self.cur = Some(Current { hash: Sha256::new(), entry });
@@ -530,7 +566,7 @@ impl StreamConverter {
                 self.close_shard();
             }
             if self.st.open.is_none() {
-                let component = self.st.file.as_ref().map(|f| f.component.clone()).unwrap_or_default();
+                let component = self.cur.as_ref().map(|c| c.entry.component.clone()).unwrap_or_default();
                 let file = format!("shards/{component}-{:03}.bin", self.component_shards);
                 self.component_shards += 1;
                 self.st.open = Some(OpenShard { file, size: 0, pieces: 0, hash: Sha256State::new() });
@@ -576,9 +612,10 @@ impl StreamConverter {
             let mut entry = cur.entry;
             entry.sha256 = Some(cur.hash.finalize().iter().map(|b| format!("{b:02x}")).collect());
             self.st.tensors.push(entry);
+        } else if item.component.is_empty() {
+            self.st.dropped.push(item.t.name.clone());
         } else {
-            let component = self.st.file.as_ref().map(|f| f.component.clone()).unwrap_or_default();
-            self.st.dropped.push(format!("{component}.{}", item.t.name));
+            self.st.dropped.push(format!("{}.{}", item.component, item.t.name));
         }
         self.written += 1;
         self.mark(position, hash);
@@ -692,7 +729,7 @@ impl StreamConverter {
             return Err(Error::Request(format!("{} has not ended", f.path)));
         }
         for c in Component::LOAD_ORDER {
-            if !self.st.converted.iter().any(|(p, _)| p.split('/').next() == Some(c.name())) {
+            if !self.st.tensors.iter().any(|t| t.component == c.name()) {
                 return Err(Error::Weights(format!("no {c} weights were converted")));
             }
         }
