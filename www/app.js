@@ -6,12 +6,13 @@
 // relative model URLs, &chunk=<bytes> sets the download chunk size, &sw=0 skips the service worker.
 //
 // Test hooks on window.webdiffusion: `state` (see below), `load(id)`, `generate(request)`,
-// `cancel()`, `catalog`.
+// `cancel()`, `catalog`, `loadEntry(entry)`, `addEntry(entry)` (offered, not loaded).
 
 import * as store from './store.js';
 import { addToGallery, renderGallery } from './gallery.js';
 import { enforceLimits, fillSchedulers, randomSeed, readForm, setForm } from './form.js';
 import { catalogHosts, checkOrigin, refuseOrigin } from './origins.js';
+import { wireCheckpoints } from './checkpoint.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -39,6 +40,7 @@ const state = {
 };
 const api = {
   state, load, generate, cancel, catalog: [], loadEntry,
+  addEntry: (entry) => { customEntries.set(entry.id, entry); renderModelSelect(); },
   // Test hooks: faults the engine cannot be made to have on purpose.
   testTrap: () => call('testTrap'),
   testHang: (ms) => call('testHang', { ms }),
@@ -324,7 +326,10 @@ async function refreshCache() {
   renderStorage();
 }
 
+let checkpoints = null;
+
 function renderModelSelect() {
+  checkpoints?.refresh();
   const select = $('model');
   const current = select.value;
   select.replaceChildren(...entries().map((e) => {
@@ -400,8 +405,10 @@ async function deleteModel(r) {
 
 function workerEntry(e) {
   // Only what the worker needs, as plain data.
-  const { id, name, url, mirrors, files, format, defaults, quant, examplePrompt, description, source, license, bytes } = e;
-  return JSON.parse(JSON.stringify({ id, name, url, mirrors, files, format, defaults, quant, examplePrompt, description, source, license, bytes }));
+  const { id, name, url, mirrors, files, format, defaults, quant, examplePrompt, description, source, license, bytes, kind, checkpoint, prediction } = e;
+  const plain = JSON.parse(JSON.stringify({ id, name, url, mirrors, files, format, defaults, quant, examplePrompt, description, source, license, bytes, kind, checkpoint, prediction }));
+  if (e.base) plain.base = workerEntry(e.base);
+  return plain;
 }
 
 /// Loads a model described by a catalog-like entry (tests: mirrors, formats).
@@ -441,7 +448,9 @@ async function load(idOrUrl = $('model').value, opts = {}) {
   try {
     if (!state.ready) await initWorker();
     const chunk = Number(params.get('chunk')) || undefined;
-    const m = await call('load', { entry: workerEntry(entry), quant, chunkSize: chunk }, onLoadEvent);
+    // A local checkpoint's File goes as itself (structured clone: a handle, not the bytes).
+    const file = entry.checkpoint && entry.checkpoint.file;
+    const m = await call('load', { entry: workerEntry(entry), file, quant, chunkSize: chunk }, onLoadEvent);
     if (m.type === 'cancelled') {
       throw Object.assign(new Error('Download stopped. What was fetched is kept; loading again resumes it.'), { name: 'AbortError', loaded: m.loaded });
     }
@@ -725,6 +734,11 @@ function wireUp() {
       setStatus(message(err), true);
     }
   };
+  checkpoints = wireCheckpoints({
+    bases: () => entries().filter((e) => e.checkpointBase),
+    add: (entry) => loadEntry(entry).catch(() => {}),
+    onError: (e) => setStatus(message(e), true),
+  });
   $('prompt').onkeydown = (ev) => {
     if (ev.key === 'Enter' && (ev.ctrlKey || ev.metaKey) && !$('generate').disabled) generate().catch(() => {});
   };

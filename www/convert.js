@@ -55,6 +55,33 @@ async function hubListing(base, signal, stats) {
   }
 }
 
+/// A single-file checkpoint as the one weight file to convert: a local File (read in place),
+/// or a URL whose size and sha256 come from the Hub's listing where there is one, else from a
+/// one-byte Range answer (size only).
+async function checkpointFile(ckpt, signal, stats) {
+  if (ckpt.file) return { path: ckpt.name, size: ckpt.file.size, sha256: null, file: ckpt.file, single: true };
+  const folder = ckpt.url.slice(0, ckpt.url.lastIndexOf('/') + 1);
+  const listed = (await hubListing(folder, signal, stats))[decodeURIComponent(ckpt.url.slice(folder.length))] || {};
+  let size = listed.size === undefined ? undefined : checkSize(listed.size, `${listed.where} size`);
+  if (size === undefined) {
+    stats.requests++;
+    const r = await fetchModel(ckpt.url, { headers: { Range: 'bytes=0-0' }, signal, cache: 'no-store' });
+    r.body?.cancel().catch(() => {});
+    const cr = r.status === 206 ? contentRange(r.headers) : null;
+    if (!cr || cr.total === null) throw new FatalError(`${ckpt.url}: ${r.ok ? 'the server does not give its size (HTTP Range)' : `HTTP ${r.status}`}`);
+    size = checkSize(cr.total, `${ckpt.url} size`);
+  }
+  return { path: ckpt.name, url: ckpt.url, size, sha256: listed.sha256 || null, single: true };
+}
+
+/// `end - start` bytes of a local File from `start`.
+async function readLocal(file, start, end, stats) {
+  const buf = new Uint8Array(await file.slice(start, end).arrayBuffer());
+  stats.bytesRead = (stats.bytesRead || 0) + buf.length;
+  if (buf.length !== end - start) throw new FatalError(`${file.name}: read ${buf.length} bytes at ${start} instead of ${end - start} (did the file change?)`);
+  return buf;
+}
+
 /// `end - start` bytes of `url` from `start`, checked: the exact range, of the same version
 /// (If-Range with the validator the file's first answer gave).
 async function fetchRange(url, start, end, size, file, signal, stats) {
@@ -159,7 +186,8 @@ class Jobs {
   }
 }
 
-/// Downloads and converts `entry` to `quant` with `engine` unless it is cached; returns
+/// Downloads and converts `entry` to `quant` with `engine` unless it is cached (a diffusers
+/// repo, or with `entry.checkpoint` a single-file checkpoint over `entry.base`'s small files); returns
 /// `{record, stats}` as `downloadModel` does, or null when the entry is already a package.
 /// Options: chunkSize (bytes per Range request; a checkpoint every 8 chunks, 64 MiB at most),
 /// signal, onProgress, makePool (returns a `ConvertPool` whose workers quantize in parallel,
@@ -175,7 +203,12 @@ export async function downloadConverted(entry, engine, quant, opts = {}) {
   }
   const stats = { requests: 0, bytesFetched: 0, bytesFromCache: 0 };
   const id = entry.id;
-  checkHost(entry.url);
+  const ckpt = entry.checkpoint || null;
+  // Where the configs come from: the repo itself, or a checkpoint's base model.
+  const home = ckpt ? entry.base : entry;
+  if (ckpt && !home?.url) throw new FatalError(`${entry.name}: no base model to take the configs from`);
+  checkHost(home.url);
+  if (ckpt?.url) checkHost(ckpt.url);
   let pool = null;
   let conv = null;
   const chunk = opts.chunkSize || CHUNK;
@@ -184,10 +217,13 @@ export async function downloadConverted(entry, engine, quant, opts = {}) {
   let left = () => (entry.bytes || 0) * PACKAGE_RATIO;
   const net = { ifRange: true }; // off once a host's CORS refused If-Range
   try {
-    const resolved = await resolveFiles(entry, signal, stats);
-    if (resolved.kind === 'package') return null;
-    const listing = await hubListing(entry.url, signal, stats);
-    const weights = COMPONENTS.map((c) => {
+    const resolved = await resolveFiles(home, signal, stats);
+    if (resolved.kind === 'package') {
+      if (ckpt) throw new FatalError(`${home.name} is a webdiffusion package; a checkpoint takes a diffusers base model's configs`);
+      return null;
+    }
+    const listing = ckpt ? {} : await hubListing(entry.url, signal, stats);
+    const weights = ckpt ? [await checkpointFile(ckpt, signal, stats)] : COMPONENTS.map((c) => {
       const f = resolved.files.find((x) => x.path.startsWith(`${c}/`) && x.path.endsWith('.safetensors'));
       if (!f) throw new FatalError(`${entry.url} has no ${c} weights`);
       const listed = listing[f.path] || {};
@@ -196,28 +232,37 @@ export async function downloadConverted(entry, engine, quant, opts = {}) {
       const size = f.size ?? (listed.size === undefined ? undefined : checkSize(listed.size, `${listed.where} size`));
       return { ...f, size, sha256: f.sha256 || listed.sha256 || null };
     });
-    const unverified = weights.filter((f) => !f.sha256).map((f) => f.path);
+    const unverified = weights.filter((f) => !f.sha256 && !f.file).map((f) => f.path);
     const small = resolved.files.filter((f) => !f.path.endsWith('.safetensors'));
     const texts = {};
     for (const f of small) {
-      const buf = await fetchRange(entry.url + f.path, 0, f.size, f.size, { path: f.path }, signal, stats)
-        .catch(async (e) => {
+      const whole = async () => { // size unknown (a list without sizes) or a Range answer that was off
+        stats.requests++;
+        const r = await fetchModel(home.url + f.path, { signal, cache: 'no-store' });
+        if (!r.ok) throw new FatalError(`${home.url}${f.path}: HTTP ${r.status}`);
+        const bytes = new Uint8Array(await r.arrayBuffer());
+        stats.bytesFetched += bytes.length;
+        return bytes;
+      };
+      const buf = f.size > 0
+        ? await fetchRange(home.url + f.path, 0, f.size, f.size, { path: f.path }, signal, stats).catch((e) => {
           if (!(e instanceof FatalError)) throw e;
-          stats.requests++;
-          const r = await fetchModel(entry.url + f.path, { signal, cache: 'no-store' }); // size unknown or off
-          if (!r.ok) throw new FatalError(`${entry.url}${f.path}: HTTP ${r.status}`);
-          return new Uint8Array(await r.arrayBuffer());
-        });
+          return whole();
+        })
+        : await whole();
       texts[f.path] = new TextDecoder().decode(buf);
     }
-    for (const f of weights) if (!(f.size > 0)) throw new FatalError(`${entry.url}${f.path}: the size is unknown`);
+    for (const f of weights) if (!(f.size > 0)) throw new FatalError(`${f.url || home.url + f.path}: the size is unknown`);
     const total = weights.reduce((s, f) => s + f.size, 0);
 
     // Resume where a previous visit stopped, if it converted the same files the same way.
     let fileIndex = 0;
     let resumed = null; // {fileIndex, validator} of the file the checkpoint is inside
     const saved = await store.getFile(id, STATE);
-    const key = JSON.stringify({ quant, files: weights.map((f) => [f.path, f.size, f.sha256]) });
+    const key = JSON.stringify({
+      quant, files: weights.map((f) => [f.path, f.size, f.sha256]),
+      checkpoint: ckpt && [ckpt.url || null, ckpt.lastModified || null, home.id, entry.prediction || null],
+    });
     if (saved && saved.key === key) {
       try {
         conv = engine.resumeConverter(saved.checkpoint);
@@ -261,11 +306,14 @@ export async function downloadConverted(entry, engine, quant, opts = {}) {
 
     for (; fileIndex < weights.length; fileIndex++) {
       const f = weights[fileIndex];
-      const url = entry.url + f.path;
+      const url = f.url || entry.url + f.path;
       let retried = false;
       const file = { path: f.path, validator: resumed?.fileIndex === fileIndex ? resumed.validator : null, answered: false, net };
       for (;;) {
-        if (!conv.currentFile()) conv.beginFile(f.path, f.size, f.sha256 || undefined);
+        if (!conv.currentFile()) {
+          if (f.single) conv.beginSingleFile(f.path, f.size, f.sha256 || undefined, entry.prediction || undefined);
+          else conv.beginFile(f.path, f.size, f.sha256 || undefined);
+        }
         const atStart = conv.position() === 0 ? conv.checkpoint() : null;
         let next = conv.position();
         let since = 0;
@@ -276,7 +324,7 @@ export async function downloadConverted(entry, engine, quant, opts = {}) {
           const width = file.validator || file.answered ? PARALLEL : 1;
           while (inflight.length < width && next < f.size) {
             const end = Math.min(f.size, next + chunk);
-            const p = fetchRange(url, next, end, f.size, file, signal, stats);
+            const p = f.file ? readLocal(f.file, next, end, stats) : fetchRange(url, next, end, f.size, file, signal, stats);
             p.catch(() => {}); // awaited in order below; a later failure must not go unhandled
             inflight.push(p);
             next = end;
@@ -322,16 +370,17 @@ export async function downloadConverted(entry, engine, quant, opts = {}) {
     const record = {
       id,
       name: entry.name || id,
-      url: entry.url,
+      url: ckpt ? ckpt.url || null : entry.url,
       kind: 'package',
-      convertedFrom: 'diffusers',
+      convertedFrom: ckpt ? 'single-file' : 'diffusers',
       quant,
       files,
       bytes: files.reduce((s, f) => s + f.size, 0),
       sourceBytes: total,
       unverified,
       completed: new Date().toISOString(),
-      entry: { ...entry, files: undefined },
+      // Never the local File itself: IndexedDB would keep a copy of the checkpoint.
+      entry: { ...entry, files: undefined, checkpoint: ckpt ? { ...ckpt, file: undefined } : undefined, base: ckpt ? { id: home.id, name: home.name } : undefined },
     };
     await store.putModel(record);
     return { record, stats };
@@ -352,7 +401,7 @@ export async function downloadConverted(entry, engine, quant, opts = {}) {
     // A write can fail for quota anywhere (a piece, the checkpoint, a record); the visitor needs
     // the sizes either way, not a bare QuotaExceededError.
     if (store.isQuotaError(e) && !e.quota) throw await store.quotaError(Math.max(0, left()), entry.name || id);
-    throw describeNetworkError(e, entry, opts.signal);
+    throw describeNetworkError(e, { ...entry, url: entry.url || home?.url }, opts.signal);
   } finally {
     pool?.close();
   }

@@ -6,7 +6,7 @@
 // glue and the wasm binary must come from the same build, and so must app.js and worker.js),
 // offline ones the last complete set. Bump VERSION when the list changes.
 
-const VERSION = 8;
+const VERSION = 9;
 const CACHE = `webdiffusion-shell-v${VERSION}`;
 const SHELL = [
   './',
@@ -26,6 +26,7 @@ const SHELL = [
   'origins.js',
   'form.js',
   'gallery.js',
+  'checkpoint.js',
   'catalog.json',
   'pkg/webdiffusion.js',
   'pkg/webdiffusion_bg.wasm',

@@ -4,9 +4,10 @@
 // Protocol — page -> worker: {type, id, ...}; every reply carries the request's id.
 //   init {}                      -> ready {info, f16Fallback, schedulers: [{id, name}]}
 //   list {}                      -> models {models, storage: {usage, quota, persisted}}
-//   load {entry, quant, chunkSize} -> download {phase, done, total, speed, eta, file, ...}*,
+//   load {entry, file, quant, chunkSize} -> download {phase, done, total, speed, eta, file, ...}*,
 //                                   loading {done, total}*, loaded {model, ms, downloadMs,
 //                                   wasmHeapBytes, download: {requests, bytesFetched, bytesFromCache}}
+//     (entry.checkpoint: a single-file checkpoint, by URL or the local File in `file`)
 //   generate {request}           -> step {index, total, msPerStep, preview}*, then
 //                                   done {image: {width, height, rgba}, png, parameters, seed, ms}
 //                                   | cancelled {}
@@ -174,7 +175,11 @@ const handlers = {
   },
 
   async load(msg) {
-    const { entry, quant = 'none', chunkSize } = msg;
+    const { entry, chunkSize } = msg;
+    // A checkpoint is always converted (its names are mapped on the way in): as published means
+    // f16, which halves an f32 file and keeps an f16 one.
+    const quant = entry.checkpoint && (msg.quant || 'none') === 'none' ? 'f16' : msg.quant || 'none';
+    if (entry.checkpoint && msg.file) entry.checkpoint.file = msg.file;
     if (!engine) await handlers.init();
     abort = new AbortController();
     const t0 = performance.now();
@@ -183,16 +188,17 @@ const handlers = {
       // Hosted models move: the entry's mirrors (same pinned hashes) are tried in turn when a
       // host no longer has the files or cannot be reached.
       const hosts = [entry.url, ...(Array.isArray(entry.mirrors) ? entry.mirrors : [])];
+      const hostOf = (u) => (u ? new URL(u, self.location.href).host : 'this device');
       for (let i = 0; i < hosts.length; i++) {
         const e = { ...entry, url: hosts[i] };
-        const onProgress = (p) => post({ type: 'download', id: msg.id, host: new URL(hosts[i], self.location.href).host, ...p });
+        const onProgress = (p) => post({ type: 'download', id: msg.id, host: hostOf(hosts[i]), ...p });
         try {
           download = null;
           // A diffusers repo to quantize is converted while it streams: the cache holds the
           // package form, and later visits upload it with no CPU work.
-          if (quant !== 'none') download = await downloadConverted(e, engine, quant, { chunkSize, signal: abort.signal, onProgress, makePool: ConvertPool.forThisDevice });
+          if (quant !== 'none' || entry.checkpoint) download = await downloadConverted(e, engine, quant, { chunkSize, signal: abort.signal, onProgress, makePool: ConvertPool.forThisDevice });
           if (!download) download = await downloadModel(e, { chunkSize, signal: abort.signal, onProgress });
-          download.host = new URL(hosts[i], self.location.href).host;
+          download.host = hostOf(hosts[i]);
           break;
         } catch (err) {
           // A host the origin rule refuses is skipped like a gone one: another may be allowed.
