@@ -44,6 +44,31 @@ fn memory_source(files: &js_sys::Object) -> Result<MemorySource, JsError> {
     Ok(src)
 }
 
+/// `options.loras`: `[{name, strength, bytes: Uint8Array}]`, checked (the page's list is input).
+fn js_loras(options: &JsValue) -> Result<Vec<(String, f32, Vec<u8>)>, JsError> {
+    if !options.is_object() {
+        return Ok(Vec::new());
+    }
+    let list = js_sys::Reflect::get(options, &"loras".into()).unwrap_or(JsValue::UNDEFINED);
+    if list.is_undefined() || list.is_null() {
+        return Ok(Vec::new());
+    }
+    let list: js_sys::Array = list.dyn_into().map_err(|_| JsError::new("load options: loras must be an array"))?;
+    let mut out = Vec::new();
+    for (i, item) in list.iter().enumerate() {
+        let get = |k: &str| js_sys::Reflect::get(&item, &k.into()).unwrap_or(JsValue::UNDEFINED);
+        let name = get("name").as_string().ok_or_else(|| JsError::new(&format!("loras[{i}].name must be a string")))?;
+        let strength = get("strength").as_f64().filter(|s| s.is_finite() && s.abs() <= 16.0).ok_or_else(|| {
+            JsError::new(&format!("loras[{i}] ({name}): the strength must be a number from -16 to 16"))
+        })?;
+        let bytes = get("bytes")
+            .dyn_into::<js_sys::Uint8Array>()
+            .map_err(|_| JsError::new(&format!("loras[{i}] ({name}): bytes must be a Uint8Array")))?;
+        out.push((name, strength as f32, bytes.to_vec()));
+    }
+    Ok(out)
+}
+
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct GenerateRequest {
@@ -69,17 +94,30 @@ impl GenerateRequest {
         serde_wasm_bindgen::from_value(v).map_err(|e| JsError::new(&format!("bad request: {e}")))
     }
 
-    fn request(&self) -> Result<Request, JsError> {
-        // A1111's `<lora:…>` tags would otherwise reach the text encoder as words.
-        let (_, tags) = crate::pipeline::prompt::extract_loras(&self.prompt).map_err(js_err)?;
-        if let Some(t) = tags.first() {
-            return Err(JsError::new(&format!(
-                "<lora:{}:{}>: LoRAs are not supported in the page yet (the command line takes them: --lora, --lora-dir); remove the tag to generate without it",
-                t.name, t.strength
-            )));
+    /// The pipeline's request. A1111's `<lora:name:strength>` tags leave the prompt (they would
+    /// reach the text encoder as words); each must name a LoRA merged into the model at that
+    /// strength (`loaded`: what the worker loaded it with, from the page's LoRA list and tags).
+    fn request(&self, loaded: &[(String, f32)]) -> Result<Request, JsError> {
+        let (prompt, tags) = crate::pipeline::prompt::extract_loras(&self.prompt).map_err(js_err)?;
+        for t in tags.iter().filter(|t| t.strength != 0.0) {
+            match loaded.iter().find(|(n, _)| *n == t.name) {
+                Some((_, s)) if (s - t.strength).abs() <= 1e-6 => {}
+                Some((_, s)) => {
+                    return Err(JsError::new(&format!(
+                        "<lora:{}:{}>: the model is loaded with {} at strength {s}",
+                        t.name, t.strength, t.name
+                    )))
+                }
+                None => {
+                    return Err(JsError::new(&format!(
+                        "<lora:{}:{}>: no LoRA named {} is in the page's list (add its .safetensors file there)",
+                        t.name, t.strength, t.name
+                    )))
+                }
+            }
         }
         Ok(Request {
-            prompt: self.prompt.clone(),
+            prompt,
             negative_prompt: self.negative_prompt.clone(),
             steps: self.steps,
             guidance: self.guidance,
@@ -178,6 +216,7 @@ struct LoadRequest {
     /// A name for PNG metadata.
     #[serde(default)]
     name: Option<String>,
+    // `loras` ([{name, strength, bytes}]) is read by `js_loras`: its bytes are a Uint8Array.
 }
 
 fn js_err(e: crate::Error) -> JsError {
@@ -237,11 +276,19 @@ impl Engine {
         let opts: LoadRequest = if options.is_undefined() || options.is_null() {
             LoadRequest::default()
         } else {
-            serde_wasm_bindgen::from_value(options).map_err(|e| JsError::new(&format!("bad load options: {e}")))?
+            serde_wasm_bindgen::from_value(options.clone()).map_err(|e| JsError::new(&format!("bad load options: {e}")))?
         };
         let src = JsReader::new(&reader)?;
         let dtype = if self.gpu.caps().shader_f16 { DType::F16 } else { DType::F32 };
         let mut load = LoadOptions::new(dtype);
+        let mut merged = Vec::new();
+        for (name, strength, bytes) in js_loras(&options)? {
+            let lora = crate::models::lora::Lora::from_bytes(&name, &bytes).map_err(js_err)?;
+            // The tag name is the file's stem, as A1111's `<lora:name:…>` is.
+            let stem = name.strip_suffix(".safetensors").unwrap_or(&name).to_string();
+            merged.push((stem, strength));
+            load.loras.push(crate::models::lora::LoraUse { lora: std::sync::Arc::new(lora), strength });
+        }
         match opts.quant.as_deref() {
             None | Some("none" | "") => {}
             Some(q) => {
@@ -252,7 +299,7 @@ impl Engine {
         let sd = crate::pipeline::generate::StableDiffusion::load(&src, &self.gpu, &load).map_err(js_err)?;
         let fit = preview::initial_fit(&sd, 8).await.map_err(js_err)?;
         let name = opts.name.unwrap_or_else(|| src.describe());
-        Ok(Model { sd, name, preview: std::cell::RefCell::new(fit) })
+        Ok(Model { sd, name, preview: std::cell::RefCell::new(fit), loras: merged })
     }
 
     /// Loads a diffusers model from `files` (path -> `Uint8Array`) and generates one image
@@ -268,7 +315,8 @@ impl Engine {
         let dtype = if self.gpu.caps().shader_f16 { DType::F16 } else { DType::F32 };
         let sd = crate::pipeline::generate::StableDiffusion::load(&src, &self.gpu, &LoadOptions::new(dtype))
             .map_err(js_err)?;
-        let model = Model { sd, name: "model".into(), preview: std::cell::RefCell::new(PreviewFit::new(0)) };
+        let model =
+            Model { sd, name: "model".into(), preview: std::cell::RefCell::new(PreviewFit::new(0)), loras: Vec::new() };
         model.run(r, on_step, false).await
     }
 
@@ -347,6 +395,8 @@ pub struct Model {
     sd: StableDiffusion,
     name: String,
     preview: std::cell::RefCell<PreviewFit>,
+    /// The LoRAs merged into its weights: (name, strength).
+    loras: Vec<(String, f32)>,
 }
 
 #[wasm_bindgen]
@@ -376,7 +426,9 @@ impl Model {
     #[wasm_bindgen(js_name = tokenCount)]
     pub fn token_count(&self, prompt: &str, syntax: &str) -> Result<JsValue, JsError> {
         let syntax = PromptSyntax::parse(syntax).map_err(js_err)?;
-        let t = crate::pipeline::conditioning::tokenize(&self.sd.tokenizer, prompt, syntax).map_err(js_err)?;
+        // LoRA tags are not text (A1111 counts without them).
+        let (prompt, _) = crate::pipeline::prompt::extract_loras(prompt).map_err(js_err)?;
+        let t = crate::pipeline::conditioning::tokenize(&self.sd.tokenizer, &prompt, syntax).map_err(js_err)?;
         to_js(&serde_json::json!({
             "count": t.count,
             "target": t.target(),
@@ -405,7 +457,7 @@ impl Model {
         on_step: Option<js_sys::Function>,
         previews: bool,
     ) -> Result<JsValue, JsError> {
-        let req = r.request()?;
+        let req = r.request(&self.loras)?;
         let f = self.sd.vae_config.downscale();
         let latent_shape = [1, self.sd.vae_config.latent_channels, r.height / f.max(1), r.width / f.max(1)];
         let projection = self.preview.borrow().solve();
@@ -510,6 +562,15 @@ pub fn diffusers_layout() -> Result<JsValue, JsError> {
 
 /// Incremental SHA-256 for the page's downloads: the same implementation that checks package
 /// shards in the engine, so the page carries none of its own.
+/// A1111's `<lora:name:strength>` tags in `prompt`, as the generation reads them:
+/// `[{name, strength}]` (the page loads those LoRAs before generating).
+#[wasm_bindgen(js_name = loraTags)]
+pub fn lora_tags(prompt: &str) -> Result<JsValue, JsError> {
+    let (_, tags) = crate::pipeline::prompt::extract_loras(prompt).map_err(js_err)?;
+    let list: Vec<_> = tags.iter().map(|t| serde_json::json!({"name": t.name, "strength": t.strength})).collect();
+    to_js(&list)
+}
+
 #[wasm_bindgen(js_name = Sha256)]
 pub struct JsSha256(crate::models::hash::Sha256State);
 

@@ -11,8 +11,10 @@
 import * as store from './store.js';
 import { addToGallery, renderGallery } from './gallery.js';
 import { enforceLimits, fillSchedulers, randomSeed, readForm, setForm } from './form.js';
-import { catalogHosts, checkOrigin, refuseOrigin } from './origins.js';
+import { catalogHosts, refuseOrigin } from './origins.js';
 import { wireCheckpoints } from './checkpoint.js';
+import { customEntry, workerEntry } from './entries.js';
+import { activeLoras, wireLoras } from './loras.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -25,7 +27,7 @@ const state = {
   model: null, // {id, name, sizeStep, quant, info, ...} of the loaded model
   generating: false,
   loading: false,
-  lastImage: null, // {width, height, rgba: base64, seed, parameters}
+  lastImage: null, // {width, height, rgba: base64, seed, parameters, loras: [[name, strength]] merged}
   lastError: null,
   steps: [], // [[index, total]] of the current or last generation
   download: { requests: 0, bytesFetched: 0, bytesFromCache: 0 }, // of the last load
@@ -297,23 +299,6 @@ function entries() {
 const findEntry = (id) => entries().find((e) => e.id === id) || null;
 const isCached = (id) => cachedRecords.some((r) => r.id === id);
 
-function customEntry(url) {
-  let u;
-  try {
-    u = new URL(url, location.href);
-  } catch {
-    throw new Error(`Not a URL: ${url}`);
-  }
-  checkOrigin(u.href, location.origin);
-  if (!u.pathname.endsWith('/')) u.pathname += '/';
-  const href = u.href;
-  const name = href.replace(/^https?:\/\//, '').replace(/\/resolve\/main\/$/, '').replace(/^huggingface\.co\//, '');
-  return {
-    id: `url:${href}`, name, url: href, quant: 'q4_0', source: new URL(href).host,
-    description: `A model from ${href}. Its size is known once the download starts.`,
-  };
-}
-
 async function refreshCache() {
   try {
     cachedRecords = await store.listModels();
@@ -402,14 +387,6 @@ async function deleteModel(r) {
 }
 
 // ---- loading -----------------------------------------------------------------------------
-
-function workerEntry(e) {
-  // Only what the worker needs, as plain data.
-  const { id, name, url, mirrors, files, format, defaults, quant, examplePrompt, description, source, license, bytes, kind, checkpoint, prediction } = e;
-  const plain = JSON.parse(JSON.stringify({ id, name, url, mirrors, files, format, defaults, quant, examplePrompt, description, source, license, bytes, kind, checkpoint, prediction }));
-  if (e.base) plain.base = workerEntry(e.base);
-  return plain;
-}
 
 /// Loads a model described by a catalog-like entry (tests: mirrors, formats).
 function loadEntry(entry, opts = {}) {
@@ -569,13 +546,13 @@ async function generate(overrides = {}) {
   $('result-info').textContent = `Seed ${req.seed}`;
   const t0 = performance.now();
   try {
-    const m = await call('generate', { request: req }, onStep);
+    const m = await call('generate', { request: req, loras: activeLoras() }, onStep);
     if (m.type === 'cancelled') {
       $('gen-text').textContent = `Cancelled after ${state.steps.length} step(s).`;
       return { cancelled: true, seed: req.seed };
     }
     showImage(m.image, false);
-    state.lastImage = { width: m.image.width, height: m.image.height, rgba: toBase64(m.image.rgba), seed: m.seed, parameters: m.parameters };
+    state.lastImage = { width: m.image.width, height: m.image.height, rgba: toBase64(m.image.rgba), seed: m.seed, parameters: m.parameters, loras: m.loras };
     if (state.timings.firstImageMs === null) state.timings.firstImageMs = performance.now();
     const secs = (performance.now() - t0) / 1000;
     const perStep = lastMsPerStep ? ` · ${(lastMsPerStep / 1000).toFixed(2)} s per step` : '';
@@ -606,6 +583,11 @@ async function generate(overrides = {}) {
 
 let lastMsPerStep = 0;
 function onStep(m) {
+  if (m.type === 'loading') {
+    // The LoRA set changed: the weights are read again from this device and merged.
+    $('gen-text').textContent = `Merging LoRAs into the weights… ${m.total ? Math.round((100 * m.done) / m.total) : 0} %`;
+    return;
+  }
   if (m.type !== 'step') return;
   if (m.msPerStep !== null && m.msPerStep !== undefined) lastMsPerStep = m.msPerStep;
   state.steps.push([m.index, m.total]);
@@ -739,6 +721,7 @@ function wireUp() {
     add: (entry) => loadEntry(entry).catch(() => {}),
     onError: (e) => setStatus(message(e), true),
   });
+  wireLoras((e) => setStatus(message(e), true));
   $('prompt').onkeydown = (ev) => {
     if (ev.key === 'Enter' && (ev.ctrlKey || ev.metaKey) && !$('generate').disabled) generate().catch(() => {});
   };

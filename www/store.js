@@ -6,7 +6,8 @@
 // mistaken for a usable model — its chunks stay in `chunks` and the next download resumes them.
 
 const DB_NAME = 'webdiffusion';
-const DB_VERSION = 1;
+// 2: the `loras` store.
+const DB_VERSION = 2;
 
 let dbPromise = null;
 
@@ -16,12 +17,15 @@ function open() {
       const req = indexedDB.open(DB_NAME, DB_VERSION);
       req.onupgradeneeded = () => {
         const db = req.result;
+        const create = (name, opts) => { if (!db.objectStoreNames.contains(name)) db.createObjectStore(name, opts); };
         // key [modelId, path, chunkIndex] -> Blob. Array keys sort element-wise, so one key range
         // covers a file ([id, path, 0]..[id, path, Infinity]) or a whole model ([id]..[id, []]).
-        db.createObjectStore('chunks');
-        db.createObjectStore('files', { keyPath: ['modelId', 'path'] });
-        db.createObjectStore('models', { keyPath: 'id' });
-        db.createObjectStore('gallery', { keyPath: 'id', autoIncrement: true });
+        create('chunks');
+        create('files', { keyPath: ['modelId', 'path'] });
+        create('models', { keyPath: 'id' });
+        create('gallery', { keyPath: 'id', autoIncrement: true });
+        // {id (the file's stem, as <lora:id:…> names it), name, size, blob, strength, on, url?}
+        create('loras', { keyPath: 'id' });
       };
       req.onsuccess = () => {
         const db = req.result;
@@ -238,4 +242,22 @@ export async function galleryGet(id) {
 
 export async function galleryDelete(id) {
   return tx(['gallery'], 'readwrite', (g) => req2p(g.delete(id)));
+}
+
+// ---- LoRAs ---------------------------------------------------------------------------------
+
+export async function listLoras() {
+  return tx(['loras'], 'readonly', (l) => req2p(l.getAll()));
+}
+
+export async function getLora(id) {
+  return tx(['loras'], 'readonly', (l) => req2p(l.get(id)));
+}
+
+export async function putLora(record) {
+  return tx(['loras'], 'readwrite', (l) => req2p(l.put(record)));
+}
+
+export async function deleteLora(id) {
+  return tx(['loras'], 'readwrite', (l) => req2p(l.delete(id)));
 }

@@ -6,7 +6,7 @@
 // glue and the wasm binary must come from the same build, and so must app.js and worker.js),
 // offline ones the last complete set. Bump VERSION when the list changes.
 
-const VERSION = 9;
+const VERSION = 10;
 const CACHE = `webdiffusion-shell-v${VERSION}`;
 const SHELL = [
   './',
@@ -27,6 +27,8 @@ const SHELL = [
   'form.js',
   'gallery.js',
   'checkpoint.js',
+  'loras.js',
+  'entries.js',
   'catalog.json',
   'pkg/webdiffusion.js',
   'pkg/webdiffusion_bg.wasm',

@@ -8,7 +8,7 @@
 //                                   loading {done, total}*, loaded {model, ms, downloadMs,
 //                                   wasmHeapBytes, download: {requests, bytesFetched, bytesFromCache}}
 //     (entry.checkpoint: a single-file checkpoint, by URL or the local File in `file`)
-//   generate {request}           -> step {index, total, msPerStep, preview}*, then
+//   generate {request, loras: [{id, strength}]} -> (loading {done, total}* when the LoRAs change) step {index, total, msPerStep, preview}*, then
 //                                   done {image: {width, height, rgba}, png, parameters, seed, ms}
 //                                   | cancelled {}
 //   cancel {}                    -> (no reply; the running load or generate ends as cancelled)
@@ -21,7 +21,7 @@
 // Unprompted: alive {} every second (the page's watchdog); recovering {reason} / recovered {} when the GPU device was lost and rebuilt;
 // trapped {message} when the engine trapped (the page replaces this worker).
 
-import init, { Engine, schedulers, testTrap } from './pkg/webdiffusion.js';
+import init, { Engine, loraTags, schedulers, testTrap } from './pkg/webdiffusion.js';
 import * as store from './store.js';
 import { downloadModel } from './download.js';
 import { downloadConverted } from './convert.js';
@@ -90,7 +90,8 @@ async function cachedReader(record, onRead) {
   };
 }
 
-async function loadFromCache(record, quant, id) {
+/// `loras`: [{id, name, strength, bytes}] merged into the weights as they load.
+async function loadFromCache(record, quant, id, loras = []) {
   let done = 0;
   let last = 0;
   const { reader, total } = await cachedReader(record, (n) => {
@@ -102,12 +103,42 @@ async function loadFromCache(record, quant, id) {
     }
   });
   post({ type: 'loading', id, done: 0, total });
-  const handle = await engine.load(reader, { quant, name: record.name });
+  const handle = await engine.load(reader, { quant, name: record.name, loras: loras.map(({ name, strength, bytes }) => ({ name, strength, bytes })) });
   post({ type: 'loading', id, done: total, total });
   // The engine knows the size step (VAE downscale times the U-Net's levels); the page keeps no
   // copy of that rule.
   const info = handle.info();
-  return { handle, record, quant, info, sizeStep: info.sizeMultiple };
+  const merged = loras.map((l) => [l.id, l.strength]);
+  return { handle, record, quant, info, sizeStep: info.sizeMultiple, loras: merged, lorasKey: JSON.stringify(merged) };
+}
+
+/// The LoRAs a generation wants, `[[id, strength]]` sorted: the page's switched-on ones, and the
+/// prompt's `<lora:name:strength>` tags over them (0 leaves one out).
+function wantedLoras(msg) {
+  const want = new Map((Array.isArray(msg.loras) ? msg.loras : []).map((l) => [String(l.id), Number(l.strength)]));
+  for (const t of loraTags(String(msg.request?.prompt ?? ''))) want.set(t.name, t.strength);
+  return [...want].filter(([, s]) => s !== 0 && Number.isFinite(s)).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+}
+
+/// Reloads the model from the cache with the wanted LoRAs merged when they are not what it has
+/// (a LoRA that fails to merge leaves the model loaded without any, and the error said).
+async function ensureLoras(msg) {
+  const want = wantedLoras(msg);
+  if (JSON.stringify(want) === model.lorasKey) return;
+  const loras = [];
+  for (const [id, strength] of want) {
+    const r = await store.getLora(id);
+    if (!r) throw new Error(`<lora:${id}:${strength}>: no LoRA named ${id} is in the page's list (add its .safetensors file there).`);
+    loras.push({ id, name: r.name, strength, bytes: new Uint8Array(await r.blob.arrayBuffer()) });
+  }
+  const { record, quant } = model;
+  freeModel();
+  try {
+    model = await loadFromCache(record, quant, msg.id, loras);
+  } catch (e) {
+    model = await loadFromCache(record, quant, msg.id);
+    throw e;
+  }
 }
 
 function freeModel() {
@@ -282,6 +313,7 @@ function describeModel() {
 }
 
 async function runGeneration(msg) {
+  await ensureLoras(msg);
   const r = msg.request;
   const request = {
     prompt: String(r.prompt ?? ''),
@@ -322,6 +354,7 @@ async function runGeneration(msg) {
     image: { width: out.width, height: out.height, rgba },
     png,
     parameters: out.parameters,
+    loras: model.loras,
     seed: request.seed,
     ms,
     transfer: [rgba.buffer, png.buffer],

@@ -148,7 +148,7 @@ test("A1111's prompt syntax: the token count beside the prompt, BREAK chunks, we
   const weighted = await generate({ ...req, prompt: 'a (blue:1.6) square on the left' });
   const literal = await generate({ ...req, prompt: 'a (blue:1.6) square on the left', promptSyntax: 'diffusers' });
   const err = await errorOf('generate', { ...req, prompt: 'a cat <lora:film:0.7>' });
-  assert.ok(err && err.includes('<lora:film:0.7>') && err.includes('not supported in the page'), `a LoRA tag is refused, not drawn as words: ${err}`);
+  assert.ok(err && err.includes('<lora:film:0.7>') && err.includes('no LoRA named film'), `a tag naming no listed LoRA is refused, not drawn as words: ${err}`);
   assert.ok(diff(weighted, plain) > 4 && diff(weighted, literal) > 4,
     `a weight changes the image (${diff(weighted, plain)}/255), and not as reading the brackets as text does (${diff(weighted, literal)}/255 apart)`);
 });
