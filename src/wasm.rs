@@ -567,7 +567,10 @@ pub fn diffusers_layout() -> Result<JsValue, JsError> {
 #[wasm_bindgen(js_name = loraTags)]
 pub fn lora_tags(prompt: &str) -> Result<JsValue, JsError> {
     let (_, tags) = crate::pipeline::prompt::extract_loras(prompt).map_err(js_err)?;
-    let list: Vec<_> = tags.iter().map(|t| serde_json::json!({"name": t.name, "strength": t.strength})).collect();
+    // The shortest decimal of the f32 (0.7, not 0.699999988…), which reads back as the same f32.
+    let decimal = |s: f32| s.to_string().parse::<f64>().unwrap_or(s as f64);
+    let list: Vec<_> =
+        tags.iter().map(|t| serde_json::json!({"name": t.name, "strength": decimal(t.strength)})).collect();
     to_js(&list)
 }
 

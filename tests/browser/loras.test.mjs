@@ -2,7 +2,8 @@
 // added with the list's file picker is merged into a q4_0 package's weights before generating.
 // At strength 1 the page's image is the CLI's (`generate --model PKG --lora FILE:1`) within
 // 1/255; at 0 it is exactly the page's own image without the LoRA; `<lora:kohya:1>` in the
-// prompt is the slider at 1, image for image; a tag naming no listed LoRA is refused in one line.
+// prompt is the slider at 1, image for image; a tag naming no listed LoRA is refused in one line;
+// one added by URL applies too.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -97,6 +98,15 @@ test('a LoRA from the page\'s list: 1 is the CLI\'s image, 0 exactly the base im
     const again = await generate();
     assert.equal(again.error, undefined);
     assert.equal(again.rgba, base.rgba);
+
+    // A LoRA by URL joins the list (switched on) and applies with the next image.
+    await page.fill('#lora-url', `${url}fixtures/tiny-sd1/lora/peft.safetensors`);
+    await page.click('#lora-add');
+    await page.waitForSelector('#lora-list li.lora[data-id="peft"]');
+    const peft = await generate();
+    assert.equal(peft.error, undefined, logs.join('\n'));
+    assert.deepEqual(peft.loras, [['peft', 1]]);
+    assert.notEqual(peft.rgba, base.rgba);
   } finally {
     await browser.close();
     server.close();

@@ -1,6 +1,6 @@
 // A stand-in for the wasm build (pkg/webdiffusion.js) with the same surface worker.js uses for
 // `quant: 'none'` loads — init(), Engine.create/info/lost/load/free, Model.info/generate/free,
-// and download.js's diffusersLayout() — and no GPU work: it reads every byte the loader offers
+// loraTags(), and download.js's diffusersLayout() — and no GPU work: it reads every byte the loader offers
 // (so IndexedDB reads are real) and paints an image that depends on the seed and on a hash of
 // those bytes. It exists to run the browser benchmark's driver (tools/bench/browser-bench.mjs
 // --pkg tools/bench/stub-pkg --quant none) where no wasm build is at hand; its timings say
@@ -69,6 +69,11 @@ export class Sha256 {
 }
 
 /// The real build's test hook: traps the instance.
+/// The prompt's `<lora:name:strength>` tags (the stub merges nothing; a tag-free prompt has none).
+export function loraTags(prompt) {
+  return [...String(prompt).matchAll(/<lora:([^:>]+):([^>]+)>/g)].map((m) => ({ name: m[1], strength: Number(m[2]) }));
+}
+
 export function testTrap() {
   throw new WebAssembly.RuntimeError('unreachable (stub testTrap)');
 }
