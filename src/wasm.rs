@@ -7,7 +7,7 @@ use wasm_bindgen::JsCast;
 
 use crate::gpu::{DType, Gpu, GpuOptions, LimitsPolicy};
 use crate::models::loader::{FileSource, LoadOptions, MemorySource};
-use crate::pipeline::generate::{Request, StableDiffusion, Step};
+use crate::pipeline::generate::{InitImage, Request, StableDiffusion, Step};
 use crate::pipeline::image::{a1111_parameters, encode_png};
 use crate::pipeline::preview::{self, PreviewFit};
 use crate::pipeline::prompt::PromptSyntax;
@@ -97,7 +97,7 @@ impl GenerateRequest {
     /// The pipeline's request. A1111's `<lora:name:strength>` tags leave the prompt (they would
     /// reach the text encoder as words); each must name a LoRA merged into the model at that
     /// strength (`loaded`: what the worker loaded it with, from the page's LoRA list and tags).
-    fn request(&self, loaded: &[(String, f32)]) -> Result<Request, JsError> {
+    fn request(&self, loaded: &[(String, f32)], init: Option<InitImage>) -> Result<Request, JsError> {
         let (prompt, tags) = crate::pipeline::prompt::extract_loras(&self.prompt).map_err(js_err)?;
         for t in tags.iter().filter(|t| t.strength != 0.0) {
             match loaded.iter().find(|(n, _)| *n == t.name) {
@@ -129,9 +129,27 @@ impl GenerateRequest {
                 None => PromptSyntax::default(),
             },
             eta: self.eta,
-            init: None,
+            init,
         })
     }
+}
+
+/// `request.initImage`: `{rgb: Uint8Array (width × height × 3), strength}` for img2img, checked.
+fn js_init(request: &JsValue) -> Result<Option<InitImage>, JsError> {
+    if !request.is_object() {
+        return Ok(None);
+    }
+    let init = js_sys::Reflect::get(request, &"initImage".into()).unwrap_or(JsValue::UNDEFINED);
+    if init.is_undefined() || init.is_null() {
+        return Ok(None);
+    }
+    let get = |k: &str| js_sys::Reflect::get(&init, &k.into()).unwrap_or(JsValue::UNDEFINED);
+    let strength = get("strength")
+        .as_f64()
+        .filter(|s| (0.0..=1.0).contains(s))
+        .ok_or_else(|| JsError::new("initImage.strength must be a number from 0 to 1"))?;
+    let rgb = get("rgb").dyn_into::<js_sys::Uint8Array>().map_err(|_| JsError::new("initImage.rgb must be a Uint8Array"))?;
+    Ok(Some(InitImage { rgb: rgb.to_vec(), strength: strength as f32 }))
 }
 
 /// A model's files as the page's worker sees them: a JS object with synchronous
@@ -299,7 +317,8 @@ impl Engine {
         let sd = crate::pipeline::generate::StableDiffusion::load(&src, &self.gpu, &load).map_err(js_err)?;
         let fit = preview::initial_fit(&sd, 8).await.map_err(js_err)?;
         let name = opts.name.unwrap_or_else(|| src.describe());
-        Ok(Model { sd, name, preview: std::cell::RefCell::new(fit), loras: merged })
+        let options = LoadOptions { loras: Vec::new(), ..load };
+        Ok(Model { sd, name, preview: std::cell::RefCell::new(fit), loras: merged, options })
     }
 
     /// Loads a diffusers model from `files` (path -> `Uint8Array`) and generates one image
@@ -315,9 +334,15 @@ impl Engine {
         let dtype = if self.gpu.caps().shader_f16 { DType::F16 } else { DType::F32 };
         let sd = crate::pipeline::generate::StableDiffusion::load(&src, &self.gpu, &LoadOptions::new(dtype))
             .map_err(js_err)?;
-        let model =
-            Model { sd, name: "model".into(), preview: std::cell::RefCell::new(PreviewFit::new(0)), loras: Vec::new() };
-        model.run(r, on_step, false).await
+        let init = None;
+        let model = Model {
+            sd,
+            name: "model".into(),
+            preview: std::cell::RefCell::new(PreviewFit::new(0)),
+            loras: Vec::new(),
+            options: LoadOptions::new(dtype),
+        };
+        model.run(r, init, on_step, false).await
     }
 
     /// Runs a fixture's text encoder, U-Net and VAE and compares them with its diffusers
@@ -397,6 +422,8 @@ pub struct Model {
     preview: std::cell::RefCell<PreviewFit>,
     /// The LoRAs merged into its weights: (name, strength).
     loras: Vec<(String, f32)>,
+    /// How it was loaded (dtype, quantization; no LoRAs): the encoder loads the same way.
+    options: LoadOptions,
 }
 
 #[wasm_bindgen]
@@ -445,8 +472,29 @@ impl Model {
     /// worker's message handlers (a cancel button) run between steps.
     /// Returns `{width, height, rgb, rgba, png, parameters, cancelled}`.
     pub async fn generate(&self, request: JsValue, on_step: Option<js_sys::Function>) -> Result<JsValue, JsError> {
+        let init = js_init(&request)?;
         let r = GenerateRequest::parse(request)?;
-        self.run(r, on_step, true).await
+        self.run(r, init, on_step, true).await
+    }
+
+    /// Whether the VAE encoder (img2img) is loaded.
+    #[wasm_bindgen(js_name = hasEncoder)]
+    pub fn has_encoder(&self) -> bool {
+        self.sd.encoder.is_some()
+    }
+
+    /// Loads the VAE encoder from `reader` (the model's files again) with the options the model
+    /// was loaded with: the page loads it on the first img2img request, so text-to-image never
+    /// holds its weights.
+    #[wasm_bindgen(js_name = loadEncoder)]
+    pub fn load_encoder(&mut self, reader: JsValue) -> Result<(), JsError> {
+        if self.sd.encoder.is_some() {
+            return Ok(());
+        }
+        let src = JsReader::new(&reader)?;
+        let encoder = crate::models::loader::vae_encoder(&src, &self.sd.gpu, &self.options).map_err(js_err)?;
+        self.sd.encoder = Some(encoder);
+        Ok(())
     }
 }
 
@@ -454,10 +502,11 @@ impl Model {
     async fn run(
         &self,
         r: GenerateRequest,
+        init: Option<InitImage>,
         on_step: Option<js_sys::Function>,
         previews: bool,
     ) -> Result<JsValue, JsError> {
-        let req = r.request(&self.loras)?;
+        let req = r.request(&self.loras, init)?;
         let f = self.sd.vae_config.downscale();
         let latent_shape = [1, self.sd.vae_config.latent_channels, r.height / f.max(1), r.width / f.max(1)];
         let projection = self.preview.borrow().solve();

@@ -15,6 +15,7 @@ import { catalogHosts, refuseOrigin } from './origins.js';
 import { wireCheckpoints } from './checkpoint.js';
 import { customEntry, workerEntry } from './entries.js';
 import { activeLoras, wireLoras } from './loras.js';
+import { initImageFor, wireInitImage } from './init-image.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -478,7 +479,7 @@ function onLoadEvent(m) {
     }
     const parts = [`${fmtBytes(m.done)} of ${fmtBytes(m.total)}`];
     if (m.phase === 'convert') {
-      setStatus(`Downloading and converting to ${quantName(m.quant)} (${m.filesDone + (m.done < m.total ? 1 : 0)} of ${m.files} weight files)…`);
+      setStatus(`${m.host === 'this device' ? 'Reading and converting' : 'Downloading and converting'} to ${quantName(m.quant)} (${m.filesDone + (m.done < m.total ? 1 : 0)} of ${m.files} weight files)…`);
       if (m.workers > 1) parts.push(`quantizing on ${m.workers} cores`);
       if (m.unverified?.length) parts.push(`no known sha256 for ${m.unverified.join(', ')}`);
     }
@@ -546,7 +547,9 @@ async function generate(overrides = {}) {
   $('result-info').textContent = `Seed ${req.seed}`;
   const t0 = performance.now();
   try {
-    const m = await call('generate', { request: req, loras: activeLoras() }, onStep);
+    const init = initImageFor(req.width, req.height);
+    const request = init ? { ...req, initImage: init } : req;
+    const m = await call('generate', { request, loras: activeLoras() }, onStep);
     if (m.type === 'cancelled') {
       $('gen-text').textContent = `Cancelled after ${state.steps.length} step(s).`;
       return { cancelled: true, seed: req.seed };
@@ -584,8 +587,9 @@ async function generate(overrides = {}) {
 let lastMsPerStep = 0;
 function onStep(m) {
   if (m.type === 'loading') {
-    // The LoRA set changed: the weights are read again from this device and merged.
-    $('gen-text').textContent = `Merging LoRAs into the weights… ${m.total ? Math.round((100 * m.done) / m.total) : 0} %`;
+    // The LoRA set changed (the weights are read again from this device and merged), or the
+    // first img2img request loads the VAE encoder.
+    $('gen-text').textContent = m.what === 'encoder' ? 'Loading the VAE encoder…' : `Merging LoRAs into the weights… ${m.total ? Math.round((100 * m.done) / m.total) : 0} %`;
     return;
   }
   if (m.type !== 'step') return;
@@ -612,6 +616,7 @@ function showImage({ width, height, rgba }, preview) {
   canvas.classList.toggle('pixelated', preview || width < 256);
   canvas.classList.remove('empty');
   $('output-empty').hidden = true;
+  if (preview) $('use-as-input').hidden = true; // only a finished image is an input
 }
 
 let downloadUrl = null;
@@ -622,6 +627,7 @@ function setDownload(blob, name) {
   a.href = downloadUrl;
   a.download = name;
   a.hidden = false;
+  $('use-as-input').hidden = false;
 }
 
 // ---- gallery -------------------------------------------------------------------------------
@@ -722,6 +728,7 @@ function wireUp() {
     onError: (e) => setStatus(message(e), true),
   });
   wireLoras((e) => setStatus(message(e), true));
+  wireInitImage((e) => setStatus(message(e), true), () => $('output'));
   $('prompt').onkeydown = (ev) => {
     if (ev.key === 'Enter' && (ev.ctrlKey || ev.metaKey) && !$('generate').disabled) generate().catch(() => {});
   };

@@ -103,7 +103,10 @@ export function wireCheckpoints({ bases, add, onError }) {
     if (!hasFiles(ev)) return;
     ev.preventDefault();
     $('ckpt-drop').classList.remove('over');
-    const f = Array.from(ev.dataTransfer.files).find((x) => CHECKPOINT.test(x.name)) || ev.dataTransfer.files[0];
+    // Images are img2img's (init-image.js); anything else but a .safetensors is named as such.
+    const files = Array.from(ev.dataTransfer.files);
+    if (files.some((x) => x.type.startsWith('image/'))) return;
+    const f = files.find((x) => CHECKPOINT.test(x.name)) || files[0];
     if (!f) return;
     $('checkpoints').open = true;
     use({ file: f });

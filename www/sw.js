@@ -6,7 +6,7 @@
 // glue and the wasm binary must come from the same build, and so must app.js and worker.js),
 // offline ones the last complete set. Bump VERSION when the list changes.
 
-const VERSION = 10;
+const VERSION = 11;
 const CACHE = `webdiffusion-shell-v${VERSION}`;
 const SHELL = [
   './',
@@ -29,6 +29,7 @@ const SHELL = [
   'checkpoint.js',
   'loras.js',
   'entries.js',
+  'init-image.js',
   'catalog.json',
   'pkg/webdiffusion.js',
   'pkg/webdiffusion_bg.wasm',

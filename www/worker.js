@@ -8,7 +8,7 @@
 //                                   loading {done, total}*, loaded {model, ms, downloadMs,
 //                                   wasmHeapBytes, download: {requests, bytesFetched, bytesFromCache}}
 //     (entry.checkpoint: a single-file checkpoint, by URL or the local File in `file`)
-//   generate {request, loras: [{id, strength}]} -> (loading {done, total}* when the LoRAs change) step {index, total, msPerStep, preview}*, then
+//   generate {request (initImage?: {rgb, strength}), loras: [{id, strength}]} -> (loading {done, total}* when the LoRAs change) step {index, total, msPerStep, preview}*, then
 //                                   done {image: {width, height, rgba}, png, parameters, seed, ms}
 //                                   | cancelled {}
 //   cancel {}                    -> (no reply; the running load or generate ends as cancelled)
@@ -327,6 +327,16 @@ async function runGeneration(msg) {
     eta: Number(r.eta ?? 0),
     promptSyntax: r.promptSyntax === 'diffusers' ? 'diffusers' : 'a1111',
   };
+  if (r.initImage) {
+    // img2img: the VAE encoder loads on the first request that needs it (text to image never
+    // holds its weights), from the same cached files.
+    if (!model.handle.hasEncoder()) {
+      post({ type: 'loading', id: msg.id, done: 0, total: 0, what: 'encoder' });
+      const { reader } = await cachedReader(model.record, () => {});
+      model.handle.loadEncoder(reader);
+    }
+    request.initImage = { rgb: r.initImage.rgb instanceof Uint8Array ? r.initImage.rgb : new Uint8Array(0), strength: Number(r.initImage.strength) };
+  }
   const t0 = performance.now();
   let firstStepAt = null;
   const out = await model.handle.generate(request, (index, total, preview) => {

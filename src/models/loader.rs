@@ -311,6 +311,17 @@ pub fn vae(src: &dyn FileSource, gpu: &Gpu, opts: &LoadOptions) -> Result<(Decod
     })
 }
 
+/// The VAE encoder alone, for a model loaded without it that is asked for img2img.
+pub fn vae_encoder(src: &dyn FileSource, gpu: &Gpu, opts: &LoadOptions) -> Result<Encoder> {
+    with_model(src, |src| {
+        let config = vae_config(src)?;
+        let t = component_tensors(src, Component::Vae)?;
+        let w = opts.weights(&*t, gpu, Component::Vae);
+        let encoder = Encoder::load(&config, &w)?;
+        Ok(encoder)
+    })
+}
+
 /// Checks `model_index.json` names a pipeline we can run.
 pub fn check_index(src: &dyn FileSource) -> Result<()> {
     let index: ModelIndex = serde_json::from_str(&text(src, "model_index.json")?)
