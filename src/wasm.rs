@@ -3,17 +3,20 @@
 
 use wasm_bindgen::prelude::*;
 
-use wasm_bindgen::JsCast;
-
 use crate::gpu::{DType, Gpu, GpuOptions, LimitsPolicy};
-use crate::models::loader::{FileSource, LoadOptions, MemorySource};
-use crate::pipeline::generate::{InitImage, Request, StableDiffusion, Step};
+use crate::models::loader::{FileSource, LoadOptions};
+use crate::pipeline::generate::{InitImage, Request, StableDiffusion, Step, MAX_IMAGES};
 use crate::pipeline::image::{a1111_parameters, encode_png};
 use crate::pipeline::preview::{self, PreviewFit};
 use crate::pipeline::prompt::PromptSyntax;
 use crate::pipeline::rng::NormalRng;
-use crate::pipeline::schedulers::SchedulerKind;
 use crate::quant::{QuantPolicy, StoreType};
+
+mod reader;
+mod request;
+
+use reader::JsReader;
+use request::{js_init, js_loras, memory_source, GenerateRequest, LoadRequest};
 
 #[wasm_bindgen(start)]
 pub fn start() {
@@ -31,210 +34,6 @@ pub fn start() {
         let msg = format!("{}{at}", what.unwrap_or_else(|| "a panic".into()));
         let _ = js_sys::Reflect::set(&js_sys::global(), &"webdiffusionPanic".into(), &msg.into());
     }));
-}
-
-/// `{path: Uint8Array}` as a file source.
-fn memory_source(files: &js_sys::Object) -> Result<MemorySource, JsError> {
-    let mut src = MemorySource { name: "the files given".into(), ..Default::default() };
-    for entry in js_sys::Object::entries(files).iter() {
-        let pair = js_sys::Array::from(&entry);
-        let path = pair.get(0).as_string().ok_or_else(|| JsError::new("file names must be strings"))?;
-        src.files.insert(path, js_sys::Uint8Array::new(&pair.get(1)).to_vec());
-    }
-    Ok(src)
-}
-
-/// `options.loras`: `[{name, strength, bytes: Uint8Array}]`, checked (the page's list is input).
-fn js_loras(options: &JsValue) -> Result<Vec<(String, f32, Vec<u8>)>, JsError> {
-    if !options.is_object() {
-        return Ok(Vec::new());
-    }
-    let list = js_sys::Reflect::get(options, &"loras".into()).unwrap_or(JsValue::UNDEFINED);
-    if list.is_undefined() || list.is_null() {
-        return Ok(Vec::new());
-    }
-    let list: js_sys::Array = list.dyn_into().map_err(|_| JsError::new("load options: loras must be an array"))?;
-    let mut out = Vec::new();
-    for (i, item) in list.iter().enumerate() {
-        let get = |k: &str| js_sys::Reflect::get(&item, &k.into()).unwrap_or(JsValue::UNDEFINED);
-        let name = get("name").as_string().ok_or_else(|| JsError::new(&format!("loras[{i}].name must be a string")))?;
-        let strength = get("strength").as_f64().filter(|s| s.is_finite() && s.abs() <= 16.0).ok_or_else(|| {
-            JsError::new(&format!("loras[{i}] ({name}): the strength must be a number from -16 to 16"))
-        })?;
-        let bytes = get("bytes")
-            .dyn_into::<js_sys::Uint8Array>()
-            .map_err(|_| JsError::new(&format!("loras[{i}] ({name}): bytes must be a Uint8Array")))?;
-        out.push((name, strength as f32, bytes.to_vec()));
-    }
-    Ok(out)
-}
-
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct GenerateRequest {
-    prompt: String,
-    #[serde(default)]
-    negative_prompt: Option<String>,
-    steps: usize,
-    guidance: f32,
-    width: usize,
-    height: usize,
-    scheduler: String,
-    seed: u64,
-    /// DDIM's eta (absent: 0).
-    #[serde(default)]
-    eta: f32,
-    /// "a1111" (absent) or "diffusers".
-    #[serde(default)]
-    prompt_syntax: Option<String>,
-}
-
-impl GenerateRequest {
-    fn parse(v: JsValue) -> Result<GenerateRequest, JsError> {
-        serde_wasm_bindgen::from_value(v).map_err(|e| JsError::new(&format!("bad request: {e}")))
-    }
-
-    /// The pipeline's request. A1111's `<lora:name:strength>` tags leave the prompt (they would
-    /// reach the text encoder as words); each must name a LoRA merged into the model at that
-    /// strength (`loaded`: what the worker loaded it with, from the page's LoRA list and tags).
-    fn request(&self, loaded: &[(String, f32)], init: Option<InitImage>) -> Result<Request, JsError> {
-        let (prompt, tags) = crate::pipeline::prompt::extract_loras(&self.prompt).map_err(js_err)?;
-        for t in tags.iter().filter(|t| t.strength != 0.0) {
-            match loaded.iter().find(|(n, _)| *n == t.name) {
-                Some((_, s)) if (s - t.strength).abs() <= 1e-6 => {}
-                Some((_, s)) => {
-                    return Err(JsError::new(&format!(
-                        "<lora:{}:{}>: the model is loaded with {} at strength {s}",
-                        t.name, t.strength, t.name
-                    )))
-                }
-                None => {
-                    return Err(JsError::new(&format!(
-                        "<lora:{}:{}>: no LoRA named {} is in the page's list (add its .safetensors file there)",
-                        t.name, t.strength, t.name
-                    )))
-                }
-            }
-        }
-        Ok(Request {
-            prompt,
-            negative_prompt: self.negative_prompt.clone(),
-            steps: self.steps,
-            guidance: self.guidance,
-            width: self.width,
-            height: self.height,
-            scheduler: SchedulerKind::parse(&self.scheduler).map_err(js_err)?,
-            prompt_syntax: match &self.prompt_syntax {
-                Some(s) => PromptSyntax::parse(s).map_err(js_err)?,
-                None => PromptSyntax::default(),
-            },
-            eta: self.eta,
-            init,
-        })
-    }
-}
-
-/// `request.initImage`: `{rgb: Uint8Array (width × height × 3), strength}` for img2img, checked.
-fn js_init(request: &JsValue) -> Result<Option<InitImage>, JsError> {
-    if !request.is_object() {
-        return Ok(None);
-    }
-    let init = js_sys::Reflect::get(request, &"initImage".into()).unwrap_or(JsValue::UNDEFINED);
-    if init.is_undefined() || init.is_null() {
-        return Ok(None);
-    }
-    let get = |k: &str| js_sys::Reflect::get(&init, &k.into()).unwrap_or(JsValue::UNDEFINED);
-    let strength = get("strength")
-        .as_f64()
-        .filter(|s| (0.0..=1.0).contains(s))
-        .ok_or_else(|| JsError::new("initImage.strength must be a number from 0 to 1"))?;
-    let rgb = get("rgb").dyn_into::<js_sys::Uint8Array>().map_err(|_| JsError::new("initImage.rgb must be a Uint8Array"))?;
-    Ok(Some(InitImage { rgb: rgb.to_vec(), strength: strength as f32 }))
-}
-
-/// A model's files as the page's worker sees them: a JS object with synchronous
-/// `read(path) -> Uint8Array | null`, optional `readRange(path, start, len) -> Uint8Array | null`
-/// and optional `describe() -> string`. The worker backs it with IndexedDB blobs read through
-/// `FileReaderSync`, so only what the loader asks for at a time (a shard, a tensor) is ever in
-/// wasm memory.
-struct JsReader {
-    this: JsValue,
-    read: js_sys::Function,
-    read_range: Option<js_sys::Function>,
-    name: String,
-}
-
-impl JsReader {
-    fn new(reader: &JsValue) -> Result<JsReader, JsError> {
-        let method = |name: &str| {
-            js_sys::Reflect::get(reader, &name.into()).ok().and_then(|f| f.dyn_into::<js_sys::Function>().ok())
-        };
-        let read = method("read").ok_or_else(|| JsError::new("the model reader has no read(path) method"))?;
-        let name = method("describe")
-            .and_then(|f| f.call0(reader).ok())
-            .and_then(|v| v.as_string())
-            .unwrap_or_else(|| "the model's files".into());
-        Ok(JsReader { this: reader.clone(), read, read_range: method("readRange"), name })
-    }
-
-    fn bytes(&self, path: &str, result: Result<JsValue, JsValue>) -> crate::Result<Option<Vec<u8>>> {
-        let v = result.map_err(|e| {
-            let msg = e
-                .dyn_ref::<js_sys::Error>()
-                .map(|e| String::from(e.message()))
-                .or_else(|| e.as_string())
-                .unwrap_or_else(|| format!("{e:?}"));
-            crate::Error::Weights(format!("reading {path} from {}: {msg}", self.name))
-        })?;
-        if v.is_null() || v.is_undefined() {
-            return Ok(None);
-        }
-        let arr = v
-            .dyn_into::<js_sys::Uint8Array>()
-            .map_err(|_| crate::Error::Weights(format!("reading {path}: the reader did not return a Uint8Array")))?;
-        Ok(Some(arr.to_vec()))
-    }
-}
-
-impl FileSource for JsReader {
-    fn read(&self, path: &str) -> crate::Result<Option<Vec<u8>>> {
-        self.bytes(path, self.read.call1(&self.this, &path.into()))
-    }
-
-    fn read_range(&self, path: &str, start: u64, len: u64) -> crate::Result<Option<Vec<u8>>> {
-        let Some(f) = &self.read_range else {
-            let Some(all) = self.read(path)? else { return Ok(None) };
-            let range = usize::try_from(start).ok().zip(usize::try_from(start.saturating_add(len)).ok());
-            return range.and_then(|(a, b)| all.get(a..b)).map(|b| Some(b.to_vec())).ok_or_else(|| {
-                crate::Error::Weights(format!("{path} in {} is shorter than {start}+{len} bytes", self.name))
-            });
-        };
-        let got = self.bytes(path, f.call3(&self.this, &path.into(), &(start as f64).into(), &(len as f64).into()))?;
-        match got {
-            Some(b) if b.len() as u64 != len => Err(crate::Error::Weights(format!(
-                "reading {path} from {}: asked for {len} bytes at {start}, got {}",
-                self.name,
-                b.len()
-            ))),
-            other => Ok(other),
-        }
-    }
-
-    fn describe(&self) -> String {
-        self.name.clone()
-    }
-}
-
-#[derive(serde::Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct LoadRequest {
-    /// `none` (the files' own precision), `q8_0` or `q4_0` (standard policy, quantized on load).
-    #[serde(default)]
-    quant: Option<String>,
-    /// A name for PNG metadata.
-    #[serde(default)]
-    name: Option<String>,
-    // `loras` ([{name, strength, bytes}]) is read by `js_loras`: its bytes are a Uint8Array.
 }
 
 fn js_err(e: crate::Error) -> JsError {
@@ -294,7 +93,8 @@ impl Engine {
         let opts: LoadRequest = if options.is_undefined() || options.is_null() {
             LoadRequest::default()
         } else {
-            serde_wasm_bindgen::from_value(options.clone()).map_err(|e| JsError::new(&format!("bad load options: {e}")))?
+            serde_wasm_bindgen::from_value(options.clone())
+                .map_err(|e| JsError::new(&format!("bad load options: {e}")))?
         };
         let src = JsReader::new(&reader)?;
         let dtype = if self.gpu.caps().shader_f16 { DType::F16 } else { DType::F32 };
@@ -507,37 +307,76 @@ impl Model {
         previews: bool,
     ) -> Result<JsValue, JsError> {
         let req = r.request(&self.loras, init)?;
+        let count = r.count.unwrap_or(1);
+        if count == 0 || count > MAX_IMAGES {
+            return Err(JsError::new(&format!("count must be 1 to {MAX_IMAGES} (got {count})")));
+        }
         let f = self.sd.vae_config.downscale();
         let latent_shape = [1, self.sd.vae_config.latent_channels, r.height / f.max(1), r.width / f.max(1)];
         let projection = self.preview.borrow().solve();
-        let mut rng = NormalRng::new(r.seed);
-        let mut callback = |s: Step<'_>| -> bool {
-            let Some(f) = &on_step else { return true };
-            let preview = if previews {
-                let rgba = projection.rgba(s.latents, latent_shape);
-                let obj = js_sys::Object::new();
-                let _ = js_sys::Reflect::set(&obj, &"width".into(), &(latent_shape[3] as u32).into());
-                let _ = js_sys::Reflect::set(&obj, &"height".into(), &(latent_shape[2] as u32).into());
-                let _ = js_sys::Reflect::set(&obj, &"rgba".into(), &js_sys::Uint8Array::from(rgba.as_slice()).into());
-                obj.into()
-            } else {
-                JsValue::UNDEFINED
+        // As many as fit one U-Net batch at a time, the rest in further batches.
+        let batch = StableDiffusion::batch_size(r.width, r.height, count);
+        let groups = count.div_ceil(batch);
+        let images = js_sys::Array::new();
+        for g in 0..groups {
+            let rows: Vec<usize> = (g * batch..((g + 1) * batch).min(count)).collect();
+            let reqs: Vec<Request> = rows.iter().map(|_| req.clone()).collect();
+            let mut rngs: Vec<NormalRng> =
+                rows.iter().map(|&k| NormalRng::new(r.seed.wrapping_add(k as u64))).collect();
+            let mut noises: Vec<&mut dyn crate::pipeline::generate::NoiseSource> =
+                rngs.iter_mut().map(|n| n as &mut dyn crate::pipeline::generate::NoiseSource).collect();
+            let mut callback = |s: Step<'_>| -> bool {
+                let Some(f) = &on_step else { return true };
+                // The first row's latents: the preview of the batch.
+                let preview = if previews {
+                    let rgba = projection.rgba(s.latents, latent_shape);
+                    let obj = js_sys::Object::new();
+                    let _ = js_sys::Reflect::set(&obj, &"width".into(), &(latent_shape[3] as u32).into());
+                    let _ = js_sys::Reflect::set(&obj, &"height".into(), &(latent_shape[2] as u32).into());
+                    let _ =
+                        js_sys::Reflect::set(&obj, &"rgba".into(), &js_sys::Uint8Array::from(rgba.as_slice()).into());
+                    obj.into()
+                } else {
+                    JsValue::UNDEFINED
+                };
+                let (index, total) = (g * s.total + s.index, groups * s.total);
+                // A throwing callback is the page's bug; it must not abort the generation silently,
+                // so it counts as "go on" and the exception is logged by the browser.
+                f.call3(&JsValue::NULL, &(index as u32).into(), &(total as u32).into(), &preview)
+                    .map_or(true, |v| v.as_bool() != Some(false))
             };
-            // A throwing callback is the page's bug; it must not abort the generation silently,
-            // so it counts as "go on" and the exception is logged by the browser.
-            f.call3(&JsValue::NULL, &(s.index as u32).into(), &(s.total as u32).into(), &preview)
-                .map_or(true, |v| v.as_bool() != Some(false))
-        };
-        let out = match self.sd.generate(&req, None, &mut rng, &mut callback).await {
-            Ok(out) => out,
-            Err(crate::Error::Cancelled) => {
-                let obj = js_sys::Object::new();
-                js_sys::Reflect::set(&obj, &"cancelled".into(), &true.into())
-                    .map_err(|_| JsError::new("building the result"))?;
-                return Ok(obj.into());
+            let outs = match self.sd.generate_rows(&reqs, &mut noises, &mut callback).await {
+                Ok(outs) => outs,
+                Err(crate::Error::Cancelled) => {
+                    let obj = js_sys::Object::new();
+                    js_sys::Reflect::set(&obj, &"cancelled".into(), &true.into())
+                        .map_err(|_| JsError::new("building the result"))?;
+                    return Ok(obj.into());
+                }
+                Err(e) => return Err(js_err(e)),
+            };
+            for (&k, out) in rows.iter().zip(&outs) {
+                images.push(&self.image(&r, &req, out, r.seed.wrapping_add(k as u64), previews)?.into());
             }
-            Err(e) => return Err(js_err(e)),
-        };
+        }
+        // The first image's fields at the top (one image is what most callers ask for), every
+        // image in `images`.
+        let first = images.get(0);
+        let obj: js_sys::Object = js_sys::Object::assign(&js_sys::Object::new(), &first.into());
+        js_sys::Reflect::set(&obj, &"images".into(), &images).map_err(|_| JsError::new("building the result"))?;
+        Ok(obj.into())
+    }
+
+    /// One finished image for JavaScript: pixels, PNG with A1111's parameters, its seed.
+    fn image(
+        &self,
+        r: &GenerateRequest,
+        req: &Request,
+        out: &crate::pipeline::generate::Generated,
+        seed: u64,
+        previews: bool,
+    ) -> Result<js_sys::Object, JsError> {
+        let f = self.sd.vae_config.downscale();
         if previews {
             self.preview.borrow_mut().add(&out.latents, out.latent_shape, &out.rgb, f);
         }
@@ -547,7 +386,7 @@ impl Model {
             r.steps,
             req.scheduler.a1111_name(),
             r.guidance,
-            Some(r.seed),
+            Some(seed),
             out.width,
             out.height,
             &self.name,
@@ -563,8 +402,9 @@ impl Model {
         set("rgba", js_sys::Uint8Array::from(out.rgba().as_slice()).into())?;
         set("png", js_sys::Uint8Array::from(png.as_slice()).into())?;
         set("parameters", params.into())?;
+        set("seed", (seed as f64).into())?;
         set("cancelled", false.into())?;
-        Ok(obj.into())
+        Ok(obj)
     }
 }
 
@@ -609,8 +449,6 @@ pub fn diffusers_layout() -> Result<JsValue, JsError> {
     to_js(&Layout { files: SMALL_FILES, weights })
 }
 
-/// Incremental SHA-256 for the page's downloads: the same implementation that checks package
-/// shards in the engine, so the page carries none of its own.
 /// A1111's `<lora:name:strength>` tags in `prompt`, as the generation reads them:
 /// `[{name, strength}]` (the page loads those LoRAs before generating).
 #[wasm_bindgen(js_name = loraTags)]
@@ -623,6 +461,8 @@ pub fn lora_tags(prompt: &str) -> Result<JsValue, JsError> {
     to_js(&list)
 }
 
+/// Incremental SHA-256 for the page's downloads: the same implementation that checks package
+/// shards in the engine, so the page carries none of its own.
 #[wasm_bindgen(js_name = Sha256)]
 pub struct JsSha256(crate::models::hash::Sha256State);
 

@@ -501,6 +501,38 @@ mod package {
         assert!(!o.status.success() && err.contains("SD 1.x"), "{err}");
     }
 
+    /// `--count 3`: seeds 5, 6, 7 as one batch, written as OUT-SEED.png with their own seeds in
+    /// the parameters; each is the image its seed gives alone; bad counts are refused.
+    #[test]
+    fn several_images_per_prompt_take_consecutive_seeds() {
+        let model = fixture("tiny-sd1");
+        let model = model.to_str().unwrap();
+        let out = tmp("count.png");
+        let mut args =
+            vec!["generate", "--model", model, "--prompt", PROMPT, "--steps", "2", "--seed", "5", "--count", "3"];
+        args.extend(["--width", "64", "--height", "64", "--precision", "f32", "--scheduler", "euler"]);
+        args.extend(["--out", out.to_str().unwrap()]);
+        let o = run(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("seeds [5, 6, 7] as one batch"), "{err}");
+        let alone = generate(model, &[], &tmp("count-alone.png"));
+        for seed in [5, 6, 7] {
+            let png = std::fs::read(tmp(&format!("count-{seed}.png"))).unwrap();
+            assert!(String::from_utf8_lossy(&png).contains(&format!("Seed: {seed},")), "seed {seed} in its parameters");
+            let px = webdiffusion::pipeline::image::decode_png(&png).unwrap().0;
+            if seed == 5 {
+                let worst = px.iter().zip(&alone).map(|(a, b)| (*a as i32 - *b as i32).abs()).max().unwrap();
+                assert!(worst <= 1, "seed 5 in the batch vs alone: {worst}/255");
+            } else {
+                assert!(px != alone, "seed {seed} is another image");
+            }
+        }
+        let o = run(&["generate", "--model", model, "--prompt", "x", "--count", "0", "--out", "/tmp/never.png"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains("--count must be 1 to 16 (got 0)"), "{err}");
+    }
+
     /// LoRAs from the command line and from the prompt's A1111 tags: strength 0 is exactly the
     /// base model's image, strength 1 changes it, and `<lora:kohya:1>` with `--lora-dir` is the
     /// same as `--lora kohya.safetensors:1` (the tag never reaches the text encoder).

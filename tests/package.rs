@@ -266,13 +266,16 @@ fn a_single_file_checkpoint_streams_into_the_package_convert_writes() {
     let policy = QuantPolicy::standard(StoreType::Q4_0);
     for model in ["tiny-sd1", "tiny-sd2"] {
         let file = DirSource(dir(&format!("{model}-single")));
-        let (checkpoint, base) = (Box::new(DirSource(dir(&format!("{model}-single")))), Box::new(DirSource(dir(model))));
+        let (checkpoint, base) =
+            (Box::new(DirSource(dir(&format!("{model}-single")))), Box::new(DirSource(dir(model))));
         let single = SingleFile::open(checkpoint, "model.safetensors", base).unwrap();
         let mut sink = MemSink::default();
         let native = convert(&single, common::gpu(), "q4_0", &policy, 200_000, &mut sink).unwrap().manifest;
         let bytes = file.read("model.safetensors").unwrap().unwrap();
         let weights = [("model.safetensors".to_string(), bytes, true)];
-        for (cuts, resume, lag) in [(&[1usize, 7, 4093, 65536, 3][..], &[][..], 0), (&[100_003, 17], &[1, 2, 3, 9, 30, 31], 5)] {
+        for (cuts, resume, lag) in
+            [(&[1usize, 7, 4093, 65536, 3][..], &[][..], 0), (&[100_003, 17], &[1, 2, 3, 9, 30, 31], 5)]
+        {
             let (streamed, m) = stream_files(&single, &weights, "q4_0", cuts, resume, lag);
             assert_eq!(serde_json::to_string(&m).unwrap(), serde_json::to_string(&native).unwrap(), "{model} {cuts:?}");
             for s in &native.shards {

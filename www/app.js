@@ -564,8 +564,15 @@ async function generate(overrides = {}) {
     $('result-info').textContent = `Seed ${m.seed} · ${m.image.width}×${m.image.height} · ${req.steps} steps · ${req.scheduler} · ${state.model.name}`;
     const png = new Blob([m.png], { type: 'image/png' });
     setDownload(png, `webdiffusion-${req.seed}.png`);
-    await addToGallery(state.model, req, m, png).then(showGallery).catch((e) => console.warn('webdiffusion: gallery', e));
-    return { cancelled: false, width: m.image.width, height: m.image.height, seed: m.seed, ms: m.ms, parameters: m.parameters };
+    // Every image lands in the gallery with its own seed and parameters.
+    const images = m.images || [m];
+    if (images.length > 1) $('result-info').textContent += ` · ${images.length} images (seeds ${images[0].seed}–${images[images.length - 1].seed}) in the gallery`;
+    for (const im of images) {
+      const blob = im === images[0] ? png : new Blob([im.png], { type: 'image/png' });
+      await addToGallery(state.model, { ...req, seed: im.seed }, { ...im, ms: m.ms }, blob).catch((e) => console.warn('webdiffusion: gallery', e));
+    }
+    await showGallery();
+    return { cancelled: false, width: m.image.width, height: m.image.height, seed: m.seed, ms: m.ms, parameters: m.parameters, seeds: images.map((im) => im.seed) };
   } catch (e) {
     const text = fail('generate', e);
     if (e.loaded !== undefined && !(state.model && e.loaded === state.model.id)) {

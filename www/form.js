@@ -19,7 +19,7 @@ export function fillSchedulers(list) {
 }
 
 export function setForm(r) {
-  for (const k of ['prompt', 'steps', 'guidance', 'width', 'height', 'eta']) if (r[k] !== undefined && r[k] !== null) $(k).value = r[k];
+  for (const k of ['prompt', 'steps', 'guidance', 'width', 'height', 'eta', 'count']) if (r[k] !== undefined && r[k] !== null) $(k).value = r[k];
   if (r.negativePrompt !== undefined) $('negative').value = r.negativePrompt || '';
   if (r.scheduler) setScheduler(r.scheduler);
   if (r.promptSyntax === 'a1111' || r.promptSyntax === 'diffusers') $('prompt-syntax').value = r.promptSyntax;
@@ -40,6 +40,7 @@ export function readForm() {
     height: Number($('height').value),
     scheduler: $('scheduler').value,
     eta: Number($('eta').value),
+    count: Number($('count').value),
     promptSyntax: $('prompt-syntax').value,
     seed: $('seed-random').checked ? null : Number($('seed').value),
   };
@@ -71,5 +72,6 @@ export function enforceLimits(req, sizeStep) {
   limit('steps', { integer: true });
   limit('guidance');
   limit('eta');
+  limit('count', { integer: true });
   if (notes.length) $('size-hint').textContent = `Adjusted: ${notes.join('; ')}.`;
 }

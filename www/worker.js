@@ -9,7 +9,8 @@
 //                                   wasmHeapBytes, download: {requests, bytesFetched, bytesFromCache}}
 //     (entry.checkpoint: a single-file checkpoint, by URL or the local File in `file`)
 //   generate {request (initImage?: {rgb, strength}), loras: [{id, strength}]} -> (loading {done, total}* when the LoRAs change) step {index, total, msPerStep, preview}*, then
-//                                   done {image: {width, height, rgba}, png, parameters, seed, ms}
+//                                   done {image: {width, height, rgba}, png, parameters, seed, ms,
+//                                   images: [{image, png, parameters, seed}] (request.count of them)}
 //                                   | cancelled {}
 //   cancel {}                    -> (no reply; the running load or generate ends as cancelled)
 //   delete {modelId}             -> deleted {modelId}
@@ -326,6 +327,7 @@ async function runGeneration(msg) {
     seed: Number(r.seed),
     eta: Number(r.eta ?? 0),
     promptSyntax: r.promptSyntax === 'diffusers' ? 'diffusers' : 'a1111',
+    count: Math.max(1, Math.floor(Number(r.count ?? 1)) || 1),
   };
   if (r.initImage) {
     // img2img: the VAE encoder loads on the first request that needs it (text to image never
@@ -357,17 +359,19 @@ async function runGeneration(msg) {
   });
   const ms = performance.now() - t0;
   if (out.cancelled) return { type: 'cancelled' };
-  const rgba = out.rgba.slice();
-  const png = out.png.slice();
+  // Our own copies to hand over: every image of the request, the first also at the top.
+  const images = out.images.map((o) => ({ image: { width: o.width, height: o.height, rgba: o.rgba.slice() }, png: o.png.slice(), parameters: o.parameters, seed: o.seed }));
+  const [first] = images;
   return {
     type: 'done',
-    image: { width: out.width, height: out.height, rgba },
-    png,
-    parameters: out.parameters,
+    image: first.image,
+    png: first.png,
+    parameters: first.parameters,
     loras: model.loras,
     seed: request.seed,
+    images,
     ms,
-    transfer: [rgba.buffer, png.buffer],
+    transfer: images.flatMap((i) => [i.image.rgba.buffer, i.png.buffer]),
   };
 }
 

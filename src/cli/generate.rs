@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use webdiffusion::gpu::{DType, Gpu};
 use webdiffusion::models::loader;
 use webdiffusion::models::lora::{Lora, LoraUse};
-use webdiffusion::pipeline::generate::{InitImage, NoiseSource, Recorded, Request};
+use webdiffusion::pipeline::generate::{InitImage, NoiseSource, Recorded, Request, StableDiffusion, MAX_IMAGES};
 use webdiffusion::pipeline::image::{a1111_parameters, decode_png, encode_png};
 use webdiffusion::pipeline::prompt::PromptSyntax;
 use webdiffusion::pipeline::rng::NormalRng;
@@ -67,6 +67,10 @@ pub struct Args {
     /// Seed of the normal RNG (random when absent; printed).
     #[arg(long)]
     seed: Option<u64>,
+    /// Images with seeds seed, seed + 1, … (A1111's order), written as OUT's name with `-SEED`
+    /// before the extension; images small enough run as one U-Net batch.
+    #[arg(long, default_value_t = 1)]
+    count: usize,
     /// safetensors with tensor `latents` [1,4,H/8,W/8]: diffusers' `latents=` argument.
     #[arg(long)]
     latents: Option<PathBuf>,
@@ -257,6 +261,16 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
     let seed = a.seed.unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
     });
+    if a.count != 1 {
+        if a.count == 0 || a.count > MAX_IMAGES {
+            bail!("--count must be 1 to {MAX_IMAGES} (got {})", a.count);
+        }
+        if a.latents.is_some() || a.noise.is_some() || a.out_latents.is_some() {
+            bail!("--count makes images from seeds; --latents, --noise and --out-latents are for one image");
+        }
+        let model = a.model.trim_end_matches('/').rsplit('/').next().unwrap_or("model");
+        return generate_many(&sd, a, &req, seed, model);
+    }
     let mut noise = noise_source(a.noise.as_deref(), seed)?;
     if a.noise.is_none() {
         eprintln!("seed {seed}");
@@ -287,5 +301,44 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
         write_latents(p, &out.latent_shape, &out.latents)?;
     }
     println!("{}", a.out.display());
+    Ok(())
+}
+
+/// `--count N`: seeds seed.. seed + N - 1, in U-Net batches of what `batch_size` allows; each
+/// image written as OUT-SEED.png with its own parameters.
+fn generate_many(sd: &StableDiffusion, a: &Args, req: &Request, seed: u64, model: &str) -> Result<()> {
+    let batch = StableDiffusion::batch_size(req.width, req.height, a.count);
+    let stem = a.out.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
+    let ext = a.out.extension().and_then(|s| s.to_str()).unwrap_or("png");
+    let t1 = Instant::now();
+    for first in (0..a.count).step_by(batch) {
+        let seeds: Vec<u64> = (first..(first + batch).min(a.count)).map(|k| seed.wrapping_add(k as u64)).collect();
+        eprintln!("seeds {seeds:?} as one batch");
+        let reqs = vec![req.clone(); seeds.len()];
+        let mut rngs: Vec<NormalRng> = seeds.iter().map(|&s| NormalRng::new(s)).collect();
+        let mut noises: Vec<&mut dyn NoiseSource> = rngs.iter_mut().map(|r| r as &mut dyn NoiseSource).collect();
+        let outs = pollster::block_on(sd.generate_batch(&reqs, &mut noises, &mut |i, n| {
+            eprintln!("step {}/{n}", i + 1);
+            true
+        }))?;
+        for (s, out) in seeds.iter().zip(&outs) {
+            let params = a1111_parameters(
+                &a.prompt,
+                a.negative_prompt.as_deref(),
+                req.steps,
+                req.scheduler.a1111_name(),
+                req.guidance,
+                Some(*s),
+                out.width,
+                out.height,
+                model,
+            );
+            let path = a.out.with_file_name(format!("{stem}-{s}.{ext}"));
+            std::fs::write(&path, encode_png(&out.rgb, out.width, out.height, Some(&params))?)
+                .with_context(|| format!("writing {}", path.display()))?;
+            println!("{}", path.display());
+        }
+    }
+    eprintln!("generated {} images in {:.1} s", a.count, t1.elapsed().as_secs_f64());
     Ok(())
 }

@@ -110,8 +110,9 @@ fn stream_file(
     let mut at = 0;
     while at < size {
         let len = READ.min(size - at);
-        let bytes =
-            src.read_range(path, at, len)?.ok_or_else(|| Error::Weights(format!("{path} vanished while converting")))?;
+        let bytes = src
+            .read_range(path, at, len)?
+            .ok_or_else(|| Error::Weights(format!("{path} vanished while converting")))?;
         conv.push(&bytes, sink)?;
         at += len;
     }

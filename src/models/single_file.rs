@@ -169,7 +169,9 @@ impl FileSource for SingleFile<'_> {
     fn read(&self, path: &str) -> Result<Option<Vec<u8>>> {
         let file = self.companion.read(path)?;
         match (&self.prediction, file) {
-            (Some(p), Some(bytes)) if path == "scheduler/scheduler_config.json" => Ok(Some(with_prediction(&bytes, p)?)),
+            (Some(p), Some(bytes)) if path == "scheduler/scheduler_config.json" => {
+                Ok(Some(with_prediction(&bytes, p)?))
+            }
             (_, file) => Ok(file),
         }
     }

@@ -113,7 +113,11 @@ pub fn plan(
                     t.name
                 )));
             }
-            pieces.push(Planned { component: component.name().into(), t: cut_piece(path, &t, name, cut)?, access: None });
+            pieces.push(Planned {
+                component: component.name().into(),
+                t: cut_piece(path, &t, name, cut)?,
+                access: None,
+            });
         }
         if pieces.is_empty() {
             plan.push(Planned { component: String::new(), t, access: None });

@@ -22,6 +22,11 @@ pub const MAX_SIDE: usize = 4096;
 pub const MAX_STEPS: usize = 1000;
 /// Classifier-free guidance above this only saturates; the page's own limit is 30.
 pub const MAX_GUIDANCE: f32 = 100.0;
+/// Images one request may ask for (A1111's batch count × size tops out near here in practice).
+pub const MAX_IMAGES: usize = 16;
+/// The latent area one U-Net batch may span: one 512×512 image's, the size the memory plan is
+/// made for (activations grow with batch × area), so smaller images batch and 512² runs alone.
+const BATCH_PIXELS: usize = 512 * 512;
 
 /// Everything a generation needs, loaded once.
 pub struct StableDiffusion {
@@ -172,7 +177,23 @@ impl StableDiffusion {
         noises: &mut [&mut dyn NoiseSource],
         on_step: &mut dyn FnMut(usize, usize) -> bool,
     ) -> Result<Vec<Generated>> {
-        self.run(reqs, vec![None; reqs.len()], noises, &mut |s| on_step(s.index, s.total)).await
+        self.generate_rows(reqs, noises, &mut |s| on_step(s.index, s.total)).await
+    }
+
+    /// `generate_batch` with each step's latents (all rows) for previews.
+    pub async fn generate_rows(
+        &self,
+        reqs: &[Request],
+        noises: &mut [&mut dyn NoiseSource],
+        on_step: &mut dyn FnMut(Step<'_>) -> bool,
+    ) -> Result<Vec<Generated>> {
+        self.run(reqs, vec![None; reqs.len()], noises, on_step).await
+    }
+
+    /// How many of `count` images of `width` × `height` run as one U-Net batch: as many as keep
+    /// the batch within one 512×512 image's latent area (at least one; at most `count`).
+    pub fn batch_size(width: usize, height: usize, count: usize) -> usize {
+        (BATCH_PIXELS / width.saturating_mul(height).max(1)).clamp(1, count.max(1))
     }
 
     /// The size and step count of a request, checked before anything is allocated: sides are
