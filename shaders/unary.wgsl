@@ -1,5 +1,5 @@
 // Elementwise activations and y = alpha * x + beta, chosen by OP:
-// silu, gelu (erf), quick_gelu, affine, or clamp to [alpha, beta].
+// silu, gelu (erf), quick_gelu, relu, affine, clamp to [alpha, beta], or alpha * tanh(x / alpha).
 
 struct Params {
     n: u32, alpha: f32, beta: f32, _pad: u32,
@@ -26,6 +26,15 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
 #endif
 #if OP_GELU_QUICK
     y[i] = T(gelu_quick(v));
+#endif
+#if OP_RELU
+    y[i] = T(max(v, 0.0));
+#endif
+#if OP_SOFT_CLAMP
+    // tanh from exp(-2|x|), which cannot overflow (a tanh built on exp(2x) gives inf/inf = NaN).
+    let u = v / p.alpha;
+    let e = exp(-2.0 * abs(u));
+    y[i] = T(p.alpha * sign(u) * (1.0 - e) / (1.0 + e));
 #endif
 #if OP_AFFINE
     y[i] = T(p.alpha * v + p.beta);

@@ -493,3 +493,49 @@ fn single_file_prediction_type_from_metadata_or_choice() {
     assert_eq!(predicted(&v), Prediction::Epsilon);
     assert!(v.set_prediction("x").is_err());
 }
+
+/// TAESD (`AutoencoderTiny`, the published layer layout at 16 channels, random weights) against
+/// diffusers' encode and decode (`make_taesd_fixture.py`), within the models' bounds.
+#[test]
+fn taesd_encodes_and_decodes_as_diffusers_does() {
+    use webdiffusion::gpu::GpuTensor;
+    let src = fixture("tiny-taesd");
+    let bytes = src.read("reference.safetensors").unwrap().expect("reference.safetensors");
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let f32s = |name: &str| -> Vec<f32> {
+        st.tensor(name).unwrap().data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    };
+    for dtype in common::dtypes() {
+        let opts = loader::LoadOptions { with_encoder: true, ..loader::LoadOptions::new(dtype) };
+        let (decoder, encoder) = loader::taesd(&src, gpu(), &opts).unwrap();
+        let (atol, rtol) = tol(dtype);
+        let cases = [
+            ("encode", f32s("image"), [1, 3, 64, 64], f32s("latents")),
+            ("decode", f32s("latents_in"), [1, 4, 8, 8], f32s("decoded")),
+        ];
+        for (what, input, shape, want) in cases {
+            let x = GpuTensor::from_f32_as(gpu(), &input, &shape, dtype).unwrap();
+            let y = match what {
+                "encode" => encoder.as_ref().unwrap().forward(&x),
+                _ => decoder.forward(&x),
+            };
+            let got = pollster::block_on(y.unwrap().to_vec_f32()).unwrap();
+            assert_eq!(got.len(), want.len(), "{what}");
+            let max_ref = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            let bound = atol + rtol * max_ref;
+            eprintln!("taesd {what} {dtype}: max |err| {err:.3e} (bound {bound:.1e}, max |ref| {max_ref:.2})");
+            assert!(err <= bound, "taesd {what} {dtype}: {err} > {bound}");
+        }
+    }
+    // The published config loads; another activation is refused in one line.
+    let published = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/published/madebyollin__taesd/config.json"),
+    )
+    .unwrap();
+    let c = webdiffusion::models::taesd::TinyConfig::from_json(&published).unwrap();
+    assert_eq!(c.downscale(), 8);
+    let silu = loader::text(&src, "config.json").unwrap().replace("\"relu\"", "\"silu\"");
+    let err = webdiffusion::models::taesd::TinyConfig::from_json(&silu).unwrap_err().to_string();
+    assert!(err.contains("taesd") && err.contains("act_fn silu"), "{err}");
+}

@@ -225,6 +225,18 @@ fn activations() {
             |x| &x[0] * candle_nn::ops::sigmoid(&(&x[0] * 1.702)?)?,
         );
         check_op("affine", &case, &x, |x| ops::affine(&x[0], 0.18215, -0.5), |x| x[0].affine(0.18215, -0.5));
+        check_op("relu", &case, &x, |x| ops::relu(&x[0]), |x| x[0].relu());
+        // Beyond where a naive exp(2x) tanh overflows, too.
+        let wide = [inp_scaled(shape, 400.0, 0.0)];
+        for x in [&x, &wide] {
+            check_op(
+                "soft_clamp",
+                &case,
+                x,
+                |x| ops::soft_clamp(&x[0], 3.0),
+                |x| (x[0].affine(1.0 / 3.0, 0.0)?.tanh()? * 3.0),
+            );
+        }
     }
 }
 

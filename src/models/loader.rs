@@ -322,6 +322,26 @@ pub fn vae_encoder(src: &dyn FileSource, gpu: &Gpu, opts: &LoadOptions) -> Resul
     })
 }
 
+/// TAESD (`AutoencoderTiny`) from a folder holding its `config.json` and
+/// `diffusion_pytorch_model.safetensors` (madebyollin/taesd as published): the decoder, and the
+/// encoder when `opts.with_encoder`.
+pub fn taesd(
+    src: &dyn FileSource,
+    gpu: &Gpu,
+    opts: &LoadOptions,
+) -> Result<(super::taesd::TinyDecoder, Option<super::taesd::TinyEncoder>)> {
+    use super::taesd::{TinyConfig, TinyDecoder, TinyEncoder};
+    let config = TinyConfig::from_json(&text(src, "config.json")?)?;
+    let file = "diffusion_pytorch_model.safetensors";
+    let t = SafeTensorsRanges::open(src, file)?
+        .ok_or_else(|| Error::Weights(format!("{} has no {file} (a TAESD folder)", src.describe())))?;
+    // Tiny and run once per step: plain f16/f32, never quantized.
+    let w = LoadOptions { quant: None, loras: Vec::new(), ..opts.clone() }.weights(&t, gpu, Component::Vae);
+    let decoder = TinyDecoder::load(&config, &w)?;
+    let encoder = if opts.with_encoder { Some(TinyEncoder::load(&config, &w)?) } else { None };
+    Ok((decoder, encoder))
+}
+
 /// Checks `model_index.json` names a pipeline we can run.
 pub fn check_index(src: &dyn FileSource) -> Result<()> {
     let index: ModelIndex = serde_json::from_str(&text(src, "model_index.json")?)

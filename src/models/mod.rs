@@ -22,6 +22,7 @@ pub mod single_file;
 pub mod sources;
 pub mod stream;
 pub mod stream_single;
+pub mod taesd;
 pub mod tokenizer;
 pub mod unet;
 pub mod unet_blocks;

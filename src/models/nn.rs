@@ -39,14 +39,20 @@ impl Linear {
 /// nn.Conv2d with bias.
 pub struct Conv2d {
     pub weight: Weight,
-    pub bias: GpuTensor,
+    pub bias: Option<GpuTensor>,
     pub kernel: usize,
     pub params: ops::Conv2dParams,
 }
 
 impl Conv2d {
     pub fn load(w: &Weights, cin: usize, cout: usize, k: usize, params: ops::Conv2dParams) -> Result<Conv2d> {
-        Ok(Conv2d { weight: w.matrix("weight", &[cout, cin, k, k])?, bias: w.get("bias", &[cout])?, kernel: k, params })
+        let bias = Some(w.get("bias", &[cout])?);
+        Ok(Conv2d { weight: w.matrix("weight", &[cout, cin, k, k])?, bias, kernel: k, params })
+    }
+
+    /// A conv built with `bias=False` (TAESD's resampling convs).
+    pub fn load_no_bias(w: &Weights, cin: usize, cout: usize, k: usize, params: ops::Conv2dParams) -> Result<Conv2d> {
+        Ok(Conv2d { weight: w.matrix("weight", &[cout, cin, k, k])?, bias: None, kernel: k, params })
     }
 
     /// 3x3, stride 1, padding 1: the shape-preserving conv of ResNet blocks.
@@ -60,8 +66,8 @@ impl Conv2d {
 
     pub fn forward(&self, x: &GpuTensor) -> Result<GpuTensor> {
         match &self.weight {
-            Weight::Dense(weight) => ops::conv2d(x, weight, Some(&self.bias), self.params),
-            Weight::Quant(q) => ops::conv2d_quant(x, q, self.kernel, self.kernel, Some(&self.bias), self.params),
+            Weight::Dense(weight) => ops::conv2d(x, weight, self.bias.as_ref(), self.params),
+            Weight::Quant(q) => ops::conv2d_quant(x, q, self.kernel, self.kernel, self.bias.as_ref(), self.params),
         }
     }
 }

@@ -28,7 +28,7 @@ pub use matmul::{linear, matmul, matmul_quant, MatmulSpec};
 pub use permute::{narrow, permute};
 pub use softmax::softmax;
 pub use timestep::{timestep_embedding, timestep_frequencies};
-pub use unary::{affine, clamp, gelu, gelu_quick, silu};
+pub use unary::{affine, clamp, gelu, gelu_quick, relu, silu, soft_clamp};
 pub use upsample::upsample_nearest2x;
 
 use crate::error::{Error, Result};

@@ -40,6 +40,15 @@ pub fn gelu_quick(x: &GpuTensor) -> Result<GpuTensor> {
     unary("gelu_quick", "OP_GELU_QUICK", x, 0.0, 0.0)
 }
 
+pub fn relu(x: &GpuTensor) -> Result<GpuTensor> {
+    unary("relu", "OP_RELU", x, 0.0, 0.0)
+}
+
+/// `limit * tanh(x / limit)`: TAESD's soft clamp of its decoder's input.
+pub fn soft_clamp(x: &GpuTensor, limit: f32) -> Result<GpuTensor> {
+    unary("soft_clamp", "OP_SOFT_CLAMP", x, limit, 0.0)
+}
+
 /// `alpha * x + beta`.
 pub fn affine(x: &GpuTensor, alpha: f32, beta: f32) -> Result<GpuTensor> {
     unary("affine", "OP_AFFINE", x, alpha, beta)
