@@ -277,6 +277,27 @@ impl Model {
         self.run(r, init, on_step, true).await
     }
 
+    /// Loads TAESD (madebyollin/taesd's `config.json` and `diffusion_pytorch_model.safetensors`)
+    /// through `reader`, for previews and fast final decodes (`setTaesdUse`).
+    #[wasm_bindgen(js_name = loadTaesd)]
+    pub fn load_taesd(&mut self, reader: JsValue) -> Result<(), JsError> {
+        let src = JsReader::new(&reader)?;
+        let (decoder, _) = crate::models::loader::taesd(&src, &self.sd.gpu, &self.options).map_err(js_err)?;
+        self.sd.taesd = Some(decoder);
+        Ok(())
+    }
+
+    /// What TAESD decodes (once loaded): every step's preview, and/or the final image.
+    #[wasm_bindgen(js_name = setTaesdUse)]
+    pub fn set_taesd_use(&mut self, previews: bool, final_decode: bool) {
+        self.sd.taesd_use = crate::pipeline::generate::TaesdUse { previews, final_decode };
+    }
+
+    #[wasm_bindgen(js_name = hasTaesd)]
+    pub fn has_taesd(&self) -> bool {
+        self.sd.taesd.is_some()
+    }
+
     /// Whether the VAE encoder (img2img) is loaded.
     #[wasm_bindgen(js_name = hasEncoder)]
     pub fn has_encoder(&self) -> bool {
@@ -327,12 +348,18 @@ impl Model {
                 rngs.iter_mut().map(|n| n as &mut dyn crate::pipeline::generate::NoiseSource).collect();
             let mut callback = |s: Step<'_>| -> bool {
                 let Some(f) = &on_step else { return true };
-                // The first row's latents: the preview of the batch.
+                // The first row: TAESD's picture at the image's size when it made one, else the
+                // fitted map at latent size.
                 let preview = if previews {
-                    let rgba = projection.rgba(s.latents, latent_shape);
+                    let (rgba, w, h) = match s.image {
+                        Some(rgb) => {
+                            (rgb.chunks_exact(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect(), r.width, r.height)
+                        }
+                        None => (projection.rgba(s.latents, latent_shape), latent_shape[3], latent_shape[2]),
+                    };
                     let obj = js_sys::Object::new();
-                    let _ = js_sys::Reflect::set(&obj, &"width".into(), &(latent_shape[3] as u32).into());
-                    let _ = js_sys::Reflect::set(&obj, &"height".into(), &(latent_shape[2] as u32).into());
+                    let _ = js_sys::Reflect::set(&obj, &"width".into(), &(w as u32).into());
+                    let _ = js_sys::Reflect::set(&obj, &"height".into(), &(h as u32).into());
                     let _ =
                         js_sys::Reflect::set(&obj, &"rgba".into(), &js_sys::Uint8Array::from(rgba.as_slice()).into());
                     obj.into()

@@ -533,6 +533,33 @@ mod package {
         assert!(!o.status.success() && err.contains("--count must be 1 to 16 (got 0)"), "{err}");
     }
 
+    /// TAESD from the command line: a preview PNG per step, and with `--decoder taesd` the final
+    /// image is TAESD's (the last preview), not the VAE's; a missing --taesd is refused in one line.
+    #[test]
+    fn taesd_previews_and_fast_decode() {
+        let model = fixture("tiny-sd1");
+        let model = model.to_str().unwrap();
+        let taesd = fixture("tiny-taesd");
+        let previews = tmp("taesd-previews");
+        std::fs::create_dir_all(&previews).unwrap();
+        let extra = ["--taesd", taesd.to_str().unwrap(), "--decoder", "taesd", "--preview-decoder", "taesd"];
+        let extra = [&extra[..], &["--previews", previews.to_str().unwrap()]].concat();
+        let fast = generate(model, &extra, &tmp("taesd-fast.png"));
+        let steps: Vec<Vec<u8>> = (1..=2)
+            .map(|i| {
+                let png = std::fs::read(previews.join(format!("step-{i}.png"))).unwrap();
+                webdiffusion::pipeline::image::decode_png(&png).unwrap().0
+            })
+            .collect();
+        assert_eq!(steps[1], fast, "the final TAESD image is the last step's preview");
+        assert_ne!(steps[0], steps[1]);
+        let vae = generate(model, &[], &tmp("taesd-vae.png"));
+        assert_ne!(fast, vae, "--decoder taesd is not the VAE's image");
+        let o = run(&["generate", "--model", model, "--prompt", "x", "--decoder", "taesd", "--out", "/tmp/never.png"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains("need --taesd DIR"), "{err}");
+    }
+
     /// LoRAs from the command line and from the prompt's A1111 tags: strength 0 is exactly the
     /// base model's image, strength 1 changes it, and `<lora:kohya:1>` with `--lora-dir` is the
     /// same as `--lora kohya.safetensors:1` (the tag never reaches the text encoder).

@@ -231,3 +231,50 @@ fn a_batch_equals_its_generations_one_by_one() {
     let err = pollster::block_on(sd.generate_batch(&mixed, &mut noises, &mut |_, _| true)).err().unwrap().to_string();
     assert!(err.contains("one size, step count"), "{err}");
 }
+
+/// TAESD in the loop: with previews on, every step hands over TAESD's picture of its latents at
+/// the image's size, and the VAE's final image is what it is without TAESD; with the fast final
+/// decode the image is TAESD's decode of the final latents, which is the last preview.
+#[test]
+fn taesd_previews_every_step_and_decodes_fast_on_request() {
+    use webdiffusion::pipeline::generate::TaesdUse;
+    let opts = loader::LoadOptions::new(DType::F32);
+    let mut sd = StableDiffusion::load(&DirSource(dir("tiny-sd1")), common::gpu(), &opts).unwrap();
+    let req = Request {
+        prompt: "a red circle".into(),
+        negative_prompt: None,
+        steps: 3,
+        guidance: 7.5,
+        width: 64,
+        height: 64,
+        scheduler: SchedulerKind::Euler,
+        prompt_syntax: PromptSyntax::A1111,
+        eta: 0.0,
+        init: None,
+    };
+    let run = |sd: &StableDiffusion| {
+        let mut previews: Vec<Option<Vec<u8>>> = Vec::new();
+        let mut rng = webdiffusion::pipeline::rng::NormalRng::new(4);
+        let out = pollster::block_on(sd.generate(&req, None, &mut rng, &mut |s| {
+            previews.push(s.image.map(<[u8]>::to_vec));
+            true
+        }))
+        .unwrap();
+        (out, previews)
+    };
+    let (plain, none) = run(&sd);
+    assert!(none.iter().all(Option::is_none), "no TAESD, no step images");
+    let taesd = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-taesd");
+    sd.taesd = Some(loader::taesd(&DirSource(taesd), common::gpu(), &opts).unwrap().0);
+    sd.taesd_use = TaesdUse { previews: true, final_decode: false };
+    let (vae, previews) = run(&sd);
+    assert_eq!(vae.rgb, plain.rgb, "previews leave the VAE's image as it was");
+    assert_eq!(previews.len(), 3);
+    assert!(previews.iter().all(|p| p.as_ref().is_some_and(|p| p.len() == 64 * 64 * 3)), "a 64x64 RGB image per step");
+    assert_ne!(previews[0], previews[2], "the previews follow the latents");
+    sd.taesd_use = TaesdUse { previews: true, final_decode: true };
+    let (fast, previews) = run(&sd);
+    assert_eq!(fast.latents, vae.latents);
+    assert_eq!(Some(&fast.rgb), previews[2].as_ref(), "the fast decode is TAESD's picture of the final latents");
+    assert_ne!(fast.rgb, vae.rgb, "and not the VAE's");
+}

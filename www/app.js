@@ -6,7 +6,8 @@
 // relative model URLs, &chunk=<bytes> sets the download chunk size, &sw=0 skips the service worker.
 //
 // Test hooks on window.webdiffusion: `state` (see below), `load(id)`, `generate(request)`,
-// `cancel()`, `catalog`, `loadEntry(entry)`, `addEntry(entry)` (offered, not loaded).
+// `cancel()`, `catalog`, `loadEntry(entry)`, `addEntry(entry)` (offered, not loaded),
+// `taesdEntry` (replaces the catalog's TAESD).
 
 import * as store from './store.js';
 import { addToGallery, renderGallery } from './gallery.js';
@@ -16,6 +17,8 @@ import { wireCheckpoints } from './checkpoint.js';
 import { customEntry, workerEntry } from './entries.js';
 import { activeLoras, wireLoras } from './loras.js';
 import { initImageFor, wireInitImage } from './init-image.js';
+import { fmtTime, message, notice, toBase64 } from './ui.js';
+import { taesdRequest } from './previews.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -28,6 +31,7 @@ const state = {
   model: null, // {id, name, sizeStep, quant, info, ...} of the loaded model
   generating: false,
   loading: false,
+  lastPreview: null, // {width, height} of the last step's preview (TAESD's are full size)
   lastImage: null, // {width, height, rgba: base64, seed, parameters, loras: [[name, strength]] merged}
   lastError: null,
   steps: [], // [[index, total]] of the current or last generation
@@ -56,34 +60,6 @@ window.webdiffusion = api;
 // ---- small helpers -----------------------------------------------------------------------
 
 const fmtBytes = store.formatBytes;
-function fmtTime(s) {
-  if (s === null || !Number.isFinite(s)) return '';
-  if (s < 90) return `${Math.max(1, Math.round(s))} s`;
-  if (s < 5400) return `${Math.round(s / 60)} min`;
-  return `${(s / 3600).toFixed(1)} h`;
-}
-const message = (e) => (e && e.message ? e.message : String(e));
-
-function toBase64(u8) {
-  let s = '';
-  for (let i = 0; i < u8.length; i += 0x8000) s += String.fromCharCode.apply(null, u8.subarray(i, i + 0x8000));
-  return btoa(s);
-}
-
-function notice(key, text, kind = 'warn') {
-  let el = document.querySelector(`.notice[data-key="${key}"]`);
-  if (!text) {
-    el?.remove();
-    return;
-  }
-  if (!el) {
-    el = document.createElement('p');
-    el.dataset.key = key;
-    $('notices').append(el);
-  }
-  el.className = `notice ${kind}`;
-  el.textContent = text;
-}
 
 function setStatus(text, isError = false) {
   $('model-status').textContent = text;
@@ -291,6 +267,7 @@ function askNotice(key, text, accept) {
 function entries() {
   const list = [...catalog.models];
   for (const r of cachedRecords) {
+    if (r.entry?.component) continue; // TAESD and the like: parts of a model, not models
     if (!list.some((e) => e.id === r.id)) list.push({ ...(r.entry || {}), id: r.id, name: r.name, url: r.url, bytes: r.bytes });
   }
   for (const e of customEntries.values()) if (!list.some((x) => x.id === e.id)) list.push(e);
@@ -549,7 +526,7 @@ async function generate(overrides = {}) {
   try {
     const init = initImageFor(req.width, req.height);
     const request = init ? { ...req, initImage: init } : req;
-    const m = await call('generate', { request, loras: activeLoras() }, onStep);
+    const m = await call('generate', { request, loras: activeLoras(), taesd: taesdRequest(api.taesdEntry || catalog.taesd) }, onStep);
     if (m.type === 'cancelled') {
       $('gen-text').textContent = `Cancelled after ${state.steps.length} step(s).`;
       return { cancelled: true, seed: req.seed };
@@ -596,7 +573,9 @@ function onStep(m) {
   if (m.type === 'loading') {
     // The LoRA set changed (the weights are read again from this device and merged), or the
     // first img2img request loads the VAE encoder.
-    $('gen-text').textContent = m.what === 'encoder' ? 'Loading the VAE encoder…' : `Merging LoRAs into the weights… ${m.total ? Math.round((100 * m.done) / m.total) : 0} %`;
+    $('gen-text').textContent = m.what === 'encoder' ? 'Loading the VAE encoder…'
+      : m.what === 'taesd' ? 'Loading TAESD for the previews (10 MB, once)…'
+        : `Merging LoRAs into the weights… ${m.total ? Math.round((100 * m.done) / m.total) : 0} %`;
     return;
   }
   if (m.type !== 'step') return;
@@ -606,7 +585,10 @@ function onStep(m) {
   $('gen-bar').value = (m.index + 1) / m.total;
   const per = m.msPerStep !== null && m.msPerStep !== undefined ? ` · ${(m.msPerStep / 1000).toFixed(2)} s per step` : '';
   $('gen-text').textContent = `Step ${m.index + 1} of ${m.total}${per}`;
-  if (m.preview) showImage(m.preview, true);
+  if (m.preview) {
+    state.lastPreview = { width: m.preview.width, height: m.preview.height };
+    showImage(m.preview, true);
+  }
 }
 
 function cancel() {

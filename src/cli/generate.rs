@@ -28,6 +28,19 @@ pub struct Args {
     /// the --config scheduler (shapes cannot tell SD 2's 768-v models from its 512 ones).
     #[arg(long)]
     prediction_type: Option<String>,
+    /// A TAESD folder (madebyollin/taesd: config.json, diffusion_pytorch_model.safetensors) for
+    /// --decoder taesd and --preview-decoder taesd.
+    #[arg(long)]
+    taesd: Option<PathBuf>,
+    /// The final decode: vae (the model's own) or taesd (fast, a little softer).
+    #[arg(long, default_value = "vae")]
+    decoder: String,
+    /// Per-step previews: none or taesd (each step's image written to --previews).
+    #[arg(long, default_value = "none")]
+    preview_decoder: String,
+    /// The folder --preview-decoder writes step-N.png into.
+    #[arg(long)]
+    previews: Option<PathBuf>,
     /// Quantize on load: q8_0, q4_0 or f16 storage with the standard policy (a package is
     /// already quantized; this re-quantizes only its float tensors).
     #[arg(long)]
@@ -213,9 +226,32 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
     let loras = loras(a, &tags)?;
     let opts =
         loader::LoadOptions { quant, with_encoder: a.init_image.is_some(), loras, ..loader::LoadOptions::new(dtype) };
-    let sd = webdiffusion::pipeline::generate::StableDiffusion::load(&*src, gpu, &opts)
+    let final_taesd = match a.decoder.as_str() {
+        "vae" => false,
+        "taesd" => true,
+        other => bail!("--decoder {other}: vae or taesd"),
+    };
+    let preview_taesd = match a.preview_decoder.as_str() {
+        "none" => false,
+        "taesd" => true,
+        other => bail!("--preview-decoder {other}: none or taesd"),
+    };
+    if preview_taesd != a.previews.is_some() {
+        bail!("--preview-decoder taesd and --previews DIR go together");
+    }
+    if (final_taesd || preview_taesd) && a.taesd.is_none() {
+        bail!("--decoder taesd and --preview-decoder taesd need --taesd DIR (madebyollin/taesd's files)");
+    }
+    let mut sd = webdiffusion::pipeline::generate::StableDiffusion::load(&*src, gpu, &opts)
         .with_context(|| format!("loading {}", a.model))?;
     eprintln!("loaded {} ({dtype}) in {:.1} s", a.model, t0.elapsed().as_secs_f64());
+    if let Some(dir) = &a.taesd {
+        let (d, _) = loader::taesd(&loader::DirSource(dir.clone()), gpu, &loader::LoadOptions::new(dtype))
+            .with_context(|| format!("loading TAESD from {}", dir.display()))?;
+        sd.taesd = Some(d);
+        sd.taesd_use =
+            webdiffusion::pipeline::generate::TaesdUse { previews: preview_taesd, final_decode: final_taesd };
+    }
     // LatentConsistencyModelPipeline's defaults for LCM-distilled U-Nets, else StableDiffusionPipeline's.
     let lcm = sd.unet.config.time_cond_proj_dim.is_some();
     let (default_steps, default_guidance) = if lcm { (4, 8.5) } else { (50, 7.5) };
@@ -277,11 +313,26 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
     }
     let t1 = Instant::now();
     let mut last = Instant::now();
+    let mut failed = None;
     let out = pollster::block_on(sd.generate(&req, latents, noise.as_mut(), &mut |s| {
         eprintln!("step {}/{} (t={}) {:.2} s", s.index + 1, s.total, s.timestep, last.elapsed().as_secs_f64());
         last = Instant::now();
+        if let (Some(rgb), Some(dir)) = (s.image, &a.previews) {
+            let path = dir.join(format!("step-{}.png", s.index + 1));
+            let written = encode_png(rgb, req.width, req.height, None)
+                .map_err(anyhow::Error::from)
+                .and_then(|png| std::fs::write(&path, png).with_context(|| format!("writing {}", path.display())));
+            if let Err(e) = written {
+                failed = Some(e);
+                return false;
+            }
+        }
         true
-    }))?;
+    }));
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let out = out?;
     eprintln!("generated in {:.1} s", t1.elapsed().as_secs_f64());
     print_profile(gpu);
     let params = a1111_parameters(

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, GpuTensor};
 use crate::models::clip::ClipTextModel;
 use crate::models::config::VaeConfig;
+use crate::models::taesd::TinyDecoder;
 use crate::models::tokenizer::ClipTokenizer;
 use crate::models::unet::UNet;
 use crate::models::vae::{Decoder, Encoder};
@@ -28,6 +29,19 @@ pub const MAX_IMAGES: usize = 16;
 /// made for (activations grow with batch × area), so smaller images batch and 512² runs alone.
 const BATCH_PIXELS: usize = 512 * 512;
 
+/// CHW floats in [-1, 1] → HWC 8-bit RGB as diffusers' image processor does:
+/// round(255 * clamp(x / 2 + 0.5, 0, 1)).
+fn to_rgb8(px: &[f32], channels: usize, h: usize, w: usize) -> Vec<u8> {
+    let mut rgb = vec![0u8; h * w * 3];
+    for c in 0..channels.min(3) {
+        for i in 0..h * w {
+            let v = (px[c * h * w + i] / 2.0 + 0.5).clamp(0.0, 1.0);
+            rgb[i * 3 + c] = (v * 255.0).round() as u8;
+        }
+    }
+    rgb
+}
+
 /// Everything a generation needs, loaded once.
 pub struct StableDiffusion {
     pub gpu: Gpu,
@@ -42,6 +56,18 @@ pub struct StableDiffusion {
     pub vae_config: VaeConfig,
     pub scheduler_config: SchedulerConfig,
     pub memory: MemoryOptions,
+    /// TAESD, when loaded (`models::loader::taesd`), and what it decodes.
+    pub taesd: Option<TinyDecoder>,
+    pub taesd_use: TaesdUse,
+}
+
+/// What TAESD decodes when it is loaded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaesdUse {
+    /// Every step's first row, for a live preview (`Step::image`).
+    pub previews: bool,
+    /// The final images, instead of the VAE (fast, a little softer).
+    pub final_decode: bool,
 }
 
 /// How a generation trades memory for speed.
@@ -113,6 +139,8 @@ pub struct Step<'a> {
     pub total: usize,
     pub timestep: f32,
     pub latents: &'a [f32],
+    /// The first row decoded by TAESD (`TaesdUse::previews`): RGB at the image's size.
+    pub image: Option<&'a [u8]>,
 }
 
 pub struct Generated {
@@ -360,16 +388,44 @@ impl StableDiffusion {
                 let z = if s.draws_noise(i) { Some(noise.draw(n)?) } else { None };
                 *x = s.step(i, &guided, x, z.as_deref())?;
             }
-            if !on_step(Step { index: i - start, total: total - start, timestep: t, latents: &xs[0] }) {
+            let image = match (&self.taesd, self.taesd_use.previews) {
+                (Some(d), true) => Some(self.decode_taesd(d, &xs[0], shape).await?.0),
+                _ => None,
+            };
+            let step =
+                Step { index: i - start, total: total - start, timestep: t, latents: &xs[0], image: image.as_deref() };
+            if !on_step(step) {
                 return Err(Error::Cancelled);
             }
         }
         let mut images = Vec::with_capacity(b);
         for x in xs {
-            let (rgb, width, height) = self.decode(&x, shape).await?;
+            let (rgb, width, height) = match (&self.taesd, self.taesd_use.final_decode) {
+                (Some(d), true) => self.decode_taesd(d, &x, shape).await?,
+                _ => self.decode(&x, shape).await?,
+            };
             images.push(Generated { latents: x, latent_shape: shape, rgb, width, height });
         }
         Ok(images)
+    }
+
+    /// Latents (as the pipeline holds them: TAESD takes them unscaled) → 8-bit RGB by TAESD.
+    async fn decode_taesd(
+        &self,
+        d: &TinyDecoder,
+        latents: &[f32],
+        shape: [usize; 4],
+    ) -> Result<(Vec<u8>, usize, usize)> {
+        if shape[1] != d.latent_channels {
+            return Err(Error::Request(format!(
+                "TAESD decodes {} latent channels, this model has {}",
+                d.latent_channels, shape[1]
+            )));
+        }
+        let z = GpuTensor::from_f32_as(&self.gpu, latents, &shape, self.dtype)?;
+        let px = d.forward(&z)?.to_vec_f32().await?;
+        let (h, w) = (shape[2] * d.upscale, shape[3] * d.upscale);
+        Ok((to_rgb8(&px, 3, h, w), w, h))
     }
 
     /// The img2img start point: the VAE posterior sample of the image, times `scaling_factor`.
@@ -420,15 +476,7 @@ impl StableDiffusion {
             self.gpu.caps().max_storage_binding.min(self.gpu.caps().max_buffer_size),
         )?;
         let img = vae_tiling::decode(&self.decoder, &self.gpu, self.dtype, &z, [c, lh, lw], tiling).await?;
-        let (ch, h, w, px) = (img.channels, img.height, img.width, img.data);
-        let mut rgb = vec![0u8; h * w * 3];
-        for c in 0..ch.min(3) {
-            for i in 0..h * w {
-                let v = (px[c * h * w + i] / 2.0 + 0.5).clamp(0.0, 1.0);
-                rgb[i * 3 + c] = (v * 255.0).round() as u8;
-            }
-        }
-        Ok((rgb, w, h))
+        Ok((to_rgb8(&img.data, img.channels, img.height, img.width), img.width, img.height))
     }
 
     /// Activation bytes the VAE decode may use: what the overall budget leaves beside the buffers

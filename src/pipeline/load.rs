@@ -27,6 +27,8 @@ impl StableDiffusion {
                 vae_config: loader::vae_config(src)?,
                 scheduler_config,
                 memory: Default::default(),
+                taesd: None,
+                taesd_use: Default::default(),
             })
         })
     }

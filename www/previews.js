@@ -1,0 +1,16 @@
+// How the page sees an image take shape: the built-in preview (a linear map of the latents at
+// 1/8 size, free), or TAESD (madebyollin/taesd, a 10 MB tiny autoencoder fetched once) for a
+// full-size preview every step, and optionally for the final image (much faster than the VAE,
+// a little softer).
+
+import { workerEntry } from './entries.js';
+
+const $ = (id) => document.getElementById(id);
+
+/// What a generation asks of TAESD, with `entry` (the catalog's `taesd`), or null for neither.
+export function taesdRequest(entry) {
+  const previews = $('preview-decoder').value === 'taesd';
+  const finalDecode = $('final-decoder').value === 'taesd';
+  if (!previews && !finalDecode) return null;
+  return { entry: entry ? workerEntry(entry) : null, previews, finalDecode };
+}
