@@ -81,7 +81,7 @@ fn run_cases(model: &str) -> usize {
         }
         sd.scheduler_config = SchedulerConfig::from_json(&case["scheduler_config"].to_string()).unwrap();
         let init =
-            img2img.then(|| InitImage { rgb: c.u8("init_image"), strength: case["strength"].as_f64().unwrap() as f32 });
+            img2img.then(|| InitImage { rgb: c.u8("init_image"), strength: case["strength"].as_f64().unwrap() as f32, mask: None });
         let req = Request {
             init,
             prompt: case["prompt"].as_str().unwrap().into(),
@@ -177,7 +177,7 @@ fn cancelling_stops_between_steps() {
     assert!(matches!(err, webdiffusion::Error::Cancelled), "{err}");
     assert_eq!(calls, [(0, 5, 256), (1, 5, 256)]);
     // img2img without a loaded encoder is a clear error, not a panic.
-    let req = Request { init: Some(InitImage { rgb: vec![0; 64 * 64 * 3], strength: 0.5 }), ..req };
+    let req = Request { init: Some(InitImage { rgb: vec![0; 64 * 64 * 3], strength: 0.5, mask: None }), ..req };
     let err = pollster::block_on(sd.generate(&req, None, &mut rng, &mut |_| true)).err().unwrap().to_string();
     assert!(err.contains("without the VAE encoder"), "{err}");
 }
@@ -277,4 +277,86 @@ fn taesd_previews_every_step_and_decodes_fast_on_request() {
     assert_eq!(fast.latents, vae.latents);
     assert_eq!(Some(&fast.rgb), previews[2].as_ref(), "the fast decode is TAESD's picture of the final latents");
     assert_ne!(fast.rgb, vae.rgb, "and not the VAE's");
+}
+
+/// diffusers' StableDiffusionInpaintPipeline replayed draw for draw (`make_inpaint_fixtures.py`):
+/// on tiny-sd1's ordinary U-Net (the kept region re-noised to each next timestep and pasted back)
+/// and on a 9-channel inpainting U-Net (latents + mask + masked-image latents), at strength 1 and
+/// 0.6, within the txt2img cases' bounds.
+#[test]
+fn inpainting_matches_diffusers_step_by_step() {
+    let mut ran = 0;
+    for model in ["tiny-sd1", "tiny-sd1-inpaint"] {
+        let src = DirSource(dir(model));
+        let opts = loader::LoadOptions { with_encoder: true, ..loader::LoadOptions::new(DType::F32) };
+        let mut sd = StableDiffusion::load(&src, common::gpu(), &opts).unwrap();
+        let cases: Value =
+            serde_json::from_slice(&std::fs::read(dir(model).join("inpaint/cases.json")).unwrap()).unwrap();
+        for case in cases["cases"].as_array().unwrap() {
+            let name = case["case"].as_str().unwrap();
+            let kind = SchedulerKind::for_class(case["scheduler_class"].as_str().unwrap(), false).unwrap();
+            let c = Case { tensors: std::fs::read(dir(model).join("inpaint").join(case["file"].as_str().unwrap())).unwrap() };
+            sd.scheduler_config = SchedulerConfig::from_json(&case["scheduler_config"].to_string()).unwrap();
+            let init = InitImage {
+                rgb: c.u8("init_image"),
+                strength: case["strength"].as_f64().unwrap() as f32,
+                mask: Some(c.u8("mask")),
+            };
+            let req = Request {
+                init: Some(init),
+                prompt: case["prompt"].as_str().unwrap().into(),
+                negative_prompt: case["negative_prompt"].as_str().map(Into::into),
+                steps: case["num_inference_steps"].as_u64().unwrap() as usize,
+                guidance: case["guidance_scale"].as_f64().unwrap() as f32,
+                width: 64,
+                height: 64,
+                scheduler: kind,
+                prompt_syntax: PromptSyntax::A1111,
+                eta: 0.0,
+            };
+            let (nshape, noise) = c.f32("noise").unwrap();
+            let per = nshape[1..].iter().product::<usize>();
+            let draws: VecDeque<Vec<f32>> = noise.chunks(per).map(|d| d.to_vec()).collect();
+            let (_, step_latents) = c.f32("step_latents").unwrap();
+            let (_, want_ts) = c.f32("timesteps").unwrap();
+            let mut seen = Vec::new();
+            let out = pollster::block_on(sd.generate(&req, None, &mut Recorded(draws), &mut |s| {
+                seen.push((s.timestep, s.latents.to_vec()));
+                true
+            }))
+            .unwrap_or_else(|e| panic!("{model} {name}: {e}"));
+            let ts: Vec<f32> = seen.iter().map(|s| s.0).collect();
+            assert_timesteps(&ts, &want_ts, &format!("{model} {name}: timesteps"));
+            let mut worst = 0f32;
+            for (i, (_, got)) in seen.iter().enumerate() {
+                let want = &step_latents[i * got.len()..(i + 1) * got.len()];
+                let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let err = got.iter().zip(want).fold(0f32, |m, (g, w)| m.max((g - w).abs()));
+                worst = worst.max(err / scale);
+                assert!(err <= 1e-4 * scale, "{model} {name} step {i}: max |err| {err:e}, max |ref| {scale}");
+            }
+            let px = out.rgb.iter().zip(&c.u8("image")).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+            eprintln!("{model} {name}: max rel step err {worst:.2e}, image max diff {px}/255");
+            assert!(px <= 1, "{model} {name}: image differs by {px}/255");
+            ran += 1;
+        }
+    }
+    assert_eq!(ran, 4, "every inpainting case runs");
+    // A 9-channel U-Net without a mask is refused in one line.
+    let sd = StableDiffusion::load(&DirSource(dir("tiny-sd1-inpaint")), common::gpu(), &loader::LoadOptions::new(DType::F32)).unwrap();
+    let req = Request {
+        init: None,
+        prompt: "x".into(),
+        negative_prompt: None,
+        steps: 2,
+        guidance: 7.5,
+        width: 64,
+        height: 64,
+        scheduler: SchedulerKind::Euler,
+        prompt_syntax: PromptSyntax::A1111,
+        eta: 0.0,
+    };
+    let mut rng = webdiffusion::pipeline::rng::NormalRng::new(1);
+    let err = pollster::block_on(sd.generate(&req, None, &mut rng, &mut |_| true)).err().unwrap().to_string();
+    assert!(err.contains("inpainting model") && err.contains("a mask"), "{err}");
 }

@@ -265,7 +265,7 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
         Some(p) => {
             let bytes = loader::read_file(p, 1 << 30).with_context(|| format!("reading {}", p.display()))?;
             let (rgb, w, h) = decode_png(&bytes)?;
-            Some((InitImage { rgb, strength: a.strength }, w, h))
+            Some((InitImage { rgb, strength: a.strength, mask: None }, w, h))
         }
         None => None,
     };

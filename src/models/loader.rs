@@ -347,7 +347,12 @@ pub fn check_index(src: &dyn FileSource) -> Result<()> {
     let index: ModelIndex = serde_json::from_str(&text(src, "model_index.json")?)
         .map_err(|e| Error::Config { component: "model_index".into(), msg: e.to_string() })?;
     match index.class_name.as_deref() {
-        Some("StableDiffusionPipeline" | "StableDiffusionImg2ImgPipeline" | "LatentConsistencyModelPipeline")
+        Some(
+            "StableDiffusionPipeline"
+            | "StableDiffusionImg2ImgPipeline"
+            | "StableDiffusionInpaintPipeline"
+            | "LatentConsistencyModelPipeline",
+        )
         | None => Ok(()),
         Some(other) => {
             Err(Error::Config { component: "model_index".into(), msg: format!("{other} is not a supported pipeline") })

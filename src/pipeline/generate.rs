@@ -29,6 +29,36 @@ pub const MAX_IMAGES: usize = 16;
 /// made for (activations grow with batch × area), so smaller images batch and 512² runs alone.
 const BATCH_PIXELS: usize = 512 * 512;
 
+/// HWC RGB bytes → CHW floats in [-1, 1], as diffusers' image processor does; with a mask, the
+/// pixels to redraw (mask ≥ 128) become 0, as `init_image * (mask < 0.5)`.
+fn pixels(rgb: &[u8], mask: Option<&[u8]>, width: usize, height: usize) -> Result<Vec<f32>> {
+    if rgb.len() != width * height * 3 {
+        return Err(Error::Request(format!("the init image must be {width}x{height} RGB")));
+    }
+    let hw = width * height;
+    let mut px = vec![0f32; 3 * hw];
+    for (i, p) in rgb.chunks_exact(3).enumerate() {
+        let keep = mask.is_none_or(|m| m[i] < 128);
+        for c in 0..3 {
+            px[c * hw + i] = if keep { p[c] as f32 / 255.0 * 2.0 - 1.0 } else { 0.0 };
+        }
+    }
+    Ok(px)
+}
+
+/// A binarized pixel mask at latent size: torch's nearest `interpolate` picks source pixel
+/// floor(i · in / out) (exact for the integer ratios latents have).
+fn latent_mask(mask: &[u8], width: usize, height: usize, lw: usize, lh: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(lw * lh);
+    for y in 0..lh {
+        for x in 0..lw {
+            let (sy, sx) = (y * height / lh, x * width / lw);
+            out.push(if mask[sy * width + sx] >= 128 { 1.0 } else { 0.0 });
+        }
+    }
+    out
+}
+
 /// CHW floats in [-1, 1] → HWC 8-bit RGB as diffusers' image processor does:
 /// round(255 * clamp(x / 2 + 0.5, 0, 1)).
 fn to_rgb8(px: &[f32], channels: usize, h: usize, w: usize) -> Vec<u8> {
@@ -112,6 +142,20 @@ pub struct InitImage {
     pub rgb: Vec<u8>,
     /// 0..=1: the fraction of the schedule that runs (diffusers' `strength`).
     pub strength: f32,
+    /// Inpainting: one byte per pixel, ≥ 128 where the image is to be redrawn (diffusers
+    /// binarizes its mask at 0.5). A 9-channel inpainting U-Net takes it with the masked image's
+    /// latents; an ordinary one gets the kept region re-noised and pasted back every step.
+    pub mask: Option<Vec<u8>>,
+}
+
+/// What an inpainting row carries through the loop.
+struct Inpaint {
+    /// The mask at latent size (nearest, as diffusers' `interpolate`), 0 or 1.
+    mask: Vec<f32>,
+    /// The masked image's latents (9-channel U-Nets).
+    masked: Vec<f32>,
+    /// The image's latents and the start noise, to re-noise the kept region (4-channel U-Nets).
+    image: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 /// Where standard-normal draws come from: the seeded RNG, or a recorded sequence (tests,
@@ -310,9 +354,21 @@ impl StableDiffusion {
         let first = &reqs[0];
         let b = reqs.len();
         let f = self.vae_config.downscale();
-        let c = self.unet.config.in_channels;
+        let c = self.vae_config.latent_channels;
+        let unet_in = self.unet.config.in_channels;
         let shape = [1, c, first.height / f, first.width / f];
         let n: usize = shape.iter().product();
+        let hw = shape[2] * shape[3];
+        // An inpainting U-Net takes latents, the mask and the masked image's latents.
+        let nine = unet_in == 2 * c + 1;
+        if unet_in != c && !nine {
+            return Err(Error::Request(format!("a U-Net taking {unet_in} channels for {c}-channel latents")));
+        }
+        if nine && reqs.iter().any(|r| r.init.as_ref().is_none_or(|i| i.mask.is_none())) {
+            return Err(Error::Request(
+                "this is an inpainting model (its U-Net takes 9 channels): it needs an image and a mask".into(),
+            ));
+        }
         // LCM-distilled U-Nets take the guidance scale as an embedding instead of running CFG.
         let w_embedding = self.unet.config.time_cond_proj_dim.map(|d| guidance_embedding(first.guidance - 1.0, d));
         let cfg = first.guidance > 1.0 && w_embedding.is_none();
@@ -335,8 +391,52 @@ impl StableDiffusion {
         let start = start * schedulers[0].order();
 
         let mut xs = Vec::with_capacity(b);
+        let mut inpaint: Vec<Option<Inpaint>> = Vec::with_capacity(b);
         for ((r, given), (noise, s)) in reqs.iter().zip(latents).zip(noises.iter_mut().zip(&schedulers)) {
             let x = match (&r.init, given) {
+                (Some(init), _) if init.mask.is_some() => {
+                    // diffusers' StableDiffusionInpaintPipeline, draw for draw: the image's
+                    // posterior sample when it is needed, the start noise, the masked image's.
+                    let mask_px = init.mask.as_deref().unwrap_or_default();
+                    if mask_px.len() != r.width * r.height {
+                        return Err(Error::Request(format!(
+                            "the mask must be {}x{} (one byte per pixel)",
+                            r.width, r.height
+                        )));
+                    }
+                    let full = init.strength >= 1.0;
+                    let image = if !nine || !full {
+                        Some(
+                            self.encode_pixels(
+                                &pixels(&init.rgb, None, r.width, r.height)?,
+                                r.width,
+                                r.height,
+                                &mut **noise,
+                            )
+                            .await?,
+                        )
+                    } else {
+                        None
+                    };
+                    let z = noise.draw(n)?;
+                    let x = match (&image, full) {
+                        (Some(img), false) => s.add_noise(img, &z, start)?,
+                        _ => {
+                            let sigma0 = s.init_noise_sigma();
+                            z.iter().map(|v| v * sigma0).collect()
+                        }
+                    };
+                    let masked_px = pixels(&init.rgb, Some(mask_px), r.width, r.height)?;
+                    let masked = self.encode_pixels(&masked_px, r.width, r.height, &mut **noise).await?;
+                    let mask = latent_mask(mask_px, r.width, r.height, shape[3], shape[2]);
+                    inpaint.push(Some(Inpaint {
+                        mask,
+                        masked,
+                        image: if nine { None } else { image.map(|i| (i, z)) },
+                    }));
+                    xs.push(x);
+                    continue;
+                }
                 (Some(init), _) => {
                     let clean = self.encode_image(init, r.width, r.height, &mut **noise).await?;
                     let z = noise.draw(n)?;
@@ -356,6 +456,7 @@ impl StableDiffusion {
                 }
             };
             xs.push(x);
+            inpaint.push(None);
         }
 
         let rows = if cfg { 2 * b } else { b };
@@ -367,16 +468,20 @@ impl StableDiffusion {
         // img2img starts part-way through the schedule: its first `start` steps are not run (the
         // init image was noised to step `start` above), as diffusers' img2img pipeline does.
         for (i, &t) in timesteps.iter().enumerate().skip(start) {
-            let mut input = Vec::with_capacity(rows * n);
-            for (x, s) in xs.iter().zip(&schedulers) {
+            let mut input = Vec::with_capacity(rows * unet_in * hw);
+            for ((x, s), p) in xs.iter().zip(&schedulers).zip(&inpaint) {
                 let mut scaled = x.clone();
                 s.scale_model_input(&mut scaled, i);
                 input.extend(scaled);
+                if let (true, Some(p)) = (nine, p) {
+                    input.extend_from_slice(&p.mask);
+                    input.extend_from_slice(&p.masked);
+                }
             }
             if cfg {
                 input.extend_from_within(..);
             }
-            let input = GpuTensor::from_f32_as(&self.gpu, &input, &[rows, c, shape[2], shape[3]], self.dtype)?;
+            let input = GpuTensor::from_f32_as(&self.gpu, &input, &[rows, unet_in, shape[2], shape[3]], self.dtype)?;
             let out = self.unet.forward(&input, t, &context, cond.as_ref())?.to_vec_f32().await?;
             for (k, ((x, s), noise)) in xs.iter_mut().zip(&mut schedulers).zip(noises.iter_mut()).enumerate() {
                 let guided: Vec<f32> = if cfg {
@@ -387,6 +492,15 @@ impl StableDiffusion {
                 };
                 let z = if s.draws_noise(i) { Some(noise.draw(n)?) } else { None };
                 *x = s.step(i, &guided, x, z.as_deref())?;
+                // An ordinary U-Net inpaints by keeping the unmasked region on the image's own
+                // noising path: re-noised to the next step's level (clean after the last).
+                if let Some(Inpaint { mask, image: Some((image, z0)), .. }) = &inpaint[k] {
+                    let kept = if i + 1 < total { s.add_noise(image, z0, i + 1)? } else { image.clone() };
+                    for (j, v) in x.iter_mut().enumerate() {
+                        let m = mask[j % hw];
+                        *v = (1.0 - m) * kept[j] + m * *v;
+                    }
+                }
             }
             let image = match (&self.taesd, self.taesd_use.previews) {
                 (Some(d), true) => Some(self.decode_taesd(d, &xs[0], shape).await?.0),
@@ -436,21 +550,22 @@ impl StableDiffusion {
         height: usize,
         noise: &mut dyn NoiseSource,
     ) -> Result<Vec<f32>> {
+        self.encode_pixels(&pixels(&init.rgb, None, width, height)?, width, height, noise).await
+    }
+
+    /// The VAE posterior sample of CHW pixels in [-1, 1], times `scaling_factor`.
+    async fn encode_pixels(
+        &self,
+        px: &[f32],
+        width: usize,
+        height: usize,
+        noise: &mut dyn NoiseSource,
+    ) -> Result<Vec<f32>> {
         let encoder = self
             .encoder
             .as_ref()
             .ok_or_else(|| Error::Request("this model was loaded without the VAE encoder".into()))?;
-        if init.rgb.len() != width * height * 3 {
-            return Err(Error::Request(format!("the init image must be {width}x{height} RGB")));
-        }
-        // HWC bytes -> NCHW in [-1, 1], as diffusers' image processor does.
-        let mut px = vec![0f32; 3 * width * height];
-        for (i, rgb) in init.rgb.chunks_exact(3).enumerate() {
-            for c in 0..3 {
-                px[c * width * height + i] = rgb[c] as f32 / 255.0 * 2.0 - 1.0;
-            }
-        }
-        let img = GpuTensor::from_f32_as(&self.gpu, &px, &[1, 3, height, width], self.dtype)?;
+        let img = GpuTensor::from_f32_as(&self.gpu, px, &[1, 3, height, width], self.dtype)?;
         let (mean, logvar) = encoder.forward(&img)?;
         let (mean, logvar) = (mean.to_vec_f32().await?, logvar.to_vec_f32().await?);
         let z = noise.draw(mean.len())?;

@@ -130,7 +130,7 @@ pub(super) fn js_init(request: &JsValue) -> Result<Option<InitImage>, JsError> {
         .ok_or_else(|| JsError::new("initImage.strength must be a number from 0 to 1"))?;
     let rgb =
         get("rgb").dyn_into::<js_sys::Uint8Array>().map_err(|_| JsError::new("initImage.rgb must be a Uint8Array"))?;
-    Ok(Some(InitImage { rgb: rgb.to_vec(), strength: strength as f32 }))
+    Ok(Some(InitImage { rgb: rgb.to_vec(), strength: strength as f32, mask: None }))
 }
 
 #[derive(serde::Deserialize, Default)]
