@@ -560,6 +560,78 @@ mod package {
         assert!(!o.status.success() && err.contains("need --taesd DIR"), "{err}");
     }
 
+    /// Inpainting from the command line: with diffusers' recorded draws (`--noise`) and no overlay
+    /// it is the fixture's StableDiffusionInpaintPipeline image; with the overlay, pixels far from
+    /// the mask are the original's exactly; `--outpaint` grows the image and keeps the original.
+    #[test]
+    fn inpainting_and_outpainting_from_the_command_line() {
+        let model = fixture("tiny-sd1-inpaint");
+        let case = model.join("inpaint/inpaint9_euler_4.safetensors");
+        let bytes = std::fs::read(&case).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let init = st.tensor("init_image").unwrap().data().to_vec();
+        let mask = st.tensor("mask").unwrap().data().to_vec();
+        let want = st.tensor("image").unwrap().data().to_vec();
+        let enc = webdiffusion::pipeline::image::encode_png;
+        let (init_png, mask_png) = (tmp("inpaint-init.png"), tmp("inpaint-mask.png"));
+        std::fs::write(&init_png, enc(&init, 64, 64, None).unwrap()).unwrap();
+        let grey: Vec<u8> = mask.iter().flat_map(|&m| [m, m, m]).collect();
+        std::fs::write(&mask_png, enc(&grey, 64, 64, None).unwrap()).unwrap();
+        let paint = |extra: &[&str], out: &Path| {
+            let mut args =
+                vec!["generate", "--model", model.to_str().unwrap(), "--prompt", "a red circle on a blue background"];
+            args.extend(["--negative-prompt", "", "--steps", "4", "--guidance", "7.5", "--scheduler", "euler"]);
+            args.extend(["--precision", "f32", "--init-image", init_png.to_str().unwrap()]);
+            args.extend(extra);
+            args.extend(["--out", out.to_str().unwrap()]);
+            let o = run(&args);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            webdiffusion::pipeline::image::decode_png(&std::fs::read(out).unwrap()).unwrap()
+        };
+        let noise = ["--noise", case.to_str().unwrap(), "--mask", mask_png.to_str().unwrap()];
+        let (raw, ..) = paint(&[&noise[..], &["--no-overlay"]].concat(), &tmp("inpaint-raw.png"));
+        let worst = raw.iter().zip(&want).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+        assert!(worst <= 1, "the CLI's raw inpainting vs diffusers: {worst}/255");
+        let (over, ..) = paint(&noise, &tmp("inpaint-over.png"));
+        let weights = webdiffusion::pipeline::image::blur_mask(&mask, 64, 64, 4.0);
+        let (mut kept, mut redrawn) = (0, 0);
+        for (i, &w) in weights.iter().enumerate() {
+            let px = |v: &[u8]| v[i * 3..i * 3 + 3].to_vec();
+            if w == 0.0 {
+                assert_eq!(px(&over), px(&init), "pixel {i} far from the mask is the original's");
+                kept += 1;
+            } else if w >= 0.999 {
+                let d = px(&over).iter().zip(px(&raw)).map(|(a, b)| a.abs_diff(b)).max().unwrap();
+                assert!(d <= 1, "pixel {i} deep in the mask is the generated one ({d})");
+                redrawn += 1;
+            }
+        }
+        assert!(kept > 500 && redrawn > 50, "{kept} kept, {redrawn} redrawn");
+        // Outpainting 32 px left and down (the tiny model's size step): 96x96, the original where
+        // the seam (3 sigma = 12 px) does not reach.
+        let (out, w, h) = paint(&["--outpaint", "32,0,0,32", "--seed", "3"], &tmp("outpaint.png"));
+        assert_eq!((w, h), (96, 96));
+        for y in 0..52 {
+            for x in 12..64 {
+                let (o, i) = ((y * 96 + x + 32) * 3, (y * 64 + x) * 3);
+                assert_eq!(out[o..o + 3], init[i..i + 3], "outpainted ({x}, {y}) keeps the original");
+            }
+        }
+        let o = run(&[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "x",
+            "--mask",
+            "m.png",
+            "--out",
+            "/tmp/n.png",
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains("need --init-image"), "{err}");
+    }
+
     /// LoRAs from the command line and from the prompt's A1111 tags: strength 0 is exactly the
     /// base model's image, strength 1 changes it, and `<lora:kohya:1>` with `--lora-dir` is the
     /// same as `--lora kohya.safetensors:1` (the tag never reaches the text encoder).

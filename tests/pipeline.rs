@@ -80,8 +80,11 @@ fn run_cases(model: &str) -> usize {
             assert_timesteps(s.timesteps(), &want, &format!("{model} {name}: schedule from the model's config"));
         }
         sd.scheduler_config = SchedulerConfig::from_json(&case["scheduler_config"].to_string()).unwrap();
-        let init =
-            img2img.then(|| InitImage { rgb: c.u8("init_image"), strength: case["strength"].as_f64().unwrap() as f32, mask: None });
+        let init = img2img.then(|| InitImage {
+            rgb: c.u8("init_image"),
+            strength: case["strength"].as_f64().unwrap() as f32,
+            mask: None,
+        });
         let req = Request {
             init,
             prompt: case["prompt"].as_str().unwrap().into(),
@@ -295,7 +298,9 @@ fn inpainting_matches_diffusers_step_by_step() {
         for case in cases["cases"].as_array().unwrap() {
             let name = case["case"].as_str().unwrap();
             let kind = SchedulerKind::for_class(case["scheduler_class"].as_str().unwrap(), false).unwrap();
-            let c = Case { tensors: std::fs::read(dir(model).join("inpaint").join(case["file"].as_str().unwrap())).unwrap() };
+            let c = Case {
+                tensors: std::fs::read(dir(model).join("inpaint").join(case["file"].as_str().unwrap())).unwrap(),
+            };
             sd.scheduler_config = SchedulerConfig::from_json(&case["scheduler_config"].to_string()).unwrap();
             let init = InitImage {
                 rgb: c.u8("init_image"),
@@ -343,7 +348,12 @@ fn inpainting_matches_diffusers_step_by_step() {
     }
     assert_eq!(ran, 4, "every inpainting case runs");
     // A 9-channel U-Net without a mask is refused in one line.
-    let sd = StableDiffusion::load(&DirSource(dir("tiny-sd1-inpaint")), common::gpu(), &loader::LoadOptions::new(DType::F32)).unwrap();
+    let sd = StableDiffusion::load(
+        &DirSource(dir("tiny-sd1-inpaint")),
+        common::gpu(),
+        &loader::LoadOptions::new(DType::F32),
+    )
+    .unwrap();
     let req = Request {
         init: None,
         prompt: "x".into(),

@@ -9,7 +9,7 @@ use webdiffusion::gpu::{DType, Gpu};
 use webdiffusion::models::loader;
 use webdiffusion::models::lora::{Lora, LoraUse};
 use webdiffusion::pipeline::generate::{InitImage, NoiseSource, Recorded, Request, StableDiffusion, MAX_IMAGES};
-use webdiffusion::pipeline::image::{a1111_parameters, decode_png, encode_png};
+use webdiffusion::pipeline::image::{a1111_parameters, blur_mask, decode_png, encode_png, luma, outpaint, overlay};
 use webdiffusion::pipeline::prompt::PromptSyntax;
 use webdiffusion::pipeline::rng::NormalRng;
 use webdiffusion::pipeline::schedulers::SchedulerKind;
@@ -93,9 +93,25 @@ pub struct Args {
     /// img2img: the starting picture (PNG, resized by nobody: it must be width x height).
     #[arg(long)]
     init_image: Option<PathBuf>,
-    /// img2img: how much of the schedule runs (0..1].
-    #[arg(long, default_value_t = 0.8)]
-    strength: f32,
+    /// img2img: how much of the schedule runs (0..1]; default 0.8, and 1 with --mask/--outpaint
+    /// (diffusers' defaults).
+    #[arg(long)]
+    strength: Option<f32>,
+    /// Inpainting: a PNG the size of --init-image, white where it is redrawn (grey ≥ 128 after
+    /// PIL's `L` conversion, as diffusers binarizes it).
+    #[arg(long)]
+    mask: Option<PathBuf>,
+    /// Outpainting: LEFT,RIGHT,UP,DOWN pixels to extend --init-image by; the new border is
+    /// inpainted (filled from the edge first). The output is the larger image.
+    #[arg(long)]
+    outpaint: Option<String>,
+    /// Inpainting and outpainting: the original's pixels are put back where the mask keeps them,
+    /// blended over a seam blurred by this many pixels (0: a hard edge).
+    #[arg(long, default_value_t = 4.0)]
+    mask_blur: f32,
+    /// Inpainting: keep diffusers' raw output (the kept region as the VAE redraws it), no overlay.
+    #[arg(long)]
+    no_overlay: bool,
     /// Compute precision: f16 where the device has it (auto), or f32.
     #[arg(long, default_value = "auto")]
     precision: String,
@@ -262,11 +278,8 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
     let factor = sd.vae_config.downscale();
     let default_px = sd.unet.config.sample_size.unwrap_or(64) * factor;
     let init = match &a.init_image {
-        Some(p) => {
-            let bytes = loader::read_file(p, 1 << 30).with_context(|| format!("reading {}", p.display()))?;
-            let (rgb, w, h) = decode_png(&bytes)?;
-            Some((InitImage { rgb, strength: a.strength, mask: None }, w, h))
-        }
+        Some(p) => Some(init_image(a, p)?),
+        None if a.mask.is_some() || a.outpaint.is_some() => bail!("--mask and --outpaint need --init-image"),
         None => None,
     };
     let (width, height) = match &init {
@@ -346,13 +359,55 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
         out.height,
         a.model.trim_end_matches('/').rsplit('/').next().unwrap_or("model"),
     );
-    let png = encode_png(&out.rgb, out.width, out.height, Some(&params))?;
+    let rgb = match req.init.as_ref().and_then(|i| i.mask.as_ref().map(|m| (i, m))) {
+        Some((init, mask)) if !a.no_overlay => {
+            overlay(&init.rgb, &out.rgb, &blur_mask(mask, out.width, out.height, a.mask_blur))
+        }
+        _ => out.rgb.clone(),
+    };
+    let png = encode_png(&rgb, out.width, out.height, Some(&params))?;
     std::fs::write(&a.out, png).with_context(|| format!("writing {}", a.out.display()))?;
     if let Some(p) = &a.out_latents {
         write_latents(p, &out.latent_shape, &out.latents)?;
     }
     println!("{}", a.out.display());
     Ok(())
+}
+
+/// The starting image with its mask (--mask) or extended for outpainting (--outpaint).
+fn init_image(a: &Args, path: &Path) -> Result<(InitImage, usize, usize)> {
+    let png = |p: &Path| -> Result<(Vec<u8>, usize, usize)> {
+        let bytes = loader::read_file(p, 1 << 30).with_context(|| format!("reading {}", p.display()))?;
+        decode_png(&bytes).with_context(|| format!("decoding {}", p.display()))
+    };
+    if !(a.mask_blur.is_finite() && (0.0..=64.0).contains(&a.mask_blur)) {
+        bail!("--mask-blur {}: 0 to 64 pixels", a.mask_blur);
+    }
+    let (rgb, w, h) = png(path)?;
+    let painting = a.mask.is_some() || a.outpaint.is_some();
+    let strength = a.strength.unwrap_or(if painting { 1.0 } else { 0.8 });
+    match (&a.mask, &a.outpaint) {
+        (Some(_), Some(_)) => bail!("--mask and --outpaint: one or the other (--outpaint makes its own mask)"),
+        (Some(m), None) => {
+            let (mask, mw, mh) = png(m)?;
+            if (mw, mh) != (w, h) {
+                bail!("--mask {} is {mw}x{mh}; the init image is {w}x{h}", m.display());
+            }
+            Ok((InitImage { rgb, strength, mask: Some(luma(&mask)) }, w, h))
+        }
+        (None, Some(spec)) => {
+            let by: Vec<usize> = spec
+                .split(',')
+                .map(|v| v.trim().parse())
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("--outpaint {spec}: LEFT,RIGHT,UP,DOWN in pixels"))?;
+            let by: [usize; 4] =
+                by.try_into().map_err(|_| anyhow::anyhow!("--outpaint {spec}: four numbers, LEFT,RIGHT,UP,DOWN"))?;
+            let (rgb, mask, w, h) = outpaint(&rgb, w, h, by)?;
+            Ok((InitImage { rgb, strength, mask: Some(mask) }, w, h))
+        }
+        (None, None) => Ok((InitImage { rgb, strength, mask: None }, w, h)),
+    }
 }
 
 /// `--count N`: seeds seed.. seed + N - 1, in U-Net batches of what `batch_size` allows; each

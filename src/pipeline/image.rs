@@ -166,3 +166,85 @@ mod tests {
         assert!(err.contains("100000x100000") && err.contains("at most"), "{err}");
     }
 }
+
+/// RGB → grey as PIL's `convert("L")` does it (ITU-R 601-2 luma in 16-bit fixed point), which is
+/// how diffusers reads an RGB mask.
+pub fn luma(rgb: &[u8]) -> Vec<u8> {
+    rgb.chunks_exact(3)
+        .map(|p| ((p[0] as u32 * 19595 + p[1] as u32 * 38470 + p[2] as u32 * 7471 + 0x8000) >> 16) as u8)
+        .collect()
+}
+
+/// Outpainting's canvas: `rgb` (`width` × `height`) extended by `[left, right, up, down]`
+/// pixels, the new border filled with the nearest edge pixel (a neutral start the prompt redraws),
+/// and the mask that redraws exactly that border. Sizes are checked (each side at most
+/// `MAX_SIDE`).
+pub fn outpaint(rgb: &[u8], width: usize, height: usize, by: [usize; 4]) -> Result<(Vec<u8>, Vec<u8>, usize, usize)> {
+    let [left, right, up, down] = by;
+    let (w, h) = (width + left + right, height + up + down);
+    if rgb.len() != width * height * 3 || width == 0 || height == 0 {
+        return Err(Error::Request(format!("the image to extend must be {width}x{height} RGB")));
+    }
+    if w > crate::pipeline::generate::MAX_SIDE || h > crate::pipeline::generate::MAX_SIDE {
+        return Err(Error::Request(format!("outpainting to {w}x{h} is beyond the largest side")));
+    }
+    let mut out = vec![0u8; w * h * 3];
+    let mut mask = vec![255u8; w * h];
+    for y in 0..h {
+        let sy = y.saturating_sub(up).min(height - 1);
+        for x in 0..w {
+            let sx = x.saturating_sub(left).min(width - 1);
+            let (o, s) = ((y * w + x) * 3, (sy * width + sx) * 3);
+            out[o..o + 3].copy_from_slice(&rgb[s..s + 3]);
+            if (up..up + height).contains(&y) && (left..left + width).contains(&x) {
+                mask[y * w + x] = 0;
+            }
+        }
+    }
+    Ok((out, mask, w, h))
+}
+
+/// The mask softened by a Gaussian of `sigma` pixels (separable, 3σ radius, edges clamped), as
+/// 0..=1 weights: the seam where an inpainted region meets the kept pixels.
+pub fn blur_mask(mask: &[u8], width: usize, height: usize, sigma: f32) -> Vec<f32> {
+    let m: Vec<f32> = mask.iter().map(|&v| if v >= 128 { 1.0 } else { 0.0 }).collect();
+    if sigma <= 0.0 {
+        return m;
+    }
+    let r = (3.0 * sigma).ceil() as isize;
+    let k: Vec<f32> = (-r..=r).map(|i| (-(i * i) as f32 / (2.0 * sigma * sigma)).exp()).collect();
+    let sum: f32 = k.iter().sum();
+    let k: Vec<f32> = k.iter().map(|v| v / sum).collect();
+    let pass = |src: &[f32], horizontal: bool| -> Vec<f32> {
+        let mut out = vec![0f32; src.len()];
+        for y in 0..height as isize {
+            for x in 0..width as isize {
+                let mut acc = 0f32;
+                for (j, w) in k.iter().enumerate() {
+                    let d = j as isize - r;
+                    let (sx, sy) = if horizontal { (x + d, y) } else { (x, y + d) };
+                    let (sx, sy) = (sx.clamp(0, width as isize - 1), sy.clamp(0, height as isize - 1));
+                    acc += w * src[sy as usize * width + sx as usize];
+                }
+                out[y as usize * width + x as usize] = acc;
+            }
+        }
+        out
+    };
+    pass(&pass(&m, true), false)
+}
+
+/// The inpainted image over the original: the original's pixels where the mask keeps them, the
+/// generated ones where it redraws, blended across the blurred seam (`weights` from
+/// `blur_mask`), as A1111's inpainting overlay does: untouched pixels stay exactly as they were.
+pub fn overlay(original: &[u8], generated: &[u8], weights: &[f32]) -> Vec<u8> {
+    original
+        .chunks_exact(3)
+        .zip(generated.chunks_exact(3))
+        .zip(weights)
+        .flat_map(|((o, g), &a)| {
+            let mix = |c: usize| (o[c] as f32 * (1.0 - a) + g[c] as f32 * a).round().clamp(0.0, 255.0) as u8;
+            [mix(0), mix(1), mix(2)]
+        })
+        .collect()
+}
