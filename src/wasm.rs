@@ -5,8 +5,8 @@ use wasm_bindgen::prelude::*;
 
 use crate::gpu::{DType, Gpu, GpuOptions, LimitsPolicy};
 use crate::models::loader::{FileSource, LoadOptions};
-use crate::pipeline::generate::{InitImage, Request, StableDiffusion, Step, MAX_IMAGES};
-use crate::pipeline::image::{a1111_parameters, encode_png};
+use crate::pipeline::generate::{Request, StableDiffusion, Step, MAX_IMAGES};
+use crate::pipeline::image::{a1111_parameters, blur_mask, encode_png, overlay as overlay_rgb};
 use crate::pipeline::preview::{self, PreviewFit};
 use crate::pipeline::prompt::PromptSyntax;
 use crate::pipeline::rng::NormalRng;
@@ -272,8 +272,12 @@ impl Model {
     /// worker's message handlers (a cancel button) run between steps.
     /// Returns `{width, height, rgb, rgba, png, parameters, cancelled}`.
     pub async fn generate(&self, request: JsValue, on_step: Option<js_sys::Function>) -> Result<JsValue, JsError> {
-        let init = js_init(&request)?;
-        let r = GenerateRequest::parse(request)?;
+        let mut r = GenerateRequest::parse(request.clone())?;
+        let init = js_init(&request, r.width, r.height)?;
+        if let Some((w, h)) = init.as_ref().and_then(|i| i.size) {
+            // Outpainting generates the extended canvas.
+            (r.width, r.height) = (w, h);
+        }
         self.run(r, init, on_step, true).await
     }
 
@@ -323,11 +327,12 @@ impl Model {
     async fn run(
         &self,
         r: GenerateRequest,
-        init: Option<InitImage>,
+        init: Option<request::Init>,
         on_step: Option<js_sys::Function>,
         previews: bool,
     ) -> Result<JsValue, JsError> {
-        let req = r.request(&self.loras, init)?;
+        let overlay = init.as_ref().and_then(|i| i.overlay);
+        let req = r.request(&self.loras, init.map(|i| i.image))?;
         let count = r.count.unwrap_or(1);
         if count == 0 || count > MAX_IMAGES {
             return Err(JsError::new(&format!("count must be 1 to {MAX_IMAGES} (got {count})")));
@@ -383,7 +388,14 @@ impl Model {
                 Err(e) => return Err(js_err(e)),
             };
             for (&k, out) in rows.iter().zip(&outs) {
-                images.push(&self.image(&r, &req, out, r.seed.wrapping_add(k as u64), previews)?.into());
+                // Inpainting: the original's pixels back where the mask keeps them.
+                let rgb = match (overlay, req.init.as_ref().and_then(|i| i.mask.as_ref().map(|m| (i, m)))) {
+                    (Some(blur), Some((init, mask))) => {
+                        overlay_rgb(&init.rgb, &out.rgb, &blur_mask(mask, out.width, out.height, blur))
+                    }
+                    _ => out.rgb.clone(),
+                };
+                images.push(&self.image(&r, &req, out, &rgb, r.seed.wrapping_add(k as u64), previews)?.into());
             }
         }
         // The first image's fields at the top (one image is what most callers ask for), every
@@ -400,6 +412,7 @@ impl Model {
         r: &GenerateRequest,
         req: &Request,
         out: &crate::pipeline::generate::Generated,
+        rgb: &[u8],
         seed: u64,
         previews: bool,
     ) -> Result<js_sys::Object, JsError> {
@@ -418,15 +431,16 @@ impl Model {
             out.height,
             &self.name,
         );
-        let png = encode_png(&out.rgb, out.width, out.height, Some(&params)).map_err(js_err)?;
+        let png = encode_png(rgb, out.width, out.height, Some(&params)).map_err(js_err)?;
         let obj = js_sys::Object::new();
         let set = |k: &str, v: JsValue| {
             js_sys::Reflect::set(&obj, &k.into(), &v).map(drop).map_err(|_| JsError::new("building the result"))
         };
         set("width", (out.width as u32).into())?;
         set("height", (out.height as u32).into())?;
-        set("rgb", js_sys::Uint8Array::from(out.rgb.as_slice()).into())?;
-        set("rgba", js_sys::Uint8Array::from(out.rgba().as_slice()).into())?;
+        let rgba: Vec<u8> = rgb.chunks_exact(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect();
+        set("rgb", js_sys::Uint8Array::from(rgb).into())?;
+        set("rgba", js_sys::Uint8Array::from(rgba.as_slice()).into())?;
         set("png", js_sys::Uint8Array::from(png.as_slice()).into())?;
         set("parameters", params.into())?;
         set("seed", (seed as f64).into())?;

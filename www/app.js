@@ -16,7 +16,7 @@ import { catalogHosts, refuseOrigin } from './origins.js';
 import { wireCheckpoints } from './checkpoint.js';
 import { customEntry, workerEntry } from './entries.js';
 import { activeLoras, wireLoras } from './loras.js';
-import { initImageFor, wireInitImage } from './init-image.js';
+import { initImageFor, maskFor, wireInitImage } from './init-image.js';
 import { fmtTime, message, notice, toBase64 } from './ui.js';
 import { taesdRequest } from './previews.js';
 
@@ -48,6 +48,7 @@ const state = {
 const api = {
   state, load, generate, cancel, catalog: [], loadEntry,
   addEntry: (entry) => { customEntries.set(entry.id, entry); renderModelSelect(); },
+  maskFor,
   // Test hooks: faults the engine cannot be made to have on purpose.
   testTrap: () => call('testTrap'),
   testHang: (ms) => call('testHang', { ms }),
@@ -513,6 +514,8 @@ async function generate(overrides = {}) {
   }
 
   state.generating = true;
+  // On a phone the image card is screens below the button: bring the live preview into view.
+  if (window.innerWidth < 700) $('output-card').scrollIntoView({ block: 'start' });
   state.steps = [];
   lastMsPerStep = 0;
   state.lastError = null;

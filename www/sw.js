@@ -6,7 +6,7 @@
 // glue and the wasm binary must come from the same build, and so must app.js and worker.js),
 // offline ones the last complete set. Bump VERSION when the list changes.
 
-const VERSION = 12;
+const VERSION = 13;
 const CACHE = `webdiffusion-shell-v${VERSION}`;
 const SHELL = [
   './',
@@ -32,6 +32,7 @@ const SHELL = [
   'init-image.js',
   'ui.js',
   'previews.js',
+  'mask-editor.js',
   'catalog.json',
   'pkg/webdiffusion.js',
   'pkg/webdiffusion_bg.wasm',

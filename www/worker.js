@@ -8,7 +8,7 @@
 //                                   loading {done, total}*, loaded {model, ms, downloadMs,
 //                                   wasmHeapBytes, download: {requests, bytesFetched, bytesFromCache}}
 //     (entry.checkpoint: a single-file checkpoint, by URL or the local File in `file`)
-//   generate {request (initImage?: {rgb, strength}), loras: [{id, strength}], taesd?: {entry, previews, finalDecode}} -> (loading {done, total}* when the LoRAs change) step {index, total, msPerStep, preview}*, then
+//   generate {request (initImage?: {rgb, strength, mask?, outpaint?, maskBlur?}), loras: [{id, strength}], taesd?: {entry, previews, finalDecode}} -> (loading {done, total}* when the LoRAs change) step {index, total, msPerStep, preview}*, then
 //                                   done {image: {width, height, rgba}, png, parameters, seed, ms,
 //                                   images: [{image, png, parameters, seed}] (request.count of them)}
 //                                   | cancelled {}
@@ -352,7 +352,11 @@ async function runGeneration(msg) {
       const { reader } = await cachedReader(model.record, () => {});
       model.handle.loadEncoder(reader);
     }
-    request.initImage = { rgb: r.initImage.rgb instanceof Uint8Array ? r.initImage.rgb : new Uint8Array(0), strength: Number(r.initImage.strength) };
+    const i = r.initImage;
+    request.initImage = { rgb: i.rgb instanceof Uint8Array ? i.rgb : new Uint8Array(0), strength: Number(i.strength) };
+    if (i.mask instanceof Uint8Array) request.initImage.mask = i.mask;
+    if (Array.isArray(i.outpaint)) request.initImage.outpaint = i.outpaint.map(Number);
+    if (i.maskBlur !== undefined) request.initImage.maskBlur = Number(i.maskBlur);
   }
   const t0 = performance.now();
   let firstStepAt = null;

@@ -114,8 +114,19 @@ impl GenerateRequest {
     }
 }
 
-/// `request.initImage`: `{rgb: Uint8Array (width × height × 3), strength}` for img2img, checked.
-pub(super) fn js_init(request: &JsValue) -> Result<Option<InitImage>, JsError> {
+/// An img2img / inpainting start as the page sends it, checked.
+pub(super) struct Init {
+    pub(super) image: InitImage,
+    /// Put the original back over a seam blurred by this many pixels (inpainting, outpainting).
+    pub(super) overlay: Option<f32>,
+    /// Outpainting: the extended canvas's size (the request's width and height become it).
+    pub(super) size: Option<(usize, usize)>,
+}
+
+/// `request.initImage`: `{rgb: Uint8Array (width × height × 3), strength, mask?: Uint8Array
+/// (width × height, ≥ 128 = redraw), outpaint?: [left, right, up, down], maskBlur? (pixels,
+/// default 4), overlay? (default true)}`.
+pub(super) fn js_init(request: &JsValue, width: usize, height: usize) -> Result<Option<Init>, JsError> {
     if !request.is_object() {
         return Ok(None);
     }
@@ -124,13 +135,49 @@ pub(super) fn js_init(request: &JsValue) -> Result<Option<InitImage>, JsError> {
         return Ok(None);
     }
     let get = |k: &str| js_sys::Reflect::get(&init, &k.into()).unwrap_or(JsValue::UNDEFINED);
-    let strength = get("strength")
-        .as_f64()
-        .filter(|s| (0.0..=1.0).contains(s))
-        .ok_or_else(|| JsError::new("initImage.strength must be a number from 0 to 1"))?;
-    let rgb =
-        get("rgb").dyn_into::<js_sys::Uint8Array>().map_err(|_| JsError::new("initImage.rgb must be a Uint8Array"))?;
-    Ok(Some(InitImage { rgb: rgb.to_vec(), strength: strength as f32, mask: None }))
+    let bytes = |k: &str| -> Result<Option<Vec<u8>>, JsError> {
+        let v = get(k);
+        if v.is_undefined() || v.is_null() {
+            return Ok(None);
+        }
+        let a = v.dyn_into::<js_sys::Uint8Array>().map_err(|_| JsError::new(&format!("initImage.{k} must be a Uint8Array")))?;
+        Ok(Some(a.to_vec()))
+    };
+    let rgb = bytes("rgb")?.ok_or_else(|| JsError::new("initImage.rgb must be a Uint8Array"))?;
+    let mask = bytes("mask")?;
+    let outpaint = get("outpaint");
+    let outpaint: Option<[usize; 4]> = if outpaint.is_undefined() || outpaint.is_null() {
+        None
+    } else {
+        let a: Vec<f64> = serde_wasm_bindgen::from_value(outpaint)
+            .map_err(|_| JsError::new("initImage.outpaint must be [left, right, up, down]"))?;
+        let ok = a.len() == 4 && a.iter().all(|v| v.fract() == 0.0 && (0.0..=4096.0).contains(v));
+        if !ok {
+            return Err(JsError::new("initImage.outpaint must be four whole numbers of pixels, 0 to 4096"));
+        }
+        Some([a[0] as usize, a[1] as usize, a[2] as usize, a[3] as usize])
+    };
+    let painting = mask.is_some() || outpaint.is_some();
+    let strength = match get("strength").as_f64() {
+        Some(s) if (0.0..=1.0).contains(&s) => s as f32,
+        None if painting => 1.0,
+        _ => return Err(JsError::new("initImage.strength must be a number from 0 to 1")),
+    };
+    let blur = match get("maskBlur").as_f64() {
+        None => 4.0,
+        Some(b) if (0.0..=64.0).contains(&b) => b as f32,
+        Some(b) => return Err(JsError::new(&format!("initImage.maskBlur {b}: 0 to 64 pixels"))),
+    };
+    let overlay = painting && get("overlay").as_bool() != Some(false);
+    let (image, size) = match (mask, outpaint) {
+        (Some(_), Some(_)) => return Err(JsError::new("initImage: a mask or outpaint, not both")),
+        (mask, None) => (InitImage { rgb, strength, mask }, None),
+        (None, Some(by)) => {
+            let (rgb, mask, w, h) = crate::pipeline::image::outpaint(&rgb, width, height, by).map_err(js_err)?;
+            (InitImage { rgb, strength, mask: Some(mask) }, Some((w, h)))
+        }
+    };
+    Ok(Some(Init { image, overlay: overlay.then_some(blur), size }))
 }
 
 #[derive(serde::Deserialize, Default)]
