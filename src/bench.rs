@@ -46,6 +46,8 @@ pub struct BenchOptions {
     /// Run the VAE decode. Off, a run times the text encoder and the U-Net only: the decode is
     /// the same work for every architecture sharing SD's VAE at one size and tiling.
     pub decode: bool,
+    /// Also run img2img's VAE encode of a `size` x `size` image (tiled as the budget needs).
+    pub encode: bool,
     /// Keep the first U-Net step's input, context and output (for comparing with another
     /// implementation).
     pub capture: bool,
@@ -67,6 +69,7 @@ impl Default for BenchOptions {
             budget: 0,
             release_text_encoder: true,
             decode: true,
+            encode: false,
             capture: false,
         }
     }
@@ -133,6 +136,8 @@ pub struct Report {
     pub load_s: f64,
     pub text_encoder_released: bool,
     pub vae_tiling: Option<VaeTiling>,
+    /// The img2img encode's tiling, when it ran (`encode`): `Some(None)` whole.
+    pub vae_encode_tiling: Option<Option<VaeTiling>>,
     /// False when the run stopped after the U-Net (`decode: false`).
     pub decoded: bool,
     pub stages: Vec<StageReport>,
@@ -247,8 +252,42 @@ pub async fn run(gpu: &Gpu, o: &BenchOptions) -> Result<Report> {
         return Ok(Report { decoded: false, peak_bytes: peak, ..head(stages, captured) });
     }
     let tiling = time_decode(gpu, o, &m, &x, &mut stages).await?;
+    let encode_tiling = if o.encode { Some(time_encode(gpu, o, &m, &opts, &mut stages).await?) } else { None };
     peak = peak.max(stages.iter().map(|s| s.peak_bytes).max().unwrap_or(0));
-    Ok(Report { vae_tiling: tiling, peak_bytes: peak, ..head(stages, captured) })
+    Ok(Report { vae_tiling: tiling, vae_encode_tiling: encode_tiling, peak_bytes: peak, ..head(stages, captured) })
+}
+
+/// img2img's VAE encode of a `size`² image beside the loaded model (its encoder's weights
+/// loaded now), planned within the same budget as the decode.
+async fn time_encode(
+    gpu: &Gpu,
+    o: &BenchOptions,
+    m: &Loaded<'_>,
+    opts: &LoadOptions,
+    stages: &mut Vec<StageReport>,
+) -> Result<Option<VaeTiling>> {
+    let encoder =
+        crate::models::vae::Encoder::load(&m.vae_cfg, &opts.apply(Weights::synthetic(gpu, m.dtype, 0), "vae"))?;
+    gpu.trim_pool();
+    let s = gpu.stats();
+    let act_budget = if o.budget == 0 { 512 << 20 } else { o.budget.saturating_sub(s.bytes_live + s.bytes_pooled) };
+    let limit = gpu.caps().max_storage_binding.min(gpu.caps().max_buffer_size);
+    let tiling = vae_tiling::plan_encode(&m.vae_cfg, o.size, o.size, m.dtype, act_budget, limit)?;
+    let px: Vec<f32> = (0..3 * o.size * o.size).map(|i| ((i % 255) as f32 / 127.0) - 1.0).collect();
+    let f = m.vae_cfg.downscale();
+    let (mut times, mut st) = (Vec::new(), GpuStats::default());
+    for _ in 0..o.repeats.max(1) {
+        gpu.reset_stats();
+        let t = now_ms();
+        let (mean, _) = vae_tiling::encode(&encoder, gpu, m.dtype, f, &px, [3, o.size, o.size], tiling).await?;
+        times.push(now_ms() - t);
+        st = gpu.stats();
+        if !gpu.is_dry_run() && mean.iter().any(|v| !v.is_finite()) {
+            return Err(Error::Request("the VAE encoder produced non-finite latents".into()));
+        }
+    }
+    stages.push(stage_report("vae_encode", &mut times, st));
+    Ok(tiling)
 }
 
 /// Rows of the guided batch: [uncond, cond] above guidance 1.
@@ -402,6 +441,7 @@ fn report_head(
         load_s,
         text_encoder_released: o.release_text_encoder,
         vae_tiling: None,
+        vae_encode_tiling: None,
         decoded: true,
         stages,
         peak_bytes: 0,

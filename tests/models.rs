@@ -539,3 +539,55 @@ fn taesd_encodes_and_decodes_as_diffusers_does() {
     let err = webdiffusion::models::taesd::TinyConfig::from_json(&silu).unwrap_err().to_string();
     assert!(err.contains("taesd") && err.contains("act_fn silu"), "{err}");
 }
+
+/// Tiled VAE encode against diffusers' `_tiled_encode` (tiny-sd1's VAE, a 160x224 image, tiles
+/// of 8 and 12 latent pixels): the blended moments within the models' bounds, and really tiled
+/// (they differ from the whole-image encode by far more).
+#[test]
+fn tiled_encode_matches_diffusers() {
+    use webdiffusion::pipeline::vae_tiling::{self, VaeTiling};
+    let src = fixture("tiny-sd1");
+    let bytes = src.read("vae_tiled.safetensors").unwrap().expect("vae_tiled.safetensors");
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let f32s = |name: &str| -> Vec<f32> {
+        st.tensor(name).unwrap().data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    };
+    let image = f32s("image");
+    let full = f32s("moments_full");
+    for dtype in common::dtypes() {
+        let opts = loader::LoadOptions { with_encoder: true, ..loader::LoadOptions::new(dtype) };
+        let (_, encoder) = loader::vae(&src, gpu(), &opts).unwrap();
+        let encoder = encoder.unwrap();
+        let (atol, rtol) = tol(dtype);
+        for tile in [None, Some(8usize), Some(12)] {
+            let want = match tile {
+                Some(t) => f32s(&format!("moments_t{t}")),
+                None => full.clone(),
+            };
+            let (mean, logvar) = pollster::block_on(vae_tiling::encode(
+                &encoder,
+                gpu(),
+                dtype,
+                8,
+                &image,
+                [3, 160, 224],
+                tile.map(VaeTiling::new),
+            ))
+            .unwrap();
+            assert_eq!(mean.len() + logvar.len(), want.len());
+            let n = mean.len();
+            let max_ref = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let err_mean = mean.iter().zip(&want[..n]).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            let err_lv = logvar.iter().zip(&want[n..]).fold(0f32, |m, (a, b)| m.max((a - b.clamp(-30.0, 20.0)).abs()));
+            let bound = atol + rtol * max_ref;
+            eprintln!(
+                "encode tile {tile:?} {dtype}: max |err| mean {err_mean:.3e} logvar {err_lv:.3e} (bound {bound:.1e})"
+            );
+            assert!(err_mean <= bound && err_lv <= bound, "tile {tile:?} {dtype}: {err_mean} {err_lv} > {bound}");
+            if tile.is_some() {
+                let moved = mean.iter().zip(&full).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(moved > 0.1 && moved > 5.0 * bound, "tiling changed the encode by only {moved}");
+            }
+        }
+    }
+}

@@ -45,6 +45,9 @@ pub struct Args {
     /// Stop after the U-Net: time the text encoder and the U-Net steps only.
     #[arg(long)]
     pub no_decode: bool,
+    /// Also run img2img's VAE encode of a --size image (tiled within the budget as needed).
+    #[arg(long)]
+    pub encode: bool,
     /// Accounting run: build and record everything, execute no kernel. Memory, bindings,
     /// dispatches, submits and FLOPs are those of a real run; times are not.
     #[arg(long)]
@@ -103,6 +106,7 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
     o.budget = a.budget_mb * 1_000_000;
     o.release_text_encoder = !a.keep_text_encoder;
     o.decode = !a.no_decode;
+    o.encode = a.encode;
     o.capture = a.candle;
     let report = pollster::block_on(bench::run(gpu, &o))?;
     let candle = match &report.captured {
@@ -150,6 +154,12 @@ fn print_table(r: &Report, candle: Option<&CandleReport>) {
             (true, None) => "whole".into(),
         }
     );
+    if let Some(t) = r.vae_encode_tiling {
+        println!(
+            "VAE encode (img2img) {}",
+            t.map_or("whole".into(), |t| format!("tiled ({} latent px, overlap {})", t.tile, t.overlap))
+        );
+    }
     println!(
         "{:<14} {:>10} {:>9} {:>8} {:>10} {:>8} {:>10} {:>12} {:>11}",
         "stage", "ms", "GFLOP", "GFLOP/s", "dispatches", "submits", "peak MB", "binding MB", "buffer MB"

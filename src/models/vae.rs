@@ -88,6 +88,11 @@ pub struct Decoder {
 }
 
 impl Decoder {
+    /// How much larger the image is than the latents (2 per upsampling stage).
+    pub fn upscale(&self) -> usize {
+        1 << self.up.iter().filter(|s| s.resample.is_some()).count()
+    }
+
     /// `w` at the AutoencoderKL root (it reads `post_quant_conv` and `decoder.*`).
     pub fn load(c: &VaeConfig, w: &Weights) -> Result<Decoder> {
         let ch = &c.block_out_channels;
@@ -169,13 +174,23 @@ impl Encoder {
 
     /// Encodes `x` [B, 3, H, W] in [-1, 1] into the posterior's (mean, logvar), each
     /// [B, latent, H/8, W/8]; logvar is clamped to [-30, 20] as diffusers does.
-    pub fn forward(&self, x: &GpuTensor) -> Result<(GpuTensor, GpuTensor)> {
+    /// The posterior's raw moments [B, 2 · latent, h, w] (mean, then log-variance, unclamped):
+    /// what a tiled encode blends before `DiagonalGaussianDistribution` reads them.
+    pub fn moments(&self, x: &GpuTensor) -> Result<GpuTensor> {
         let mut h = self.conv_in.forward(x)?;
         for stage in &self.down {
             h = stage.forward(h, false)?;
         }
         h = self.mid.forward(&h)?;
-        let moments = self.quant_conv.forward(&self.conv_out.forward(&self.norm_out.forward(&h, true)?)?)?;
+        self.quant_conv.forward(&self.conv_out.forward(&self.norm_out.forward(&h, true)?)?)
+    }
+
+    pub fn latent_channels(&self) -> usize {
+        self.latent
+    }
+
+    pub fn forward(&self, x: &GpuTensor) -> Result<(GpuTensor, GpuTensor)> {
+        let moments = self.moments(x)?;
         let mean = ops::narrow(&moments, 1, 0, self.latent)?;
         let logvar = ops::clamp(&ops::narrow(&moments, 1, self.latent, self.latent)?, -30.0, 20.0)?;
         Ok((mean, logvar))

@@ -565,9 +565,23 @@ impl StableDiffusion {
             .encoder
             .as_ref()
             .ok_or_else(|| Error::Request("this model was loaded without the VAE encoder".into()))?;
-        let img = GpuTensor::from_f32_as(&self.gpu, px, &[1, 3, height, width], self.dtype)?;
-        let (mean, logvar) = encoder.forward(&img)?;
-        let (mean, logvar) = (mean.to_vec_f32().await?, logvar.to_vec_f32().await?);
+        // Tiled like the decode when the whole image's activations would not fit (a 512² SD
+        // image in f32 is 134 MB in the first stage alone: over WebGPU's 128 MiB binding).
+        if self.memory.trim_between_stages {
+            self.gpu.trim_pool();
+        }
+        let caps = self.gpu.caps();
+        let tiling = vae_tiling::plan_encode(
+            &self.vae_config,
+            height,
+            width,
+            self.dtype,
+            self.vae_budget(),
+            caps.max_storage_binding.min(caps.max_buffer_size),
+        )?;
+        let f = self.vae_config.downscale();
+        let (mean, logvar) =
+            vae_tiling::encode(encoder, &self.gpu, self.dtype, f, px, [3, height, width], tiling).await?;
         let z = noise.draw(mean.len())?;
         let sf = self.vae_config.scaling_factor as f32;
         Ok(mean.iter().zip(&logvar).zip(&z).map(|((&m, &lv), &z)| (m + (0.5 * lv).exp() * z) * sf).collect())

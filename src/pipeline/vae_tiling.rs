@@ -1,5 +1,5 @@
-//! VAE decode within a memory budget: diffusers' `AutoencoderKL.tiled_decode`, and the plan that
-//! decides when to use it.
+//! VAE decode and encode within a memory budget: diffusers' `AutoencoderKL.tiled_decode` and
+//! `tiled_encode`, and the plans that decide when to use them.
 //!
 //! SD's decoder is the memory peak of a generation: at 512x512 its last stages hold 256- and
 //! 128-channel tensors at full resolution (268 MB for one f32 tensor, over WebGPU's default
@@ -11,7 +11,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, GpuTensor};
 use crate::models::config::VaeConfig;
-use crate::models::vae::Decoder;
+use crate::models::vae::{Decoder, Encoder};
 use crate::ops;
 
 /// diffusers' tiling parameters, in latent pixels.
@@ -44,6 +44,47 @@ pub fn decoder_activations(c: &VaeConfig, h: usize, w: usize, dtype: DType) -> (
         largest = largest.max(prev.max(ch) as u64 * side * dtype.size() as u64);
     }
     (6 * largest, largest)
+}
+
+/// What the encoder's activations need for an `h` x `w` image: (peak bytes, largest tensor
+/// bytes). Its first stage is the largest (`block_out_channels[0]` at full resolution, 128 x 512
+/// x 512 for SD: 134 MB in f32); the peak is bounded as the decoder's.
+pub fn encoder_activations(c: &VaeConfig, h: usize, w: usize, dtype: DType) -> (u64, u64) {
+    let mut largest = 0u64;
+    for (i, &ch) in c.block_out_channels.iter().enumerate() {
+        let side = (h >> i) as u64 * (w >> i) as u64;
+        largest = largest.max(ch as u64 * side * dtype.size() as u64);
+    }
+    (6 * largest, largest)
+}
+
+/// The tiling an encode of an `h` x `w` image needs (in latent pixels, as diffusers'
+/// `tile_latent_min_size`), as `plan` is for the decode.
+pub fn plan_encode(
+    c: &VaeConfig,
+    h: usize,
+    w: usize,
+    dtype: DType,
+    budget: u64,
+    max_binding: u64,
+) -> Result<Option<VaeTiling>> {
+    let f = c.downscale();
+    let fits = |th: usize, tw: usize| {
+        let (peak, largest) = encoder_activations(c, th * f, tw * f, dtype);
+        peak <= budget && largest <= max_binding
+    };
+    let (lh, lw) = (h / f, w / f);
+    if fits(lh, lw) {
+        return Ok(None);
+    }
+    let mut tile = (lh.max(lw) / 8) * 8;
+    while tile >= 8 {
+        if fits(tile.min(lh), tile.min(lw)) {
+            return Ok(Some(VaeTiling::new(tile)));
+        }
+        tile -= 8;
+    }
+    Err(Error::Request(format!("the VAE cannot encode within {budget} bytes of activations, even in 8x8 latent tiles")))
 }
 
 /// The tiling a decode of an `h` x `w` latent needs to keep its activations within `budget`
@@ -107,35 +148,78 @@ pub async fn decode(
     let Some(t) = tiling.filter(|t| h > t.tile || w > t.tile) else {
         return pixels(run(z, h, w)?).await;
     };
-    let step = (t.tile as f64 * (1.0 - t.overlap)) as usize;
-    if step == 0 {
-        return Err(Error::Request(format!("VAE tile {} with overlap {} does not advance", t.tile, t.overlap)));
+    let f = decoder.upscale();
+    tiled(gpu, z, [c, h, w], t.tile, t.tile * f, t.overlap, &run).await
+}
+
+/// Encodes CHW pixels in [-1, 1] (`[3, h, w]`) into the posterior's (mean, clamped log-variance),
+/// whole, or in tiles as diffusers' `tiled_encode` does (the moments blended before the
+/// log-variance is clamped, as `DiagonalGaussianDistribution` does after it).
+pub async fn encode(
+    encoder: &Encoder,
+    gpu: &Gpu,
+    dtype: DType,
+    factor: usize,
+    px: &[f32],
+    [c, h, w]: [usize; 3],
+    tiling: Option<VaeTiling>,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    if px.len() != c * h * w {
+        return Err(Error::shape("vae encode", format!("{} pixel values for [{c}, {h}, {w}]", px.len())));
     }
-    // Decode every tile first (each read back before the next is recorded, so only one tile's
-    // activations are ever alive), then blend in diffusers' order.
+    let run = |tile: &[f32], th: usize, tw: usize| -> Result<GpuTensor> {
+        let t = GpuTensor::from_f32_as(gpu, tile, &[1, c, th, tw], dtype)?;
+        encoder.moments(&t)
+    };
+    let moments = match tiling.filter(|t| h > t.tile * factor || w > t.tile * factor) {
+        None => pixels(run(px, h, w)?).await?,
+        Some(t) => tiled(gpu, px, [c, h, w], t.tile * factor, t.tile, t.overlap, &run).await?,
+    };
+    let n = encoder.latent_channels() * moments.height * moments.width;
+    if moments.data.len() != 2 * n {
+        return Err(Error::shape("vae encode", format!("{} moment values, expected {}", moments.data.len(), 2 * n)));
+    }
+    let (mean, logvar) = moments.data.split_at(n);
+    Ok((mean.to_vec(), logvar.iter().map(|v| v.clamp(-30.0, 20.0)).collect()))
+}
+
+/// diffusers' tiling loop: tiles of `tile` input pixels every `tile · (1 - overlap)`, each run
+/// and read back before the next is recorded (one tile's activations alive), then blended in
+/// diffusers' order over `out_tile · overlap` output pixels and cropped to `out_tile` minus that.
+async fn tiled(
+    gpu: &Gpu,
+    input: &[f32],
+    [c, h, w]: [usize; 3],
+    tile: usize,
+    out_tile: usize,
+    overlap: f64,
+    run: &dyn Fn(&[f32], usize, usize) -> Result<GpuTensor>,
+) -> Result<Pixels> {
+    let step = (tile as f64 * (1.0 - overlap)) as usize;
+    if step == 0 {
+        return Err(Error::Request(format!("VAE tile {tile} with overlap {overlap} does not advance")));
+    }
     let mut rows: Vec<Vec<Pixels>> = Vec::new();
     for i in (0..h).step_by(step) {
         let mut row = Vec::new();
         for j in (0..w).step_by(step) {
-            let (th, tw) = (t.tile.min(h - i), t.tile.min(w - j));
-            let mut tile = Vec::with_capacity(c * th * tw);
+            let (th, tw) = (tile.min(h - i), tile.min(w - j));
+            let mut t = Vec::with_capacity(c * th * tw);
             for ch in 0..c {
                 for y in i..i + th {
                     let start = ch * h * w + y * w + j;
-                    tile.extend_from_slice(&z[start..start + tw]);
+                    t.extend_from_slice(&input[start..start + tw]);
                 }
             }
-            row.push(pixels(run(&tile, th, tw)?).await?);
+            row.push(pixels(run(&t, th, tw)?).await?);
             // Tiling is for tight memory: the next tile (maybe a smaller, partial one) should
             // not find the pool holding this one's buffers in sizes it cannot use.
             gpu.trim_pool();
         }
         rows.push(row);
     }
-    let f = rows[0][0].height / t.tile.min(h);
-    let sample = t.tile * f;
-    let blend = (sample as f64 * t.overlap) as usize;
-    let limit = sample - blend;
+    let blend = (out_tile as f64 * overlap) as usize;
+    let limit = out_tile - blend;
     for i in 0..rows.len() {
         for j in 0..rows[i].len() {
             if i > 0 {

@@ -140,7 +140,9 @@ pub(super) fn js_init(request: &JsValue, width: usize, height: usize) -> Result<
         if v.is_undefined() || v.is_null() {
             return Ok(None);
         }
-        let a = v.dyn_into::<js_sys::Uint8Array>().map_err(|_| JsError::new(&format!("initImage.{k} must be a Uint8Array")))?;
+        let a = v
+            .dyn_into::<js_sys::Uint8Array>()
+            .map_err(|_| JsError::new(&format!("initImage.{k} must be a Uint8Array")))?;
         Ok(Some(a.to_vec()))
     };
     let rgb = bytes("rgb")?.ok_or_else(|| JsError::new("initImage.rgb must be a Uint8Array"))?;
