@@ -286,15 +286,17 @@ impl Model {
     #[wasm_bindgen(js_name = loadTaesd)]
     pub fn load_taesd(&mut self, reader: JsValue) -> Result<(), JsError> {
         let src = JsReader::new(&reader)?;
-        let (decoder, _) = crate::models::loader::taesd(&src, &self.sd.gpu, &self.options).map_err(js_err)?;
+        let opts = LoadOptions { with_encoder: true, ..self.options.clone() };
+        let (decoder, encoder) = crate::models::loader::taesd(&src, &self.sd.gpu, &opts).map_err(js_err)?;
         self.sd.taesd = Some(decoder);
+        self.sd.taesd_encoder = encoder;
         Ok(())
     }
 
-    /// What TAESD decodes (once loaded): every step's preview, and/or the final image.
+    /// What TAESD does (once loaded): every step's preview, the final image, img2img's encode.
     #[wasm_bindgen(js_name = setTaesdUse)]
-    pub fn set_taesd_use(&mut self, previews: bool, final_decode: bool) {
-        self.sd.taesd_use = crate::pipeline::generate::TaesdUse { previews, final_decode };
+    pub fn set_taesd_use(&mut self, previews: bool, final_decode: bool, encode: bool) {
+        self.sd.taesd_use = crate::pipeline::generate::TaesdUse { previews, final_decode, encode };
     }
 
     #[wasm_bindgen(js_name = hasTaesd)]

@@ -269,13 +269,13 @@ fn taesd_previews_every_step_and_decodes_fast_on_request() {
     assert!(none.iter().all(Option::is_none), "no TAESD, no step images");
     let taesd = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-taesd");
     sd.taesd = Some(loader::taesd(&DirSource(taesd), common::gpu(), &opts).unwrap().0);
-    sd.taesd_use = TaesdUse { previews: true, final_decode: false };
+    sd.taesd_use = TaesdUse { previews: true, final_decode: false, encode: false };
     let (vae, previews) = run(&sd);
     assert_eq!(vae.rgb, plain.rgb, "previews leave the VAE's image as it was");
     assert_eq!(previews.len(), 3);
     assert!(previews.iter().all(|p| p.as_ref().is_some_and(|p| p.len() == 64 * 64 * 3)), "a 64x64 RGB image per step");
     assert_ne!(previews[0], previews[2], "the previews follow the latents");
-    sd.taesd_use = TaesdUse { previews: true, final_decode: true };
+    sd.taesd_use = TaesdUse { previews: true, final_decode: true, encode: false };
     let (fast, previews) = run(&sd);
     assert_eq!(fast.latents, vae.latents);
     assert_eq!(Some(&fast.rgb), previews[2].as_ref(), "the fast decode is TAESD's picture of the final latents");
@@ -369,4 +369,39 @@ fn inpainting_matches_diffusers_step_by_step() {
     let mut rng = webdiffusion::pipeline::rng::NormalRng::new(1);
     let err = pollster::block_on(sd.generate(&req, None, &mut rng, &mut |_| true)).err().unwrap().to_string();
     assert!(err.contains("inpainting model") && err.contains("a mask"), "{err}");
+}
+
+/// TAESD as img2img's encoder: deterministic latents, so the run draws one normal fewer than
+/// the VAE's posterior sample needs (the start noise only, for Euler), and starts elsewhere.
+#[test]
+fn taesd_encodes_img2img_without_a_posterior_draw() {
+    use webdiffusion::pipeline::generate::TaesdUse;
+    let opts = loader::LoadOptions { with_encoder: true, ..loader::LoadOptions::new(DType::F32) };
+    let mut sd = StableDiffusion::load(&DirSource(dir("tiny-sd1")), common::gpu(), &opts).unwrap();
+    let rgb: Vec<u8> = (0..64 * 64 * 3).map(|i| (i * 7 % 251) as u8).collect();
+    let req = Request {
+        prompt: "a red circle".into(),
+        negative_prompt: None,
+        steps: 4,
+        guidance: 7.5,
+        width: 64,
+        height: 64,
+        scheduler: SchedulerKind::Euler,
+        prompt_syntax: PromptSyntax::A1111,
+        eta: 0.0,
+        init: Some(InitImage { rgb, strength: 0.5, mask: None }),
+    };
+    let draw = |k: usize| -> VecDeque<Vec<f32>> {
+        let mut rng = webdiffusion::pipeline::rng::NormalRng::new(3);
+        (0..k).map(|_| webdiffusion::pipeline::generate::NoiseSource::draw(&mut rng, 256).unwrap()).collect()
+    };
+    let vae = pollster::block_on(sd.generate(&req, None, &mut Recorded(draw(2)), &mut |_| true)).unwrap();
+    let short = pollster::block_on(sd.generate(&req, None, &mut Recorded(draw(1)), &mut |_| true));
+    assert!(short.err().unwrap().to_string().contains("ran out"), "the VAE's encode draws its posterior sample");
+    let taesd = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-taesd");
+    let (d, e) = loader::taesd(&DirSource(taesd), common::gpu(), &opts).unwrap();
+    (sd.taesd, sd.taesd_encoder) = (Some(d), e);
+    sd.taesd_use = TaesdUse { previews: false, final_decode: false, encode: true };
+    let fast = pollster::block_on(sd.generate(&req, None, &mut Recorded(draw(1)), &mut |_| true)).unwrap();
+    assert_ne!(fast.latents, vae.latents, "TAESD's latents are another start");
 }

@@ -529,7 +529,7 @@ async function generate(overrides = {}) {
   try {
     const init = initImageFor(req.width, req.height);
     const request = init ? { ...req, initImage: init } : req;
-    const m = await call('generate', { request, loras: activeLoras(), taesd: taesdRequest(api.taesdEntry || catalog.taesd) }, onStep);
+    const m = await call('generate', { request, loras: activeLoras(), taesd: taesdRequest(api.taesdEntry || catalog.taesd, !!init) }, onStep);
     if (m.type === 'cancelled') {
       $('gen-text').textContent = `Cancelled after ${state.steps.length} step(s).`;
       return { cancelled: true, seed: req.seed };

@@ -7,10 +7,12 @@ import { workerEntry } from './entries.js';
 
 const $ = (id) => document.getElementById(id);
 
-/// What a generation asks of TAESD, with `entry` (the catalog's `taesd`), or null for neither.
-export function taesdRequest(entry) {
+/// What a generation asks of TAESD, with `entry` (the catalog's `taesd`), or null for nothing:
+/// previews, the final decode, img2img's encode (`initImage`: whether the request has one).
+export function taesdRequest(entry, initImage = false) {
   const previews = $('preview-decoder').value === 'taesd';
   const finalDecode = $('final-decoder').value === 'taesd';
-  if (!previews && !finalDecode) return null;
-  return { entry: entry ? workerEntry(entry) : null, previews, finalDecode };
+  const encode = initImage && $('init-encoder').value === 'taesd';
+  if (!previews && !finalDecode && !encode) return null;
+  return { entry: entry ? workerEntry(entry) : null, previews, finalDecode, encode };
 }

@@ -8,7 +8,7 @@
 //                                   loading {done, total}*, loaded {model, ms, downloadMs,
 //                                   wasmHeapBytes, download: {requests, bytesFetched, bytesFromCache}}
 //     (entry.checkpoint: a single-file checkpoint, by URL or the local File in `file`)
-//   generate {request (initImage?: {rgb, strength, mask?, outpaint?, maskBlur?}), loras: [{id, strength}], taesd?: {entry, previews, finalDecode}} -> (loading {done, total}* when the LoRAs change) step {index, total, msPerStep, preview}*, then
+//   generate {request (initImage?: {rgb, strength, mask?, outpaint?, maskBlur?}), loras: [{id, strength}], taesd?: {entry, previews, finalDecode, encode}} -> (loading {done, total}* when the LoRAs change) step {index, total, msPerStep, preview}*, then
 //                                   done {image: {width, height, rgba}, png, parameters, seed, ms,
 //                                   images: [{image, png, parameters, seed}] (request.count of them)}
 //                                   | cancelled {}
@@ -316,7 +316,7 @@ function describeModel() {
 /// TAESD for previews / a fast final decode (`msg.taesd`: {entry, previews, finalDecode}): its
 /// 10 MB download is stored like a model's files the first time, then read from IndexedDB.
 async function ensureTaesd(msg) {
-  const want = msg.taesd && (msg.taesd.previews || msg.taesd.finalDecode) ? msg.taesd : null;
+  const want = msg.taesd && (msg.taesd.previews || msg.taesd.finalDecode || msg.taesd.encode) ? msg.taesd : null;
   if (want && !model.handle.hasTaesd()) {
     if (!want.entry) throw new Error('TAESD is not offered by this site (no catalog entry).');
     post({ type: 'loading', id: msg.id, done: 0, total: 0, what: 'taesd' });
@@ -324,7 +324,7 @@ async function ensureTaesd(msg) {
     const { reader } = await cachedReader(dl.record, () => {});
     model.handle.loadTaesd(reader);
   }
-  model.handle.setTaesdUse(!!want?.previews, !!want?.finalDecode);
+  model.handle.setTaesdUse(!!want?.previews, !!want?.finalDecode, !!want?.encode);
 }
 
 async function runGeneration(msg) {

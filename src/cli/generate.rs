@@ -35,6 +35,10 @@ pub struct Args {
     /// The final decode: vae (the model's own) or taesd (fast, a little softer).
     #[arg(long, default_value = "vae")]
     decoder: String,
+    /// img2img's / inpainting's image encode: vae (the model's own) or taesd (fast, no
+    /// posterior sample).
+    #[arg(long, default_value = "vae")]
+    encoder: String,
     /// Per-step previews: none or taesd (each step's image written to --previews).
     #[arg(long, default_value = "none")]
     preview_decoder: String,
@@ -255,18 +259,30 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
     if preview_taesd != a.previews.is_some() {
         bail!("--preview-decoder taesd and --previews DIR go together");
     }
-    if (final_taesd || preview_taesd) && a.taesd.is_none() {
-        bail!("--decoder taesd and --preview-decoder taesd need --taesd DIR (madebyollin/taesd's files)");
+    let encode_taesd = match a.encoder.as_str() {
+        "vae" => false,
+        "taesd" => true,
+        other => bail!("--encoder {other}: vae or taesd"),
+    };
+    if (final_taesd || preview_taesd || encode_taesd) && a.taesd.is_none() {
+        bail!(
+            "--decoder taesd, --encoder taesd and --preview-decoder taesd need --taesd DIR (madebyollin/taesd's files)"
+        );
     }
     let mut sd = webdiffusion::pipeline::generate::StableDiffusion::load(&*src, gpu, &opts)
         .with_context(|| format!("loading {}", a.model))?;
     eprintln!("loaded {} ({dtype}) in {:.1} s", a.model, t0.elapsed().as_secs_f64());
     if let Some(dir) = &a.taesd {
-        let (d, _) = loader::taesd(&loader::DirSource(dir.clone()), gpu, &loader::LoadOptions::new(dtype))
+        let opts = loader::LoadOptions { with_encoder: encode_taesd, ..loader::LoadOptions::new(dtype) };
+        let (d, e) = loader::taesd(&loader::DirSource(dir.clone()), gpu, &opts)
             .with_context(|| format!("loading TAESD from {}", dir.display()))?;
         sd.taesd = Some(d);
-        sd.taesd_use =
-            webdiffusion::pipeline::generate::TaesdUse { previews: preview_taesd, final_decode: final_taesd };
+        sd.taesd_encoder = e;
+        sd.taesd_use = webdiffusion::pipeline::generate::TaesdUse {
+            previews: preview_taesd,
+            final_decode: final_taesd,
+            encode: encode_taesd,
+        };
     }
     // LatentConsistencyModelPipeline's defaults for LCM-distilled U-Nets, else StableDiffusionPipeline's.
     let lcm = sd.unet.config.time_cond_proj_dim.is_some();

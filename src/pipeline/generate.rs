@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, GpuTensor};
 use crate::models::clip::ClipTextModel;
 use crate::models::config::VaeConfig;
-use crate::models::taesd::TinyDecoder;
+use crate::models::taesd::{TinyDecoder, TinyEncoder};
 use crate::models::tokenizer::ClipTokenizer;
 use crate::models::unet::UNet;
 use crate::models::vae::{Decoder, Encoder};
@@ -88,6 +88,7 @@ pub struct StableDiffusion {
     pub memory: MemoryOptions,
     /// TAESD, when loaded (`models::loader::taesd`), and what it decodes.
     pub taesd: Option<TinyDecoder>,
+    pub taesd_encoder: Option<TinyEncoder>,
     pub taesd_use: TaesdUse,
 }
 
@@ -98,6 +99,9 @@ pub struct TaesdUse {
     pub previews: bool,
     /// The final images, instead of the VAE (fast, a little softer).
     pub final_decode: bool,
+    /// img2img's and inpainting's image encodes (`taesd_encoder`), instead of the VAE's: as
+    /// diffusers' `AutoencoderTiny`, deterministic latents (no posterior sample is drawn).
+    pub encode: bool,
 }
 
 /// How a generation trades memory for speed.
@@ -561,6 +565,10 @@ impl StableDiffusion {
         height: usize,
         noise: &mut dyn NoiseSource,
     ) -> Result<Vec<f32>> {
+        if let (Some(e), true) = (&self.taesd_encoder, self.taesd_use.encode) {
+            let img = GpuTensor::from_f32_as(&self.gpu, px, &[1, 3, height, width], self.dtype)?;
+            return e.forward(&img)?.to_vec_f32().await;
+        }
         let encoder = self
             .encoder
             .as_ref()

@@ -28,6 +28,7 @@ impl StableDiffusion {
                 scheduler_config,
                 memory: Default::default(),
                 taesd: None,
+                taesd_encoder: None,
                 taesd_use: Default::default(),
             })
         })
