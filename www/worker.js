@@ -317,14 +317,19 @@ function describeModel() {
 /// 10 MB download is stored like a model's files the first time, then read from IndexedDB.
 async function ensureTaesd(msg) {
   const want = msg.taesd && (msg.taesd.previews || msg.taesd.finalDecode || msg.taesd.encode) ? msg.taesd : null;
-  if (want && !model.handle.hasTaesd()) {
+  if (!want) {
+    // Nothing asked of TAESD: off, if this model ever had it.
+    if (model.handle.hasTaesd?.()) model.handle.setTaesdUse(false, false, false);
+    return;
+  }
+  if (!model.handle.hasTaesd()) {
     if (!want.entry) throw new Error('TAESD is not offered by this site (no catalog entry).');
     post({ type: 'loading', id: msg.id, done: 0, total: 0, what: 'taesd' });
     const dl = await downloadModel(want.entry, { onProgress: (p) => post({ type: 'download', id: msg.id, ...p }) });
     const { reader } = await cachedReader(dl.record, () => {});
     model.handle.loadTaesd(reader);
   }
-  model.handle.setTaesdUse(!!want?.previews, !!want?.finalDecode, !!want?.encode);
+  model.handle.setTaesdUse(!!want.previews, !!want.finalDecode, !!want.encode);
 }
 
 async function runGeneration(msg) {
