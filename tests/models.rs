@@ -529,12 +529,28 @@ fn taesd_encodes_and_decodes_as_diffusers_does() {
         }
     }
     // The published config loads; another activation is refused in one line.
-    let published = std::fs::read_to_string(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/published/madebyollin__taesd/config.json"),
+    let published =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/published-components/madebyollin__taesd");
+    let c = webdiffusion::models::taesd::TinyConfig::from_json(
+        &std::fs::read_to_string(published.join("config.json")).unwrap(),
     )
     .unwrap();
-    let c = webdiffusion::models::taesd::TinyConfig::from_json(&published).unwrap();
     assert_eq!(c.downscale(), 8);
+    // The tiny fixture has the published tensor names (its layer indices are the published ones).
+    let list: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(published.join("tensors.json")).unwrap()).unwrap();
+    let mut want: Vec<String> = list["components"]["vae"]["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect();
+    let file = src.read("diffusion_pytorch_model.safetensors").unwrap().unwrap();
+    let mut got: Vec<String> =
+        safetensors::SafeTensors::deserialize(&file).unwrap().names().into_iter().map(str::to_string).collect();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want, "the tiny TAESD's tensors are the published ones");
     let silu = loader::text(&src, "config.json").unwrap().replace("\"relu\"", "\"silu\"");
     let err = webdiffusion::models::taesd::TinyConfig::from_json(&silu).unwrap_err().to_string();
     assert!(err.contains("taesd") && err.contains("act_fn silu"), "{err}");
