@@ -41,6 +41,11 @@ pub enum Target {
     /// A prompt in A1111's syntax (weights, escapes, BREAK), parsed and chunked with the
     /// fixture's tokenizer.
     Prompt,
+    /// A single-file checkpoint's header (original LDM names), planned by the streaming
+    /// converter against the fixture's configs: name mapping, q/k/v cuts, family checks.
+    SingleFile,
+    /// TAESD's config.json.
+    TaesdConfig,
     /// A whole model: one of its files mutated (a config, the model index, a weights file's
     /// header), then converted to a q4_0 package, that package loaded onto the GPU, and the
     /// folder itself loaded too — every check between the bytes and the GPU, not one parser.
@@ -266,6 +271,22 @@ fn seeds(t: Target, dir: &Path, ctx: &Inputs) -> Result<Vec<Vec<u8>>> {
             vec![seed]
         }
         Target::Lora => vec![read(dir, "lora/kohya.safetensors")?, read(dir, "lora/peft.safetensors")?],
+        Target::SingleFile => {
+            // The headers of the tiny SD 1 and SD 2 single files beside the fixture.
+            let parent = dir.parent().unwrap_or(dir);
+            ["tiny-sd1-single", "tiny-sd2-single"]
+                .iter()
+                .filter_map(|m| std::fs::read(parent.join(m).join("model.safetensors")).ok())
+                .map(|all| {
+                    let n = 8 + u64::from_le_bytes(all[..8].try_into()?) as usize;
+                    Ok(all[..n.min(all.len())].to_vec())
+                })
+                .collect::<Result<_>>()?
+        }
+        Target::TaesdConfig => {
+            let parent = dir.parent().unwrap_or(dir);
+            vec![read(&parent.join("tiny-taesd"), "config.json")?]
+        }
         Target::Prompt => [
             "(masterpiece:1.2), best quality, [blurry], ((a cat)) BREAK \\(literal\\) (unclosed [x",
             "a (((house:1.3)) [on] a (hill:0.5), sun, (((sky))). 東京の(夜景:1.4) 🦊",
@@ -301,7 +322,13 @@ impl Target {
     fn is_json(self) -> bool {
         !matches!(
             self,
-            Target::Safetensors | Target::Tokenizer | Target::Png | Target::Load | Target::Prompt | Target::Lora
+            Target::Safetensors
+                | Target::Tokenizer
+                | Target::Png
+                | Target::Load
+                | Target::Prompt
+                | Target::Lora
+                | Target::SingleFile
         )
     }
 }
@@ -427,6 +454,39 @@ fn run_one(t: Target, ctx: &Inputs, input: &[u8]) -> usize {
             let prompt = String::from_utf8_lossy(input);
             let _ = webdiffusion::pipeline::prompt::parse_attention(&prompt);
             let _ = conditioning::tokenize(&ctx.tokenizer, &prompt, PromptSyntax::A1111);
+        }
+        Target::SingleFile => {
+            // The header alone: the plan (mapping, cuts, checks) runs when it is complete.
+            let files: std::collections::BTreeMap<String, String> = ctx
+                .model
+                .iter()
+                .filter(|(p, _)| !p.ends_with(".safetensors"))
+                .map(|(p, b)| (p.clone(), String::from_utf8_lossy(b).into_owned()))
+                .collect();
+            let n = header::header_len("fuzz.safetensors", &input[..input.len().min(8)], None).ok();
+            let size = n
+                .and_then(|n| {
+                    header::parse(
+                        "fuzz.safetensors",
+                        &input[8.min(input.len())..(8 + n as usize).min(input.len())],
+                        None,
+                    )
+                    .ok()
+                })
+                .and_then(|t| t.iter().map(|t| t.start + t.len).max())
+                .unwrap_or(input.len() as u64)
+                .max(input.len() as u64);
+            let policy = webdiffusion::quant::QuantPolicy::standard(webdiffusion::quant::StoreType::Q4_0);
+            if let Ok(mut conv) =
+                webdiffusion::models::stream::StreamConverter::new(ctx.gpu, "q4_0", &policy, 1 << 20, files)
+            {
+                if conv.begin_single_file("fuzz.safetensors", size, None, None).is_ok() {
+                    let _ = conv.push(input, &mut Nothing);
+                }
+            }
+        }
+        Target::TaesdConfig => {
+            let _ = webdiffusion::models::taesd::TinyConfig::from_json(text);
         }
         Target::Load => return load_whole(ctx, input),
     }
