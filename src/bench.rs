@@ -343,8 +343,11 @@ async fn time_unet(
 ) -> Result<(Vec<f32>, Option<Captured>)> {
     let (cfg, batch) = (o.guidance > 1.0, batch_of(o));
     let (lh, lw) = (o.size / m.vae_cfg.downscale(), o.size / m.vae_cfg.downscale());
-    let c = m.un_cfg.in_channels;
+    // Latents have the VAE's channels; an inpainting U-Net also takes the mask and the masked
+    // image's latents (9 channels in all), stand-ins here.
+    let (c, unet_in) = (m.vae_cfg.latent_channels, m.un_cfg.in_channels);
     let n = c * lh * lw;
+    let extra = vec![0.5f32; unet_in.saturating_sub(c) * lh * lw];
     let mut x = NormalRng::new(7).normals(n);
     let mut runs: Vec<StageReport> = Vec::new();
     let mut captured = None;
@@ -352,8 +355,9 @@ async fn time_unet(
         let t = 999.0 - (i as f32) * (999.0 / o.steps.max(1) as f32);
         gpu.reset_stats();
         let t0 = now_ms();
-        let input = if cfg { [x.clone(), x.clone()].concat() } else { x.clone() };
-        let up = GpuTensor::from_f32_as(gpu, &input, &[batch, c, lh, lw], m.dtype)?;
+        let row = [&x[..], &extra[..]].concat();
+        let input = if cfg { [row.clone(), row].concat() } else { row };
+        let up = GpuTensor::from_f32_as(gpu, &input, &[batch, unet_in, lh, lw], m.dtype)?;
         let out = m.unet.forward(&up, t, context, None)?.to_vec_f32().await?;
         let mut times = vec![now_ms() - t0];
         runs.push(stage_report("unet_step", &mut times, gpu.stats()));
@@ -366,7 +370,7 @@ async fn time_unet(
         if o.capture && captured.is_none() {
             captured = Some(Captured {
                 input,
-                input_shape: [batch, c, lh, lw],
+                input_shape: [batch, unet_in, lh, lw],
                 context: context.to_vec_f32().await?,
                 context_shape: [batch, m.te_cfg.max_position_embeddings, m.un_cfg.cross_attention_dim],
                 output: out,
@@ -396,7 +400,7 @@ async fn time_decode(
     stages: &mut Vec<StageReport>,
 ) -> Result<Option<VaeTiling>> {
     let (lh, lw) = (o.size / m.vae_cfg.downscale(), o.size / m.vae_cfg.downscale());
-    let c = m.un_cfg.in_channels;
+    let c = m.vae_cfg.latent_channels;
     gpu.trim_pool();
     let s = gpu.stats();
     let act_budget = if o.budget == 0 { 512 << 20 } else { o.budget.saturating_sub(s.bytes_live + s.bytes_pooled) };
