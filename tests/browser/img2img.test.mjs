@@ -1,6 +1,7 @@
 // img2img in the page (www/init-image.js → worker.js → Model.loadEncoder + generate's
 // initImage): a PNG picked in the img2img panel gives the CLI's `--init-image` image within
-// 1/255; "Use as input" makes the finished image the next start, pixel for pixel. Several images
+// 1/255; "Use as input" makes the finished image the next start, pixel for pixel; a dropped or
+// pasted image becomes the start too. Several images
 // per prompt: seeds s, s+1, … (A1111's order) run as one batch, each in the gallery.
 
 import { test } from 'node:test';
@@ -60,6 +61,26 @@ test('img2img from a picked PNG is the CLI\'s --init-image image; a result can b
       return a.length === b.length && a.every((v, i) => v === b[i]);
     });
     assert.ok(same, 'the starting image is the result, pixel for pixel');
+    // A dropped image and a pasted one become the start too (the PNG as bytes in the page).
+    for (const how of ['drop', 'paste']) {
+      await page.click('#init-clear');
+      await page.waitForSelector('#init-preview', { state: 'hidden' });
+      const dt = await page.evaluateHandle(async () => {
+        const blob = await (await fetch('/artifacts/img2img-init.png')).blob();
+        const d = new DataTransfer();
+        d.items.add(new File([blob], 'start.png', { type: 'image/png' }));
+        return d;
+      });
+      if (how === 'drop') {
+        await page.dispatchEvent('body', 'dragover', { dataTransfer: dt });
+        await page.dispatchEvent('body', 'drop', { dataTransfer: dt });
+      } else {
+        await page.evaluate((d) => document.dispatchEvent(new ClipboardEvent('paste', { clipboardData: d, bubbles: true })), dt);
+      }
+      await page.waitForSelector('#init-preview:not([hidden])');
+      assert.match(await page.textContent('#init-info'), /^64×64/, `${how}: the image is the start`);
+    }
+    await page.click('#use-as-input');
     const first = await page.evaluate(() => window.webdiffusion.state.lastImage.rgba);
     const again = await page.evaluate((r) => window.webdiffusion.generate(r).then((x) => x, (e) => ({ error: String(e.message || e) })), REQUEST);
     assert.equal(again.error, undefined);
