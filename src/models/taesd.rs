@@ -130,7 +130,7 @@ impl Block {
 enum Layer {
     Conv(Conv2d),
     Relu,
-    Block(Block),
+    Block(Box<Block>),
     Upsample,
 }
 
@@ -169,7 +169,7 @@ impl TinyEncoder {
                 Conv2d::load_no_bias(&at, ch, ch, 3, DOWN)?
             }));
             for _ in 0..blocks {
-                layers.push(Layer::Block(Block::load(&w.pp(layers.len()), ch)?));
+                layers.push(Layer::Block(Box::new(Block::load(&w.pp(layers.len()), ch)?)));
             }
             cin = ch;
         }
@@ -203,7 +203,7 @@ impl TinyDecoder {
                 return Err(bad(format!("decoder level {i} is {ch} wide after {cin}: blocks do not change width")));
             }
             for _ in 0..blocks {
-                layers.push(Layer::Block(Block::load(&w.pp(layers.len()), ch)?));
+                layers.push(Layer::Block(Box::new(Block::load(&w.pp(layers.len()), ch)?)));
             }
             let last = i + 1 == levels;
             if !last {
