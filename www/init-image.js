@@ -43,7 +43,8 @@ let onError = () => {};
 
 export const hasInitImage = () => source !== null;
 
-/// `{rgb, strength}` for a width × height generation, or null without an image.
+/// The request's `initImage` for a width × height generation — `{rgb, strength, maskBlur}`, with
+/// `mask` (inpaint) or `outpaint` ([left, right, up, down]) by mode — or null without an image.
 export function initImageFor(width, height) {
   if (!source) return null;
   const canvas = new OffscreenCanvas(width, height);
