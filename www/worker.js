@@ -384,7 +384,7 @@ async function runGeneration(msg) {
   const ms = performance.now() - t0;
   if (out.cancelled) return { type: 'cancelled' };
   // Our own copies to hand over: every image of the request, the first also at the top.
-  const images = out.images.map((o) => ({ image: { width: o.width, height: o.height, rgba: o.rgba.slice() }, png: o.png.slice(), parameters: o.parameters, seed: o.seed }));
+  const images = (out.images || [out]).map((o) => ({ image: { width: o.width, height: o.height, rgba: o.rgba.slice() }, png: o.png.slice(), parameters: o.parameters, seed: o.seed ?? request.seed }));
   const [first] = images;
   return {
     type: 'done',
