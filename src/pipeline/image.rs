@@ -181,12 +181,16 @@ pub fn luma(rgb: &[u8]) -> Vec<u8> {
 /// `MAX_SIDE`).
 pub fn outpaint(rgb: &[u8], width: usize, height: usize, by: [usize; 4]) -> Result<(Vec<u8>, Vec<u8>, usize, usize)> {
     let [left, right, up, down] = by;
-    let (w, h) = (width + left + right, height + up + down);
-    if rgb.len() != width * height * 3 || width == 0 || height == 0 {
+    let max = crate::pipeline::generate::MAX_SIDE;
+    // Sizes come from a request: checked before they multiply or size anything.
+    let side = |a: usize, b: usize, c: usize| a.checked_add(b)?.checked_add(c).filter(|&s| s <= max);
+    let (Some(w), Some(h)) = (side(width, left, right), side(height, up, down)) else {
+        return Err(Error::Request(format!(
+            "outpainting {width}x{height} by {by:?} is beyond the largest side, {max}"
+        )));
+    };
+    if width == 0 || height == 0 || rgb.len() != width * height * 3 {
         return Err(Error::Request(format!("the image to extend must be {width}x{height} RGB")));
-    }
-    if w > crate::pipeline::generate::MAX_SIDE || h > crate::pipeline::generate::MAX_SIDE {
-        return Err(Error::Request(format!("outpainting to {w}x{h} is beyond the largest side")));
     }
     let mut out = vec![0u8; w * h * 3];
     let mut mask = vec![255u8; w * h];
@@ -247,4 +251,24 @@ pub fn overlay(original: &[u8], generated: &[u8], weights: &[f32]) -> Vec<u8> {
             [mix(0), mix(1), mix(2)]
         })
         .collect()
+}
+
+#[cfg(test)]
+mod outpaint_tests {
+    use super::*;
+
+    #[test]
+    fn outpainting_sizes_are_checked_before_they_multiply() {
+        let rgb = vec![7u8; 2 * 2 * 3];
+        let (out, mask, w, h) = outpaint(&rgb, 2, 2, [1, 0, 0, 2]).unwrap();
+        assert_eq!((w, h), (3, 4));
+        assert_eq!(out.len(), 36);
+        assert_eq!(mask.iter().filter(|&&m| m == 0).count(), 4, "the original's 4 pixels are kept");
+        for by in [[usize::MAX, 1, 0, 0], [0, 0, 5000, 0]] {
+            let e = outpaint(&rgb, 2, 2, by).unwrap_err().to_string();
+            assert!(e.contains("beyond the largest side"), "{e}");
+        }
+        let e = outpaint(&rgb, usize::MAX / 2, 3, [0; 4]).unwrap_err().to_string();
+        assert!(e.contains("beyond the largest side"), "{e}");
+    }
 }

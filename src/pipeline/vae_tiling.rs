@@ -73,18 +73,18 @@ pub fn plan_encode(
         let (peak, largest) = encoder_activations(c, th * f, tw * f, dtype);
         peak <= budget && largest <= max_binding
     };
-    let (lh, lw) = (h / f, w / f);
-    if fits(lh, lw) {
-        return Ok(None);
+    largest_fitting(h / f, w / f, fits).ok_or_else(|| {
+        Error::Request(format!("the VAE cannot encode within {budget} bytes of activations, even in 8x8 latent tiles"))
+    })
+}
+
+/// `None` when the whole `h` x `w` latent fits, else the largest tile (a multiple of 8 latent
+/// pixels, at least 8) that does; `Err`-worthy (outer `None`) when not even 8 fits.
+fn largest_fitting(h: usize, w: usize, fits: impl Fn(usize, usize) -> bool) -> Option<Option<VaeTiling>> {
+    if fits(h, w) {
+        return Some(None);
     }
-    let mut tile = (lh.max(lw) / 8) * 8;
-    while tile >= 8 {
-        if fits(tile.min(lh), tile.min(lw)) {
-            return Ok(Some(VaeTiling::new(tile)));
-        }
-        tile -= 8;
-    }
-    Err(Error::Request(format!("the VAE cannot encode within {budget} bytes of activations, even in 8x8 latent tiles")))
+    (1..=h.max(w) / 8).rev().map(|k| 8 * k).find(|&t| fits(t.min(h), t.min(w))).map(|t| Some(VaeTiling::new(t)))
 }
 
 /// The tiling a decode of an `h` x `w` latent needs to keep its activations within `budget`
@@ -102,15 +102,8 @@ pub fn plan(
         let (peak, largest) = decoder_activations(c, th, tw, dtype);
         peak <= budget && largest <= max_binding
     };
-    if fits(h, w) {
-        return Ok(None);
-    }
-    let mut tile = (h.max(w) / 8) * 8;
-    while tile >= 8 {
-        if fits(tile.min(h), tile.min(w)) {
-            return Ok(Some(VaeTiling::new(tile)));
-        }
-        tile -= 8;
+    if let Some(plan) = largest_fitting(h, w, fits) {
+        return Ok(plan);
     }
     let (peak, largest) = decoder_activations(c, 8, 8, dtype);
     Err(Error::Request(format!(
