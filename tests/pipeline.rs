@@ -49,6 +49,20 @@ fn assert_timesteps(got: &[f32], want: &[f32], what: &str) {
     }
 }
 
+/// Each step's latents within 1e-4 of the reference's largest value (the bound);
+/// returns the worst relative error.
+fn assert_steps(seen: &[(f32, Vec<f32>)], step_latents: &[f32], what: &str) -> f32 {
+    let mut worst = 0f32;
+    for (i, (_, got)) in seen.iter().enumerate() {
+        let want = &step_latents[i * got.len()..(i + 1) * got.len()];
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = got.iter().zip(want).fold(0f32, |m, (g, w)| m.max((g - w).abs()));
+        worst = worst.max(err / scale);
+        assert!(err <= 1e-4 * scale, "{what} step {i}: max |err| {err:e}, max |ref| {scale}");
+    }
+    worst
+}
+
 /// Runs every txt2img case whose scheduler we implement; returns (case, max rel err) pairs.
 fn run_cases(model: &str) -> usize {
     let src = DirSource(dir(model));
@@ -127,14 +141,7 @@ fn run_cases(model: &str) -> usize {
             let seen: Vec<f32> = steps_seen.iter().map(|s| s.0).collect();
             assert_timesteps(&seen, &want_ts, &format!("{model} {name}: timesteps"));
             // Per-step and final latents: relative error <= 1e-4 of the largest value (the bound).
-            let mut worst = 0f32;
-            for (i, (_, got)) in steps_seen.iter().enumerate() {
-                let want = &step_latents[i * got.len()..(i + 1) * got.len()];
-                let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let err = got.iter().zip(want).fold(0f32, |m, (g, w)| m.max((g - w).abs()));
-                worst = worst.max(err / scale);
-                assert!(err <= 1e-4 * scale, "{model} {name} step {i}: max |err| {err:e}, max |ref| {scale}");
-            }
+            let worst = assert_steps(&steps_seen, &step_latents, &format!("{model} {name}"));
             let (_, fin) = c.f32("final_latents").unwrap();
             let ferr = out.latents.iter().zip(&fin).fold(0f32, |m, (g, w)| m.max((g - w).abs()));
             let want_rgb = c.u8("image");
@@ -332,14 +339,7 @@ fn inpainting_matches_diffusers_step_by_step() {
             .unwrap_or_else(|e| panic!("{model} {name}: {e}"));
             let ts: Vec<f32> = seen.iter().map(|s| s.0).collect();
             assert_timesteps(&ts, &want_ts, &format!("{model} {name}: timesteps"));
-            let mut worst = 0f32;
-            for (i, (_, got)) in seen.iter().enumerate() {
-                let want = &step_latents[i * got.len()..(i + 1) * got.len()];
-                let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let err = got.iter().zip(want).fold(0f32, |m, (g, w)| m.max((g - w).abs()));
-                worst = worst.max(err / scale);
-                assert!(err <= 1e-4 * scale, "{model} {name} step {i}: max |err| {err:e}, max |ref| {scale}");
-            }
+            let worst = assert_steps(&seen, &step_latents, &format!("{model} {name}"));
             let px = out.rgb.iter().zip(&c.u8("image")).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
             eprintln!("{model} {name}: max rel step err {worst:.2e}, image max diff {px}/255");
             assert!(px <= 1, "{model} {name}: image differs by {px}/255");

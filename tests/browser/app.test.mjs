@@ -10,7 +10,7 @@ import { createServer } from 'node:http';
 import { createHash } from 'node:crypto';
 import { mkdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { ARTIFACTS, ROOT, launchBrowser, newProfile, openPage, serveApp, serveCdn } from './harness.mjs';
+import { ARTIFACTS, ROOT, diffWithPng, launchBrowser, newProfile, openPage, serveApp, serveCdn } from './harness.mjs';
 import { cliBinary } from './native.mjs';
 
 const MODEL = 'shapes-demo';
@@ -33,22 +33,6 @@ function nativeImage() {
     '--steps', String(REQUEST.steps), '--guidance', String(REQUEST.guidance), '--scheduler', REQUEST.scheduler, '--width', '64',
     '--height', '64', '--seed', String(REQUEST.seed), '--precision', 'f32', '--out', out], { stdio: 'pipe' });
   return out;
-}
-
-/// Max per-channel difference between the page's last image and a PNG served at `pngUrl`.
-async function diffWithPng(page, pngUrl) {
-  return page.evaluate(async (url) => {
-    const img = window.webdiffusion.state.lastImage;
-    const rgba = Uint8Array.from(atob(img.rgba), (c) => c.charCodeAt(0));
-    const bitmap = await createImageBitmap(await (await fetch(url)).blob());
-    const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
-    const ctx = canvas.getContext('2d');
-    ctx.drawImage(bitmap, 0, 0);
-    const native = ctx.getImageData(0, 0, bitmap.width, bitmap.height).data;
-    let max = 0;
-    for (let i = 0; i < rgba.length; i++) if (i % 4 !== 3) max = Math.max(max, Math.abs(rgba[i] - native[i]));
-    return { max, size: [bitmap.width, bitmap.height] };
-  }, pngUrl);
 }
 
 const sha256 = (path) => createHash('sha256').update(readFileSync(path)).digest('hex');

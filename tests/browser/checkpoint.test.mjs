@@ -11,7 +11,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ARTIFACTS, ROOT, launchBrowser, newProfile, openPage, serveApp } from './harness.mjs';
+import { ARTIFACTS, ROOT, diffWithPng, launchBrowser, newProfile, openPage, serveApp, storedModel as stored } from './harness.mjs';
 import { cliBinary } from './native.mjs';
 
 const FIXTURES = join(ROOT, 'tests/fixtures');
@@ -28,41 +28,6 @@ const baseEntry = (url, model, family) => ({
 
 const ready = (page) => page.waitForFunction(() => window.webdiffusion && window.webdiffusion.state.ready, null, { timeout: 120_000 });
 const settled = (page) => page.waitForFunction(() => !window.webdiffusion.state.loading && (window.webdiffusion.state.modelLoaded || window.webdiffusion.state.lastError), null, { timeout: 300_000 });
-
-/// What IndexedDB holds for model `id`: bytes per stored path and the manifest.
-function stored(page, id) {
-  return page.evaluate(async (modelId) => {
-    const db = await new Promise((ok, fail) => {
-      const r = indexedDB.open('webdiffusion');
-      r.onsuccess = () => ok(r.result);
-      r.onerror = () => fail(r.error);
-    });
-    const range = IDBKeyRange.bound([modelId], [modelId, []]);
-    const t = db.transaction(['chunks'], 'readonly').objectStore('chunks');
-    const [keys, blobs] = await Promise.all([t.getAllKeys(range), t.getAll(range)].map((r) => new Promise((ok) => { r.onsuccess = () => ok(r.result); })));
-    const sizes = {};
-    keys.forEach(([, path], i) => { sizes[path] = (sizes[path] || 0) + blobs[i].size; });
-    const mi = keys.findIndex(([, path]) => path === 'manifest.json');
-    return { sizes, manifest: mi >= 0 ? await blobs[mi].text() : null };
-  }, id);
-}
-
-/// The largest channel difference between the page's last image and a PNG the app serves.
-function diffWithPng(page, pngUrl) {
-  return page.evaluate(async (u) => {
-    const img = window.webdiffusion.state.lastImage;
-    const rgba = Uint8Array.from(atob(img.rgba), (c) => c.charCodeAt(0));
-    const bitmap = await createImageBitmap(await (await fetch(u)).blob());
-    const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
-    const ctx = canvas.getContext('2d');
-    ctx.drawImage(bitmap, 0, 0);
-    const native = ctx.getImageData(0, 0, bitmap.width, bitmap.height).data;
-    if (bitmap.width !== img.width || bitmap.height !== img.height) return Infinity;
-    let max = 0;
-    for (let i = 0; i < native.length; i++) if (i % 4 !== 3) max = Math.max(max, Math.abs(native[i] - rgba[i]));
-    return max;
-  }, pngUrl);
-}
 
 test('a local checkpoint picked in the page converts to the CLI\'s package and generates the CLI\'s image, offline on return', { timeout: 600_000 }, async () => {
   const file = join(FIXTURES, 'tiny-sd1-single/model.safetensors');
@@ -93,7 +58,7 @@ test('a local checkpoint picked in the page converts to the CLI\'s package and g
     assert.deepEqual(Object.keys(sizes).filter((p) => p.endsWith('.safetensors')), [], 'the checkpoint itself is not stored');
     const g = await page.evaluate((r) => window.webdiffusion.generate(r), REQUEST);
     assert.equal(g.cancelled, false);
-    const diff = await diffWithPng(page, '/artifacts/checkpoint-native.png');
+    const diff = (await diffWithPng(page, '/artifacts/checkpoint-native.png')).max;
     console.log(`local checkpoint: page vs CLI max pixel difference ${diff}/255; ${Object.values(sizes).reduce((a, b) => a + b, 0)} bytes stored`);
     assert.ok(diff <= 1, `page and CLI images differ by ${diff}/255`);
     await browser.close();
@@ -109,7 +74,7 @@ test('a local checkpoint picked in the page converts to the CLI\'s package and g
     assert.equal(s.lastError, null, logs.join('\n'));
     assert.equal(s.download.bytesFetched, 0);
     await page.evaluate((r) => window.webdiffusion.generate(r), REQUEST);
-    assert.ok(await diffWithPng(page, '/artifacts/checkpoint-native.png') <= 1, 'the cached checkpoint gives the same image');
+    assert.ok((await diffWithPng(page, '/artifacts/checkpoint-native.png')).max <= 1, 'the cached checkpoint gives the same image');
   } finally {
     await browser.close();
     server.close();

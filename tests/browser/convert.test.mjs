@@ -10,7 +10,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ROOT, launchBrowser, openPage, serveApp } from './harness.mjs';
+import { ROOT, launchBrowser, openPage, serveApp, storedModel as stored } from './harness.mjs';
 import { cliBinary } from './native.mjs';
 import { startHfStandin } from '../../tools/bench/hf-standin.mjs';
 
@@ -21,24 +21,6 @@ const REQUEST = { prompt: 'a red circle', negativePrompt: '', steps: 2, guidance
 
 const ready = (page) => page.waitForFunction(() => window.webdiffusion && window.webdiffusion.state.ready, null, { timeout: 120_000 });
 const load = (page, url) => page.evaluate((u) => window.webdiffusion.load(u, { quant: 'q4_0' }).then(() => null, (e) => String(e.message || e)), url);
-
-/// What IndexedDB holds for model `id`: {path: bytes} of every stored file and the manifest.
-function stored(page, id) {
-  return page.evaluate(async (modelId) => {
-    const db = await new Promise((ok, fail) => {
-      const r = indexedDB.open('webdiffusion');
-      r.onsuccess = () => ok(r.result);
-      r.onerror = () => fail(r.error);
-    });
-    const range = IDBKeyRange.bound([modelId], [modelId, []]);
-    const t = db.transaction(['chunks'], 'readonly').objectStore('chunks');
-    const [keys, blobs] = await Promise.all([t.getAllKeys(range), t.getAll(range)].map((r) => new Promise((ok) => { r.onsuccess = () => ok(r.result); })));
-    const sizes = {};
-    keys.forEach(([, path], i) => { sizes[path] = (sizes[path] || 0) + blobs[i].size; });
-    const mi = keys.findIndex(([, path]) => path === 'manifest.json');
-    return { sizes, manifest: mi >= 0 ? await blobs[mi].text() : null };
-  }, id);
-}
 
 /// The package `webdiffusion convert` writes for the fixture.
 function nativePackage() {

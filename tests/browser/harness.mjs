@@ -65,3 +65,38 @@ export async function openPage(browser) {
   page.on('pageerror', (e) => logs.push(`pageerror: ${e.message}`));
   return { page, logs };
 }
+
+/// Max per-channel difference between the page's last image and a PNG served at `pngUrl`, and
+/// the PNG's size (Infinity when the sizes differ).
+export function diffWithPng(page, pngUrl) {
+  return page.evaluate(async (url) => {
+    const img = window.webdiffusion.state.lastImage;
+    const rgba = Uint8Array.from(atob(img.rgba), (c) => c.charCodeAt(0));
+    const bitmap = await createImageBitmap(await (await fetch(url)).blob());
+    const ctx = new OffscreenCanvas(bitmap.width, bitmap.height).getContext('2d');
+    ctx.drawImage(bitmap, 0, 0);
+    const native = ctx.getImageData(0, 0, bitmap.width, bitmap.height).data;
+    if (bitmap.width !== img.width || bitmap.height !== img.height) return { max: Infinity, size: [bitmap.width, bitmap.height] };
+    let max = 0;
+    for (let i = 0; i < rgba.length; i++) if (i % 4 !== 3) max = Math.max(max, Math.abs(rgba[i] - native[i]));
+    return { max, size: [bitmap.width, bitmap.height] };
+  }, pngUrl);
+}
+
+/// What IndexedDB holds for model `id`: bytes per stored path, and the manifest's text.
+export function storedModel(page, id) {
+  return page.evaluate(async (modelId) => {
+    const db = await new Promise((ok, fail) => {
+      const r = indexedDB.open('webdiffusion');
+      r.onsuccess = () => ok(r.result);
+      r.onerror = () => fail(r.error);
+    });
+    const range = IDBKeyRange.bound([modelId], [modelId, []]);
+    const t = db.transaction(['chunks'], 'readonly').objectStore('chunks');
+    const [keys, blobs] = await Promise.all([t.getAllKeys(range), t.getAll(range)].map((r) => new Promise((ok) => { r.onsuccess = () => ok(r.result); })));
+    const sizes = {};
+    keys.forEach(([, path], i) => { sizes[path] = (sizes[path] || 0) + blobs[i].size; });
+    const mi = keys.findIndex(([, path]) => path === 'manifest.json');
+    return { sizes, manifest: mi >= 0 ? await blobs[mi].text() : null };
+  }, id);
+}

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { ARTIFACTS, ROOT, launchBrowser, openPage, serveApp } from './harness.mjs';
+import { ARTIFACTS, ROOT, diffWithPng, launchBrowser, openPage, serveApp } from './harness.mjs';
 import { cliBinary } from './native.mjs';
 
 const MODEL = join(ROOT, 'tests/fixtures/tiny-sd1');
@@ -39,17 +39,7 @@ test('img2img from a picked PNG is the CLI\'s --init-image image; a result can b
     await page.$eval('#init-strength', (el, v) => { el.value = String(v); el.dispatchEvent(new Event('input')); }, STRENGTH);
     const g = await page.evaluate((r) => window.webdiffusion.generate(r).then((x) => x, (e) => ({ error: String(e.message || e) })), REQUEST);
     assert.equal(g.error, undefined, logs.join('\n'));
-    const diff = await page.evaluate(async () => {
-      const img = window.webdiffusion.state.lastImage;
-      const rgba = Uint8Array.from(atob(img.rgba), (c) => c.charCodeAt(0));
-      const bitmap = await createImageBitmap(await (await fetch('/artifacts/img2img-native.png')).blob());
-      const ctx = new OffscreenCanvas(bitmap.width, bitmap.height).getContext('2d');
-      ctx.drawImage(bitmap, 0, 0);
-      const native = ctx.getImageData(0, 0, bitmap.width, bitmap.height).data;
-      let max = 0;
-      for (let i = 0; i < native.length; i++) if (i % 4 !== 3) max = Math.max(max, Math.abs(native[i] - rgba[i]));
-      return max;
-    });
+    const diff = (await diffWithPng(page, '/artifacts/img2img-native.png')).max;
     console.log(`img2img (strength ${STRENGTH}): page vs CLI max pixel difference ${diff}/255`);
     assert.ok(diff <= 1, `page and CLI img2img differ by ${diff}/255`);
 

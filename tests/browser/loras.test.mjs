@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { ARTIFACTS, ROOT, launchBrowser, openPage, serveApp } from './harness.mjs';
+import { ARTIFACTS, ROOT, diffWithPng, launchBrowser, openPage, serveApp } from './harness.mjs';
 import { cliBinary } from './native.mjs';
 
 const MODEL = join(ROOT, 'tests/fixtures/tiny-sd1');
@@ -22,21 +22,6 @@ function cli(args) {
 }
 
 const ready = (page) => page.waitForFunction(() => window.webdiffusion && window.webdiffusion.state.ready, null, { timeout: 120_000 });
-
-/// The largest channel difference between the page's last image and a PNG the app serves.
-function diffWithPng(page, pngUrl) {
-  return page.evaluate(async (u) => {
-    const img = window.webdiffusion.state.lastImage;
-    const rgba = Uint8Array.from(atob(img.rgba), (c) => c.charCodeAt(0));
-    const bitmap = await createImageBitmap(await (await fetch(u)).blob());
-    const ctx = new OffscreenCanvas(bitmap.width, bitmap.height).getContext('2d');
-    ctx.drawImage(bitmap, 0, 0);
-    const native = ctx.getImageData(0, 0, bitmap.width, bitmap.height).data;
-    let max = 0;
-    for (let i = 0; i < native.length; i++) if (i % 4 !== 3) max = Math.max(max, Math.abs(native[i] - rgba[i]));
-    return max;
-  }, pngUrl);
-}
 
 test('a LoRA from the page\'s list: 1 is the CLI\'s image, 0 exactly the base image, a prompt tag the slider', { timeout: 600_000 }, async () => {
   const pkg = join(ARTIFACTS, 'lora-pkg');
@@ -62,7 +47,7 @@ test('a LoRA from the page\'s list: 1 is the CLI\'s image, 0 exactly the base im
     };
     const base = await generate();
     assert.equal(base.error, undefined, logs.join('\n'));
-    const baseDiff = await diffWithPng(page, '/artifacts/lora-native-base.png');
+    const baseDiff = (await diffWithPng(page, '/artifacts/lora-native-base.png')).max;
     assert.ok(baseDiff <= 1, `base: page vs CLI ${baseDiff}/255`);
 
     await page.click('#loras summary');
@@ -71,7 +56,7 @@ test('a LoRA from the page\'s list: 1 is the CLI\'s image, 0 exactly the base im
     const one = await generate();
     assert.equal(one.error, undefined, logs.join('\n'));
     assert.deepEqual(one.loras, [['kohya', 1]]);
-    const oneDiff = await diffWithPng(page, '/artifacts/lora-native-1.png');
+    const oneDiff = (await diffWithPng(page, '/artifacts/lora-native-1.png')).max;
     console.log(`LoRA at 1: page vs CLI max pixel difference ${oneDiff}/255 (base ${baseDiff}/255)`);
     assert.ok(oneDiff <= 1, `LoRA at 1: page vs CLI ${oneDiff}/255`);
     assert.notEqual(one.rgba, base.rgba, 'the LoRA changes the image');

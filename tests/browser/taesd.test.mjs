@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { ARTIFACTS, ROOT, launchBrowser, openPage, serveApp } from './harness.mjs';
+import { ARTIFACTS, ROOT, diffWithPng, launchBrowser, openPage, serveApp } from './harness.mjs';
 import { cliBinary } from './native.mjs';
 
 const MODEL = join(ROOT, 'tests/fixtures/tiny-sd1');
@@ -43,17 +43,7 @@ test('TAESD previews at full size and a fast final decode equal to the CLI\'s', 
     const g = await gen();
     assert.equal(g.error, undefined, logs.join('\n'));
     assert.deepEqual(await page.evaluate(() => window.webdiffusion.state.lastPreview), { width: 64, height: 64 }, 'TAESD previews are full size');
-    const diff = await page.evaluate(async () => {
-      const img = window.webdiffusion.state.lastImage;
-      const rgba = Uint8Array.from(atob(img.rgba), (c) => c.charCodeAt(0));
-      const bitmap = await createImageBitmap(await (await fetch('/artifacts/taesd-native.png')).blob());
-      const ctx = new OffscreenCanvas(bitmap.width, bitmap.height).getContext('2d');
-      ctx.drawImage(bitmap, 0, 0);
-      const native = ctx.getImageData(0, 0, bitmap.width, bitmap.height).data;
-      let max = 0;
-      for (let i = 0; i < native.length; i++) if (i % 4 !== 3) max = Math.max(max, Math.abs(native[i] - rgba[i]));
-      return max;
-    });
+    const diff = (await diffWithPng(page, '/artifacts/taesd-native.png')).max;
     console.log(`TAESD final decode: page vs CLI max pixel difference ${diff}/255`);
     assert.ok(diff <= 1, `page and CLI TAESD images differ by ${diff}/255`);
     // Stored once, and not offered as a model to load.
