@@ -50,11 +50,13 @@ async function addFromUrl(text) {
 }
 
 async function update(id, change) {
+  // The list the next generation reads changes now, before the store's round trip: a slider
+  // released and Generate clicked at once must use the new strength.
+  const mine = records.find((x) => x.id === id);
+  if (mine) Object.assign(mine, change);
   const r = await store.getLora(id);
   if (!r) return;
   await store.putLora({ ...r, ...change });
-  const mine = records.find((x) => x.id === id);
-  if (mine) Object.assign(mine, change);
 }
 
 function render() {
