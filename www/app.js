@@ -39,7 +39,7 @@ const state = {
   // downloadMs/loadMs: the last load's download and GPU load (read + upload) in the worker;
   // firstImageMs: performance.now() when the first image of this page view was done.
   timings: { downloadMs: null, loadMs: null, firstImageMs: null },
-  wasmHeapBytes: null, // wasm linear memory after the last load (it only grows: the peak)
+  wasmHeapBytes: null, // wasm linear memory after the last load or image (it only grows: the peak)
   info: null, // adapter info from the engine
   f16Fallback: null,
   recoveries: 0,
@@ -536,6 +536,7 @@ async function generate(overrides = {}) {
     }
     showImage(m.image, false);
     state.lastImage = { width: m.image.width, height: m.image.height, rgba: toBase64(m.image.rgba), seed: m.seed, parameters: m.parameters, loras: m.loras };
+    if (m.wasmHeapBytes) state.wasmHeapBytes = m.wasmHeapBytes;
     if (state.timings.firstImageMs === null) state.timings.firstImageMs = performance.now();
     const secs = (performance.now() - t0) / 1000;
     const perStep = lastMsPerStep ? ` · ${(lastMsPerStep / 1000).toFixed(2)} s per step` : '';

@@ -395,6 +395,8 @@ async function runGeneration(msg) {
     seed: request.seed,
     images,
     ms,
+    // The peak linear memory so far: with the load's, what generating (the encoder, LoRAs) added.
+    wasmHeapBytes: wasm.memory.buffer.byteLength,
     transfer: images.flatMap((i) => [i.image.rgba.buffer, i.png.buffer]),
   };
 }

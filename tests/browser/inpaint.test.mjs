@@ -93,6 +93,20 @@ test('a mask painted with pointer events is the CLI\'s --mask, and the image the
     const box = await page.$eval('#mask-canvas', (c) => { const r = c.getBoundingClientRect(); return { w: r.width, touch: getComputedStyle(c).touchAction }; });
     assert.ok(box.w > 40 && box.w <= 375, `the mask canvas fits the phone (${box.w} px)`);
     assert.equal(box.touch, 'none', 'a finger paints instead of scrolling');
+    // A finger's stroke, as the touchscreen sends it (touch events through the browser's input
+    // pipeline, which makes the pointer events): it paints, and the page does not scroll.
+    const touchBox = await page.$eval('#mask-canvas', (c) => { const r = c.getBoundingClientRect(); return { x: r.left, y: r.top, w: r.width, h: r.height }; });
+    const paintedNow = () => page.evaluate(() => window.webdiffusion.maskFor(64, 64).bytes.filter((v) => v === 255).length);
+    const beforeTouch = await paintedNow();
+    const scrollBefore = await page.evaluate(() => window.scrollY);
+    const cdp = await page.context().newCDPSession(page);
+    const finger = (fx, fy) => [{ x: touchBox.x + fx * touchBox.w, y: touchBox.y + fy * touchBox.h, radiusX: 4, radiusY: 4, force: 1, id: 7 }];
+    await cdp.send('Input.dispatchTouchEvent', { type: 'touchStart', touchPoints: finger(0.1, 0.85) });
+    for (let i = 1; i <= 8; i++) await cdp.send('Input.dispatchTouchEvent', { type: 'touchMove', touchPoints: finger(0.1 + 0.05 * i, 0.85 - 0.02 * i) });
+    await cdp.send('Input.dispatchTouchEvent', { type: 'touchEnd', touchPoints: [] });
+    const afterTouch = await paintedNow();
+    assert.ok(afterTouch > beforeTouch + 20, `a finger's stroke paints (${beforeTouch} -> ${afterTouch} pixels)`);
+    assert.equal(await page.evaluate(() => window.scrollY), scrollBefore, 'the stroke did not scroll the page');
     // Generating on a phone brings the image card into view.
     await page.evaluate((r) => { window.webdiffusion.generate(r); }, { ...REQUEST, seed: 6 });
     await page.waitForFunction(() => window.webdiffusion.state.steps.length > 0, null, { timeout: 120_000 });

@@ -28,12 +28,19 @@ test('tensor lists derived from configs equal every published tensors.json, in o
 });
 
 test('planned weight files have the published byte sizes (fp16 and fp32)', () => {
-  for (const [model, dir] of [['sd-turbo', 'stabilityai__sd-turbo'], ['sd15', 'stable-diffusion-v1-5__stable-diffusion-v1-5']]) {
+  // SD 1.5 Inpainting publishes no fp32 .safetensors; its 9-channel conv_in is the whole
+  // difference to SD 1.5 (28,800 bytes in the U-Net).
+  for (const [model, dir, fp32] of [['sd-turbo', 'stabilityai__sd-turbo', true], ['sd15', 'stable-diffusion-v1-5__stable-diffusion-v1-5', true],
+    ['sd15-inpainting', 'stable-diffusion-v1-5__stable-diffusion-inpainting', false]]) {
     const files = published(dir);
-    for (const f of weightFiles(model, { fp32: true })) {
+    const planned = weightFiles(model, { fp32 });
+    assert.equal(planned.length, fp32 ? 6 : 3, model);
+    for (const f of planned) {
       assert.equal(planFile(f).size, files[f.path].bytes, `${model} ${f.path}`);
     }
   }
+  const conv = weightFiles('sd15-inpainting').find((f) => f.component === 'unet').tensors.find((t) => t.name === 'conv_in.weight');
+  assert.deepEqual(conv.shape, [320, 9, 3, 3]);
 });
 
 test('tokenizer/vocab.json is the published file byte for byte', () => {

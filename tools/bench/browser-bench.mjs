@@ -5,13 +5,17 @@
 // relaunched (a returning visitor: app from the service worker, model from IndexedDB), the
 // same image again. Prints one table and writes JSON.
 //
-//   node tools/bench/browser-bench.mjs --model sd-turbo|sd15|mid-arch|tiny
+//   node tools/bench/browser-bench.mjs --model sd-turbo|sd15|sd15-inpainting|mid-arch|tiny|tiny-inpaint
 //        [--keep-repo DIR] [--json FILE] [--timeout-min N] [--quant q4_0|q8_0|none]
 //        [--steps N] [--size PX] [--guidance G] [--scheduler S] [--seed N] [--chunk BYTES]
+//        [--mode img2img|inpaint] [--init PNG] [--strength S] (start from an image: PNG, or one
+//        drawn by the page's canvas; inpaint paints a stroke through the mask editor's pointer
+//        events; the inpainting presets inpaint by default)
 //        [--repo org/name] (the stand-in's repo name)  [--pkg DIR] (another wasm build; tools/bench/stub-pkg with --quant none runs the driver
 //        against a stub engine, for checking the driver itself without a build)
 //
-// `tiny` serves tests/fixtures/tiny-sd1 as it is (a smoke test of the driver in a minute).
+// `tiny` serves tests/fixtures/tiny-sd1 as it is (a smoke test of the driver in a minute);
+// `tiny-inpaint` its 9-channel inpainting sibling.
 // Needs the wasm build in pkg/ (scripts/build-wasm.sh) and Chromium (CHROMIUM=path to override).
 //
 // What it relies on in the page (www/app.js, worker.js): window.webdiffusion.state (ready,
@@ -33,16 +37,18 @@ import { sampleRss } from './rss.mjs';
 const PRESETS = {
   'sd-turbo': { request: { steps: 1, guidance: 0, scheduler: 'euler-a', size: 512 }, timeoutMin: 60 },
   sd15: { request: { steps: 1, guidance: 7.5, scheduler: 'dpm++2m-karras', size: 512 }, timeoutMin: 60 },
+  'sd15-inpainting': { request: { steps: 1, guidance: 7.5, scheduler: 'dpm++2m-karras', size: 512 }, timeoutMin: 60, mode: 'inpaint' },
   'mid-arch': { request: { steps: 2, guidance: 7.5, scheduler: 'ddim', size: 128 }, timeoutMin: 20 },
   tiny: { request: { steps: 2, guidance: 7.5, scheduler: 'ddim', size: 64 }, timeoutMin: 5, dir: 'tests/fixtures/tiny-sd1', repo: 'webdiffusion/tiny-sd1' },
+  'tiny-inpaint': { request: { steps: 2, guidance: 7.5, scheduler: 'ddim', size: 64 }, timeoutMin: 5, dir: 'tests/fixtures/tiny-sd1-inpaint', repo: 'webdiffusion/tiny-sd1-inpaint', mode: 'inpaint' },
 };
 
 function parseArgs(argv) {
   const o = { model: 'sd-turbo', quant: 'q4_0', seed: 42, prompt: 'a photo of a red fox in the snow' };
-  const num = ['timeoutMin', 'steps', 'size', 'guidance', 'seed', 'chunk'];
+  const num = ['timeoutMin', 'steps', 'size', 'guidance', 'seed', 'chunk', 'strength'];
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i].replace(/^--/, '').replace(/-(\w)/g, (_, c) => c.toUpperCase());
-    if (!['model', 'keepRepo', 'json', 'quant', 'scheduler', 'prompt', 'pkg', 'repo', ...num].includes(k)) throw new Error(`unknown argument ${argv[i]}`);
+    if (!['model', 'keepRepo', 'json', 'quant', 'scheduler', 'prompt', 'pkg', 'repo', 'mode', 'init', ...num].includes(k)) throw new Error(`unknown argument ${argv[i]}`);
     o[k] = num.includes(k) ? Number(argv[++i]) : argv[++i];
   }
   const p = PRESETS[o.model];
@@ -52,6 +58,9 @@ function parseArgs(argv) {
   o.request.width = o.request.height = o.request.size;
   delete o.request.size;
   o.timeoutMs = (o.timeoutMin || p.timeoutMin) * 60_000;
+  o.mode = o.mode || (o.init ? 'img2img' : p.mode);
+  if (o.mode && !['img2img', 'inpaint'].includes(o.mode)) throw new Error(`--mode is img2img or inpaint, not ${o.mode}`);
+  if (o.init) o.init = resolve(o.init);
   return o;
 }
 
@@ -116,6 +125,55 @@ async function waitFor(page, what, done, failed, timeoutMs) {
     }
     await sleep(500);
   }
+}
+
+/// Gives the page a starting image as a visitor does (the img2img panel's file input: `--init`,
+/// or a PNG the page's own canvas draws at the request's size) and, to inpaint, paints a stroke
+/// across the middle through the mask editor's pointer events. Returns what was set up.
+async function startFromImage(page, o) {
+  const { width, height } = o.request;
+  await page.click('#img2img summary');
+  let file = o.init;
+  if (!file) {
+    const b64 = await page.evaluate(({ w, h }) => {
+      const c = document.createElement('canvas');
+      c.width = w;
+      c.height = h;
+      const g = c.getContext('2d');
+      const grad = g.createLinearGradient(0, 0, w, h);
+      grad.addColorStop(0, '#1d4e89');
+      grad.addColorStop(1, '#f6c85f');
+      g.fillStyle = grad;
+      g.fillRect(0, 0, w, h);
+      g.fillStyle = '#b33';
+      g.beginPath();
+      g.arc(w * 0.5, h * 0.55, Math.min(w, h) * 0.25, 0, 2 * Math.PI);
+      g.fill();
+      return c.toDataURL('image/png').split(',')[1];
+    }, { w: width, h: height });
+    file = { name: 'init.png', mimeType: 'image/png', buffer: Buffer.from(b64, 'base64') };
+  }
+  await page.setInputFiles('#init-file', file);
+  await page.waitForSelector('#init-preview:not([hidden])');
+  await page.selectOption('#init-mode', o.mode);
+  if (o.strength !== undefined) {
+    await page.$eval('#init-strength', (el, v) => { el.value = String(v); el.dispatchEvent(new Event('input')); }, o.strength);
+  }
+  const out = { mode: o.mode, file: typeof file === 'string' ? file : 'drawn by the page', strength: Number(await page.inputValue('#init-strength')) };
+  if (o.mode === 'inpaint') {
+    await page.waitForSelector('#mask-canvas:not([hidden])');
+    await page.$eval('#mask-canvas', (c) => {
+      const r = c.getBoundingClientRect();
+      const at = (fx, fy) => ({ clientX: r.left + fx * r.width, clientY: r.top + fy * r.height, pointerId: 1, bubbles: true, isPrimary: true });
+      c.dispatchEvent(new PointerEvent('pointerdown', at(0.2, 0.4)));
+      for (let i = 1; i <= 12; i++) c.dispatchEvent(new PointerEvent('pointermove', at(0.2 + 0.05 * i, 0.4 + 0.02 * i)));
+      c.dispatchEvent(new PointerEvent('pointerup', at(0.8, 0.64)));
+    });
+    const painted = await page.evaluate(({ w, h }) => window.webdiffusion.maskFor(w, h).bytes.filter((v) => v).length, { w: width, h: height });
+    if (!painted) throw new Error('the stroke painted no mask pixel');
+    out.maskFraction = painted / (width * height);
+  }
+  return out;
 }
 
 async function generate(page, request, timeoutMs) {
@@ -222,8 +280,12 @@ async function visit({ first, profile, url, resolveBase, origins, o }) {
     out.phases = phases(await page.evaluate(() => window.__bench));
     out.storage = await storage(page);
     const loadPeak = rss.peakBetween(clicked ?? t0, readyAt);
+    if (o.mode) out.init = await startFromImage(page, o);
+    const genAt = Date.now();
     const gen = await generate(page, o.request, o.timeoutMs);
     out.generate = gen;
+    out.wasmHeapAfterGenerateBytes = (await state(page)).wasmHeapBytes;
+    out.generatePeakRssBytes = rss.peakBetween(genAt, Date.now());
     out.storageAfterGenerate = await storage(page);
     if (first) await page.evaluate(() => navigator.serviceWorker.ready.then(() => null)); // the shell is cached
     await page.screenshot({ path: join(ARTIFACTS, `bench-${o.model}-${out.visit}.png`), fullPage: true }).catch(() => {});
@@ -254,11 +316,11 @@ function table(r) {
     ['download complete -> ready (convert/load)', sec(a.phases?.afterDownloadS), '-'],
     ['worker: download / load ms', `${ms(a.timings?.downloadMs)} / ${ms(a.timings?.loadMs)}`, `${ms(b.timings?.downloadMs)} / ${ms(b.timings?.loadMs)}`],
     ['ready (first: from the click; returning: page open)', sec(a.readyS), sec(b.pageOpenToReadyS)],
-    [`generate (${r.request.steps} step(s), ${r.request.width}x${r.request.height})`, sec(a.generate?.wallS), sec(b.generate?.wallS)],
+    [`generate (${r.request.steps} step(s), ${r.request.width}x${r.request.height}${a.init ? `, ${a.init.mode} at ${a.init.strength}${a.init.maskFraction ? `, ${(100 * a.init.maskFraction).toFixed(0)} % masked` : ''}` : ''})`, sec(a.generate?.wallS), sec(b.generate?.wallS)],
     ['same pixels as the first visit', '', b.generate && a.generate ? (b.generate.pixelsSha256 === a.generate.pixelsSha256 ? 'yes' : 'NO') : '-'],
     ['IndexedDB (storage.estimate)', gb(a.storage?.indexedDB ?? a.storage?.usage), gb(b.storage?.indexedDB ?? b.storage?.usage)],
-    ['wasm heap after load', mib(a.wasmHeapBytes), mib(b.wasmHeapBytes)],
-    ['browser peak RSS (sum; during load)', `${gb(a.rss?.peakBytes)} (${gb(a.rss?.peakDuringLoadBytes)})`, `${gb(b.rss?.peakBytes)} (${gb(b.rss?.peakDuringLoadBytes)})`],
+    ['wasm heap after load / after generating', `${mib(a.wasmHeapBytes)} / ${mib(a.wasmHeapAfterGenerateBytes)}`, `${mib(b.wasmHeapBytes)} / ${mib(b.wasmHeapAfterGenerateBytes)}`],
+    ['browser peak RSS (sum; during load; generating)', `${gb(a.rss?.peakBytes)} (${gb(a.rss?.peakDuringLoadBytes)}; ${gb(a.generatePeakRssBytes)})`, `${gb(b.rss?.peakBytes)} (${gb(b.rss?.peakDuringLoadBytes)}; ${gb(b.generatePeakRssBytes)})`],
     ['browser peak PSS', gb(a.rss?.peakPssBytes), gb(b.rss?.peakPssBytes)],
     ['at the peak: largest processes (RSS, of it shared)', top(a.rss), top(b.rss)],
     ['weight requests hub / cdn (servers)', r.server ? `${r.server.hub.weightRequests} / ${r.server.cdn.weightRequests}` : '-', 'stopped'],

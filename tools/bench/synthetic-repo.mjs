@@ -4,7 +4,7 @@
 // random (finite, deterministic) values. For real-size benchmarks of the download/convert/load
 // path without downloading gigabytes of actual weights.
 //
-//   node tools/bench/synthetic-repo.mjs --model sd-turbo|sd15|mid-arch --out DIR
+//   node tools/bench/synthetic-repo.mjs --model sd-turbo|sd15|sd15-inpainting|mid-arch --out DIR
 //        [--fp32] (also the fp32 weight files)  [--seed N]  [--quiet]
 //
 // Sources (all in the repo, nothing read from outside it):
@@ -34,6 +34,16 @@ export const MODELS = {
   // SD 1.5's layout (its small files, position_ids in the text encoder, modern fp16 files) with
   // the narrower configs of tests/fixtures/mid-arch: the CI-sized real-layout model.
   'mid-arch': { repo: 'webdiffusion/mid-arch', published: 'stable-diffusion-v1-5__stable-diffusion-v1-5', configs: 'tests/fixtures/mid-arch' },
+  // SD 1.5 Inpainting: its own small files and file list; its tensors are SD 1.5's but for the
+  // U-Net's conv_in, which reads 9 channels (latents, mask, masked-image latents), as its
+  // unet/config.json says (in_channels 9). The published fp16 U-Net is 28,800 bytes (320·5·3·3
+  // fp16) larger than SD 1.5's, with the same header size: the sizes check says so.
+  'sd15-inpainting': {
+    repo: 'stable-diffusion-v1-5/stable-diffusion-inpainting',
+    published: 'stable-diffusion-v1-5__stable-diffusion-inpainting',
+    tensors: 'stable-diffusion-v1-5__stable-diffusion-v1-5',
+    shapes: { unet: { 'conv_in.weight': [320, 9, 3, 3] } },
+  },
 };
 
 const DTYPE_BYTES = { F16: 2, BF16: 2, F32: 4, I64: 8 };
@@ -64,12 +74,13 @@ export function weightFiles(model, { fp32 = false } = {}) {
     for (const [c, list] of Object.entries(lists)) files.push({ path: names[c], component: c, tensors: list.map((t) => ({ name: t.name, shape: t.shape, dtype: t.dtype || 'F16' })) });
     return files;
   }
-  const pub = JSON.parse(readFileSync(join(ROOT, 'tests/fixtures/published', m.published, 'tensors.json'), 'utf8'));
+  const pub = JSON.parse(readFileSync(join(ROOT, 'tests/fixtures/published', m.tensors || m.published, 'tensors.json'), 'utf8'));
   for (const [c, comp] of Object.entries(pub.components)) {
+    const shapes = m.shapes?.[c] || {};
     for (const [variant, key] of [['fp16_file', 'dtype_fp16_file'], ...(fp32 ? [['fp32_file', 'dtype_fp32_file']] : [])]) {
       const f = comp[variant];
       if (!f) continue;
-      const tensors = comp.tensors.map((t) => ({ name: (variant === 'fp32_file' && t.name_in_fp32_file) || t.name, shape: t.shape, dtype: t[key] }));
+      const tensors = comp.tensors.map((t) => ({ name: (variant === 'fp32_file' && t.name_in_fp32_file) || t.name, shape: shapes[t.name] || t.shape, dtype: t[key] }));
       files.push({ path: f.path, component: c, tensors, headerBytes: f.header_bytes, fileBytes: f.file_bytes });
     }
   }
