@@ -100,10 +100,30 @@ pub struct StageReport {
     pub gflops: f64,
     pub dispatches: u64,
     pub submits: u64,
+    /// Compute passes begun (one per submit that records dispatches).
+    pub passes: u64,
+    /// Bind groups created; the other dispatches reused cached ones.
+    pub bind_groups: u64,
+    /// Compute pipelines built during the stage (zero once the kernels are warm).
+    pub pipelines_created: u64,
+    /// Bytes written through the queue: uploads and kernel parameters.
+    pub bytes_written: u64,
+    /// The U-Net: the first (cold) step apart, with what it created; `ms` and the counters are
+    /// then the warm steps' median. Every step's time, in order.
+    pub cold: Option<ColdStep>,
+    pub step_ms: Vec<f64>,
     /// GPU bytes allocated (live + pooled) at the stage's high point, weights included.
     pub peak_bytes: u64,
     pub largest_binding: u64,
     pub largest_buffer: u64,
+}
+
+/// The first U-Net step of a run: it builds the pipelines and bind groups the next ones reuse.
+#[derive(Serialize, Clone, Debug)]
+pub struct ColdStep {
+    pub ms: f64,
+    pub bind_groups: u64,
+    pub pipelines_created: u64,
 }
 
 /// The first U-Net step, kept with `capture`.
@@ -163,7 +183,8 @@ fn now_ms() -> f64 {
     }
 }
 
-fn stage_report(name: &str, times: &mut [f64], s: GpuStats) -> StageReport {
+/// `pipelines_before`: `GpuStats::pipelines` when the stage began.
+fn stage_report(name: &str, times: &mut [f64], s: GpuStats, pipelines_before: u64) -> StageReport {
     times.sort_by(f64::total_cmp);
     let ms = times[times.len() / 2];
     log::info!("{name}: {ms:.0} ms");
@@ -175,6 +196,12 @@ fn stage_report(name: &str, times: &mut [f64], s: GpuStats) -> StageReport {
         gflops: s.flops / 1e9 / (ms / 1e3),
         dispatches: s.dispatches,
         submits: s.submits,
+        passes: s.passes,
+        bind_groups: s.bind_groups,
+        pipelines_created: s.pipelines - pipelines_before,
+        bytes_written: s.bytes_written,
+        cold: None,
+        step_ms: Vec::new(),
         peak_bytes: s.peak_bytes,
         largest_binding: s.largest_binding,
         largest_buffer: s.largest_buffer,
@@ -276,6 +303,7 @@ async fn time_encode(
     let px: Vec<f32> = (0..3 * o.size * o.size).map(|i| ((i % 255) as f32 / 127.0) - 1.0).collect();
     let f = m.vae_cfg.downscale();
     let (mut times, mut st) = (Vec::new(), GpuStats::default());
+    let pipelines = gpu.stats().pipelines;
     for _ in 0..o.repeats.max(1) {
         gpu.reset_stats();
         let t = now_ms();
@@ -286,7 +314,7 @@ async fn time_encode(
             return Err(Error::Request("the VAE encoder produced non-finite latents".into()));
         }
     }
-    stages.push(stage_report("vae_encode", &mut times, st));
+    stages.push(stage_report("vae_encode", &mut times, st, pipelines));
     Ok(tiling)
 }
 
@@ -319,6 +347,7 @@ async fn time_text_encoder(
         .collect();
     let te = m.text_encoder.as_ref().ok_or_else(|| Error::Request("no text encoder".into()))?;
     let (mut times, mut s, mut context) = (Vec::new(), GpuStats::default(), None);
+    let pipelines = gpu.stats().pipelines;
     for _ in 0..o.repeats.max(1) {
         gpu.reset_stats();
         let t = now_ms();
@@ -328,7 +357,7 @@ async fn time_text_encoder(
         s = gpu.stats();
         context = Some(h);
     }
-    stages.push(stage_report("text_encoder", &mut times, s));
+    stages.push(stage_report("text_encoder", &mut times, s, pipelines));
     context.ok_or_else(|| Error::Request("no context".into()))
 }
 
@@ -354,13 +383,14 @@ async fn time_unet(
     for i in 0..o.steps.max(1) {
         let t = 999.0 - (i as f32) * (999.0 / o.steps.max(1) as f32);
         gpu.reset_stats();
+        let pipelines = gpu.stats().pipelines;
         let t0 = now_ms();
         let row = [&x[..], &extra[..]].concat();
         let input = if cfg { [row.clone(), row].concat() } else { row };
         let up = GpuTensor::from_f32_as(gpu, &input, &[batch, unet_in, lh, lw], m.dtype)?;
         let out = m.unet.forward(&up, t, context, None)?.to_vec_f32().await?;
         let mut times = vec![now_ms() - t0];
-        runs.push(stage_report("unet_step", &mut times, gpu.stats()));
+        runs.push(stage_report("unet_step", &mut times, gpu.stats(), pipelines));
         let eps: Vec<f32> = if cfg {
             let (u, cd) = out.split_at(n);
             u.iter().zip(cd).map(|(&u, &cd)| u + o.guidance * (cd - u)).collect()
@@ -382,10 +412,20 @@ async fn time_unet(
         x.iter_mut().zip(&eps).for_each(|(x, e)| *x -= 0.05 * e);
     }
     let peak_unet = runs.iter().map(|r| r.peak_bytes).max().unwrap_or(0);
-    runs.sort_by(|p, q| p.ms.total_cmp(&q.ms));
-    let mut unet_stage = runs[runs.len() / 2].clone();
-    unet_stage.runs = runs.len();
+    let step_ms: Vec<f64> = runs.iter().map(|r| r.ms).collect();
+    // The first step builds pipelines and bind groups: with more than one, it is reported
+    // apart and the median is of the warm steps.
+    let first = runs[0].clone();
+    let mut warm = if runs.len() > 1 { runs.split_off(1) } else { runs };
+    warm.sort_by(|p, q| p.ms.total_cmp(&q.ms));
+    let mut unet_stage = warm[warm.len() / 2].clone();
+    unet_stage.runs = step_ms.len();
     unet_stage.peak_bytes = peak_unet;
+    if step_ms.len() > 1 {
+        unet_stage.cold =
+            Some(ColdStep { ms: first.ms, bind_groups: first.bind_groups, pipelines_created: first.pipelines_created });
+    }
+    unet_stage.step_ms = step_ms;
     stages.push(unet_stage);
     Ok((x, captured))
 }
@@ -408,6 +448,7 @@ async fn time_decode(
     let tiling = vae_tiling::plan(&m.vae_cfg, lh, lw, m.dtype, act_budget, limit)?;
     let z: Vec<f32> = x.iter().map(|v| v / m.vae_cfg.scaling_factor as f32).collect();
     let (mut times, mut s) = (Vec::new(), GpuStats::default());
+    let pipelines = gpu.stats().pipelines;
     for _ in 0..o.repeats.max(1) {
         gpu.reset_stats();
         let t = now_ms();
@@ -418,7 +459,7 @@ async fn time_decode(
             return Err(Error::Request("the VAE produced non-finite pixels".into()));
         }
     }
-    stages.push(stage_report("vae_decode", &mut times, s));
+    stages.push(stage_report("vae_decode", &mut times, s, pipelines));
     Ok(tiling)
 }
 

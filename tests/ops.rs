@@ -234,7 +234,7 @@ fn activations() {
                 &case,
                 x,
                 |x| ops::soft_clamp(&x[0], 3.0),
-                |x| (x[0].affine(1.0 / 3.0, 0.0)?.tanh()? * 3.0),
+                |x| x[0].affine(1.0 / 3.0, 0.0)?.tanh()? * 3.0,
             );
         }
     }

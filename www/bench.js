@@ -25,8 +25,9 @@ function show(r) {
   const body = $('results').querySelector('tbody');
   body.replaceChildren(...r.stages.map((s) => {
     const tr = document.createElement('tr');
-    const cells = [s.stage, s.ms.toFixed(0), s.gflop.toFixed(1), s.gflops.toFixed(2), s.dispatches, s.submits,
-      mb(s.peak_bytes), mb(s.largest_binding), mb(s.largest_buffer)];
+    const stage = s.cold ? `${s.stage} (warm median; cold first ${s.cold.ms.toFixed(0)} ms)` : s.stage;
+    const cells = [stage, s.ms.toFixed(0), s.gflop.toFixed(1), s.gflops.toFixed(2), s.dispatches, s.submits,
+      s.passes, s.bind_groups, s.pipelines_created, mb(s.bytes_written), mb(s.peak_bytes), mb(s.largest_binding), mb(s.largest_buffer)];
     for (const text of cells) {
       const td = document.createElement('td');
       td.textContent = String(text);
@@ -64,15 +65,47 @@ async function run(options, limits) {
   return state.report;
 }
 
-function formOptions() {
+/// The three config.json texts of a diffusers folder at `base` (the benchmark's `configs`).
+export async function fetchConfigs(base) {
+  const root = new URL(base.endsWith('/') ? base : `${base}/`, location.href);
+  const configs = {};
+  for (const c of ['text_encoder', 'unet', 'vae']) {
+    const u = new URL(`${c}/config.json`, root);
+    const r = await fetch(u);
+    if (!r.ok) throw new Error(`${u.href}: HTTP ${r.status}`);
+    configs[c] = await r.text();
+  }
+  return configs;
+}
+
+async function formOptions() {
   const budget = Number($('budget').value);
-  return {
+  const folder = $('config').value.trim();
+  const o = {
     arch: $('arch').value,
     quant: $('quant').value,
     size: Number($('size').value),
     steps: Number($('steps').value),
     budget: budget > 0 ? budget * 1e6 : 0,
   };
+  if (folder) {
+    o.configs = await fetchConfigs(folder);
+    o.arch = folder; // names the run in the report
+  }
+  return o;
+}
+
+async function runForm() {
+  let options;
+  try {
+    options = await formOptions();
+  } catch (e) {
+    state.error = `the config folder: ${e.message || e}`;
+    state.done = true;
+    setStatus(state.error, true);
+    return null;
+  }
+  return run(options, $('limits').value);
 }
 
 async function main() {
@@ -91,17 +124,17 @@ async function main() {
     return;
   }
   const q = new URLSearchParams(location.search);
-  for (const k of ['arch', 'quant', 'size', 'steps', 'limits', 'budget']) {
+  for (const k of ['arch', 'config', 'quant', 'size', 'steps', 'limits', 'budget']) {
     if (q.has(k)) $(k).value = q.get(k);
   }
   state.run = (options, limits = 'default') => run(options, limits);
   $('form').addEventListener('submit', (ev) => {
     ev.preventDefault();
-    run(formOptions(), $('limits').value);
+    runForm();
   });
   $('run').disabled = false;
   setStatus('Ready.');
-  if (q.get('autorun') === '1') await run(formOptions(), $('limits').value);
+  if (q.get('autorun') === '1') await runForm();
 }
 
 main();

@@ -161,22 +161,51 @@ fn print_table(r: &Report, candle: Option<&CandleReport>) {
         );
     }
     println!(
-        "{:<14} {:>10} {:>9} {:>8} {:>10} {:>8} {:>10} {:>12} {:>11}",
-        "stage", "ms", "GFLOP", "GFLOP/s", "dispatches", "submits", "peak MB", "binding MB", "buffer MB"
+        "{:<14} {:>10} {:>9} {:>8} {:>10} {:>8} {:>7} {:>11} {:>10} {:>10} {:>10} {:>12} {:>11}",
+        "stage",
+        "ms",
+        "GFLOP",
+        "GFLOP/s",
+        "dispatches",
+        "submits",
+        "passes",
+        "bind groups",
+        "pipelines",
+        "upload MB",
+        "peak MB",
+        "binding MB",
+        "buffer MB"
     );
     for s in &r.stages {
         println!(
-            "{:<14} {:>10.0} {:>9.1} {:>8.2} {:>10} {:>8} {:>10} {:>12} {:>11}",
+            "{:<14} {:>10.0} {:>9.1} {:>8.2} {:>10} {:>8} {:>7} {:>11} {:>10} {:>10.2} {:>10} {:>12} {:>11}",
             s.stage,
             s.ms,
             s.gflop,
             s.gflops,
             s.dispatches,
             s.submits,
+            s.passes,
+            s.bind_groups,
+            s.pipelines_created,
+            s.bytes_written as f64 / 1e6,
             mb(s.peak_bytes),
             mb(s.largest_binding),
             mb(s.largest_buffer)
         );
+    }
+    if let Some(u) = r.stages.iter().find(|s| s.stage == "unet_step") {
+        if let Some(c) = &u.cold {
+            println!(
+                "unet_step: the row is the median of {} warm steps; the first (cold) step took {:.0} ms, created {} \
+                 bind groups and {} pipelines; every step: {}",
+                u.runs - 1,
+                c.ms,
+                c.bind_groups,
+                c.pipelines_created,
+                u.step_ms.iter().map(|t| format!("{t:.0}")).collect::<Vec<_>>().join(", ")
+            );
+        }
     }
     println!("peak GPU memory (runtime accounting, loading included): {} MB", mb(r.peak_bytes));
     if let Some(c) = candle {

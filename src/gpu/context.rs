@@ -11,6 +11,7 @@ use super::layout::{LaunchLayout, Uniform};
 use super::lock;
 use super::policy::KernelPolicy;
 use super::pool::{BufferPool, PooledBuffer};
+use super::readback::StagingRing;
 use crate::error::{Error, Result};
 
 /// Which limits to ask the device for.
@@ -83,6 +84,16 @@ pub struct Capabilities {
 pub struct GpuStats {
     pub dispatches: u64,
     pub submits: u64,
+    /// Compute passes begun (one per submit that holds dispatches).
+    pub passes: u64,
+    /// Bind groups created; the other dispatches reused a cached one.
+    pub bind_groups: u64,
+    /// Bytes written through the queue (tensor uploads and kernel parameters).
+    pub bytes_written: u64,
+    /// Compute pipelines built over the device's life (not reset by `reset_stats`).
+    pub pipelines: u64,
+    /// Mappable readback buffers created over the device's life (not reset by `reset_stats`).
+    pub staging_buffers: u64,
     pub bytes_live: u64,
     pub bytes_pooled: u64,
     pub peak_bytes: u64,
@@ -101,6 +112,7 @@ struct GpuInner {
     pipelines: Mutex<PipelineCache>,
     pool: Arc<BufferPool>,
     batch: Mutex<Batch>,
+    staging: StagingRing,
     /// See `GpuStats::flops`.
     flops: Mutex<f64>,
     /// Errors wgpu reported outside any scope; surfaced at the next readback.
@@ -237,6 +249,7 @@ impl Gpu {
                 pipelines: Mutex::new(PipelineCache::default()),
                 pool: Arc::default(),
                 batch: Mutex::new(batch),
+                staging: StagingRing::default(),
                 flops: Mutex::new(0.0),
                 errors,
                 lost,
@@ -280,6 +293,11 @@ impl Gpu {
         GpuStats {
             dispatches: batch.dispatches,
             submits: batch.submits,
+            passes: batch.passes,
+            bind_groups: batch.bind_groups,
+            bytes_written: batch.bytes_written,
+            pipelines: lock(&self.inner.pipelines).len() as u64,
+            staging_buffers: self.inner.staging.created(),
             bytes_live: memory.bytes_live,
             bytes_pooled: memory.bytes_pooled,
             peak_bytes: memory.peak_bytes,
@@ -332,8 +350,11 @@ impl Gpu {
         Ok(())
     }
 
-    /// Releases pooled (currently unused) buffers back to the driver.
+    /// Releases pooled (currently unused) buffers back to the driver, and the cached bind
+    /// groups, which hold their buffers.
     pub fn trim_pool(&self) {
+        lock(&self.inner.batch).clear_bind_groups();
+        self.inner.staging.clear();
         self.inner.pool.clear();
     }
 
@@ -386,7 +407,8 @@ impl Gpu {
     /// Copies `size` bytes (a multiple of 4) of `src` back, after everything recorded so far.
     pub(crate) async fn read_buffer(&self, src: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
         self.flush();
-        super::readback::read_buffer(&self.inner.device, &self.inner.queue, src, size, || self.check()).await
+        let inner = &self.inner;
+        super::readback::read_buffer(&inner.device, &inner.queue, &inner.staging, src, size, || self.check()).await
     }
 
     /// Waits until the GPU has finished everything submitted so far (for timing).

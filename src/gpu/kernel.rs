@@ -106,19 +106,43 @@ impl PipelineCache {
         super::layout::check(&label, &source, launch)?;
         #[cfg(target_arch = "wasm32")]
         let _ = launch;
+        // An explicit layout, so the parameters' uniform can take a dynamic offset: one bind
+        // group then serves every uniform slot, and is reused across steps (batch.rs).
+        let buffer = |binding: u32, ty: wgpu::BufferBindingType, has_dynamic_offset: bool| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer { ty, has_dynamic_offset, min_binding_size: None },
+            count: None,
+        };
+        let mut entries = vec![buffer(0, wgpu::BufferBindingType::Uniform, true)];
+        for (i, read_only) in super::layout::storage_access(&label, &source)?.into_iter().enumerate() {
+            entries.push(buffer(i as u32 + 1, wgpu::BufferBindingType::Storage { read_only }, false));
+        }
+        let layout =
+            device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(&label), entries: &entries });
+        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(&label),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(&label),
             source: wgpu::ShaderSource::Wgsl(source.into()),
         });
         let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(&label),
-            layout: None,
+            layout: Some(&pipeline_layout),
             module: &module,
             entry_point: Some("main"),
-            compilation_options: Default::default(),
+            // Every kernel writes its workgroup memory before reading it (each thread stores
+            // its share, then a barrier), so the zero fill WebGPU does by default is wasted work
+            // at every dispatch.
+            compilation_options: wgpu::PipelineCompilationOptions {
+                zero_initialize_workgroup_memory: false,
+                ..Default::default()
+            },
             cache: None,
         });
-        let layout = pipeline.get_bind_group_layout(0);
         let compiled = Arc::new(Compiled { pipeline, layout, label });
         self.map.insert(key.clone(), compiled.clone());
         Ok(compiled)

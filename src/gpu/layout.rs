@@ -8,7 +8,6 @@
 //! Naming: a Rust array `s: [u32; 3]` stands for WGSL members `s0`, `s1`, `s2`; a WGSL member
 //! whose name starts with `_` is padding and may cover any Rust field (that shader ignores it).
 
-#[cfg(not(target_arch = "wasm32"))]
 use crate::error::{Error, Result};
 
 /// A uniform struct field: its name, byte offset and size in the Rust struct.
@@ -55,6 +54,37 @@ pub struct LaunchLayout {
     pub storage: usize,
 }
 
+/// Whether each storage binding 1..=n of a preprocessed WGSL variant is read-only, in binding
+/// order: what its explicit bind group layout says. Read from the text, since the browser build
+/// has no naga; native builds check it against naga's reflection (`check`). Our shaders spell
+/// every declaration `@group(0) @binding(N) var<storage, read|read_write> name: …;`.
+pub fn storage_access(label: &str, wgsl: &str) -> Result<Vec<bool>> {
+    let bad = |message: String| Error::Validation { context: format!("the bindings of {label}"), message };
+    let mut found: Vec<(u32, bool)> = Vec::new();
+    let mut rest = wgsl;
+    while let Some(at) = rest.find("@binding(") {
+        rest = &rest[at + "@binding(".len()..];
+        let close = rest.find(')').ok_or_else(|| bad("an unclosed @binding(".into()))?;
+        let n: u32 = rest[..close].trim().parse().map_err(|_| bad(format!("@binding({})", &rest[..close])))?;
+        let var = rest.find("var<").ok_or_else(|| bad(format!("binding {n} declares no var<…>")))?;
+        let space = &rest[var + 4..];
+        let end = space.find('>').ok_or_else(|| bad(format!("binding {n}: an unclosed var<")))?;
+        let parts: Vec<&str> = space[..end].split(',').map(str::trim).collect();
+        match parts.as_slice() {
+            ["uniform"] if n == 0 => {}
+            ["storage"] | ["storage", "read"] if n > 0 => found.push((n, true)),
+            ["storage", "read_write"] if n > 0 => found.push((n, false)),
+            other => return Err(bad(format!("binding {n} is var<{}>", other.join(", ")))),
+        }
+    }
+    found.sort_unstable();
+    if found.iter().enumerate().any(|(i, (n, _))| *n != i as u32 + 1) {
+        let ns: Vec<u32> = found.iter().map(|(n, _)| *n).collect();
+        return Err(bad(format!("storage bindings {ns:?} are not 1..={}", ns.len())));
+    }
+    Ok(found.into_iter().map(|(_, read_only)| read_only).collect())
+}
+
 /// Checks a preprocessed WGSL variant against what its launches pass. `label` names the variant
 /// in the error.
 #[cfg(not(target_arch = "wasm32"))]
@@ -65,6 +95,7 @@ pub fn check(label: &str, wgsl: &str, want: &LaunchLayout) -> Result<()> {
     layouter.update(module.to_ctx()).map_err(|e| bad(e.to_string()))?;
 
     let mut storage = Vec::new();
+    let mut read_only = Vec::new();
     let mut uniform = None;
     for (_, var) in module.global_variables.iter() {
         let Some(rb) = &var.binding else { continue };
@@ -75,7 +106,10 @@ pub fn check(label: &str, wgsl: &str, want: &LaunchLayout) -> Result<()> {
         match (rb.binding, var.space) {
             (0, naga::AddressSpace::Uniform) => uniform = Some(var.ty),
             (0, _) => return Err(bad(format!("binding 0 (`{name}`) is not the uniform parameters"))),
-            (b, naga::AddressSpace::Storage { .. }) => storage.push(b),
+            (b, naga::AddressSpace::Storage { access }) => {
+                storage.push(b);
+                read_only.push((b, !access.contains(naga::StorageAccess::STORE)));
+            }
             (b, _) => return Err(bad(format!("binding {b} (`{name}`) is not a storage buffer"))),
         }
     }
@@ -83,6 +117,12 @@ pub fn check(label: &str, wgsl: &str, want: &LaunchLayout) -> Result<()> {
     let expected: Vec<u32> = (1..=want.storage as u32).collect();
     if storage != expected {
         return Err(bad(format!("the shader declares storage bindings {storage:?}, the launch passes {expected:?}")));
+    }
+    read_only.sort_unstable();
+    let reflected: Vec<bool> = read_only.into_iter().map(|(_, r)| r).collect();
+    let scanned = storage_access(label, wgsl)?;
+    if scanned != reflected {
+        return Err(bad(format!("the text scan reads access {scanned:?} (read-only), naga {reflected:?}")));
     }
     let ty = uniform.ok_or_else(|| bad("no uniform parameters at binding 0".into()))?;
     let naga::TypeInner::Struct { members, .. } = &module.types[ty].inner else {
@@ -141,6 +181,17 @@ mod tests {
     const GOOD: &str = "n: u32, s0: u32, s1: u32, s2: u32, eps: f32, _p0: u32, _p1: u32, _p2: u32";
     const TWO: &str = "@group(0) @binding(1) var<storage, read> x: array<f32>;\n\
                        @group(0) @binding(2) var<storage, read_write> y: array<f32>;";
+
+    #[test]
+    fn storage_access_is_read_from_the_declarations() {
+        let src = format!("@group(0) @binding(0) var<uniform> p: Params;\n{TWO}\n@group(0) @binding(3) var<storage> z: array<f32>;");
+        assert_eq!(storage_access("t", &src).unwrap(), vec![true, false, true]);
+        let gap = "@group(0) @binding(0) var<uniform> p: P;\n@group(0) @binding(2) var<storage, read> x: array<f32>;";
+        let e = storage_access("t", gap).unwrap_err().to_string();
+        assert!(e.contains("storage bindings [2] are not 1..=1"), "{e}");
+        let e = storage_access("t", "@group(0) @binding(1) var<uniform> q: P;").unwrap_err().to_string();
+        assert!(e.contains("binding 1 is var<uniform>"), "{e}");
+    }
 
     #[test]
     fn a_matching_layout_passes() {

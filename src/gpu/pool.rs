@@ -4,6 +4,12 @@
 //!
 //! Sizes are rounded up to a size class (1/8 steps between powers of two, at most 12.5% waste),
 //! so that the many slightly different shapes of a U-Net share buffers.
+//!
+//! Within a class the oldest free buffer goes out first (buffers are numbered as they are
+//! created), not the last one freed: a denoising step that frees everything it allocated then
+//! hands the next step the same buffers in the same order, whatever order they were freed in,
+//! so the next step's dispatches bind exactly the buffers the last one did and find their bind
+//! groups cached (batch.rs).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -36,7 +42,9 @@ pub(crate) struct MemoryStats {
 
 #[derive(Default)]
 struct Shelves {
-    free: BTreeMap<u64, Vec<wgpu::Buffer>>,
+    /// Free buffers by size class, then by creation number.
+    free: BTreeMap<u64, BTreeMap<u64, wgpu::Buffer>>,
+    created: u64,
     stats: MemoryStats,
 }
 
@@ -55,10 +63,10 @@ impl BufferPool {
         let class = if exact { (bytes.max(4) + 3) & !3 } else { size_class(bytes) };
         let mut shelves = lock(&self.shelves);
         let reused = shelves.take(class, exact);
-        let (buffer, class) = match reused {
-            Some((b, found)) => {
+        let (buffer, class, serial) = match reused {
+            Some((b, found, serial)) => {
                 shelves.stats.bytes_pooled = shelves.stats.bytes_pooled.saturating_sub(found);
-                (b, found)
+                (b, found, serial)
             }
             None => {
                 let b = device.create_buffer(&wgpu::BufferDescriptor {
@@ -67,14 +75,15 @@ impl BufferPool {
                     usage: STORAGE_USAGE,
                     mapped_at_creation: false,
                 });
-                (b, class)
+                shelves.created += 1;
+                (b, class, shelves.created)
             }
         };
         let s = &mut shelves.stats;
         s.bytes_live += class;
         s.peak_bytes = s.peak_bytes.max(s.bytes_live + s.bytes_pooled);
         s.largest_buffer = s.largest_buffer.max(class);
-        PooledBuffer { buffer: Some(buffer), len: bytes, class, home: Arc::downgrade(self) }
+        PooledBuffer { buffer: Some(buffer), len: bytes, class, serial, home: Arc::downgrade(self) }
     }
 
     pub fn stats(&self) -> MemoryStats {
@@ -101,22 +110,30 @@ impl BufferPool {
         shelves.stats.bytes_pooled = shelves.stats.bytes_pooled.saturating_sub(freed);
     }
 
-    fn give_back(&self, buffer: wgpu::Buffer, class: u64) {
+    fn give_back(&self, buffer: wgpu::Buffer, class: u64, serial: u64) {
         let mut shelves = lock(&self.shelves);
         shelves.stats.bytes_live = shelves.stats.bytes_live.saturating_sub(class);
         shelves.stats.bytes_pooled += class;
-        shelves.free.entry(class).or_default().push(buffer);
+        shelves.free.entry(class).or_default().insert(serial, buffer);
     }
 }
 
 impl Shelves {
     /// The smallest free buffer of at least `class` bytes and at most twice that (a binding
     /// may cover less than its buffer): freed buffers of one size serve the smaller tensors of
-    /// the next layer instead of the pool growing a new size for each. Returns (buffer, its class).
-    fn take(&mut self, class: u64, exact: bool) -> Option<(wgpu::Buffer, u64)> {
+    /// the next layer instead of the pool growing a new size for each. Of those, the oldest
+    /// (see the module's note: a step that finds every buffer of the last one free then picks
+    /// what the last one picked, or made, at each point). Returns (buffer, its class, its
+    /// creation number).
+    fn take(&mut self, class: u64, exact: bool) -> Option<(wgpu::Buffer, u64, u64)> {
         let upper = if exact { class } else { class.saturating_mul(2) };
-        let (&found, list) = self.free.range_mut(class..=upper).find(|(_, v)| !v.is_empty())?;
-        list.pop().map(|b| (b, found))
+        let (found, serial) = self
+            .free
+            .range(class..=upper)
+            .filter_map(|(&c, v)| v.first_key_value().map(|(&serial, _)| (c, serial)))
+            .min_by_key(|&(_, serial)| serial)?;
+        let list = self.free.get_mut(&found)?;
+        list.remove(&serial).map(|b| (b, found, serial))
     }
 }
 
@@ -126,6 +143,7 @@ pub struct PooledBuffer {
     /// Bytes the tensor asked for (the buffer may be larger).
     pub len: u64,
     class: u64,
+    serial: u64,
     home: Weak<BufferPool>,
 }
 
@@ -144,7 +162,7 @@ impl PooledBuffer {
 impl Drop for PooledBuffer {
     fn drop(&mut self) {
         if let (Some(buf), Some(pool)) = (self.buffer.take(), self.home.upgrade()) {
-            pool.give_back(buf, self.class);
+            pool.give_back(buf, self.class, self.serial);
         }
     }
 }
