@@ -53,14 +53,16 @@ fn check_matmul(g: &Gpu, f: QuantFormat, cf: GgmlDType, m: usize, k: usize, n: u
 
 #[test]
 fn quantized_matmul_matches_candle_dequantize_matmul() {
-    for (f, cf) in FORMATS {
-        for dtype in common::dtypes() {
-            for (m, k, n) in [(1, 32, 1), (77, 320, 96), (130, 64, 200), (5, 1280, 33)] {
-                let err = check_matmul(gpu(), f, cf, m, k, n, dtype);
-                eprintln!("{f:?} {dtype} {m}x{k}x{n}: max |err| {err:.2e}");
+    common::each_kernel("matmul", |kernel| {
+        for (f, cf) in FORMATS {
+            for dtype in common::dtypes() {
+                for (m, k, n) in [(1, 32, 1), (77, 320, 96), (130, 64, 200), (5, 1280, 33)] {
+                    let err = check_matmul(gpu(), f, cf, m, k, n, dtype);
+                    eprintln!("{f:?} {dtype} {m}x{k}x{n} {kernel}: max |err| {err:.2e}");
+                }
             }
         }
-    }
+    });
 }
 
 #[test]
@@ -74,34 +76,36 @@ fn quantized_weights_split_over_bindings() {
 
 #[test]
 fn quantized_conv2d_matches_candle() {
-    for (f, cf) in FORMATS {
-        for dtype in common::dtypes() {
-            // 3x3 with Cin*9 a multiple of 32 (as SD's 320-channel convs), and a 1x1 shortcut.
-            for (cin, cout, k, stride, pad) in [(32, 40, 3, 1, 1), (64, 24, 1, 1, 0), (32, 16, 3, 2, 1)] {
-                let (h, w) = (9, 11);
-                let x = random_values(7, 2 * cin * h * w);
-                let wt = random_values(8, cout * cin * k * k);
-                let bias = random_values(9, cout);
-                let qt = QTensor::from_f32(gpu(), f, &wt, cout, cin * k * k).unwrap();
-                let x_up = GpuTensor::from_f32_as(gpu(), &x, &[2, cin, h, w], dtype).unwrap();
-                let b_up = GpuTensor::from_f32_as(gpu(), &bias, &[cout], dtype).unwrap();
-                let cp = Conv2dParams { stride, padding: pad, pad_end: 0 };
-                let got = ops::conv2d_quant(&x_up, &qt, k, k, Some(&b_up), cp).unwrap();
-                let (_, deq) = candle_roundtrip(&wt, cout, cin * k * k, cf);
-                let deq = deq.reshape((cout, cin, k, k)).unwrap();
-                let want = cpu(&to_vec(&x_up), &[2, cin, h, w]).conv2d(&deq, pad, stride, 1, 1).unwrap();
-                let want = want.broadcast_add(&cpu(&to_vec(&b_up), &[1, cout, 1, 1])).unwrap();
-                let label = format!("{f:?} conv {cin}->{cout} k{k} s{stride} {dtype}");
-                let err = compare(
-                    &label,
-                    tolerance("conv2d", dtype),
-                    &to_vec(&got),
-                    &want.flatten_all().unwrap().to_vec1().unwrap(),
-                );
-                eprintln!("{label}: max |err| {err:.2e}");
+    common::each_kernel("conv2d", |kernel| {
+        for (f, cf) in FORMATS {
+            for dtype in common::dtypes() {
+                // 3x3 with Cin*9 a multiple of 32 (as SD's 320-channel convs), and a 1x1 shortcut.
+                for (cin, cout, k, stride, pad) in [(32, 40, 3, 1, 1), (64, 24, 1, 1, 0), (32, 16, 3, 2, 1)] {
+                    let (h, w) = (9, 11);
+                    let x = random_values(7, 2 * cin * h * w);
+                    let wt = random_values(8, cout * cin * k * k);
+                    let bias = random_values(9, cout);
+                    let qt = QTensor::from_f32(gpu(), f, &wt, cout, cin * k * k).unwrap();
+                    let x_up = GpuTensor::from_f32_as(gpu(), &x, &[2, cin, h, w], dtype).unwrap();
+                    let b_up = GpuTensor::from_f32_as(gpu(), &bias, &[cout], dtype).unwrap();
+                    let cp = Conv2dParams { stride, padding: pad, pad_end: 0 };
+                    let got = ops::conv2d_quant(&x_up, &qt, k, k, Some(&b_up), cp).unwrap();
+                    let (_, deq) = candle_roundtrip(&wt, cout, cin * k * k, cf);
+                    let deq = deq.reshape((cout, cin, k, k)).unwrap();
+                    let want = cpu(&to_vec(&x_up), &[2, cin, h, w]).conv2d(&deq, pad, stride, 1, 1).unwrap();
+                    let want = want.broadcast_add(&cpu(&to_vec(&b_up), &[1, cout, 1, 1])).unwrap();
+                    let label = format!("{f:?} conv {cin}->{cout} k{k} s{stride} {dtype} {kernel}");
+                    let err = compare(
+                        &label,
+                        tolerance("conv2d", dtype),
+                        &to_vec(&got),
+                        &want.flatten_all().unwrap().to_vec1().unwrap(),
+                    );
+                    eprintln!("{label}: max |err| {err:.2e}");
+                }
             }
         }
-    }
+    });
 }
 
 #[test]

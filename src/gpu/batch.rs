@@ -204,7 +204,8 @@ impl Batch {
             let encoder = self.encoder.get_or_insert_with(|| {
                 device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("batch") })
             });
-            let pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("batch"), timestamp_writes: None });
+            let pass = encoder
+                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("batch"), timestamp_writes: None });
             self.pass = Some(pass.forget_lifetime());
         }
         let pass = self.pass.as_mut().expect("a pass was just begun");

@@ -118,8 +118,8 @@ impl PipelineCache {
         for (i, read_only) in super::layout::storage_access(&label, &source)?.into_iter().enumerate() {
             entries.push(buffer(i as u32 + 1, wgpu::BufferBindingType::Storage { read_only }, false));
         }
-        let layout =
-            device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(&label), entries: &entries });
+        let layout = device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(&label), entries: &entries });
         let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some(&label),
             bind_group_layouts: &[Some(&layout)],

@@ -184,7 +184,9 @@ mod tests {
 
     #[test]
     fn storage_access_is_read_from_the_declarations() {
-        let src = format!("@group(0) @binding(0) var<uniform> p: Params;\n{TWO}\n@group(0) @binding(3) var<storage> z: array<f32>;");
+        let src = format!(
+            "@group(0) @binding(0) var<uniform> p: Params;\n{TWO}\n@group(0) @binding(3) var<storage> z: array<f32>;"
+        );
         assert_eq!(storage_access("t", &src).unwrap(), vec![true, false, true]);
         let gap = "@group(0) @binding(0) var<uniform> p: P;\n@group(0) @binding(2) var<storage, read> x: array<f32>;";
         let e = storage_access("t", gap).unwrap_err().to_string();

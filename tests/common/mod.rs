@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use std::sync::OnceLock;
+use std::sync::{OnceLock, RwLock};
 
 use candle_core::{Device, Tensor};
 use webdiffusion::gpu::{DType, Gpu, GpuOptions, GpuTensor, KernelChoice, KernelPolicy};
@@ -27,16 +27,55 @@ pub fn cpu_attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> candle
     p.matmul(v)
 }
 
-/// The tests' device options: the kernel variants from WEBDIFFUSION_MATMUL / WEBDIFFUSION_CONV2D
-/// (`scripts/test.sh` reruns the conv and matmul tests with the tiled kernels real GPUs use, which
-/// lavapipe would not pick), as the CLI reads them.
+/// The tests' device options: the library's defaults (kernel variants by adapter). The op tests
+/// run every variant themselves (`each_kernel`).
 pub fn options() -> GpuOptions {
-    let choice = |var: &str| match std::env::var(var) {
-        Ok(v) => KernelChoice::parse(&v).unwrap_or_else(|e| panic!("{var}: {e}")),
-        Err(_) => KernelChoice::Auto,
-    };
-    let kernels = KernelPolicy { matmul: choice("WEBDIFFUSION_MATMUL"), conv2d: choice("WEBDIFFUSION_CONV2D") };
-    GpuOptions { kernels, ..GpuOptions::default() }
+    GpuOptions::default()
+}
+
+/// Every variant of matmul and conv2d: the tiled kernel real GPUs run, and the direct kernel with
+/// its block chosen by size and with every block size it takes (matmul: columns × rows per
+/// invocation; conv2d: output channels × pixels).
+pub fn kernel_choices() -> Vec<KernelChoice> {
+    let mut v = vec![KernelChoice::Tiled, KernelChoice::Direct { block: (0, 0) }];
+    for a in [4, 8, 16] {
+        for b in [1, 2, 4] {
+            v.push(KernelChoice::Direct { block: (a, b) });
+        }
+    }
+    v
+}
+
+/// The kernel policies an op is checked under: each of its variants (ops without variants: the
+/// default). `op` as in `tolerance`.
+pub fn policies(op: &str) -> Vec<KernelPolicy> {
+    let base = KernelPolicy::default();
+    match op {
+        "matmul" | "linear" => kernel_choices().into_iter().map(|c| KernelPolicy { matmul: c, ..base }).collect(),
+        "conv2d" => kernel_choices().into_iter().map(|c| KernelPolicy { conv2d: c, ..base }).collect(),
+        _ => vec![base],
+    }
+}
+
+/// The shared device's kernel policy is global to it: a test that changes it holds this for
+/// writing, every other GPU check for reading.
+static POLICY: RwLock<()> = RwLock::new(());
+
+/// Runs `f` under each of `op`'s kernel policies on the shared device (`f` gets the policy's
+/// label), then puts the default back.
+pub fn each_kernel(op: &str, mut f: impl FnMut(&str)) {
+    let variants = policies(op);
+    if variants.len() == 1 {
+        let _shared = POLICY.read().unwrap_or_else(|e| e.into_inner());
+        return f("");
+    }
+    let _exclusive = POLICY.write().unwrap_or_else(|e| e.into_inner());
+    for p in variants {
+        gpu().set_kernel_policy(p);
+        let label = if op == "conv2d" { format!("conv2d={}", p.conv2d) } else { format!("matmul={}", p.matmul) };
+        f(&label);
+    }
+    gpu().set_kernel_policy(KernelPolicy::default());
 }
 
 /// One device per test binary. No adapter is a test failure with the library's own message
@@ -144,25 +183,27 @@ where
     C: Fn(&[Tensor]) -> candle_core::Result<Tensor>,
 {
     let mut errs = Vec::new();
-    for dtype in dtypes() {
-        let mut gpu_in = Vec::new();
-        let mut cpu_in = Vec::new();
-        for (i, input) in inputs.iter().enumerate() {
-            let n = input.shape.iter().product();
-            let seed = case.bytes().fold(i as u64 * 7919 + 1, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
-            let raw = random_values(seed, n).into_iter().map(|x| x * input.scale + input.offset).collect();
-            let vals = round_to(dtype, raw);
-            gpu_in.push(GpuTensor::from_f32_as(gpu(), &vals, &input.shape, dtype).expect("upload"));
-            cpu_in.push(Tensor::from_vec(vals, input.shape.as_slice(), &Device::Cpu).expect("cpu tensor"));
+    each_kernel(op, |kernel| {
+        for dtype in dtypes() {
+            let mut gpu_in = Vec::new();
+            let mut cpu_in = Vec::new();
+            for (i, input) in inputs.iter().enumerate() {
+                let n = input.shape.iter().product();
+                let seed = case.bytes().fold(i as u64 * 7919 + 1, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+                let raw = random_values(seed, n).into_iter().map(|x| x * input.scale + input.offset).collect();
+                let vals = round_to(dtype, raw);
+                gpu_in.push(GpuTensor::from_f32_as(gpu(), &vals, &input.shape, dtype).expect("upload"));
+                cpu_in.push(Tensor::from_vec(vals, input.shape.as_slice(), &Device::Cpu).expect("cpu tensor"));
+            }
+            let label = format!("{op} {case} {dtype} {kernel}");
+            let out = gpu_fn(&gpu_in).unwrap_or_else(|e| panic!("{label}: {e}"));
+            let want = cpu_fn(&cpu_in).unwrap_or_else(|e| panic!("{op} {case} cpu: {e}"));
+            assert_eq!(out.shape(), want.dims(), "{label}: output shape");
+            let want: Vec<f32> = want.flatten_all().and_then(|t| t.to_vec1()).expect("cpu values");
+            let err = compare(&label, tolerance(op, dtype), &to_vec(&out), &want);
+            eprintln!("{label}: max |err| {err:.3e}");
+            errs.push((dtype, err));
         }
-        let out = gpu_fn(&gpu_in).unwrap_or_else(|e| panic!("{op} {case} {dtype}: {e}"));
-        let want = cpu_fn(&cpu_in).unwrap_or_else(|e| panic!("{op} {case} cpu: {e}"));
-        assert_eq!(out.shape(), want.dims(), "{op} {case} {dtype}: output shape");
-        let want: Vec<f32> = want.flatten_all().and_then(|t| t.to_vec1()).expect("cpu values");
-        let label = format!("{op} {case} {dtype}");
-        let err = compare(&label, tolerance(op, dtype), &to_vec(&out), &want);
-        eprintln!("{label}: max |err| {err:.3e}");
-        errs.push((dtype, err));
-    }
+    });
     errs
 }

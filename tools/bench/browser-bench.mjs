@@ -196,6 +196,24 @@ const storage = (page) => page.evaluate(async () => {
   return { usage: e.usage, indexedDB: e.usageDetails?.indexedDB ?? null, caches: e.usageDetails?.caches ?? null, serviceWorker: e.usageDetails?.serviceWorkerRegistrations ?? null };
 });
 
+/// The worker's messages during a generation started at `t0` (epoch ms): seconds until the first
+/// step is done (text encoding, for img2img the encoder's load and the encode, then step 1),
+/// from there to the last step done, and from it to the result (decode, PNG).
+function generatePhases(bench, t0) {
+  const seg = bench.segments.filter((s) => s.t1 >= t0);
+  const steps = seg.filter((s) => s.key === 'worker:step');
+  const done = seg.find((s) => s.key === 'worker:done');
+  if (!steps.length || !done) return null;
+  const first = Math.min(...steps.map((s) => s.t0));
+  const last = Math.max(...steps.map((s) => s.t1));
+  return {
+    beforeFirstStepS: (first - t0) / 1000,
+    stepsS: (last - first) / 1000,
+    afterLastStepS: (done.t0 - last) / 1000,
+    msPerStep: steps[steps.length - 1].last.msPerStep ?? null,
+  };
+}
+
 /// Timings from the recorded worker messages: the load request, the last download message
 /// (download complete) and the `loaded` reply, in epoch ms.
 function phases(bench) {
@@ -285,6 +303,8 @@ async function visit({ first, profile, url, resolveBase, origins, o }) {
     const gen = await generate(page, o.request, o.timeoutMs);
     out.generate = gen;
     out.wasmHeapAfterGenerateBytes = (await state(page)).wasmHeapBytes;
+    // What the generation was made of, from the worker's messages (see generatePhases).
+    out.generatePhases = generatePhases(await page.evaluate(() => window.__bench), genAt);
     out.generatePeakRssBytes = rss.peakBetween(genAt, Date.now());
     out.storageAfterGenerate = await storage(page);
     if (first) await page.evaluate(() => navigator.serviceWorker.ready.then(() => null)); // the shell is cached
@@ -307,6 +327,7 @@ const mib = (b) => (b === null || b === undefined ? '-' : `${(b / 2 ** 20).toFix
 const ms = (x) => (x === null || x === undefined ? '-' : x.toFixed(0));
 const sec = (s) => (s === null || s === undefined ? '-' : `${s.toFixed(1)} s`);
 
+const gp = (p) => (p ? `${p.beforeFirstStepS.toFixed(1)} / ${p.stepsS.toFixed(1)} / ${p.afterLastStepS.toFixed(1)} s` : '-');
 const top = (rss) => (rss?.peakProcesses || []).slice(0, 3).map((p) => `${p.type} ${gb(p.rss)} (${gb(p.shmem)})`).join(', ') || '-';
 
 function table(r) {
@@ -317,6 +338,8 @@ function table(r) {
     ['worker: download / load ms', `${ms(a.timings?.downloadMs)} / ${ms(a.timings?.loadMs)}`, `${ms(b.timings?.downloadMs)} / ${ms(b.timings?.loadMs)}`],
     ['ready (first: from the click; returning: page open)', sec(a.readyS), sec(b.pageOpenToReadyS)],
     [`generate (${r.request.steps} step(s), ${r.request.width}x${r.request.height}${a.init ? `, ${a.init.mode} at ${a.init.strength}${a.init.maskFraction ? `, ${(100 * a.init.maskFraction).toFixed(0)} % masked` : ''}` : ''})`, sec(a.generate?.wallS), sec(b.generate?.wallS)],
+    ['generate: to step 1 done (text, encoder load, encode, step) / steps 2.. / to the result',
+      gp(a.generatePhases), gp(b.generatePhases)],
     ['same pixels as the first visit', '', b.generate && a.generate ? (b.generate.pixelsSha256 === a.generate.pixelsSha256 ? 'yes' : 'NO') : '-'],
     ['IndexedDB (storage.estimate)', gb(a.storage?.indexedDB ?? a.storage?.usage), gb(b.storage?.indexedDB ?? b.storage?.usage)],
     ['wasm heap after load / after generating', `${mib(a.wasmHeapBytes)} / ${mib(a.wasmHeapAfterGenerateBytes)}`, `${mib(b.wasmHeapBytes)} / ${mib(b.wasmHeapAfterGenerateBytes)}`],

@@ -48,15 +48,18 @@ export function treeEntry(path, size, sha256, blobOid) {
 }
 
 /// Every regular file under `dir` (relative, '/'-separated, sorted), skipping dot-folders and
-/// our own listing file.
+/// our own listing file. Symbolic links are followed (a fixture that shares another's folders,
+/// as tests/fixtures/tiny-sd1-inpaint does, is served as the full repo Hugging Face would hold).
 export async function walk(dir) {
   const out = [];
-  async function visit(d) {
+  async function visit(d, depth = 0) {
+    if (depth > 16) throw new Error(`${d}: folders nested too deep (a symbolic link loop?)`);
     for (const e of await fs.readdir(d, { withFileTypes: true })) {
       const full = join(d, e.name);
-      if (e.isDirectory()) {
-        if (!e.name.startsWith('.')) await visit(full);
-      } else if (e.isFile() && e.name !== TREE_FILE) out.push(relative(dir, full).split(sep).join('/'));
+      const kind = e.isSymbolicLink() ? await fs.stat(full) : e;
+      if (kind.isDirectory()) {
+        if (!e.name.startsWith('.')) await visit(full, depth + 1);
+      } else if (kind.isFile() && e.name !== TREE_FILE) out.push(relative(dir, full).split(sep).join('/'));
     }
   }
   await visit(dir);
