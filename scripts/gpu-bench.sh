@@ -5,7 +5,8 @@
 #   scripts/gpu-bench.sh bundle [DIR]   here, where the package registries answer: builds the
 #                                       release CLI and writes DIR (default .gpu-bundle/, git-
 #                                       ignored): the binary, the Vulkan loader (Debian's
-#                                       libvulkan1) and the diffusers wheel. Prints its size.
+#                                       libvulkan1), the diffusers and importlib_metadata
+#                                       wheels. Prints its size (19.7 MiB on 2026-12-02).
 #   scripts/gpu-bench.sh run [DIR]      there: a Linux machine with an NVIDIA GPU and its driver,
 #                                       no internet, this checkout and DIR beside it. Python's
 #                                       torch is used if it is installed (else that half is
@@ -21,14 +22,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-}"
 bundle="${2:-.gpu-bundle}"
-DIFFUSERS_VERSION=0.42.1 # the reference scripts' version; pure Python, its dependencies are in PyTorch images
+DIFFUSERS_VERSION=0.42.1 # the reference scripts' version; pure Python
+# diffusers' one dependency a PyTorch image may lack (the device image's list has zipp, not it).
+IMPORTLIB_METADATA_VERSION=8.7.0
 
 die() { echo "gpu-bench: $*" >&2; exit 2; }
 
 case "$mode" in
 bundle)
   mkdir -p "$bundle"
-  grep -qx "/$bundle/" .git/info/exclude 2>/dev/null || echo "/$bundle/" >>.git/info/exclude
   echo "gpu-bench: building the release CLI (a few minutes)"
   cargo build --release --bin webdiffusion
   cp target/release/webdiffusion "$bundle/"
@@ -42,9 +44,10 @@ bundle)
   # shellcheck disable=SC2086
   (cd "$bundle" && rm -f ./*.deb && apt-get $o download -qq libvulkan1)
   rm -rf "$lists"
-  echo "gpu-bench: the diffusers wheel ($DIFFUSERS_VERSION, no dependencies)"
-  rm -f "$bundle"/diffusers-*.whl
-  python3 -m pip download -q --no-deps --only-binary=:all: -d "$bundle" "diffusers==$DIFFUSERS_VERSION"
+  echo "gpu-bench: the diffusers wheel ($DIFFUSERS_VERSION) and importlib_metadata's"
+  rm -f "$bundle"/*.whl
+  python3 -m pip download -q --no-deps --only-binary=:all: -d "$bundle" "diffusers==$DIFFUSERS_VERSION" \
+    "importlib_metadata==$IMPORTLIB_METADATA_VERSION"
   du -ab "$bundle" | sort -n | tail -n 5
   total=$(du -sb "$bundle" | cut -f1)
   echo "gpu-bench: $bundle holds $total bytes ($((total / 1048576)) MiB); carry it with the checkout and run: scripts/gpu-bench.sh run $bundle"
@@ -85,7 +88,7 @@ run)
     site=$(mktemp -d)
     if ! python3 -c 'import diffusers' 2>/dev/null; then
       ls "$bundle"/diffusers-*.whl >/dev/null 2>&1 || die "torch is here but diffusers is not, and $bundle has no diffusers wheel"
-      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" "$bundle"/diffusers-*.whl
+      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" "$bundle"/*.whl
       export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
     fi
     for arch in sd15 sd-turbo; do

@@ -145,6 +145,8 @@ pub struct Report {
     pub arch: String,
     pub quant: String,
     pub compute: String,
+    /// The VAE's activations: `compute`, or f32 where its config says `force_upcast`.
+    pub vae_compute: String,
     pub size: usize,
     pub steps: usize,
     pub guidance: f32,
@@ -239,7 +241,9 @@ async fn load<'g>(gpu: &'g Gpu, o: &BenchOptions, opts: &LoadOptions) -> Result<
     let mut weights = Vec::new();
     let mut took = |name: &str, before: u64| weights.push((name.to_string(), gpu.stats().bytes_live - before));
     let b = gpu.stats().bytes_live;
-    let decoder = Decoder::load(&vae_cfg, &synth("vae"))?;
+    // As the app loads it: in f32 where the config says force_upcast (loader::vae).
+    let vae_dtype = vae_cfg.compute_dtype(dtype);
+    let decoder = Decoder::load(&vae_cfg, &opts.apply(Weights::synthetic(gpu, vae_dtype, 0), "vae"))?;
     took("vae_decoder", b);
     let b = gpu.stats().bytes_live;
     let text_encoder = Some(ClipTextModel::load(te_cfg.clone(), &synth("text_encoder"))?);
@@ -293,13 +297,14 @@ async fn time_encode(
     opts: &LoadOptions,
     stages: &mut Vec<StageReport>,
 ) -> Result<Option<VaeTiling>> {
+    let vae_dtype = m.vae_cfg.compute_dtype(m.dtype);
     let encoder =
-        crate::models::vae::Encoder::load(&m.vae_cfg, &opts.apply(Weights::synthetic(gpu, m.dtype, 0), "vae"))?;
+        crate::models::vae::Encoder::load(&m.vae_cfg, &opts.apply(Weights::synthetic(gpu, vae_dtype, 0), "vae"))?;
     gpu.trim_pool();
     let s = gpu.stats();
     let act_budget = if o.budget == 0 { 512 << 20 } else { o.budget.saturating_sub(s.bytes_live + s.bytes_pooled) };
     let limit = gpu.caps().max_storage_binding.min(gpu.caps().max_buffer_size);
-    let tiling = vae_tiling::plan_encode(&m.vae_cfg, o.size, o.size, m.dtype, act_budget, limit)?;
+    let tiling = vae_tiling::plan_encode(&m.vae_cfg, o.size, o.size, vae_dtype, act_budget, limit)?;
     let px: Vec<f32> = (0..3 * o.size * o.size).map(|i| ((i % 255) as f32 / 127.0) - 1.0).collect();
     let f = m.vae_cfg.downscale();
     let (mut times, mut st) = (Vec::new(), GpuStats::default());
@@ -307,7 +312,7 @@ async fn time_encode(
     for _ in 0..o.repeats.max(1) {
         gpu.reset_stats();
         let t = now_ms();
-        let (mean, _) = vae_tiling::encode(&encoder, gpu, m.dtype, f, &px, [3, o.size, o.size], tiling).await?;
+        let (mean, _) = vae_tiling::encode(&encoder, gpu, vae_dtype, f, &px, [3, o.size, o.size], tiling).await?;
         times.push(now_ms() - t);
         st = gpu.stats();
         if !gpu.is_dry_run() && mean.iter().any(|v| !v.is_finite()) {
@@ -445,14 +450,15 @@ async fn time_decode(
     let s = gpu.stats();
     let act_budget = if o.budget == 0 { 512 << 20 } else { o.budget.saturating_sub(s.bytes_live + s.bytes_pooled) };
     let limit = gpu.caps().max_storage_binding.min(gpu.caps().max_buffer_size);
-    let tiling = vae_tiling::plan(&m.vae_cfg, lh, lw, m.dtype, act_budget, limit)?;
+    let vae_dtype = m.vae_cfg.compute_dtype(m.dtype);
+    let tiling = vae_tiling::plan(&m.vae_cfg, lh, lw, vae_dtype, act_budget, limit)?;
     let z: Vec<f32> = x.iter().map(|v| v / m.vae_cfg.scaling_factor as f32).collect();
     let (mut times, mut s) = (Vec::new(), GpuStats::default());
     let pipelines = gpu.stats().pipelines;
     for _ in 0..o.repeats.max(1) {
         gpu.reset_stats();
         let t = now_ms();
-        let px = vae_tiling::decode(&m.decoder, gpu, m.dtype, &z, [c, lh, lw], tiling).await?;
+        let px = vae_tiling::decode(&m.decoder, gpu, vae_dtype, &z, [c, lh, lw], tiling).await?;
         times.push(now_ms() - t);
         s = gpu.stats();
         if !gpu.is_dry_run() && px.data.iter().any(|v| !v.is_finite()) {
@@ -476,6 +482,7 @@ fn report_head(
         arch: o.name.clone(),
         quant: o.quant.clone(),
         compute: dtype.to_string(),
+        vae_compute: VaeConfig::from_json(&o.vae).map(|c| c.compute_dtype(dtype).to_string()).unwrap_or_default(),
         size: o.size,
         steps: o.steps,
         guidance: o.guidance,

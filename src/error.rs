@@ -67,6 +67,10 @@ pub enum Error {
 
     #[error("invalid request: {0}")]
     Request(String),
+
+    /// A stage's output holds NaN or infinity: never turned into an image.
+    #[error("{stage} produced non-finite values (NaN or infinity) computing in {dtype}: {hint}")]
+    NonFinite { stage: String, dtype: String, hint: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

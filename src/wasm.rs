@@ -281,6 +281,13 @@ impl Model {
         self.run(r, init, on_step, true).await
     }
 
+    /// Builds the pipelines and bind groups a `width`×`height` generation needs (guided: the
+    /// batch of 2), recording without executing (`StableDiffusion::prepare`): called right after
+    /// loading, the browser compiles them while the visitor types. Returns the pipelines built.
+    pub fn prepare(&self, width: usize, height: usize, guided: bool) -> Result<u32, JsError> {
+        self.sd.prepare(width, height, guided).map(|n| n as u32).map_err(js_err)
+    }
+
     /// Loads TAESD (madebyollin/taesd's `config.json` and `diffusion_pytorch_model.safetensors`)
     /// through `reader`, for previews and fast final decodes (`setTaesdUse`).
     #[wasm_bindgen(js_name = loadTaesd)]

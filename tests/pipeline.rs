@@ -405,3 +405,110 @@ fn taesd_encodes_img2img_without_a_posterior_draw() {
     let fast = pollster::block_on(sd.generate(&req, None, &mut Recorded(draw(1)), &mut |_| true)).unwrap();
     assert_ne!(fast.latents, vae.latents, "TAESD's latents are another start");
 }
+
+/// tiny-sd1 in memory, with `edit` applied to its VAE's config (JSON) and to every float of
+/// the VAE tensor `poison` (NaN where given).
+fn tiny_sd1_with(vae_config: impl Fn(&mut Value), poison: Option<&str>) -> loader::MemorySource {
+    let mut src = loader::MemorySource { name: "tiny-sd1 (edited)".into(), ..Default::default() };
+    for rel in [
+        "model_index.json",
+        "scheduler/scheduler_config.json",
+        "tokenizer/vocab.json",
+        "tokenizer/merges.txt",
+        "tokenizer/tokenizer_config.json",
+        "tokenizer/special_tokens_map.json",
+        "text_encoder/config.json",
+        "text_encoder/model.safetensors",
+        "text_encoder/model.fp16.safetensors",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors",
+    ] {
+        if let Ok(bytes) = std::fs::read(dir("tiny-sd1").join(rel)) {
+            src.files.insert(rel.into(), bytes);
+        }
+    }
+    let mut cfg: Value = serde_json::from_slice(&src.files["vae/config.json"]).unwrap();
+    vae_config(&mut cfg);
+    src.files.insert("vae/config.json".into(), serde_json::to_vec(&cfg).unwrap());
+    if let Some(name) = poison {
+        let bytes = src.files["vae/diffusion_pytorch_model.safetensors"].clone();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let nan: Vec<u8> = f32::NAN.to_le_bytes().repeat(st.tensor(name).unwrap().data().len() / 4);
+        let mut views: Vec<(String, safetensors::tensor::TensorView)> = Vec::new();
+        for (n, t) in st.tensors() {
+            assert_eq!(t.dtype(), safetensors::Dtype::F32, "the fixture's VAE is f32");
+            let data: &[u8] = if n == name { &nan } else { t.data() };
+            views.push((n.clone(), safetensors::tensor::TensorView::new(t.dtype(), t.shape().to_vec(), data).unwrap()));
+        }
+        src.files
+            .insert("vae/diffusion_pytorch_model.safetensors".into(), safetensors::serialize(views, None).unwrap());
+    }
+    src
+}
+
+fn small_request() -> Request {
+    Request {
+        prompt: "a cat".into(),
+        negative_prompt: None,
+        steps: 2,
+        guidance: 7.5,
+        width: 64,
+        height: 64,
+        scheduler: SchedulerKind::Euler,
+        prompt_syntax: PromptSyntax::A1111,
+        eta: 0.0,
+        init: None,
+    }
+}
+
+/// A stage that yields NaN ends the generation with a line naming the stage and the dtype; it
+/// never becomes an image. And a VAE runs in f32 under f16 where its config says force_upcast
+/// (diffusers' default), in f16 where it says false (the fp16-fix VAEs).
+#[test]
+fn non_finite_stages_are_named_and_force_upcast_keeps_the_vae_in_f32() {
+    let src = tiny_sd1_with(|_| {}, Some("decoder.conv_out.bias"));
+    let sd = StableDiffusion::load(&src, common::gpu(), &loader::LoadOptions::new(DType::F32)).unwrap();
+    let mut rng = webdiffusion::pipeline::rng::NormalRng::new(3);
+    let err = pollster::block_on(sd.generate(&small_request(), None, &mut rng, &mut |_| true)).err().expect("no image");
+    assert!(matches!(err, webdiffusion::Error::NonFinite { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.starts_with("the VAE decoder produced non-finite values (NaN or infinity) computing in f32"),
+        "{text}"
+    );
+
+    if !common::gpu().caps().shader_f16 {
+        return;
+    }
+    // No force_upcast in tiny-sd1's config: diffusers' default (true) applies.
+    let f16 = loader::LoadOptions::new(DType::F16);
+    let sd = StableDiffusion::load(&tiny_sd1_with(|_| {}, None), common::gpu(), &f16).unwrap();
+    assert_eq!((sd.dtype, sd.vae_dtype()), (DType::F16, DType::F32));
+    let fix = tiny_sd1_with(|c| c["force_upcast"] = Value::Bool(false), None);
+    let sd16 = StableDiffusion::load(&fix, common::gpu(), &f16).unwrap();
+    assert_eq!(sd16.vae_dtype(), DType::F16);
+    // Both decode the same latents to nearly the same image (f16 rounding apart).
+    let latents = webdiffusion::pipeline::rng::NormalRng::new(5).normals(4 * 8 * 8);
+    let (a, ..) = pollster::block_on(sd.decode(&latents, [1, 4, 8, 8])).unwrap();
+    let (b, ..) = pollster::block_on(sd16.decode(&latents, [1, 4, 8, 8])).unwrap();
+    let worst = a.iter().zip(&b).map(|(&x, &y)| (x as i32 - y as i32).abs()).max().unwrap();
+    eprintln!("VAE decode f32 (force_upcast) vs f16: max pixel difference {worst}/255");
+    assert!(worst <= 8, "f32 and f16 VAE decodes differ by {worst}/255");
+}
+
+/// `prepare` builds every pipeline a generation of that size uses: the generation after it
+/// builds none (a device of its own, so other tests' kernels do not count).
+#[test]
+fn prepare_builds_every_pipeline_a_generation_needs() {
+    let gpu = pollster::block_on(webdiffusion::gpu::Gpu::new(&common::options())).unwrap();
+    let sd = StableDiffusion::load(&DirSource(dir("tiny-sd1")), &gpu, &loader::LoadOptions::new(DType::F32)).unwrap();
+    let built = sd.prepare(64, 64, true).unwrap();
+    assert!(built >= 20, "prepare built {built} pipelines");
+    let before = gpu.stats().pipelines;
+    let mut rng = webdiffusion::pipeline::rng::NormalRng::new(3);
+    pollster::block_on(sd.generate(&small_request(), None, &mut rng, &mut |_| true)).unwrap();
+    assert_eq!(gpu.stats().pipelines - before, 0, "pipelines built during the generation");
+    assert!(sd.prepare(60, 64, true).unwrap_err().to_string().contains("not a multiple of 8"));
+}

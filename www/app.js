@@ -39,6 +39,7 @@ const state = {
   // downloadMs/loadMs: the last load's download and GPU load (read + upload) in the worker;
   // firstImageMs: performance.now() when the first image of this page view was done.
   timings: { downloadMs: null, loadMs: null, firstImageMs: null },
+  prepared: null, // {pipelines, ms, width, height}: built by the worker after the last load
   wasmHeapBytes: null, // wasm linear memory after the last load or image (it only grows: the peak)
   info: null, // adapter info from the engine
   f16Fallback: null,
@@ -156,6 +157,7 @@ function onWorkerMessage(m) {
   } else if (m.type === 'recovered') {
     notice('lost', 'The GPU device was lost and has been recovered: the model was reloaded and the request retried once.', 'info');
   }
+  if (m.type === 'prepared') state.prepared = { pipelines: m.pipelines, ms: m.ms, width: m.width, height: m.height };
   const p = pending.get(m.id);
   if (!p) {
     if (m.type === 'error') notice('worker', fail(m.op, m.message), 'error');

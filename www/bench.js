@@ -18,7 +18,7 @@ function setStatus(text, isError = false) {
 function show(r) {
   const tiling = r.vae_tiling ? `tiled (${r.vae_tiling.tile} latent px, overlap ${r.vae_tiling.overlap})` : 'whole';
   const weights = r.weights.map(([name, bytes]) => `${name} ${mb(bytes)} MB`).join(', ');
-  $('summary').textContent = `${r.arch} ${r.quant} (${r.compute} activations), ${r.size}×${r.size}, `
+  $('summary').textContent = `${r.arch} ${r.quant} (${r.compute} activations, VAE ${r.vae_compute}), ${r.size}×${r.size}, `
     + `${r.steps} step(s), guidance ${r.guidance} on ${r.adapter}. Limits: binding ${mb(r.max_storage_binding)} MB, `
     + `buffer ${mb(r.max_buffer_size)} MB. Weights: ${weights} (built in ${r.load_s.toFixed(1)} s). `
     + `VAE decode ${tiling}. Peak GPU memory ${mb(r.peak_bytes)} MB.`;

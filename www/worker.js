@@ -256,6 +256,11 @@ const handlers = {
       model = await loadFromCache(download.record, quant, msg.id);
     }
     const ms = performance.now() - t1;
+    // Next in the queue, after this reply is posted: the pipelines a generation at the model's
+    // size needs, so the browser compiles them while the visitor types (a generation asked for
+    // meanwhile waits behind it in the queue).
+    const loaded = model;
+    queue = queue.then(() => prepare(loaded));
     return {
       type: 'loaded',
       model: describeModel(),
@@ -304,6 +309,23 @@ const handlers = {
     return { type: 'deleted', modelId: msg.modelId };
   },
 };
+
+/// `Model.prepare` at the model's default size and guidance; a failure only costs the head start.
+function prepare(m) {
+  if (m !== model || !m.handle.prepare) return;
+  const { defaultWidth, defaultHeight, guidance } = m.info;
+  const t0 = performance.now();
+  try {
+    const pipelines = m.handle.prepare(defaultWidth, defaultHeight, guidance > 1);
+    post({ type: 'prepared', pipelines, ms: performance.now() - t0, width: defaultWidth, height: defaultHeight });
+  } catch (e) {
+    if (isTrap(e)) {
+      noteTrap(e);
+      return;
+    }
+    console.warn(`webdiffusion worker: preparing the pipelines failed (${e && e.message ? e.message : e}); they are built on first use`);
+  }
+}
 
 function describeModel() {
   const { record, info, quant, sizeStep: step } = model;

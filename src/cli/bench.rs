@@ -139,8 +139,8 @@ fn print_table(r: &Report, candle: Option<&CandleReport>) {
         println!("ACCOUNTING RUN (--dry): kernels counted, not executed; times are not measurements");
     }
     println!(
-        "{} {} ({} activations), {}x{}, {} step(s), guidance {} on {}",
-        r.arch, r.quant, r.compute, r.size, r.size, r.steps, r.guidance, r.adapter
+        "{} {} ({} activations, VAE {}), {}x{}, {} step(s), guidance {} on {}",
+        r.arch, r.quant, r.compute, r.vae_compute, r.size, r.size, r.steps, r.guidance, r.adapter
     );
     println!("limits: storage binding {} MB, buffer {} MB", mb(r.max_storage_binding), mb(r.max_buffer_size));
     let w: Vec<String> = r.weights.iter().map(|(n, b)| format!("{n} {} MB", mb(*b))).collect();

@@ -147,6 +147,13 @@ impl Batch {
         }
     }
 
+    /// Turns accounting mode on or off (see `Gpu::record_only`); pending work is submitted
+    /// first.
+    pub fn set_dry_run(&mut self, queue: &wgpu::Queue, on: bool) {
+        self.flush(queue);
+        self.dry_run = on;
+    }
+
     /// Forgets every cached bind group (and with them the buffers they hold).
     pub fn clear_bind_groups(&mut self) {
         self.groups.clear();

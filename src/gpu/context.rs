@@ -270,6 +270,18 @@ impl Gpu {
         *lock(&self.inner.kernels) = policy;
     }
 
+    /// Runs `f` recording nothing: every pipeline and bind group it needs is built (and
+    /// validated), every buffer allocated, no kernel executed. A model's forward passes run so
+    /// right after loading have the browser compile the pipelines (and the pool hold the
+    /// buffers, the cache their bind groups) before the first generation needs them. What `f`
+    /// computes is garbage: only its side effects count.
+    pub fn record_only<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        lock(&self.inner.batch).set_dry_run(&self.inner.queue, true);
+        let out = f();
+        lock(&self.inner.batch).set_dry_run(&self.inner.queue, self.inner.dry_run);
+        out
+    }
+
     /// Whether kernels are only counted, not run (`GpuOptions::dry_run`).
     pub fn is_dry_run(&self) -> bool {
         self.inner.dry_run

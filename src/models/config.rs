@@ -290,6 +290,11 @@ pub struct VaeConfig {
     pub up_block_types: Vec<String>,
     #[serde(default)]
     pub sample_size: Option<usize>,
+    /// diffusers' `force_upcast` (`AutoencoderKL`'s default: true): this VAE's activations
+    /// overflow in fp16 on some images, so it runs in f32 even where the rest runs in f16.
+    /// The fp16-fix VAEs say false.
+    #[serde(default = "d_true")]
+    pub force_upcast: bool,
 }
 
 fn d_3() -> usize {
@@ -300,6 +305,15 @@ fn d_scaling() -> f64 {
 }
 
 impl VaeConfig {
+    /// The dtype this VAE computes in when the model computes in `dtype`: f32 instead of f16
+    /// when `force_upcast` says so.
+    pub fn compute_dtype(&self, dtype: crate::gpu::DType) -> crate::gpu::DType {
+        match dtype {
+            crate::gpu::DType::F16 if self.force_upcast => crate::gpu::DType::F32,
+            d => d,
+        }
+    }
+
     pub fn from_json(json: &str) -> Result<VaeConfig> {
         let c: VaeConfig = serde_json::from_str(json).map_err(|e| config_error("vae", e))?;
         sizes(

@@ -299,11 +299,13 @@ pub fn vae_config(src: &dyn FileSource) -> Result<VaeConfig> {
     with_model(src, |src| VaeConfig::from_json(&text(src, "vae/config.json")?))
 }
 
-/// The VAE decoder, and the encoder when `opts.with_encoder` (img2img).
+/// The VAE decoder, and the encoder when `opts.with_encoder` (img2img), in the VAE's compute
+/// dtype (`VaeConfig::compute_dtype`: f32 under `force_upcast`).
 pub fn vae(src: &dyn FileSource, gpu: &Gpu, opts: &LoadOptions) -> Result<(Decoder, Option<Encoder>)> {
     with_model(src, |src| {
         let config = vae_config(src)?;
         let t = component_tensors(src, Component::Vae)?;
+        let opts = LoadOptions { dtype: config.compute_dtype(opts.dtype), ..opts.clone() };
         let w = opts.weights(&*t, gpu, Component::Vae);
         let decoder = Decoder::load(&config, &w)?;
         let encoder = if opts.with_encoder { Some(Encoder::load(&config, &w)?) } else { None };
@@ -316,6 +318,7 @@ pub fn vae_encoder(src: &dyn FileSource, gpu: &Gpu, opts: &LoadOptions) -> Resul
     with_model(src, |src| {
         let config = vae_config(src)?;
         let t = component_tensors(src, Component::Vae)?;
+        let opts = LoadOptions { dtype: config.compute_dtype(opts.dtype), ..opts.clone() };
         let w = opts.weights(&*t, gpu, Component::Vae);
         let encoder = Encoder::load(&config, &w)?;
         Ok(encoder)

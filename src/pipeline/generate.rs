@@ -215,7 +215,72 @@ impl StableDiffusion {
                 "the text encoder was released to save memory; load the model again to change the prompt".into(),
             )
         })?;
-        conditioning::context(&self.tokenizer, te, prompts).await
+        let context = conditioning::context(&self.tokenizer, te, prompts).await?;
+        // One small readback (2 × 77 × 768 values for SD 1.5), so an overflow is named where it
+        // happens rather than at the U-Net's first step.
+        finite(&context.to_vec_f32().await?, "the text encoder", context.dtype())?;
+        Ok(context)
+    }
+
+    /// Builds what a `width`×`height` generation will use before it runs: the text encoder's,
+    /// the U-Net's (on the guided batch when `guided`) and the VAE decoder's pipelines and bind
+    /// groups, by recording their forward passes on zeros without executing them
+    /// (`Gpu::record_only`). In the browser the pipelines then compile while the visitor types;
+    /// natively it moves the cost out of the first step. Returns the pipelines built.
+    pub fn prepare(&self, width: usize, height: usize, guided: bool) -> Result<u64> {
+        let f = self.vae_config.downscale();
+        if width == 0 || height == 0 || width % f != 0 || height % f != 0 {
+            return Err(Error::Request(format!("prepare: {width}x{height} is not a multiple of {f}")));
+        }
+        let (lh, lw) = (height / f, width / f);
+        let cfg = guided && self.unet.config.time_cond_proj_dim.is_none();
+        let rows = if cfg { 2 } else { 1 };
+        let before = self.gpu.stats().pipelines;
+        let gpu = &self.gpu;
+        gpu.record_only(|| {
+            let tokens = self.tokenizer.max_len;
+            let context = match &self.text_encoder {
+                Some(te) => {
+                    let ids: Vec<u32> = (0..rows * tokens)
+                        .map(|i| if i % tokens == 0 { self.tokenizer.bos } else { self.tokenizer.eos })
+                        .collect();
+                    te.forward(&ids, rows, 0)?
+                }
+                None => GpuTensor::from_f32_as(
+                    gpu,
+                    &vec![0.0; rows * tokens * self.unet.config.cross_attention_dim],
+                    &[rows, tokens, self.unet.config.cross_attention_dim],
+                    self.dtype,
+                )?,
+            };
+            let unet_in = self.unet.config.in_channels;
+            let x = GpuTensor::from_f32_as(
+                gpu,
+                &vec![0.0; rows * unet_in * lh * lw],
+                &[rows, unet_in, lh, lw],
+                self.dtype,
+            )?;
+            let cond = match self.unet.config.time_cond_proj_dim {
+                Some(d) => Some(GpuTensor::from_f32_as(gpu, &vec![0.0; rows * d], &[rows, d], self.dtype)?),
+                None => None,
+            };
+            drop(self.unet.forward(&x, 999.0, &context, cond.as_ref())?);
+            // The decode as it will be planned: whole, or its tile.
+            let caps = gpu.caps();
+            let limit = caps.max_storage_binding.min(caps.max_buffer_size);
+            let plan = vae_tiling::plan(&self.vae_config, lh, lw, self.vae_dtype(), self.vae_budget(), limit)?;
+            let (th, tw) = plan.map_or((lh, lw), |t| (t.tile.min(lh), t.tile.min(lw)));
+            let c = self.vae_config.latent_channels;
+            let z = GpuTensor::from_f32_as(gpu, &vec![0.0; c * th * tw], &[1, c, th, tw], self.vae_dtype())?;
+            drop(self.decoder.forward(&z)?);
+            Ok(())
+        })?;
+        // The buffers it took go back to the driver as between stages: the pipelines are what
+        // must be ready, not memory held idle.
+        if self.memory.trim_between_stages {
+            self.gpu.trim_pool();
+        }
+        Ok(self.gpu.stats().pipelines - before)
     }
 
     /// Frees the text encoder's weights (123 M parameters for SD 1.x, 340 M for SD 2.x) for the
@@ -487,6 +552,7 @@ impl StableDiffusion {
             }
             let input = GpuTensor::from_f32_as(&self.gpu, &input, &[rows, unet_in, shape[2], shape[3]], self.dtype)?;
             let out = self.unet.forward(&input, t, &context, cond.as_ref())?.to_vec_f32().await?;
+            finite(&out, &format!("the U-Net (step {} of {})", i - start + 1, total - start), self.dtype)?;
             for (k, ((x, s), noise)) in xs.iter_mut().zip(&mut schedulers).zip(noises.iter_mut()).enumerate() {
                 let guided: Vec<f32> = if cfg {
                     let (u, cnd) = (&out[k * n..(k + 1) * n], &out[(b + k) * n..(b + k + 1) * n]);
@@ -542,6 +608,7 @@ impl StableDiffusion {
         }
         let z = GpuTensor::from_f32_as(&self.gpu, latents, &shape, self.dtype)?;
         let px = d.forward(&z)?.to_vec_f32().await?;
+        finite(&px, "TAESD's decoder", self.dtype)?;
         let (h, w) = (shape[2] * d.upscale, shape[3] * d.upscale);
         Ok((to_rgb8(&px, 3, h, w), w, h))
     }
@@ -567,7 +634,9 @@ impl StableDiffusion {
     ) -> Result<Vec<f32>> {
         if let (Some(e), true) = (&self.taesd_encoder, self.taesd_use.encode) {
             let img = GpuTensor::from_f32_as(&self.gpu, px, &[1, 3, height, width], self.dtype)?;
-            return e.forward(&img)?.to_vec_f32().await;
+            let latents = e.forward(&img)?.to_vec_f32().await?;
+            finite(&latents, "TAESD's encoder", self.dtype)?;
+            return Ok(latents);
         }
         let encoder = self
             .encoder
@@ -583,13 +652,15 @@ impl StableDiffusion {
             &self.vae_config,
             height,
             width,
-            self.dtype,
+            self.vae_dtype(),
             self.vae_budget(),
             caps.max_storage_binding.min(caps.max_buffer_size),
         )?;
         let f = self.vae_config.downscale();
         let (mean, logvar) =
-            vae_tiling::encode(encoder, &self.gpu, self.dtype, f, px, [3, height, width], tiling).await?;
+            vae_tiling::encode(encoder, &self.gpu, self.vae_dtype(), f, px, [3, height, width], tiling).await?;
+        finite(&mean, "the VAE encoder", self.vae_dtype())?;
+        finite(&logvar, "the VAE encoder", self.vae_dtype())?;
         let z = noise.draw(mean.len())?;
         let sf = self.vae_config.scaling_factor as f32;
         Ok(mean.iter().zip(&logvar).zip(&z).map(|((&m, &lv), &z)| (m + (0.5 * lv).exp() * z) * sf).collect())
@@ -608,12 +679,19 @@ impl StableDiffusion {
             &self.vae_config,
             lh,
             lw,
-            self.dtype,
+            self.vae_dtype(),
             self.vae_budget(),
             self.gpu.caps().max_storage_binding.min(self.gpu.caps().max_buffer_size),
         )?;
-        let img = vae_tiling::decode(&self.decoder, &self.gpu, self.dtype, &z, [c, lh, lw], tiling).await?;
+        let img = vae_tiling::decode(&self.decoder, &self.gpu, self.vae_dtype(), &z, [c, lh, lw], tiling).await?;
+        finite(&img.data, "the VAE decoder", self.vae_dtype())?;
         Ok((to_rgb8(&img.data, img.channels, img.height, img.width), img.width, img.height))
+    }
+
+    /// What the VAE computes in: the model's dtype, or f32 where its config says `force_upcast`
+    /// (its weights were loaded so: `loader::vae`).
+    pub fn vae_dtype(&self) -> DType {
+        self.vae_config.compute_dtype(self.dtype)
     }
 
     /// Activation bytes the VAE decode may use: what the overall budget leaves beside the buffers
@@ -627,6 +705,20 @@ impl StableDiffusion {
             None => self.memory.vae_activations,
         }
     }
+}
+
+/// `Error::NonFinite` naming `stage` when `values` hold NaN or infinity: an overflow in f16 (or
+/// broken weights) must end the generation with a reason, never become a black image.
+fn finite(values: &[f32], stage: &str, dtype: DType) -> Result<()> {
+    if values.iter().all(|v| v.is_finite()) {
+        return Ok(());
+    }
+    let hint = if dtype == DType::F16 {
+        "f16 overflowed here; this model needs f32 for it (the command line's --precision f32)"
+    } else {
+        "the model's weights or this request's inputs hold values f32 cannot carry through"
+    };
+    Err(Error::NonFinite { stage: stage.into(), dtype: dtype.to_string(), hint: hint.into() })
 }
 
 /// diffusers' `get_guidance_scale_embedding(w, dim)` for one w, in its f32 operation order:

@@ -60,6 +60,11 @@ test('first visit: download the demo model from the CDN, generate the native CLI
       .reduce((n, f) => n + statSync(join(ROOT, 'models', MODEL, f)).size, 0);
     assert.ok(fetched >= onDisk, `fetched ${fetched} bytes, the weights alone are ${onDisk}`);
     assert.equal(s.download.bytesFromCache, 0, 'a fresh profile has nothing cached');
+    // Right after loading, the worker builds the pipelines a default-size generation needs.
+    await page.waitForFunction(() => window.webdiffusion.state.prepared, null, { timeout: 60_000 });
+    const prepared = await page.evaluate(() => window.webdiffusion.state.prepared);
+    assert.ok(prepared.pipelines >= 10 && prepared.width === 64, JSON.stringify(prepared));
+    console.log(`prepared after loading: ${prepared.pipelines} pipelines in ${prepared.ms.toFixed(0)} ms`);
     const g = await page.evaluate((r) => window.webdiffusion.generate(r), REQUEST);
     assert.equal(g.cancelled, false);
     const coldMs = Date.now() - t0;
