@@ -23,6 +23,15 @@ const QWORDS: u32 = {{QWORDS}}u;
 #if BIAS
 @group(0) @binding(4) var<storage, read> bias: array<T>;
 #endif
+// The residual added in the epilogue (a ResNet block's skip): the output's shape, read at the
+// output's index. Its binding follows the bias, when there is one.
+#if RESIDUAL
+#if BIAS
+@group(0) @binding(5) var<storage, read> res: array<T>;
+#else
+@group(0) @binding(4) var<storage, read> res: array<T>;
+#endif
+#endif
 
 #include "gemm_tile.wgsl"
 
@@ -86,6 +95,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
             var v = acc[i * 4u + j];
 #if BIAS
             v += f32(bias[co]);
+#endif
+#if RESIDUAL
+            v += f32(res[y_base + co * p.p + px]);
 #endif
             y[y_base + co * p.p + px] = T(v);
         }

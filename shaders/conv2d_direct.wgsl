@@ -30,6 +30,15 @@ const QWORDS: u32 = {{QWORDS}}u;
 #if BIAS
 @group(0) @binding(4) var<storage, read> bias: array<T>;
 #endif
+// The residual added in the epilogue (a ResNet block's skip): the output's shape, read at the
+// output's index. Its binding follows the bias, when there is one.
+#if RESIDUAL
+#if BIAS
+@group(0) @binding(5) var<storage, read> res: array<T>;
+#else
+@group(0) @binding(4) var<storage, read> res: array<T>;
+#endif
+#endif
 
 const WG: u32 = 64u;
 const COB: u32 = {{COB}}u; // output channels per invocation: 4, 8 (G2) or 16 (G2, G4)
@@ -78,6 +87,9 @@ fn store(q: Pix, c: vec4<u32>, acc: vec4<f32>) {
             var v = acc[j];
 #if BIAS
             v += f32(bias[co]);
+#endif
+#if RESIDUAL
+            v += f32(res[q.yb + co * p.p]);
 #endif
             y[q.yb + co * p.p] = T(v);
         }

@@ -17,6 +17,47 @@ use webdiffusion::pipeline::prompt::{parse_attention, PromptSyntax};
 
 const MODELS: [&str; 2] = ["tiny-sd1", "tiny-sd2"];
 
+/// A model's files with its VAE config saying `force_upcast: false` (as the fp16-fix VAEs do),
+/// so the VAE computes in f16 where the device has it: the f16 VAE path checked against
+/// diffusers too.
+struct NoUpcast(DirSource);
+
+impl FileSource for NoUpcast {
+    fn read(&self, path: &str) -> webdiffusion::Result<Option<Vec<u8>>> {
+        let bytes = self.0.read(path)?;
+        if path != "vae/config.json" {
+            return Ok(bytes);
+        }
+        let mut c: serde_json::Value = serde_json::from_slice(&bytes.expect("vae/config.json")).unwrap();
+        c["force_upcast"] = serde_json::Value::Bool(false);
+        Ok(Some(serde_json::to_vec(&c).unwrap()))
+    }
+    fn read_range(&self, path: &str, start: u64, len: u64) -> webdiffusion::Result<Option<Vec<u8>>> {
+        if path == "vae/config.json" {
+            return self.read(path).map(|b| b.map(|b| b[start as usize..(start + len) as usize].to_vec()));
+        }
+        self.0.read_range(path, start, len)
+    }
+    fn describe(&self) -> String {
+        format!("{} (force_upcast false)", self.0.describe())
+    }
+}
+
+/// The VAE cases a test runs for a fixture: (source, model dtype, the VAE's compute dtype). In
+/// f16 both the model's own config (f32 VAE under force_upcast) and an f16 VAE.
+fn vae_cases(name: &str) -> Vec<(Box<dyn FileSource>, DType, DType)> {
+    let mut v: Vec<(Box<dyn FileSource>, DType, DType)> = Vec::new();
+    for dtype in common::dtypes() {
+        let src = fixture(name);
+        let vdt = loader::vae_config(&src).unwrap().compute_dtype(dtype);
+        v.push((Box::new(src), dtype, vdt));
+        if vdt != dtype {
+            v.push((Box::new(NoUpcast(fixture(name))), dtype, dtype));
+        }
+    }
+    v
+}
+
 fn fixture(name: &str) -> DirSource {
     DirSource(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name))
 }
@@ -93,9 +134,9 @@ fn text_encoder_unet_and_vae_match_diffusers() {
         "vae.posterior_logvar",
     ];
     for model in MODELS {
-        for dtype in common::dtypes() {
-            let outputs =
-                pollster::block_on(parity::run(&fixture(model), gpu(), &loader::LoadOptions::new(dtype))).unwrap();
+        // In f16 also with force_upcast false: the VAE outputs then come from the f16 VAE.
+        for (src, dtype, _) in vae_cases(model) {
+            let outputs = pollster::block_on(parity::run(&*src, gpu(), &loader::LoadOptions::new(dtype))).unwrap();
             let names: Vec<&str> = outputs.iter().map(|o| o.name.as_str()).collect();
             assert_eq!(names, expected);
             let (atol, rtol) = tol(dtype);
@@ -208,9 +249,9 @@ fn tiled_vae_decode_matches_diffusers() {
     };
     let latents = f32s("latents");
     let full = f32s("decoded_full");
-    for dtype in common::dtypes() {
-        let opts = loader::LoadOptions::new(dtype);
-        let (decoder, _) = loader::vae(&src, gpu(), &opts).unwrap();
+    for (vae_src, model_dtype, dtype) in vae_cases("tiny-sd1") {
+        let opts = loader::LoadOptions::new(model_dtype);
+        let (decoder, _) = loader::vae(&*vae_src, gpu(), &opts).unwrap();
         let (atol, rtol) = tol(dtype);
         for tile in [8usize, 12] {
             let want = f32s(&format!("decoded_t{tile}"));
@@ -570,9 +611,9 @@ fn tiled_encode_matches_diffusers() {
     };
     let image = f32s("image");
     let full = f32s("moments_full");
-    for dtype in common::dtypes() {
-        let opts = loader::LoadOptions { with_encoder: true, ..loader::LoadOptions::new(dtype) };
-        let (_, encoder) = loader::vae(&src, gpu(), &opts).unwrap();
+    for (vae_src, model_dtype, dtype) in vae_cases("tiny-sd1") {
+        let opts = loader::LoadOptions { with_encoder: true, ..loader::LoadOptions::new(model_dtype) };
+        let (_, encoder) = loader::vae(&*vae_src, gpu(), &opts).unwrap();
         let encoder = encoder.unwrap();
         let (atol, rtol) = tol(dtype);
         for tile in [None, Some(8usize), Some(12)] {

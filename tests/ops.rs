@@ -74,6 +74,26 @@ fn conv2d_shapes() {
             |x| cpu_conv(x, s, p),
         );
     }
+    // The residual fused into the epilogue (a ResNet block's skip), with and without a bias,
+    // 3x3 and strided.
+    for (n, cin, h, w, cout, k, s, p) in [(2, 32, 9, 7, 24, 3, 1, 1), (1, 8, 10, 12, 5, 3, 2, 1)] {
+        let (ho, wo) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+        let cp = Conv2dParams { stride: s, padding: p, pad_end: 0 };
+        check_op(
+            "conv2d",
+            &format!("{n}x{cin}x{h}x{w}->{cout} k{k} s{s} + residual"),
+            &[inp(&[n, cin, h, w]), inp(&[cout, cin, k, k]), inp(&[cout]), inp(&[n, cout, ho, wo])],
+            |x| ops::conv2d_add(&x[0], &x[1], Some(&x[2]), cp, Some(&x[3])),
+            |x| cpu_conv(&x[..3], s, p)? + &x[3],
+        );
+        check_op(
+            "conv2d",
+            &format!("{n}x{cin}x{h}x{w}->{cout} k{k} s{s} no bias + residual"),
+            &[inp(&[n, cin, h, w]), inp(&[cout, cin, k, k]), inp(&[n, cout, ho, wo])],
+            |x| ops::conv2d_add(&x[0], &x[1], None, cp, Some(&x[2])),
+            |x| cpu_conv(&x[..2], s, p)? + &x[2],
+        );
+    }
     check_op(
         "conv2d",
         "no bias",

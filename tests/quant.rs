@@ -89,11 +89,19 @@ fn quantized_conv2d_matches_candle() {
                     let x_up = GpuTensor::from_f32_as(gpu(), &x, &[2, cin, h, w], dtype).unwrap();
                     let b_up = GpuTensor::from_f32_as(gpu(), &bias, &[cout], dtype).unwrap();
                     let cp = Conv2dParams { stride, padding: pad, pad_end: 0 };
-                    let got = ops::conv2d_quant(&x_up, &qt, k, k, Some(&b_up), cp).unwrap();
+                    // The 1x1 case also adds a residual in the epilogue (a ResNet shortcut's sum).
+                    let (ho, wo) = ((h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1);
+                    let res = (k == 1).then(|| random_values(10, 2 * cout * ho * wo));
+                    let res_up =
+                        res.as_ref().map(|r| GpuTensor::from_f32_as(gpu(), r, &[2, cout, ho, wo], dtype).unwrap());
+                    let got = ops::conv2d_quant_add(&x_up, &qt, k, k, Some(&b_up), cp, res_up.as_ref()).unwrap();
                     let (_, deq) = candle_roundtrip(&wt, cout, cin * k * k, cf);
                     let deq = deq.reshape((cout, cin, k, k)).unwrap();
                     let want = cpu(&to_vec(&x_up), &[2, cin, h, w]).conv2d(&deq, pad, stride, 1, 1).unwrap();
-                    let want = want.broadcast_add(&cpu(&to_vec(&b_up), &[1, cout, 1, 1])).unwrap();
+                    let mut want = want.broadcast_add(&cpu(&to_vec(&b_up), &[1, cout, 1, 1])).unwrap();
+                    if let Some(r) = &res_up {
+                        want = (want + cpu(&to_vec(r), &[2, cout, ho, wo])).unwrap();
+                    }
                     let label = format!("{f:?} conv {cin}->{cout} k{k} s{stride} {dtype} {kernel}");
                     let err = compare(
                         &label,

@@ -65,9 +65,15 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: &GpuTensor) -> Result<GpuTensor> {
+        self.forward_add(x, None)
+    }
+
+    /// The conv plus `residual` (its output's shape), added in the conv's epilogue.
+    pub fn forward_add(&self, x: &GpuTensor, residual: Option<&GpuTensor>) -> Result<GpuTensor> {
+        let (b, cp, k) = (self.bias.as_ref(), self.params, self.kernel);
         match &self.weight {
-            Weight::Dense(weight) => ops::conv2d(x, weight, self.bias.as_ref(), self.params),
-            Weight::Quant(q) => ops::conv2d_quant(x, q, self.kernel, self.kernel, self.bias.as_ref(), self.params),
+            Weight::Dense(weight) => ops::conv2d_add(x, weight, b, cp, residual),
+            Weight::Quant(q) => ops::conv2d_quant_add(x, q, k, k, b, cp, residual),
         }
     }
 }

@@ -101,7 +101,8 @@ async fn text_encoder_against(
 }
 
 /// Text encoder (and its clip_skip=1 output), U-Net at every reference timestep, VAE decode and
-/// encode, computed in `dtype` and compared with the reference.
+/// encode, computed in `dtype` (the VAE in its compute dtype: f32 under `force_upcast`) and
+/// compared with the reference.
 pub async fn run(src: &dyn FileSource, gpu: &Gpu, opts: &LoadOptions) -> Result<Vec<ParityOutput>> {
     let dtype = opts.dtype;
     let r = reference_of(src)?;
@@ -119,9 +120,10 @@ pub async fn run(src: &dyn FileSource, gpu: &Gpu, opts: &LoadOptions) -> Result<
     drop(unet);
 
     let (decoder, encoder) = loader::vae(src, gpu, &LoadOptions { with_encoder: true, ..opts.clone() })?;
-    out.push(r.compare("vae.decoded", &decoder.forward(&r.upload(gpu, "vae.latents", dtype)?)?).await?);
+    let vae_dtype = loader::vae_config(src)?.compute_dtype(dtype);
+    out.push(r.compare("vae.decoded", &decoder.forward(&r.upload(gpu, "vae.latents", vae_dtype)?)?).await?);
     if let Some(encoder) = encoder {
-        let (mean, logvar) = encoder.forward(&r.upload(gpu, "vae.image", dtype)?)?;
+        let (mean, logvar) = encoder.forward(&r.upload(gpu, "vae.image", vae_dtype)?)?;
         out.push(r.compare("vae.posterior_mean", &mean).await?);
         out.push(r.compare("vae.posterior_logvar", &logvar).await?);
     }

@@ -46,11 +46,11 @@ impl ResnetBlock2D {
             let t = proj.forward(t)?;
             h = ops::add(&h, &t.reshape(&[t.dim(0), self.out_channels, 1, 1])?)?;
         }
-        let h = self.conv2.forward(&self.norm2.forward(&h, true)?)?;
         let skip = match &self.conv_shortcut {
             Some(c) => c.forward(x)?,
             None => x.clone(),
         };
-        ops::add(&skip, &h)
+        // skip + conv2(…), the add in conv2's epilogue (diffusers: input + hidden_states).
+        self.conv2.forward_add(&self.norm2.forward(&h, true)?, Some(&skip))
     }
 }

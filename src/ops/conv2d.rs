@@ -28,27 +28,21 @@ enum Variant {
 /// The conv2d kernels, each variant naming what its shader is compiled for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ConvKernel {
-    Tiled {
-        bias: bool,
-        weight: WeightStore,
-    },
+    /// `residual`: a tensor of the output's shape is added in the epilogue.
+    Tiled { bias: bool, residual: bool, weight: WeightStore },
     /// `channels` x `pixels` outputs per invocation, as `direct_block` chose them.
-    Direct {
-        bias: bool,
-        weight: WeightStore,
-        channels: usize,
-        pixels: usize,
-    },
+    Direct { bias: bool, residual: bool, weight: WeightStore, channels: usize, pixels: usize },
 }
 
 impl ConvKernel {
     fn key(self, dtype: DType) -> KernelKey {
         match self {
-            ConvKernel::Tiled { bias, weight } => {
-                weight.define(KernelKey::new(SHADER, dtype).with("BIAS", bias as u32))
+            ConvKernel::Tiled { bias, residual, weight } => {
+                weight.define(KernelKey::new(SHADER, dtype).with("BIAS", bias as u32)).with("RESIDUAL", residual as u32)
             }
-            ConvKernel::Direct { bias, weight, channels, pixels } => weight
+            ConvKernel::Direct { bias, residual, weight, channels, pixels } => weight
                 .define(KernelKey::new(DIRECT, dtype).with("BIAS", bias as u32))
+                .with("RESIDUAL", residual as u32)
                 .with("COB", channels as u32)
                 .with("G2", (channels >= 8) as u32)
                 .with("G4", (channels >= 16) as u32)
@@ -108,6 +102,18 @@ impl Default for Conv2dParams {
 
 /// `x` [N, Cin, H, W] * `weight` [Cout, Cin, KH, KW] (+ `bias` [Cout]) -> [N, Cout, Ho, Wo].
 pub fn conv2d(x: &GpuTensor, weight: &GpuTensor, bias: Option<&GpuTensor>, cp: Conv2dParams) -> Result<GpuTensor> {
+    conv2d_add(x, weight, bias, cp, None)
+}
+
+/// `conv2d(…) + residual`, the add done in the conv's epilogue (one dispatch and one pass over
+/// the activation fewer: a ResNet block's skip). `residual` has the output's shape and dtype.
+pub fn conv2d_add(
+    x: &GpuTensor,
+    weight: &GpuTensor,
+    bias: Option<&GpuTensor>,
+    cp: Conv2dParams,
+    residual: Option<&GpuTensor>,
+) -> Result<GpuTensor> {
     const OP: &str = "conv2d";
     let mut ts = vec![x, weight];
     ts.extend(bias);
@@ -130,7 +136,7 @@ pub fn conv2d(x: &GpuTensor, weight: &GpuTensor, bias: Option<&GpuTensor>, cp: C
     }
     let ho = (ph - kh) / cp.stride + 1;
     let wo = (pw - kw) / cp.stride + 1;
-    launch(WeightStore::Plain, x, weight, bias, cp, Geometry { cout, kh, kw, ho, wo, wpr: 0 })
+    launch(WeightStore::Plain, x, weight, bias, residual, cp, Geometry { cout, kh, kw, ho, wo, wpr: 0 })
 }
 
 /// Invocations per workgroup of the direct kernel (`WG` in the shader).
@@ -169,12 +175,21 @@ fn launch(
     x: &GpuTensor,
     weight: &GpuTensor,
     bias: Option<&GpuTensor>,
+    residual: Option<&GpuTensor>,
     cp: Conv2dParams,
     g: Geometry,
 ) -> Result<GpuTensor> {
     const OP: &str = "conv2d";
     let [n, cin, h, w] = super::nchw(x, OP)?;
     let Geometry { cout, kh, kw, ho, wo, wpr } = g;
+    if let Some(r) = residual {
+        if r.shape() != [n, cout, ho, wo] || r.dtype() != x.dtype() {
+            return Err(Error::shape(
+                OP,
+                format!("residual {:?} {} for an output [{n}, {cout}, {ho}, {wo}] {}", r.shape(), r.dtype(), x.dtype()),
+            ));
+        }
+    }
     let out = GpuTensor::empty(x.gpu(), &[n, cout, ho, wo], x.dtype())?;
     let mut params = Params {
         cin: cin as u32,
@@ -198,12 +213,15 @@ fn launch(
     if let Some(b) = bias {
         binds.push(b.bind(OP)?);
     }
+    if let Some(r) = residual {
+        binds.push(r.bind(OP)?);
+    }
     let gpu = x.gpu();
     gpu.count_flops(2.0 * (n * cout * cin * kh * kw * ho * wo) as f64);
-    let (dtype, has_bias) = (x.dtype(), bias.is_some());
+    let (dtype, has_bias, has_res) = (x.dtype(), bias.is_some(), residual.is_some());
     let (key, groups) = match variant(x) {
         Variant::Tiled => (
-            ConvKernel::Tiled { bias: has_bias, weight: store }.key(dtype),
+            ConvKernel::Tiled { bias: has_bias, residual: has_res, weight: store }.key(dtype),
             [(ho * wo).div_ceil(64) as u32, cout.div_ceil(64) as u32, n as u32],
         ),
         Variant::Direct { channels, pixels } => {
@@ -212,7 +230,8 @@ fn launch(
             let inv = u32_of(OP, s * cout.div_ceil(channels))?;
             params.s = s as u32;
             params.inv = inv;
-            let key = ConvKernel::Direct { bias: has_bias, weight: store, channels, pixels }.key(dtype);
+            let key =
+                ConvKernel::Direct { bias: has_bias, residual: has_res, weight: store, channels, pixels }.key(dtype);
             (key, grid_1d(inv.div_ceil(DIRECT_WG)))
         }
     };
@@ -229,6 +248,19 @@ pub fn conv2d_quant(
     kw: usize,
     bias: Option<&GpuTensor>,
     cp: Conv2dParams,
+) -> Result<GpuTensor> {
+    conv2d_quant_add(x, weight, kh, kw, bias, cp, None)
+}
+
+/// `conv2d_quant(…) + residual`, added in the epilogue as `conv2d_add` does.
+pub fn conv2d_quant_add(
+    x: &GpuTensor,
+    weight: &QTensor,
+    kh: usize,
+    kw: usize,
+    bias: Option<&GpuTensor>,
+    cp: Conv2dParams,
+    residual: Option<&GpuTensor>,
 ) -> Result<GpuTensor> {
     const OP: &str = "conv2d_quant";
     let mut ts = vec![x];
@@ -254,5 +286,5 @@ pub fn conv2d_quant(
         wo: (pw - kw) / cp.stride + 1,
         wpr: weight.format.row_words(weight.cols),
     };
-    launch(WeightStore::Quant(weight.format), x, &weight.data, bias, cp, g)
+    launch(WeightStore::Quant(weight.format), x, &weight.data, bias, residual, cp, g)
 }

@@ -19,7 +19,7 @@ mod upsample;
 pub use attention::{attention, attention_keys_per_dispatch, AttentionLayout};
 pub use binary::{add, broadcast_strides, mul};
 pub use concat::concat;
-pub use conv2d::{conv2d, conv2d_quant, Conv2dParams};
+pub use conv2d::{conv2d, conv2d_add, conv2d_quant, conv2d_quant_add, Conv2dParams};
 pub use embedding::embedding;
 pub use geglu::geglu;
 pub use group_norm::group_norm;
