@@ -17,32 +17,6 @@ use webdiffusion::pipeline::prompt::{parse_attention, PromptSyntax};
 
 const MODELS: [&str; 2] = ["tiny-sd1", "tiny-sd2"];
 
-/// A model's files with its VAE config saying `force_upcast: false` (as the fp16-fix VAEs do),
-/// so the VAE computes in f16 where the device has it: the f16 VAE path checked against
-/// diffusers too.
-struct NoUpcast(DirSource);
-
-impl FileSource for NoUpcast {
-    fn read(&self, path: &str) -> webdiffusion::Result<Option<Vec<u8>>> {
-        let bytes = self.0.read(path)?;
-        if path != "vae/config.json" {
-            return Ok(bytes);
-        }
-        let mut c: serde_json::Value = serde_json::from_slice(&bytes.expect("vae/config.json")).unwrap();
-        c["force_upcast"] = serde_json::Value::Bool(false);
-        Ok(Some(serde_json::to_vec(&c).unwrap()))
-    }
-    fn read_range(&self, path: &str, start: u64, len: u64) -> webdiffusion::Result<Option<Vec<u8>>> {
-        if path == "vae/config.json" {
-            return self.read(path).map(|b| b.map(|b| b[start as usize..(start + len) as usize].to_vec()));
-        }
-        self.0.read_range(path, start, len)
-    }
-    fn describe(&self) -> String {
-        format!("{} (force_upcast false)", self.0.describe())
-    }
-}
-
 /// The VAE cases a test runs for a fixture: (source, model dtype, the VAE's compute dtype). In
 /// f16 both the model's own config (f32 VAE under force_upcast) and an f16 VAE.
 fn vae_cases(name: &str) -> Vec<(Box<dyn FileSource>, DType, DType)> {
@@ -52,7 +26,10 @@ fn vae_cases(name: &str) -> Vec<(Box<dyn FileSource>, DType, DType)> {
         let vdt = loader::vae_config(&src).unwrap().compute_dtype(dtype);
         v.push((Box::new(src), dtype, vdt));
         if vdt != dtype {
-            v.push((Box::new(NoUpcast(fixture(name))), dtype, dtype));
+            // As the fp16-fix VAEs say: the f16 VAE path, checked against diffusers too.
+            let f16_vae =
+                common::Overlay::new(fixture(name)).edit_json("vae/config.json", |c| c["force_upcast"] = false.into());
+            v.push((Box::new(f16_vae), dtype, dtype));
         }
     }
     v

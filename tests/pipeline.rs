@@ -164,18 +164,7 @@ fn txt2img_and_img2img_match_diffusers_step_by_step() {
 fn cancelling_stops_between_steps() {
     let sd = StableDiffusion::load(&DirSource(dir("tiny-sd2")), common::gpu(), &loader::LoadOptions::new(DType::F32))
         .unwrap();
-    let req = Request {
-        prompt: "a cat".into(),
-        negative_prompt: None,
-        steps: 5,
-        guidance: 7.5,
-        width: 64,
-        height: 64,
-        scheduler: SchedulerKind::Euler,
-        prompt_syntax: PromptSyntax::A1111,
-        eta: 0.0,
-        init: None,
-    };
+    let req = Request { steps: 5, ..small_request() };
     let mut calls = Vec::new();
     let mut rng = webdiffusion::pipeline::rng::NormalRng::new(1);
     let err = pollster::block_on(sd.generate(&req, None, &mut rng, &mut |s| {
@@ -354,18 +343,7 @@ fn inpainting_matches_diffusers_step_by_step() {
         &loader::LoadOptions::new(DType::F32),
     )
     .unwrap();
-    let req = Request {
-        init: None,
-        prompt: "x".into(),
-        negative_prompt: None,
-        steps: 2,
-        guidance: 7.5,
-        width: 64,
-        height: 64,
-        scheduler: SchedulerKind::Euler,
-        prompt_syntax: PromptSyntax::A1111,
-        eta: 0.0,
-    };
+    let req = Request { prompt: "x".into(), ..small_request() };
     let mut rng = webdiffusion::pipeline::rng::NormalRng::new(1);
     let err = pollster::block_on(sd.generate(&req, None, &mut rng, &mut |_| true)).err().unwrap().to_string();
     assert!(err.contains("inpainting model") && err.contains("a mask"), "{err}");
@@ -406,34 +384,13 @@ fn taesd_encodes_img2img_without_a_posterior_draw() {
     assert_ne!(fast.latents, vae.latents, "TAESD's latents are another start");
 }
 
-/// tiny-sd1 in memory, with `edit` applied to its VAE's config (JSON) and to every float of
-/// the VAE tensor `poison` (NaN where given).
-fn tiny_sd1_with(vae_config: impl Fn(&mut Value), poison: Option<&str>) -> loader::MemorySource {
-    let mut src = loader::MemorySource { name: "tiny-sd1 (edited)".into(), ..Default::default() };
-    for rel in [
-        "model_index.json",
-        "scheduler/scheduler_config.json",
-        "tokenizer/vocab.json",
-        "tokenizer/merges.txt",
-        "tokenizer/tokenizer_config.json",
-        "tokenizer/special_tokens_map.json",
-        "text_encoder/config.json",
-        "text_encoder/model.safetensors",
-        "text_encoder/model.fp16.safetensors",
-        "unet/config.json",
-        "unet/diffusion_pytorch_model.safetensors",
-        "vae/config.json",
-        "vae/diffusion_pytorch_model.safetensors",
-    ] {
-        if let Ok(bytes) = std::fs::read(dir("tiny-sd1").join(rel)) {
-            src.files.insert(rel.into(), bytes);
-        }
-    }
-    let mut cfg: Value = serde_json::from_slice(&src.files["vae/config.json"]).unwrap();
-    vae_config(&mut cfg);
-    src.files.insert("vae/config.json".into(), serde_json::to_vec(&cfg).unwrap());
+/// tiny-sd1 with `vae_config` applied to its VAE's config and every float of the VAE tensor
+/// `poison` set to NaN, where given.
+fn tiny_sd1_with(vae_config: impl FnOnce(&mut Value), poison: Option<&str>) -> common::Overlay<DirSource> {
+    let mut src = common::Overlay::new(DirSource(dir("tiny-sd1"))).edit_json("vae/config.json", vae_config);
     if let Some(name) = poison {
-        let bytes = src.files["vae/diffusion_pytorch_model.safetensors"].clone();
+        let file = "vae/diffusion_pytorch_model.safetensors";
+        let bytes = std::fs::read(dir("tiny-sd1").join(file)).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         let nan: Vec<u8> = f32::NAN.to_le_bytes().repeat(st.tensor(name).unwrap().data().len() / 4);
         let mut views: Vec<(String, safetensors::tensor::TensorView)> = Vec::new();
@@ -442,8 +399,7 @@ fn tiny_sd1_with(vae_config: impl Fn(&mut Value), poison: Option<&str>) -> loade
             let data: &[u8] = if n == name { &nan } else { t.data() };
             views.push((n.clone(), safetensors::tensor::TensorView::new(t.dtype(), t.shape().to_vec(), data).unwrap()));
         }
-        src.files
-            .insert("vae/diffusion_pytorch_model.safetensors".into(), safetensors::serialize(views, None).unwrap());
+        src.files.insert(file.into(), safetensors::serialize(views, None).unwrap());
     }
     src
 }
@@ -486,7 +442,7 @@ fn non_finite_stages_are_named_and_force_upcast_keeps_the_vae_in_f32() {
     let f16 = loader::LoadOptions::new(DType::F16);
     let sd = StableDiffusion::load(&tiny_sd1_with(|_| {}, None), common::gpu(), &f16).unwrap();
     assert_eq!((sd.dtype, sd.vae_dtype()), (DType::F16, DType::F32));
-    let fix = tiny_sd1_with(|c| c["force_upcast"] = Value::Bool(false), None);
+    let fix = tiny_sd1_with(|c| c["force_upcast"] = false.into(), None);
     let sd16 = StableDiffusion::load(&fix, common::gpu(), &f16).unwrap();
     assert_eq!(sd16.vae_dtype(), DType::F16);
     // Both decode the same latents to nearly the same image (f16 rounding apart).
@@ -511,4 +467,5 @@ fn prepare_builds_every_pipeline_a_generation_needs() {
     pollster::block_on(sd.generate(&small_request(), None, &mut rng, &mut |_| true)).unwrap();
     assert_eq!(gpu.stats().pipelines - before, 0, "pipelines built during the generation");
     assert!(sd.prepare(60, 64, true).unwrap_err().to_string().contains("not a multiple of 8"));
+    assert!(sd.prepare(8192, 64, true).unwrap_err().to_string().contains("over 4096 pixels"));
 }

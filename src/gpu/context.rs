@@ -92,8 +92,6 @@ pub struct GpuStats {
     pub bytes_written: u64,
     /// Compute pipelines built over the device's life (not reset by `reset_stats`).
     pub pipelines: u64,
-    /// Mappable readback buffers created over the device's life (not reset by `reset_stats`).
-    pub staging_buffers: u64,
     pub bytes_live: u64,
     pub bytes_pooled: u64,
     pub peak_bytes: u64,
@@ -309,7 +307,6 @@ impl Gpu {
             bind_groups: batch.bind_groups,
             bytes_written: batch.bytes_written,
             pipelines: lock(&self.inner.pipelines).len() as u64,
-            staging_buffers: self.inner.staging.created(),
             bytes_live: memory.bytes_live,
             bytes_pooled: memory.bytes_pooled,
             peak_bytes: memory.peak_bytes,

@@ -16,15 +16,9 @@ const KEEP: usize = 4;
 #[derive(Default)]
 pub(crate) struct StagingRing {
     free: Mutex<Vec<wgpu::Buffer>>,
-    created: Mutex<u64>,
 }
 
 impl StagingRing {
-    /// Staging buffers created so far (the rest of the reads reused one).
-    pub fn created(&self) -> u64 {
-        *lock(&self.created)
-    }
-
     /// The smallest free buffer of at least `size` bytes and at most twice that, or a new one
     /// (its size rounded to the pool's size classes, so near sizes share it).
     fn take(&self, device: &wgpu::Device, size: u64) -> wgpu::Buffer {
@@ -39,7 +33,6 @@ impl StagingRing {
             return free.swap_remove(i);
         }
         drop(free);
-        *lock(&self.created) += 1;
         device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
             size: size_class(size),

@@ -229,6 +229,11 @@ impl StableDiffusion {
     /// natively it moves the cost out of the first step. Returns the pipelines built.
     pub fn prepare(&self, width: usize, height: usize, guided: bool) -> Result<u64> {
         let f = self.vae_config.downscale();
+        // The size comes from the model's config: bounded as a request's is, before anything
+        // is sized by it.
+        if width > MAX_SIDE || height > MAX_SIDE {
+            return Err(Error::Request(format!("prepare: {width}x{height} is over {MAX_SIDE} pixels a side")));
+        }
         if width == 0 || height == 0 || width % f != 0 || height % f != 0 {
             return Err(Error::Request(format!("prepare: {width}x{height} is not a multiple of {f}")));
         }

@@ -100,3 +100,16 @@ export function storedModel(page, id) {
     return { sizes, manifest: mi >= 0 ? await blobs[mi].text() : null };
   }, id);
 }
+
+/// A stroke over the element `selector` as a mouse or finger makes it, through its pointer
+/// events: down at `from`, `moves` moves along the line, up at `to` (fractions of its box).
+export function paintStroke(page, selector, from, to, moves) {
+  return page.$eval(selector, (c, { from, to, moves }) => {
+    const r = c.getBoundingClientRect();
+    const at = ([fx, fy]) => ({ clientX: r.left + fx * r.width, clientY: r.top + fy * r.height, pointerId: 1, bubbles: true, isPrimary: true });
+    const along = (i) => [from[0] + ((to[0] - from[0]) * i) / moves, from[1] + ((to[1] - from[1]) * i) / moves];
+    c.dispatchEvent(new PointerEvent('pointerdown', at(from)));
+    for (let i = 1; i <= moves; i++) c.dispatchEvent(new PointerEvent('pointermove', at(along(i))));
+    c.dispatchEvent(new PointerEvent('pointerup', at(to)));
+  }, { from, to, moves });
+}

@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ARTIFACTS, ROOT, launchBrowser, openPage, serveApp } from './harness.mjs';
+import { ARTIFACTS, ROOT, launchBrowser, openPage, paintStroke, serveApp } from './harness.mjs';
 import { cliBinary } from './native.mjs';
 
 const FIXTURES = join(ROOT, 'tests/fixtures');
@@ -44,13 +44,7 @@ test('a mask painted with pointer events is the CLI\'s --mask, and the image the
     await page.selectOption('#init-mode', 'inpaint');
     await page.waitForSelector('#mask-canvas:not([hidden])');
     // A stroke across the canvas as a finger or mouse makes it: down, moves, up.
-    await page.$eval('#mask-canvas', (c) => {
-      const r = c.getBoundingClientRect();
-      const at = (fx, fy) => ({ clientX: r.left + fx * r.width, clientY: r.top + fy * r.height, pointerId: 1, bubbles: true, isPrimary: true });
-      c.dispatchEvent(new PointerEvent('pointerdown', at(0.25, 0.3)));
-      for (let i = 1; i <= 10; i++) c.dispatchEvent(new PointerEvent('pointermove', at(0.25 + 0.05 * i, 0.3 + 0.03 * i)));
-      c.dispatchEvent(new PointerEvent('pointerup', at(0.75, 0.6)));
-    });
+    await paintStroke(page, '#mask-canvas', [0.25, 0.3], [0.75, 0.6], 10);
     const mask = await page.evaluate(() => Array.from(window.webdiffusion.maskFor(64, 64).bytes));
     const painted = mask.filter((v) => v === 255).length;
     assert.ok(painted > 300 && painted < 3000, `the stroke painted ${painted} of 4096 pixels`);

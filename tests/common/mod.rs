@@ -207,3 +207,47 @@ where
     });
     errs
 }
+
+/// A model's files with some replaced (an edited config, a poisoned weight file): reads come
+/// from `files` first, then from `base`.
+pub struct Overlay<S> {
+    pub base: S,
+    pub files: std::collections::HashMap<String, Vec<u8>>,
+}
+
+impl<S: webdiffusion::models::loader::FileSource> Overlay<S> {
+    pub fn new(base: S) -> Self {
+        Overlay { base, files: Default::default() }
+    }
+
+    /// Replaces the JSON file `path` with `edit` applied to it.
+    pub fn edit_json(mut self, path: &str, edit: impl FnOnce(&mut serde_json::Value)) -> Self {
+        let bytes = self.base.read(path).unwrap().unwrap_or_else(|| panic!("{path} is missing"));
+        let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        edit(&mut v);
+        self.files.insert(path.into(), serde_json::to_vec(&v).unwrap());
+        self
+    }
+}
+
+impl<S: webdiffusion::models::loader::FileSource> webdiffusion::models::loader::FileSource for Overlay<S> {
+    fn read(&self, path: &str) -> webdiffusion::Result<Option<Vec<u8>>> {
+        match self.files.get(path) {
+            Some(b) => Ok(Some(b.clone())),
+            None => self.base.read(path),
+        }
+    }
+    fn read_range(&self, path: &str, start: u64, len: u64) -> webdiffusion::Result<Option<Vec<u8>>> {
+        match self.files.get(path) {
+            Some(b) => {
+                let range =
+                    usize::try_from(start).ok().and_then(|s| Some(s..s.checked_add(usize::try_from(len).ok()?)?));
+                Ok(Some(range.and_then(|r| b.get(r)).expect("a range inside the replaced file").to_vec()))
+            }
+            None => self.base.read_range(path, start, len),
+        }
+    }
+    fn describe(&self) -> String {
+        format!("{} (edited)", self.base.describe())
+    }
+}

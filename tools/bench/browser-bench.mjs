@@ -29,7 +29,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { ARTIFACTS, ROOT, launchBrowser, newProfile, openPage, serveApp } from '../../tests/browser/harness.mjs';
+import { ARTIFACTS, ROOT, launchBrowser, newProfile, openPage, paintStroke, serveApp } from '../../tests/browser/harness.mjs';
 import { startHfStandin } from './hf-standin.mjs';
 import { MODELS, isComplete, writeRepo } from './synthetic-repo.mjs';
 import { sampleRss } from './rss.mjs';
@@ -162,13 +162,7 @@ async function startFromImage(page, o) {
   const out = { mode: o.mode, file: typeof file === 'string' ? file : 'drawn by the page', strength: Number(await page.inputValue('#init-strength')) };
   if (o.mode === 'inpaint') {
     await page.waitForSelector('#mask-canvas:not([hidden])');
-    await page.$eval('#mask-canvas', (c) => {
-      const r = c.getBoundingClientRect();
-      const at = (fx, fy) => ({ clientX: r.left + fx * r.width, clientY: r.top + fy * r.height, pointerId: 1, bubbles: true, isPrimary: true });
-      c.dispatchEvent(new PointerEvent('pointerdown', at(0.2, 0.4)));
-      for (let i = 1; i <= 12; i++) c.dispatchEvent(new PointerEvent('pointermove', at(0.2 + 0.05 * i, 0.4 + 0.02 * i)));
-      c.dispatchEvent(new PointerEvent('pointerup', at(0.8, 0.64)));
-    });
+    await paintStroke(page, '#mask-canvas', [0.2, 0.4], [0.8, 0.64], 12);
     const painted = await page.evaluate(({ w, h }) => window.webdiffusion.maskFor(w, h).bytes.filter((v) => v).length, { w: width, h: height });
     if (!painted) throw new Error('the stroke painted no mask pixel');
     out.maskFraction = painted / (width * height);
