@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 
 use serde_json::Value;
-use webdiffusion::gpu::DType;
+use webdiffusion::gpu::{DType, GemmTile, Gpu, GpuOptions, KernelChoice, KernelPolicy};
 use webdiffusion::models::loader::{self, DirSource};
 use webdiffusion::pipeline::generate::{InitImage, Recorded, Request, StableDiffusion};
 use webdiffusion::pipeline::prompt::PromptSyntax;
@@ -63,12 +63,13 @@ fn assert_steps(seen: &[(f32, Vec<f32>)], step_latents: &[f32], what: &str) -> f
     worst
 }
 
-/// Runs every txt2img case whose scheduler we implement; returns (case, max rel err) pairs.
-fn run_cases(model: &str) -> usize {
+/// Runs every txt2img case whose scheduler we implement and that `pick` takes, on `gpu`;
+/// returns how many runs it made.
+fn run_cases(model: &str, gpu: &Gpu, pick: impl Fn(&str) -> bool) -> usize {
     let src = DirSource(dir(model));
     let mut sd = StableDiffusion::load(
         &src,
-        common::gpu(),
+        gpu,
         &loader::LoadOptions { with_encoder: true, ..loader::LoadOptions::new(DType::F32) },
     )
     .unwrap();
@@ -77,6 +78,9 @@ fn run_cases(model: &str) -> usize {
     let mut ran = 0;
     for case in cases["cases"].as_array().unwrap() {
         let name = case["case"].as_str().unwrap();
+        if !pick(name) {
+            continue;
+        }
         let karras = case["scheduler_config"]["use_karras_sigmas"].as_bool() == Some(true);
         let Some(kind) = SchedulerKind::for_class(case["scheduler_class"].as_str().unwrap(), karras) else { continue };
         let img2img = case["pipeline"].as_str() == Some("StableDiffusionImg2ImgPipeline");
@@ -156,8 +160,32 @@ fn run_cases(model: &str) -> usize {
 
 #[test]
 fn txt2img_and_img2img_match_diffusers_step_by_step() {
-    let ran: usize = ["tiny-sd1", "tiny-sd2", "tiny-lcm"].iter().map(|m| run_cases(m)).sum();
+    let ran: usize = ["tiny-sd1", "tiny-sd2", "tiny-lcm"].iter().map(|m| run_cases(m, common::gpu(), |_| true)).sum();
     assert_eq!(ran, 84 + 4, "every fixture case runs (two of each SD model's twice)");
+}
+
+/// The tiled kernels real GPUs run, forced on the CPU adapter (which by default runs the direct
+/// ones), hold the same bounds: each tile shape on one model, over a sampler of each family and
+/// img2img. A device of its own, so the shared one's policy stays as the other tests expect.
+#[test]
+fn the_gpu_tiled_kernels_forced_match_diffusers_too() {
+    let mut ran = 0;
+    for (model, tile) in [("tiny-sd1", GemmTile::T64x64), ("tiny-sd2", GemmTile::T128x64), ("tiny-lcm", GemmTile::T128x128)]
+    {
+        let kernels = KernelPolicy { matmul: KernelChoice::Tile(tile), conv2d: KernelChoice::Tile(tile), ..KernelPolicy::default() };
+        let gpu = pollster::block_on(Gpu::new(&GpuOptions { kernels, ..common::options() })).unwrap();
+        ran += run_cases(model, &gpu, |name| {
+            ["euler_2", "dpmpp2m_karras_2", "img2img_ddim", "lcm_4", "lcm_pipe_4"].iter().any(|c| name.starts_with(c))
+        });
+        let used = gpu.pipeline_labels();
+        let (tm, tn) = tile.dims();
+        let this_tile = format!(",TM={tm},TN={tn},");
+        for op in ["matmul[", "conv2d["] {
+            assert!(used.iter().any(|l| l.starts_with(op) && l.contains(&this_tile)), "{model}: no {op}{this_tile} in {used:?}");
+        }
+        assert!(!used.iter().any(|l| l.contains("_direct[")), "{model}: a direct kernel ran: {used:?}");
+    }
+    assert!(ran >= 6, "only {ran} forced-tile runs");
 }
 
 #[test]

@@ -5,7 +5,7 @@ mod common;
 
 use candle_core::quantized::{GgmlDType, QTensor as CandleQ};
 use candle_core::{Device, Tensor};
-use common::{compare, gpu, to_vec, tolerance};
+use common::{compare, gpu, to_vec};
 use webdiffusion::gpu::{DType, Gpu, GpuOptions, GpuTensor};
 use webdiffusion::ops::{self, Conv2dParams};
 use webdiffusion::quant::{self, QTensor, QuantFormat};
@@ -37,7 +37,7 @@ fn blocks_match_candle_byte_for_byte() {
     }
 }
 
-fn check_matmul(g: &Gpu, f: QuantFormat, cf: GgmlDType, m: usize, k: usize, n: usize, dtype: DType) -> f32 {
+fn check_matmul(g: &Gpu, f: QuantFormat, cf: GgmlDType, m: usize, k: usize, n: usize, dtype: DType, kernel: &str) -> f32 {
     let (a, w, b) = (random_values(1, m * k), random_values(2, n * k), random_values(3, n));
     let qt = QTensor::from_f32(g, f, &w, n, k).unwrap();
     let a_up = GpuTensor::from_f32_as(g, &a, &[m, k], dtype).unwrap();
@@ -48,7 +48,8 @@ fn check_matmul(g: &Gpu, f: QuantFormat, cf: GgmlDType, m: usize, k: usize, n: u
     let (_, deq) = candle_roundtrip(&w, n, k, cf);
     let want = cpu(&a_ref, &[m, k]).matmul(&deq.t().unwrap()).unwrap().broadcast_add(&cpu(&b_ref, &[n])).unwrap();
     let want: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
-    compare(&format!("{f:?} matmul {m}x{k}x{n} {dtype}"), tolerance("matmul", dtype), &to_vec(&got), &want)
+    let tol = common::kernel_tolerance("matmul", dtype, kernel);
+    compare(&format!("{f:?} matmul {m}x{k}x{n} {dtype} {kernel}"), tol, &to_vec(&got), &want)
 }
 
 #[test]
@@ -57,7 +58,7 @@ fn quantized_matmul_matches_candle_dequantize_matmul() {
         for (f, cf) in FORMATS {
             for dtype in common::dtypes() {
                 for (m, k, n) in [(1, 32, 1), (77, 320, 96), (130, 64, 200), (5, 1280, 33)] {
-                    let err = check_matmul(gpu(), f, cf, m, k, n, dtype);
+                    let err = check_matmul(gpu(), f, cf, m, k, n, dtype, kernel);
                     eprintln!("{f:?} {dtype} {m}x{k}x{n} {kernel}: max |err| {err:.2e}");
                 }
             }
@@ -71,7 +72,7 @@ fn quantized_weights_split_over_bindings() {
     let g = pollster::block_on(Gpu::new(&GpuOptions { binding_cap: Some(16 * 1024), ..common::options() })).unwrap();
     let qt = QTensor::from_f32(&g, QuantFormat::Q8_0, &random_values(2, 300 * 128), 300, 128).unwrap();
     assert!(qt.data.num_chunks() >= 2);
-    check_matmul(&g, QuantFormat::Q8_0, GgmlDType::Q8_0, 9, 128, 300, DType::F32);
+    check_matmul(&g, QuantFormat::Q8_0, GgmlDType::Q8_0, 9, 128, 300, DType::F32, "");
 }
 
 #[test]
@@ -105,7 +106,7 @@ fn quantized_conv2d_matches_candle() {
                     let label = format!("{f:?} conv {cin}->{cout} k{k} s{stride} {dtype} {kernel}");
                     let err = compare(
                         &label,
-                        tolerance("conv2d", dtype),
+                        common::kernel_tolerance("conv2d", dtype, kernel),
                         &to_vec(&got),
                         &want.flatten_all().unwrap().to_vec1().unwrap(),
                     );

@@ -74,7 +74,7 @@ fn kernels_run(policy: KernelPolicy) -> Vec<String> {
 #[test]
 fn the_kernel_policy_picks_each_ops_variant() {
     let has = |labels: &[String], prefix: &str| labels.iter().any(|l| l.starts_with(prefix));
-    let tiled = kernels_run(KernelPolicy { matmul: KernelChoice::Tiled, conv2d: KernelChoice::Tiled });
+    let tiled = kernels_run(KernelPolicy { matmul: KernelChoice::Tiled, conv2d: KernelChoice::Tiled, ..KernelPolicy::default() });
     assert!(
         has(&tiled, "conv2d[")
             && has(&tiled, "matmul[")
@@ -85,6 +85,7 @@ fn the_kernel_policy_picks_each_ops_variant() {
     let direct = kernels_run(KernelPolicy {
         matmul: KernelChoice::Direct { block: (4, 1) },
         conv2d: KernelChoice::Direct { block: (8, 2) },
+        ..KernelPolicy::default()
     });
     assert!(
         has(&direct, "conv2d_direct[")

@@ -18,3 +18,20 @@ fn dequant(base: u32, nb: u32, k: u32) -> f32 {
     return d * (f32(q) - 8.0);
 #endif
 }
+
+// Four consecutive weights from column `k` (a multiple of 4): one quant word and one scale.
+fn dequant4(base: u32, nb: u32, k: u32) -> vec4<f32> {
+    let blk = k / 32u;
+    let j = k % 32u;
+    let d = unpack2x16float(bq[base + nb * QWORDS + blk / 2u])[blk % 2u];
+#if Q8
+    let w = bq[base + blk * 8u + j / 4u];
+    let q = vec4<i32>(bitcast<i32>(w << 24u), bitcast<i32>(w << 16u), bitcast<i32>(w << 8u), bitcast<i32>(w)) >> vec4<u32>(24u);
+    return d * vec4<f32>(q);
+#else
+    let w = bq[base + blk * 4u + (j % 16u) / 4u];
+    let shift = select(0u, 4u, j >= 16u);
+    let q = (vec4<u32>(w) >> (vec4<u32>(0u, 8u, 16u, 24u) + shift)) & vec4<u32>(0xFu);
+    return d * (vec4<f32>(q) - 8.0);
+#endif
+}

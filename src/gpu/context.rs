@@ -403,6 +403,11 @@ impl Gpu {
         lock(&self.inner.pipelines).len()
     }
 
+    /// The labels (keys) of the pipelines built so far, sorted: which variants a run used.
+    pub fn pipeline_labels(&self) -> Vec<String> {
+        lock(&self.inner.pipelines).labels()
+    }
+
     /// Submits whatever is recorded. Cheap when nothing is.
     pub fn flush(&self) {
         lock(&self.inner.batch).flush(&self.inner.queue);

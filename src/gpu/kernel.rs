@@ -83,6 +83,12 @@ impl PipelineCache {
         self.map.len()
     }
 
+    pub fn labels(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.map.keys().map(|k| k.to_string()).collect();
+        v.sort();
+        v
+    }
+
     /// The pipeline of `key`, built now if it is not cached. `shader_f16`: whether the device
     /// was opened with the feature (an f16 key fails without it). `launch` is what the caller
     /// passes it; natively a new variant is refused unless its WGSL declares just that.

@@ -18,7 +18,7 @@ pub mod tensor;
 
 pub use context::{Capabilities, Gpu, GpuOptions, GpuStats, LimitsPolicy};
 pub use kernel::{KernelKey, Shader};
-pub use policy::{KernelChoice, KernelPolicy};
+pub use policy::{GemmTile, KernelChoice, KernelPolicy};
 pub use tensor::{DType, GpuTensor};
 
 /// Locks one of the runtime's mutexes. A panic while holding one leaves plain data behind,

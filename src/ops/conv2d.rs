@@ -1,5 +1,6 @@
 //! conv2d as an implicit GEMM (`shaders/conv2d.wgsl`): any kernel size, stride and padding.
 
+use super::gemm::{self, TileShape};
 use super::{float_dtype, u32_of, WeightStore};
 use crate::error::{Error, Result};
 use crate::gpu::kernel::{grid_1d, KernelKey, Shader};
@@ -29,7 +30,9 @@ enum Variant {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ConvKernel {
     /// `residual`: a tensor of the output's shape is added in the epilogue.
-    Tiled { bias: bool, residual: bool, weight: WeightStore },
+    /// `vec`: weights read as vec4 along K, outputs written as vec4 along the pixels;
+    /// `pointwise`: a 1x1 stride-1 unpadded conv reads its input as vec4.
+    Tiled { bias: bool, residual: bool, weight: WeightStore, shape: TileShape, vec: [bool; 2], pointwise: bool },
     /// `channels` x `pixels` outputs per invocation, as `direct_block` chose them.
     Direct { bias: bool, residual: bool, weight: WeightStore, channels: usize, pixels: usize },
 }
@@ -37,9 +40,14 @@ enum ConvKernel {
 impl ConvKernel {
     fn key(self, dtype: DType) -> KernelKey {
         match self {
-            ConvKernel::Tiled { bias, residual, weight } => {
-                weight.define(KernelKey::new(SHADER, dtype).with("BIAS", bias as u32)).with("RESIDUAL", residual as u32)
-            }
+            ConvKernel::Tiled { bias, residual, weight, shape, vec: [va, vc], pointwise } => shape.define(
+                weight
+                    .define(KernelKey::new(SHADER, dtype).with("BIAS", bias as u32))
+                    .with("RESIDUAL", residual as u32)
+                    .with("VEC_A", va as u32)
+                    .with("VEC_C", vc as u32)
+                    .with("POINTWISE", pointwise as u32),
+            ),
             ConvKernel::Direct { bias, residual, weight, channels, pixels } => weight
                 .define(KernelKey::new(DIRECT, dtype).with("BIAS", bias as u32))
                 .with("RESIDUAL", residual as u32)
@@ -220,10 +228,22 @@ fn launch(
     gpu.count_flops(2.0 * (n * cout * cin * kh * kw * ho * wo) as f64);
     let (dtype, has_bias, has_res) = (x.dtype(), bias.is_some(), residual.is_some());
     let (key, groups) = match variant(x) {
-        Variant::Tiled => (
-            ConvKernel::Tiled { bias: has_bias, residual: has_res, weight: store }.key(dtype),
-            [(ho * wo).div_ceil(64) as u32, cout.div_ceil(64) as u32, n as u32],
-        ),
+        Variant::Tiled => {
+            let shape = gemm::plan_for(x, gpu.kernel_policy().conv2d, store != WeightStore::Plain, cout, ho * wo, n);
+            let k = cin * kh * kw;
+            let vec_a = store == WeightStore::Plain && k % 4 == 0;
+            let vec_c = (ho * wo) % 4 == 0;
+            let pointwise = kh == 1 && kw == 1 && cp.stride == 1 && cp.padding == 0 && cp.pad_end == 0 && vec_c;
+            let kernel = ConvKernel::Tiled {
+                bias: has_bias,
+                residual: has_res,
+                weight: store,
+                shape,
+                vec: [vec_a, vec_c],
+                pointwise,
+            };
+            (kernel.key(dtype), shape.groups(cout, ho * wo, n))
+        }
         Variant::Direct { channels, pixels } => {
             let (channels, pixels) = direct_block(n * ho * wo, cout, channels, pixels);
             let s = (n * ho * wo).div_ceil(pixels);

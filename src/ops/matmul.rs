@@ -1,5 +1,6 @@
 //! Batched matmul with optional transposed right operand and fused bias (`shaders/matmul.wgsl`).
 
+use super::gemm::{self, TileShape};
 use super::{float_dtype, u32_of, WeightStore};
 use crate::error::{Error, Result};
 use crate::gpu::kernel::{KernelKey, Shader};
@@ -23,8 +24,9 @@ fn variant(a: &GpuTensor) -> Option<(usize, usize)> {
 /// The matmul kernels, each variant naming what its shader is compiled for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum MatmulKernel {
-    /// 64x64 output tiles staged through workgroup memory (real GPUs).
-    Tiled { trans_b: bool, bias: bool, weight: WeightStore },
+    /// Output tiles staged through workgroup memory (real GPUs); `vec`: A, B and C are read or
+    /// written as vec4 along their contiguous axis.
+    Tiled { trans_b: bool, bias: bool, weight: WeightStore, shape: TileShape, vec: [bool; 3] },
     /// No workgroup memory or barriers, `cols` x `rows` outputs per invocation (CPU adapters);
     /// only for a transposed weight shared by the batch.
     Direct { bias: bool, weight: WeightStore, cols: usize, rows: usize },
@@ -33,9 +35,13 @@ enum MatmulKernel {
 impl MatmulKernel {
     fn key(self, dtype: DType) -> KernelKey {
         match self {
-            MatmulKernel::Tiled { trans_b, bias, weight } => {
-                weight.define(KernelKey::new(SHADER, dtype).with("TRANS_B", trans_b as u32).with("BIAS", bias as u32))
-            }
+            MatmulKernel::Tiled { trans_b, bias, weight, shape, vec: [va, vb, vc] } => shape.define(
+                weight
+                    .define(KernelKey::new(SHADER, dtype).with("TRANS_B", trans_b as u32).with("BIAS", bias as u32))
+                    .with("VEC_A", va as u32)
+                    .with("VEC_B", vb as u32)
+                    .with("VEC_C", vc as u32),
+            ),
             MatmulKernel::Direct { bias, weight, cols, rows } => weight
                 .define(KernelKey::new(DIRECT, dtype).with("BIAS", bias as u32))
                 .with("CB", cols as u32)
@@ -205,9 +211,19 @@ fn dispatch(
         }
         return Ok(out);
     }
-    let key = MatmulKernel::Tiled { trans_b, bias: bias.is_some(), weight }.key(dtype);
+    let choice = a.gpu().kernel_policy().matmul;
+    let quant = weight != WeightStore::Plain;
     for chunk in 0..b.num_chunks() {
         let rows = if b.num_chunks() > 1 { b.chunk_rows(chunk) } else { 0..n };
+        let shape = gemm::plan_for(a, choice, quant, m, rows.len(), batch);
+        // vec4 along K for A and a transposed B, along N for a plain B and C: every stride and
+        // offset along the way a multiple of 4 (a quantized B dequantizes 4 at a time anyway).
+        let vec_a = k % 4 == 0;
+        let vec_b = !quant && if trans_b { ldb % 4 == 0 } else { rows.len() % 4 == 0 && ldb % 4 == 0 } && b_bs % 4 == 0;
+        let vec_c = rows.len() % 4 == 0 && n % 4 == 0 && rows.start % 4 == 0;
+        let kernel =
+            MatmulKernel::Tiled { trans_b, bias: bias.is_some(), weight, shape, vec: [vec_a, vec_b, vec_c] };
+        let key = kernel.key(dtype);
         let params = Params {
             m: u32_of(OP, m)?,
             n: u32_of(OP, rows.len())?,
@@ -224,8 +240,7 @@ fn dispatch(
         };
         let mut binds = vec![a_bind.clone(), b.chunk_bind(chunk), c_bind.clone()];
         binds.extend(bias_bind.clone());
-        let groups = [rows.len().div_ceil(64) as u32, m.div_ceil(64) as u32, batch as u32];
-        a.gpu().launch(&key, &params, &binds, groups)?;
+        a.gpu().launch(&key, &params, &binds, shape.groups(m, rows.len(), batch))?;
     }
     Ok(out)
 }

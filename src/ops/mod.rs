@@ -7,6 +7,7 @@ mod concat;
 mod conv2d;
 mod embedding;
 mod geglu;
+mod gemm;
 mod group_norm;
 mod layer_norm;
 mod matmul;
@@ -48,7 +49,6 @@ fn float_dtype(op: &'static str, ts: &[&GpuTensor]) -> Result<DType> {
     Ok(d)
 }
 
-/// Whether kernels should default to their direct (barrier-free) variants: CPU adapters.
 /// How a matmul's or conv's weight is stored, as its kernels see it: plain floats, or quantized
 /// blocks dequantized while they are staged (`QUANT`, with the format's defines).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +68,7 @@ impl WeightStore {
     }
 }
 
+/// Whether kernels should default to their direct (barrier-free) variants: CPU adapters.
 fn cpu_adapter(t: &GpuTensor) -> bool {
     t.gpu().caps().device_type == "Cpu"
 }

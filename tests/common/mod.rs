@@ -7,7 +7,7 @@
 use std::sync::{OnceLock, RwLock};
 
 use candle_core::{Device, Tensor};
-use webdiffusion::gpu::{DType, Gpu, GpuOptions, GpuTensor, KernelChoice, KernelPolicy};
+use webdiffusion::gpu::{DType, GemmTile, Gpu, GpuOptions, GpuTensor, KernelChoice, KernelPolicy};
 use webdiffusion::random::random_values;
 
 /// Reference attention on the CPU in candle, [B, H, N, D] layout: softmax(q k^T * scale) v.
@@ -33,11 +33,12 @@ pub fn options() -> GpuOptions {
     GpuOptions::default()
 }
 
-/// Every variant of matmul and conv2d: the tiled kernel real GPUs run, and the direct kernel with
-/// its block chosen by size and with every block size it takes (matmul: columns × rows per
-/// invocation; conv2d: output channels × pixels).
+/// Every variant of matmul and conv2d: the tiled kernel real GPUs run at each of its tiles, and
+/// the direct kernel with its block chosen by size and with every block size it takes (matmul:
+/// columns × rows per invocation; conv2d: output channels × pixels).
 pub fn kernel_choices() -> Vec<KernelChoice> {
-    let mut v = vec![KernelChoice::Tiled, KernelChoice::Direct { block: (0, 0) }];
+    let mut v: Vec<KernelChoice> = GemmTile::ALL.into_iter().map(KernelChoice::Tile).collect();
+    v.push(KernelChoice::Direct { block: (0, 0) });
     for a in [4, 8, 16] {
         for b in [1, 2, 4] {
             v.push(KernelChoice::Direct { block: (a, b) });
@@ -46,13 +47,23 @@ pub fn kernel_choices() -> Vec<KernelChoice> {
     v
 }
 
-/// The kernel policies an op is checked under: each of its variants (ops without variants: the
-/// default). `op` as in `tolerance`.
+/// The kernel policies an op is checked under: each of its variants, and the tiled kernels with
+/// f16 math at each tile (ops without variants: the default). `op` as in `tolerance`.
 pub fn policies(op: &str) -> Vec<KernelPolicy> {
     let base = KernelPolicy::default();
+    let f16 = KernelPolicy { f16_math: true, ..base };
+    let tiles = || GemmTile::ALL.into_iter().map(KernelChoice::Tile);
     match op {
-        "matmul" | "linear" => kernel_choices().into_iter().map(|c| KernelPolicy { matmul: c, ..base }).collect(),
-        "conv2d" => kernel_choices().into_iter().map(|c| KernelPolicy { conv2d: c, ..base }).collect(),
+        "matmul" | "linear" => kernel_choices()
+            .into_iter()
+            .map(|c| KernelPolicy { matmul: c, ..base })
+            .chain(tiles().map(|c| KernelPolicy { matmul: c, ..f16 }))
+            .collect(),
+        "conv2d" => kernel_choices()
+            .into_iter()
+            .map(|c| KernelPolicy { conv2d: c, ..base })
+            .chain(tiles().map(|c| KernelPolicy { conv2d: c, ..f16 }))
+            .collect(),
         _ => vec![base],
     }
 }
@@ -72,7 +83,8 @@ pub fn each_kernel(op: &str, mut f: impl FnMut(&str)) {
     let _exclusive = POLICY.write().unwrap_or_else(|e| e.into_inner());
     for p in variants {
         gpu().set_kernel_policy(p);
-        let label = if op == "conv2d" { format!("conv2d={}", p.conv2d) } else { format!("matmul={}", p.matmul) };
+        let choice = if op == "conv2d" { format!("conv2d={}", p.conv2d) } else { format!("matmul={}", p.matmul) };
+        let label = if p.f16_math { format!("{choice},f16-math=on") } else { choice };
         f(&label);
     }
     gpu().set_kernel_policy(KernelPolicy::default());
@@ -87,6 +99,19 @@ pub fn gpu() -> &'static Gpu {
         Err(e) => panic!("GPU tests need a GPU adapter: {e}"),
     })
 }
+
+/// `tolerance`, or for the tiled kernels' f16 math (the kernel label says `f16-math=on`) on f16
+/// tensors its own bound: products rounded to f16 and summed 4 at a time in f16 err by up to
+/// ~1e-2 where the f32 math on the same inputs stays within the output's rounding.
+pub fn kernel_tolerance(op: &str, dtype: DType, kernel: &str) -> Tol {
+    if dtype == DType::F16 && kernel.contains("f16-math=on") {
+        return Tol { atol: F16_MATH_ATOL, rtol: F16_MATH_RTOL };
+    }
+    tolerance(op, dtype)
+}
+
+pub const F16_MATH_ATOL: f32 = 2e-2;
+pub const F16_MATH_RTOL: f32 = 4e-3;
 
 /// `|gpu - cpu| <= atol + rtol * |cpu|`, elementwise.
 #[derive(Clone, Copy, Debug)]
@@ -200,7 +225,7 @@ where
             let want = cpu_fn(&cpu_in).unwrap_or_else(|e| panic!("{op} {case} cpu: {e}"));
             assert_eq!(out.shape(), want.dims(), "{label}: output shape");
             let want: Vec<f32> = want.flatten_all().and_then(|t| t.to_vec1()).expect("cpu values");
-            let err = compare(&label, tolerance(op, dtype), &to_vec(&out), &want);
+            let err = compare(&label, kernel_tolerance(op, dtype, kernel), &to_vec(&out), &want);
             eprintln!("{label}: max |err| {err:.3e}");
             errs.push((dtype, err));
         }
