@@ -162,7 +162,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
                 if (px >= p.p) { continue; }
                 var v = acc[(h * 4u + r) * RN4 + g];
 #if BIAS
+#if BIAS_IMAGE
+                v += vec4<f32>(f32(bias[wg.z * p.cout + co]));
+#else
                 v += vec4<f32>(f32(bias[co]));
+#endif
 #endif
                 let o = y_base + co * p.p + px;
 #if VEC_C

@@ -45,14 +45,14 @@ const COB: u32 = {{COB}}u; // output channels per invocation: 4, 8 (G2) or 16 (G
 const PXB: u32 = {{PXB}}u; // output pixels per invocation: 1, 2 (P2) or 4 (P2, P4)
 
 // One output pixel of the flattened batch: where its image starts in x and y, its position.
-struct Pix { xb: u32, yb: u32, oy: u32, ox: u32, ok: bool };
+struct Pix { xb: u32, yb: u32, oy: u32, ox: u32, img: u32, ok: bool };
 
 fn pixel(g: u32) -> Pix {
     let ok = g < p.n * p.p;
     let gc = select(0u, g, ok);
     let img = gc / p.p;
     let px = gc % p.p;
-    return Pix(img * p.cin * p.h * p.w, img * p.cout * p.p + px, px / p.wo, px % p.wo, ok);
+    return Pix(img * p.cin * p.h * p.w, img * p.cout * p.p + px, px / p.wo, px % p.wo, img, ok);
 }
 
 // Input index of channel 0 under tap (ky, kx), clamped in range, and whether it is inside.
@@ -86,7 +86,11 @@ fn store(q: Pix, c: vec4<u32>, acc: vec4<f32>) {
         if (co < p.cout) {
             var v = acc[j];
 #if BIAS
+#if BIAS_IMAGE
+            v += f32(bias[q.img * p.cout + co]);
+#else
             v += f32(bias[co]);
+#endif
 #endif
 #if RESIDUAL
             v += f32(res[q.yb + co * p.p]);

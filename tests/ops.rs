@@ -94,6 +94,32 @@ fn conv2d_shapes() {
             |x| cpu_conv(&x[..2], s, p)? + &x[2],
         );
     }
+    // A bias per image and channel, [N, Cout] (a ResNet block's conv1 bias plus its projected
+    // time embedding), alone and with a residual.
+    for (n, cin, h, w, cout) in [(2, 32, 9, 7, 24), (3, 4, 5, 6, 6)] {
+        let cp = Conv2dParams { stride: 1, padding: 1, pad_end: 0 };
+        let per_image = |x: &[Tensor]| x[0].conv2d(&x[1], 1, 1, 1, 1)?.broadcast_add(&x[2].reshape((n, cout, 1, 1))?);
+        check_op(
+            "conv2d",
+            &format!("{n}x{cin}x{h}x{w}->{cout} bias per image"),
+            &[inp(&[n, cin, h, w]), inp(&[cout, cin, 3, 3]), inp(&[n, cout])],
+            |x| ops::conv2d(&x[0], &x[1], Some(&x[2]), cp),
+            per_image,
+        );
+        check_op(
+            "conv2d",
+            &format!("{n}x{cin}x{h}x{w}->{cout} bias per image + residual"),
+            &[inp(&[n, cin, h, w]), inp(&[cout, cin, 3, 3]), inp(&[n, cout]), inp(&[n, cout, h, w])],
+            |x| ops::conv2d_add(&x[0], &x[1], Some(&x[2]), cp, Some(&x[3])),
+            move |x| per_image(&x[..3])? + &x[3],
+        );
+    }
+    let g = common::gpu();
+    let t = |shape: &[usize]| webdiffusion::GpuTensor::from_f32(g, &vec![0.0; shape.iter().product()], shape).unwrap();
+    for bad in [&[3, 6][..], &[2, 5], &[12]] {
+        let err = ops::conv2d(&t(&[2, 4, 5, 5]), &t(&[6, 4, 3, 3]), Some(&t(bad)), Conv2dParams::default()).unwrap_err().to_string();
+        assert!(err.contains(&format!("bias {bad:?} for 2 image(s) x 6 output channels")), "{err}");
+    }
     check_op(
         "conv2d",
         "no bias",

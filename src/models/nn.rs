@@ -70,7 +70,13 @@ impl Conv2d {
 
     /// The conv plus `residual` (its output's shape), added in the conv's epilogue.
     pub fn forward_add(&self, x: &GpuTensor, residual: Option<&GpuTensor>) -> Result<GpuTensor> {
-        let (b, cp, k) = (self.bias.as_ref(), self.params, self.kernel);
+        self.forward_biased(x, self.bias.as_ref(), residual)
+    }
+
+    /// The conv with `bias` ([Cout] or one per image, [N, Cout]) in place of its own, plus
+    /// `residual`, both in the epilogue.
+    pub fn forward_biased(&self, x: &GpuTensor, b: Option<&GpuTensor>, residual: Option<&GpuTensor>) -> Result<GpuTensor> {
+        let (cp, k) = (self.params, self.kernel);
         match &self.weight {
             Weight::Dense(weight) => ops::conv2d_add(x, weight, b, cp, residual),
             Weight::Quant(q) => ops::conv2d_quant_add(x, q, k, k, b, cp, residual),

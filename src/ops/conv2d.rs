@@ -32,9 +32,35 @@ enum ConvKernel {
     /// `residual`: a tensor of the output's shape is added in the epilogue.
     /// `vec`: weights read as vec4 along K, outputs written as vec4 along the pixels;
     /// `pointwise`: a 1x1 stride-1 unpadded conv reads its input as vec4.
-    Tiled { bias: bool, residual: bool, weight: WeightStore, shape: TileShape, vec: [bool; 2], pointwise: bool },
+    Tiled { bias: Bias, residual: bool, weight: WeightStore, shape: TileShape, vec: [bool; 2], pointwise: bool },
     /// `channels` x `pixels` outputs per invocation, as `direct_block` chose them.
-    Direct { bias: bool, residual: bool, weight: WeightStore, channels: usize, pixels: usize },
+    Direct { bias: Bias, residual: bool, weight: WeightStore, channels: usize, pixels: usize },
+}
+
+/// What the epilogue adds per output channel: nothing, a bias `[Cout]`, or a bias per image
+/// `[N, Cout]` (a ResNet block's conv bias plus its projected time embedding, so the block's
+/// broadcast add is not a dispatch and a pass over the activation of its own).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Bias {
+    None,
+    Channel,
+    Image,
+}
+
+impl Bias {
+    /// The kind of `bias` for `n` images of `cout` channels, or an error naming its shape.
+    fn of(op: &'static str, bias: Option<&GpuTensor>, n: usize, cout: usize) -> Result<Bias> {
+        match bias.map(|b| b.shape()) {
+            None => Ok(Bias::None),
+            Some(&[c]) if c == cout => Ok(Bias::Channel),
+            Some(&[bn, c]) if bn == n && c == cout => Ok(Bias::Image),
+            Some(s) => Err(Error::shape(op, format!("bias {s:?} for {n} image(s) x {cout} output channels: needs [{cout}] or [{n}, {cout}]"))),
+        }
+    }
+
+    fn define(self, key: KernelKey) -> KernelKey {
+        key.with("BIAS", (self != Bias::None) as u32).with("BIAS_IMAGE", (self == Bias::Image) as u32)
+    }
 }
 
 impl ConvKernel {
@@ -42,14 +68,14 @@ impl ConvKernel {
         match self {
             ConvKernel::Tiled { bias, residual, weight, shape, vec: [va, vc], pointwise } => shape.define(
                 weight
-                    .define(KernelKey::new(SHADER, dtype).with("BIAS", bias as u32))
+                    .define(bias.define(KernelKey::new(SHADER, dtype)))
                     .with("RESIDUAL", residual as u32)
                     .with("VEC_A", va as u32)
                     .with("VEC_C", vc as u32)
                     .with("POINTWISE", pointwise as u32),
             ),
             ConvKernel::Direct { bias, residual, weight, channels, pixels } => weight
-                .define(KernelKey::new(DIRECT, dtype).with("BIAS", bias as u32))
+                .define(bias.define(KernelKey::new(DIRECT, dtype)))
                 .with("RESIDUAL", residual as u32)
                 .with("COB", channels as u32)
                 .with("G2", (channels >= 8) as u32)
@@ -108,7 +134,7 @@ impl Default for Conv2dParams {
     }
 }
 
-/// `x` [N, Cin, H, W] * `weight` [Cout, Cin, KH, KW] (+ `bias` [Cout]) -> [N, Cout, Ho, Wo].
+/// `x` [N, Cin, H, W] * `weight` [Cout, Cin, KH, KW] (+ `bias` [Cout] or [N, Cout]) -> [N, Cout, Ho, Wo].
 pub fn conv2d(x: &GpuTensor, weight: &GpuTensor, bias: Option<&GpuTensor>, cp: Conv2dParams) -> Result<GpuTensor> {
     conv2d_add(x, weight, bias, cp, None)
 }
@@ -132,11 +158,6 @@ pub fn conv2d_add(
     };
     if cin != wcin {
         return Err(Error::shape(OP, format!("input has {cin} channels, weight expects {wcin}")));
-    }
-    if let Some(b) = bias {
-        if b.numel() != cout {
-            return Err(Error::shape(OP, format!("bias {:?} for {cout} output channels", b.shape())));
-        }
     }
     let (ph, pw) = (h + 2 * cp.padding + cp.pad_end, w + 2 * cp.padding + cp.pad_end);
     if cp.stride == 0 || ph < kh || pw < kw {
@@ -190,6 +211,7 @@ fn launch(
     const OP: &str = "conv2d";
     let [n, cin, h, w] = super::nchw(x, OP)?;
     let Geometry { cout, kh, kw, ho, wo, wpr } = g;
+    let bias_kind = Bias::of(OP, bias, n, cout)?;
     if let Some(r) = residual {
         if r.shape() != [n, cout, ho, wo] || r.dtype() != x.dtype() {
             return Err(Error::shape(
@@ -226,7 +248,7 @@ fn launch(
     }
     let gpu = x.gpu();
     gpu.count_flops(2.0 * (n * cout * cin * kh * kw * ho * wo) as f64);
-    let (dtype, has_bias, has_res) = (x.dtype(), bias.is_some(), residual.is_some());
+    let (dtype, has_res) = (x.dtype(), residual.is_some());
     let (key, groups) = match variant(x) {
         Variant::Tiled => {
             let shape = gemm::plan_for(x, gpu.kernel_policy().conv2d, store != WeightStore::Plain, cout, ho * wo, n);
@@ -235,7 +257,7 @@ fn launch(
             let vec_c = (ho * wo) % 4 == 0;
             let pointwise = kh == 1 && kw == 1 && cp.stride == 1 && cp.padding == 0 && cp.pad_end == 0 && vec_c;
             let kernel = ConvKernel::Tiled {
-                bias: has_bias,
+                bias: bias_kind,
                 residual: has_res,
                 weight: store,
                 shape,
@@ -251,7 +273,7 @@ fn launch(
             params.s = s as u32;
             params.inv = inv;
             let key =
-                ConvKernel::Direct { bias: has_bias, residual: has_res, weight: store, channels, pixels }.key(dtype);
+                ConvKernel::Direct { bias: bias_kind, residual: has_res, weight: store, channels, pixels }.key(dtype);
             (key, grid_1d(inv.div_ceil(DIRECT_WG)))
         }
     };
@@ -288,7 +310,7 @@ pub fn conv2d_quant_add(
     // The kernel runs in the input's dtype; this refuses U32 and mixed dtypes.
     float_dtype(OP, &ts)?;
     let [_, cin, h, w] = super::nchw(x, OP)?;
-    if weight.cols != cin * kh * kw || bias.is_some_and(|b| b.numel() != weight.rows) {
+    if weight.cols != cin * kh * kw {
         return Err(Error::shape(
             OP,
             format!("input {:?} vs quantized weight [{}, {}] ({kh}x{kw})", x.shape(), weight.rows, weight.cols),
