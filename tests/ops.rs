@@ -117,7 +117,9 @@ fn conv2d_shapes() {
     let g = common::gpu();
     let t = |shape: &[usize]| webdiffusion::GpuTensor::from_f32(g, &vec![0.0; shape.iter().product()], shape).unwrap();
     for bad in [&[3, 6][..], &[2, 5], &[12]] {
-        let err = ops::conv2d(&t(&[2, 4, 5, 5]), &t(&[6, 4, 3, 3]), Some(&t(bad)), Conv2dParams::default()).unwrap_err().to_string();
+        let err = ops::conv2d(&t(&[2, 4, 5, 5]), &t(&[6, 4, 3, 3]), Some(&t(bad)), Conv2dParams::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(&format!("bias {bad:?} for 2 image(s) x 6 output channels")), "{err}");
     }
     check_op(

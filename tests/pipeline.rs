@@ -170,9 +170,14 @@ fn txt2img_and_img2img_match_diffusers_step_by_step() {
 #[test]
 fn the_gpu_tiled_kernels_forced_match_diffusers_too() {
     let mut ran = 0;
-    for (model, tile) in [("tiny-sd1", GemmTile::T64x64), ("tiny-sd2", GemmTile::T128x64), ("tiny-lcm", GemmTile::T128x128)]
+    for (model, tile) in
+        [("tiny-sd1", GemmTile::T64x64), ("tiny-sd2", GemmTile::T128x64), ("tiny-lcm", GemmTile::T128x128)]
     {
-        let kernels = KernelPolicy { matmul: KernelChoice::Tile(tile), conv2d: KernelChoice::Tile(tile), ..KernelPolicy::default() };
+        let kernels = KernelPolicy {
+            matmul: KernelChoice::Tile(tile),
+            conv2d: KernelChoice::Tile(tile),
+            ..KernelPolicy::default()
+        };
         let gpu = pollster::block_on(Gpu::new(&GpuOptions { kernels, ..common::options() })).unwrap();
         ran += run_cases(model, &gpu, |name| {
             ["euler_2", "dpmpp2m_karras_2", "img2img_ddim", "lcm_4", "lcm_pipe_4"].iter().any(|c| name.starts_with(c))
@@ -181,7 +186,10 @@ fn the_gpu_tiled_kernels_forced_match_diffusers_too() {
         let (tm, tn) = tile.dims();
         let this_tile = format!(",TM={tm},TN={tn},");
         for op in ["matmul[", "conv2d["] {
-            assert!(used.iter().any(|l| l.starts_with(op) && l.contains(&this_tile)), "{model}: no {op}{this_tile} in {used:?}");
+            assert!(
+                used.iter().any(|l| l.starts_with(op) && l.contains(&this_tile)),
+                "{model}: no {op}{this_tile} in {used:?}"
+            );
         }
         assert!(!used.iter().any(|l| l.contains("_direct[")), "{model}: a direct kernel ran: {used:?}");
     }

@@ -37,7 +37,16 @@ fn blocks_match_candle_byte_for_byte() {
     }
 }
 
-fn check_matmul(g: &Gpu, f: QuantFormat, cf: GgmlDType, m: usize, k: usize, n: usize, dtype: DType, kernel: &str) -> f32 {
+fn check_matmul(
+    g: &Gpu,
+    f: QuantFormat,
+    cf: GgmlDType,
+    m: usize,
+    k: usize,
+    n: usize,
+    dtype: DType,
+    kernel: &str,
+) -> f32 {
     let (a, w, b) = (random_values(1, m * k), random_values(2, n * k), random_values(3, n));
     let qt = QTensor::from_f32(g, f, &w, n, k).unwrap();
     let a_up = GpuTensor::from_f32_as(g, &a, &[m, k], dtype).unwrap();

@@ -74,7 +74,11 @@ fn kernels_run(policy: KernelPolicy) -> Vec<String> {
 #[test]
 fn the_kernel_policy_picks_each_ops_variant() {
     let has = |labels: &[String], prefix: &str| labels.iter().any(|l| l.starts_with(prefix));
-    let tiled = kernels_run(KernelPolicy { matmul: KernelChoice::Tiled, conv2d: KernelChoice::Tiled, ..KernelPolicy::default() });
+    let tiled = kernels_run(KernelPolicy {
+        matmul: KernelChoice::Tiled,
+        conv2d: KernelChoice::Tiled,
+        ..KernelPolicy::default()
+    });
     assert!(
         has(&tiled, "conv2d[")
             && has(&tiled, "matmul[")

@@ -171,7 +171,9 @@ impl KernelPolicy {
                     policy.f16_math = match choice {
                         "on" => true,
                         "off" => false,
-                        _ => return Err(Error::Request(format!("kernel policy: f16-math `{choice}` is not on or off"))),
+                        _ => {
+                            return Err(Error::Request(format!("kernel policy: f16-math `{choice}` is not on or off")))
+                        }
                     }
                 }
                 other => {
@@ -208,7 +210,11 @@ mod tests {
         let p = KernelPolicy::parse("matmul=tiled, conv2d=direct:8:2").unwrap();
         assert_eq!(
             p,
-            KernelPolicy { matmul: KernelChoice::Tiled, conv2d: KernelChoice::Direct { block: (8, 2) }, f16_math: false }
+            KernelPolicy {
+                matmul: KernelChoice::Tiled,
+                conv2d: KernelChoice::Direct { block: (8, 2) },
+                f16_math: false
+            }
         );
         assert!(KernelPolicy::parse("f16-math=on").unwrap().f16_math);
         assert!(KernelPolicy::parse("f16-math=maybe").is_err());

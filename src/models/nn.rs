@@ -75,7 +75,12 @@ impl Conv2d {
 
     /// The conv with `bias` ([Cout] or one per image, [N, Cout]) in place of its own, plus
     /// `residual`, both in the epilogue.
-    pub fn forward_biased(&self, x: &GpuTensor, b: Option<&GpuTensor>, residual: Option<&GpuTensor>) -> Result<GpuTensor> {
+    pub fn forward_biased(
+        &self,
+        x: &GpuTensor,
+        b: Option<&GpuTensor>,
+        residual: Option<&GpuTensor>,
+    ) -> Result<GpuTensor> {
         let (cp, k) = (self.params, self.kernel);
         match &self.weight {
             Weight::Dense(weight) => ops::conv2d_add(x, weight, b, cp, residual),

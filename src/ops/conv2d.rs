@@ -54,7 +54,10 @@ impl Bias {
             None => Ok(Bias::None),
             Some(&[c]) if c == cout => Ok(Bias::Channel),
             Some(&[bn, c]) if bn == n && c == cout => Ok(Bias::Image),
-            Some(s) => Err(Error::shape(op, format!("bias {s:?} for {n} image(s) x {cout} output channels: needs [{cout}] or [{n}, {cout}]"))),
+            Some(s) => Err(Error::shape(
+                op,
+                format!("bias {s:?} for {n} image(s) x {cout} output channels: needs [{cout}] or [{n}, {cout}]"),
+            )),
         }
     }
 

@@ -141,15 +141,24 @@ mod tests {
         // SD 1.5's 320-channel conv at 64x64 latents, batch 2 (classifier-free guidance).
         let big = |c: &Capabilities, d| plan(c, auto, true, d, false, 320, 4096, 2);
         let discrete = caps("DiscreteGpu", 49152);
-        assert_eq!(big(&discrete, DType::F32), TileShape { tile: GemmTile::T128x128, tk: 16, f16_math: false, f16_stage: false });
-        assert_eq!(big(&discrete, DType::F16), TileShape { tile: GemmTile::T128x128, tk: 16, f16_math: true, f16_stage: true });
+        assert_eq!(
+            big(&discrete, DType::F32),
+            TileShape { tile: GemmTile::T128x128, tk: 16, f16_math: false, f16_stage: false }
+        );
+        assert_eq!(
+            big(&discrete, DType::F16),
+            TileShape { tile: GemmTile::T128x128, tk: 16, f16_math: true, f16_stage: true }
+        );
         assert_eq!(plan(&discrete, auto, false, DType::F16, false, 320, 4096, 2).tk, 16);
         // Dequantized weights stage in f32.
         assert!(!plan(&discrete, auto, false, DType::F16, true, 320, 4096, 2).f16_stage);
         // WebGPU's default 16 KiB: 128x128 in f32 stages K 8 deep, in f16 16 deep.
         let browser = caps("Other", 16384);
         assert_eq!(plan(&browser, KernelChoice::Tile(GemmTile::T128x128), true, DType::F32, false, 320, 4096, 2).tk, 8);
-        assert_eq!(big(&browser, DType::F32), TileShape { tile: GemmTile::T128x64, tk: 8, f16_math: false, f16_stage: false });
+        assert_eq!(
+            big(&browser, DType::F32),
+            TileShape { tile: GemmTile::T128x64, tk: 8, f16_math: false, f16_stage: false }
+        );
         assert_eq!(plan(&browser, auto, false, DType::F16, false, 320, 4096, 2).tk, 16);
         assert_eq!(big(&caps("IntegratedGpu", 32768), DType::F32).tile, GemmTile::T128x64);
         // The text encoder's 77 rows: too few workgroups for big tiles.

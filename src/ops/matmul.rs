@@ -221,8 +221,7 @@ fn dispatch(
         let vec_a = k % 4 == 0;
         let vec_b = !quant && if trans_b { ldb % 4 == 0 } else { rows.len() % 4 == 0 && ldb % 4 == 0 } && b_bs % 4 == 0;
         let vec_c = rows.len() % 4 == 0 && n % 4 == 0 && rows.start % 4 == 0;
-        let kernel =
-            MatmulKernel::Tiled { trans_b, bias: bias.is_some(), weight, shape, vec: [vec_a, vec_b, vec_c] };
+        let kernel = MatmulKernel::Tiled { trans_b, bias: bias.is_some(), weight, shape, vec: [vec_a, vec_b, vec_c] };
         let key = kernel.key(dtype);
         let params = Params {
             m: u32_of(OP, m)?,
