@@ -20,7 +20,14 @@ var<workgroup> red: array<f32, WG>;
 #include "reduce.wgsl"
 
 @compute @workgroup_size(256, 1, 1)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32,
+#if SUBGROUPS
+        lanes: Lanes,
+#endif
+) {
+#if SUBGROUPS
+    subgroups_begin(lanes);
+#endif
     let cpg = p.c / p.groups;
     let len = cpg * p.s;
     let base = (wg.y * p.c + wg.x * cpg) * p.s;

@@ -16,7 +16,14 @@ var<workgroup> red: array<f32, WG>;
 @compute @workgroup_size(128, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) li: u32) {
+        @builtin(local_invocation_index) li: u32,
+#if SUBGROUPS
+        lanes: Lanes,
+#endif
+) {
+#if SUBGROUPS
+    subgroups_begin(lanes);
+#endif
     let row = wg.x + wg.y * nwg.x;
     if (row >= p.rows) { return; }
     let base = row * p.d;

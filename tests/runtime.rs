@@ -100,6 +100,38 @@ fn the_kernel_policy_picks_each_ops_variant() {
     );
 }
 
+/// The norms and softmax reduce through subgroups exactly where the device has them (lavapipe
+/// does) unless the policy turns them off; both variants agree with each other closely.
+#[test]
+fn reductions_use_subgroups_where_the_device_has_them() {
+    let run = |subgroups: bool| {
+        let kernels = KernelPolicy { subgroups, ..KernelPolicy::default() };
+        let own = pollster::block_on(Gpu::new(&GpuOptions { kernels, ..GpuOptions::default() })).unwrap();
+        let x = GpuTensor::from_f32(&own, &random_values(5, 2 * 32 * 7 * 5), &[2, 32, 7, 5]).unwrap();
+        let (g, b) = (
+            GpuTensor::from_f32(&own, &[1.5; 32], &[32]).unwrap(),
+            GpuTensor::from_f32(&own, &[0.25; 32], &[32]).unwrap(),
+        );
+        let mut out = to_vec(&ops::group_norm(&x, 8, &g, &b, 1e-5, true).unwrap());
+        let rows = x.reshape(&[70, 32]).unwrap();
+        out.extend(to_vec(&ops::layer_norm(&rows, &g, &b, 1e-5).unwrap()));
+        out.extend(to_vec(&ops::softmax(&rows, 0.5).unwrap()));
+        (own.caps().subgroups, own.pipeline_labels(), out)
+    };
+    let (has, on, a) = run(true);
+    let (_, off, b) = run(false);
+    for op in ["group_norm[", "layer_norm[", "softmax["] {
+        let want = format!(",SUBGROUPS={}", has as u32);
+        assert!(on.iter().any(|l| l.starts_with(op) && l.contains(&want)), "{op}{want} not in {on:?}");
+        assert!(
+            off.iter().any(|l| l.starts_with(op) && l.contains(",SUBGROUPS=0")),
+            "{op} without subgroups not in {off:?}"
+        );
+    }
+    let err = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(err <= 1e-5, "subgroup and workgroup reductions differ by {err}");
+}
+
 fn capped_gpu(cap: u64) -> Gpu {
     let options = GpuOptions { binding_cap: Some(cap), ..GpuOptions::default() };
     pollster::block_on(Gpu::new(&options)).unwrap()

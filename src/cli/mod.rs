@@ -32,8 +32,9 @@ struct Cli {
     /// Kernel variants, e.g. `matmul=tiled:128x64,conv2d=direct:8:2,f16-math=on` (each op
     /// auto|tiled[:64x64|128x64|128x128]|direct[:A[:B]]; default auto: direct kernels on CPU
     /// adapters, the tile by device class elsewhere; f16-math: multiply f16 tensors in f16,
-    /// accumulating in f32). The variables WEBDIFFUSION_MATMUL and WEBDIFFUSION_CONV2D set one
-    /// op each when the flag leaves it out.
+    /// accumulating in f32; subgroups=on|off: the norms' and softmax's reductions). The
+    /// variables WEBDIFFUSION_MATMUL and WEBDIFFUSION_CONV2D set one op each when the flag
+    /// leaves it out.
     #[arg(long, global = true, default_value = "")]
     kernels: String,
     #[command(subcommand)]

@@ -142,11 +142,14 @@ pub struct KernelPolicy {
     /// inputs (tests/ops.rs); `scripts/gpu-bench.sh` times both. Attention, norms and softmax
     /// always compute in f32.
     pub f16_math: bool,
+    /// Group norm, layer norm and softmax reduce through subgroups where the device has them
+    /// (`Capabilities::subgroups`); off: through workgroup memory everywhere.
+    pub subgroups: bool,
 }
 
 impl Default for KernelPolicy {
     fn default() -> Self {
-        KernelPolicy { matmul: KernelChoice::Auto, conv2d: KernelChoice::Auto, f16_math: false }
+        KernelPolicy { matmul: KernelChoice::Auto, conv2d: KernelChoice::Auto, f16_math: false, subgroups: true }
     }
 }
 
@@ -167,21 +170,24 @@ impl KernelPolicy {
             match op.trim() {
                 "matmul" => policy.matmul = KernelChoice::parse(choice)?,
                 "conv2d" => policy.conv2d = KernelChoice::parse(choice)?,
-                "f16-math" => {
-                    policy.f16_math = match choice {
-                        "on" => true,
-                        "off" => false,
-                        _ => {
-                            return Err(Error::Request(format!("kernel policy: f16-math `{choice}` is not on or off")))
-                        }
-                    }
-                }
+                "f16-math" => policy.f16_math = on_off("f16-math", choice)?,
+                "subgroups" => policy.subgroups = on_off("subgroups", choice)?,
                 other => {
-                    return Err(Error::Request(format!("kernel policy: `{other}` is not matmul, conv2d or f16-math")))
+                    return Err(Error::Request(format!(
+                        "kernel policy: `{other}` is not matmul, conv2d, f16-math or subgroups"
+                    )))
                 }
             }
         }
         Ok(policy)
+    }
+}
+
+fn on_off(what: &str, choice: &str) -> Result<bool> {
+    match choice {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(Error::Request(format!("kernel policy: {what} `{choice}` is not on or off"))),
     }
 }
 
@@ -213,16 +219,19 @@ mod tests {
             KernelPolicy {
                 matmul: KernelChoice::Tiled,
                 conv2d: KernelChoice::Direct { block: (8, 2) },
-                f16_math: false
+                f16_math: false,
+                subgroups: true,
             }
         );
         assert!(KernelPolicy::parse("f16-math=on").unwrap().f16_math);
+        assert!(!KernelPolicy::parse("subgroups=off").unwrap().subgroups);
+        assert!(KernelPolicy::parse("subgroups=yes").is_err());
         assert!(KernelPolicy::parse("f16-math=maybe").is_err());
         assert_eq!(KernelPolicy::parse("").unwrap(), KernelPolicy::default());
         assert!(KernelPolicy::parse("attention=tiled").is_err());
         assert!(KernelPolicy::parse("matmul").is_err());
         // `with` sets what it names and keeps the rest (the CLI: variables, then the flag).
-        let base = KernelPolicy { matmul: KernelChoice::Tiled, conv2d: KernelChoice::Tiled, f16_math: false };
+        let base = KernelPolicy { matmul: KernelChoice::Tiled, conv2d: KernelChoice::Tiled, ..KernelPolicy::default() };
         assert_eq!(base.with("conv2d=auto").unwrap(), KernelPolicy { conv2d: KernelChoice::Auto, ..base });
     }
 }

@@ -6,8 +6,9 @@
 //! - `#include "file.wgsl"`: pastes a snippet from `shaders/common/`.
 //! - `{{NAME}}` anywhere in a line: replaced by the define's decimal value.
 //!
-//! The dtype prelude (`enable f16; alias T = f16;` or `alias T = f32;`) is prepended here because
-//! `enable` must come first in a module.
+//! The dtype prelude (`enable f16; alias T = f16;` or `alias T = f32;`, and in the browser
+//! `enable subgroups;` for SUBGROUPS variants) is prepended here because `enable` must come
+//! first in a module.
 
 use crate::error::{Error, Result};
 
@@ -21,6 +22,11 @@ const INCLUDES: &[(&str, &str)] = &[
 /// Expands `source` for the given defines. `f16` selects the storage type `T`.
 pub fn preprocess(name: &str, source: &str, defines: &[(&str, u32)], f16: bool) -> Result<String> {
     let mut out = String::with_capacity(source.len() + 256);
+    // Browsers require `enable subgroups;` before subgroup builtins; naga 30 (native) refuses
+    // the directive as unimplemented and takes the builtins without it.
+    if cfg!(target_arch = "wasm32") && defines.contains(&("SUBGROUPS", 1)) {
+        out.push_str("enable subgroups;\n");
+    }
     out.push_str(if f16 { "enable f16;\nalias T = f16;\n" } else { "alias T = f32;\n" });
     let lookup = |key: &str| -> Option<u32> {
         if key == "F16" {

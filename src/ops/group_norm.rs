@@ -42,7 +42,7 @@ pub fn group_norm(
     let s = x.numel() / (n * c).max(1);
     let out = GpuTensor::empty(x.gpu(), x.shape(), dtype)?;
     let params = Params { c: c as u32, s: s as u32, groups: groups as u32, eps };
-    let key = KernelKey::new(SHADER, dtype).with("SILU", silu as u32);
+    let key = super::reductions(KernelKey::new(SHADER, dtype).with("SILU", silu as u32), x);
     let binds = [x.bind(OP)?, gamma.bind(OP)?, beta.bind(OP)?, out.bind(OP)?];
     x.gpu().launch(&key, &params, &binds, [groups as u32, n as u32, 1])?;
     Ok(out)

@@ -28,6 +28,6 @@ pub fn layer_norm(x: &GpuTensor, gamma: &GpuTensor, beta: &GpuTensor, eps: f32) 
     let out = GpuTensor::empty(x.gpu(), x.shape(), dtype)?;
     let params = Params { rows: u32_of(OP, rows)?, d: d as u32, eps, pad: 0 };
     let binds = [x.bind(OP)?, gamma.bind(OP)?, beta.bind(OP)?, out.bind(OP)?];
-    x.gpu().launch(&KernelKey::new(SHADER, dtype), &params, &binds, grid_1d(rows as u32))?;
+    x.gpu().launch(&super::reductions(KernelKey::new(SHADER, dtype), x), &params, &binds, grid_1d(rows as u32))?;
     Ok(out)
 }

@@ -68,6 +68,13 @@ impl WeightStore {
     }
 }
 
+/// `key` with its workgroup reductions through subgroups where the device has them and the
+/// kernel policy allows (`shaders/common/reduce.wgsl`).
+fn reductions(key: KernelKey, t: &GpuTensor) -> KernelKey {
+    let gpu = t.gpu();
+    key.with("SUBGROUPS", (gpu.caps().subgroups && gpu.kernel_policy().subgroups) as u32)
+}
+
 /// Whether kernels should default to their direct (barrier-free) variants: CPU adapters.
 fn cpu_adapter(t: &GpuTensor) -> bool {
     t.gpu().caps().device_type == "Cpu"

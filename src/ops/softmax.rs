@@ -25,6 +25,6 @@ pub fn softmax(x: &GpuTensor, scale: f32) -> Result<GpuTensor> {
     let out = GpuTensor::empty(x.gpu(), x.shape(), dtype)?;
     let params = Params { rows: u32_of(OP, rows)?, d: d as u32, scale, pad: 0 };
     let binds = [x.bind(OP)?, out.bind(OP)?];
-    x.gpu().launch(&KernelKey::new(SHADER, dtype), &params, &binds, grid_1d(rows as u32))?;
+    x.gpu().launch(&super::reductions(KernelKey::new(SHADER, dtype), x), &params, &binds, grid_1d(rows as u32))?;
     Ok(out)
 }

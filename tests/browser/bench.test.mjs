@@ -36,6 +36,16 @@ test('bench.html runs a mid-size architecture from its config folder under defau
     }
     assert.ok(report.weights.every(([, bytes]) => bytes > 1e6));
     assert.equal(await page.locator('#results tbody tr').count(), 3, 'the table shows the three stages');
+    // Chromium's SwiftShader offers `subgroups`, but wgpu 30's WebGPU backend maps no such
+    // feature, so the page's device never has them and its norms and softmax reduce through
+    // workgroup memory. When a wgpu upgrade changes this, this fails: then check here that
+    // the SUBGROUPS variants (`enable subgroups;` in the browser's prelude) compile and agree.
+    const caps = await page.evaluate(async () => {
+      const m = await import('/pkg/webdiffusion.js');
+      await m.default();
+      return (await m.Engine.create(true, true)).info();
+    });
+    assert.equal(caps.subgroups, false, JSON.stringify(caps));
   } finally {
     await browser.close();
     server.close();

@@ -47,8 +47,9 @@ pub fn kernel_choices() -> Vec<KernelChoice> {
     v
 }
 
-/// The kernel policies an op is checked under: each of its variants, and the tiled kernels with
-/// f16 math at each tile (ops without variants: the default). `op` as in `tolerance`.
+/// The kernel policies an op is checked under: each of its variants, the tiled kernels with f16
+/// math at each tile, the reductions with and without subgroups (ops without variants: the
+/// default). `op` as in `tolerance`.
 pub fn policies(op: &str) -> Vec<KernelPolicy> {
     let base = KernelPolicy::default();
     let f16 = KernelPolicy { f16_math: true, ..base };
@@ -64,6 +65,9 @@ pub fn policies(op: &str) -> Vec<KernelPolicy> {
             .map(|c| KernelPolicy { conv2d: c, ..base })
             .chain(tiles().map(|c| KernelPolicy { conv2d: c, ..f16 }))
             .collect(),
+        // Reductions through subgroups (the default where the device has them, as lavapipe
+        // does) and through workgroup memory.
+        "group_norm" | "layer_norm" | "softmax" => vec![base, KernelPolicy { subgroups: false, ..base }],
         _ => vec![base],
     }
 }
@@ -83,7 +87,11 @@ pub fn each_kernel(op: &str, mut f: impl FnMut(&str)) {
     let _exclusive = POLICY.write().unwrap_or_else(|e| e.into_inner());
     for p in variants {
         gpu().set_kernel_policy(p);
-        let choice = if op == "conv2d" { format!("conv2d={}", p.conv2d) } else { format!("matmul={}", p.matmul) };
+        let choice = match op {
+            "conv2d" => format!("conv2d={}", p.conv2d),
+            "matmul" | "linear" => format!("matmul={}", p.matmul),
+            _ => format!("subgroups={}", if p.subgroups { "on" } else { "off" }),
+        };
         let label = if p.f16_math { format!("{choice},f16-math=on") } else { choice };
         f(&label);
     }
