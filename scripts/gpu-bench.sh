@@ -76,11 +76,16 @@ run)
   adapter=$(echo "$info" | sed -n 's/^adapter: *//p')
   start=$(date +%s)
   for arch in sd15 sd-turbo; do
-    for quant in f16 q4_0; do
-      echo "gpu-bench: ours, $arch $quant 512x512"
-      timeout 150 "$bundle/webdiffusion" bench --arch "$arch" --quant "$quant" --size 512 --steps 4 --json \
-        >"$out/ours-$arch-$quant.json" 2>"$out/ours-$arch-$quant.log" ||
-        echo "gpu-bench: ours $arch $quant failed (exit $?): $(tail -n 3 "$out/ours-$arch-$quant.log")"
+    # f16math: f16 weights with the tiled kernels multiplying in f16 (off by default: ~1e-2
+    # error, tests/common kernel_tolerance), to measure what it would buy.
+    for variant in f16 q4_0 f16math; do
+      quant=${variant%math}
+      kernels=""
+      [ "$variant" = f16math ] && kernels="f16-math=on"
+      echo "gpu-bench: ours, $arch $variant 512x512"
+      timeout 150 "$bundle/webdiffusion" bench --arch "$arch" --quant "$quant" --kernels "$kernels" --size 512 --steps 4 --json \
+        >"$out/ours-$arch-$variant.json" 2>"$out/ours-$arch-$variant.log" ||
+        echo "gpu-bench: ours $arch $variant failed (exit $?): $(tail -n 3 "$out/ours-$arch-$variant.log")"
     done
   done
   torch_ok=0

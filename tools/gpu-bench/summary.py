@@ -26,7 +26,7 @@ def main():
     print("-" * len(head))
     for arch in ["sd15", "sd-turbo"]:
         torch = load(os.path.join(out, f"torch-{arch}.json")) if torch_ran else None
-        for quant in ["f16", "q4_0"]:
+        for quant in ["f16", "q4_0", "f16math"]:
             r = load(os.path.join(out, f"ours-{arch}-{quant}.json"))
             if not r:
                 print(f"{arch:<10} {quant:<7} (no result: see ours-{arch}-{quant}.log)")
@@ -44,6 +44,7 @@ def main():
             )
     if not torch_ran:
         print("PyTorch: not run here (no torch with CUDA)")
+    print("f16math: f16 weights, tiled kernels multiplying in f16 (--kernels f16-math=on).")
     print("U-Net ms: the median of the warm steps (guided batch of 2 for SD 1.5, 1 for SD-Turbo); "
           "torch: diffusers' UNet2DConditionModel, fp16, SDPA attention, the same batch and size.")
 
