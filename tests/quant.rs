@@ -37,42 +37,41 @@ fn blocks_match_candle_byte_for_byte() {
     }
 }
 
-fn check_matmul(
-    g: &Gpu,
-    f: QuantFormat,
-    cf: GgmlDType,
-    m: usize,
-    k: usize,
-    n: usize,
-    dtype: DType,
-    kernel: &str,
-) -> f32 {
+/// The quantized matmul against candle's dequantize + matmul, under each kernel policy of
+/// `policies` (the weight, inputs and reference made once: they are the slow part).
+#[allow(clippy::too_many_arguments)]
+fn check_matmul(g: &Gpu, f: QuantFormat, cf: GgmlDType, m: usize, k: usize, n: usize, dtype: DType, each: bool) {
     let (a, w, b) = (random_values(1, m * k), random_values(2, n * k), random_values(3, n));
     let qt = QTensor::from_f32(g, f, &w, n, k).unwrap();
     let a_up = GpuTensor::from_f32_as(g, &a, &[m, k], dtype).unwrap();
     let b_up = GpuTensor::from_f32_as(g, &b, &[n], dtype).unwrap();
-    let got = ops::matmul_quant(&a_up, &qt, Some(&b_up)).unwrap();
     let a_ref: Vec<f32> = to_vec(&a_up);
     let b_ref: Vec<f32> = to_vec(&b_up);
     let (_, deq) = candle_roundtrip(&w, n, k, cf);
     let want = cpu(&a_ref, &[m, k]).matmul(&deq.t().unwrap()).unwrap().broadcast_add(&cpu(&b_ref, &[n])).unwrap();
     let want: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
-    let tol = common::kernel_tolerance("matmul", dtype, kernel);
-    compare(&format!("{f:?} matmul {m}x{k}x{n} {dtype} {kernel}"), tol, &to_vec(&got), &want)
+    let run = |kernel: &str| {
+        let got = ops::matmul_quant(&a_up, &qt, Some(&b_up)).unwrap();
+        let tol = common::kernel_tolerance("matmul", dtype, kernel);
+        let err = compare(&format!("{f:?} matmul {m}x{k}x{n} {dtype} {kernel}"), tol, &to_vec(&got), &want);
+        eprintln!("{f:?} {dtype} {m}x{k}x{n} {kernel}: max |err| {err:.2e}");
+    };
+    if each {
+        common::each_kernel("matmul", run);
+    } else {
+        run("");
+    }
 }
 
 #[test]
 fn quantized_matmul_matches_candle_dequantize_matmul() {
-    common::each_kernel("matmul", |kernel| {
-        for (f, cf) in FORMATS {
-            for dtype in common::dtypes() {
-                for (m, k, n) in [(1, 32, 1), (77, 320, 96), (130, 64, 200), (5, 1280, 33)] {
-                    let err = check_matmul(gpu(), f, cf, m, k, n, dtype, kernel);
-                    eprintln!("{f:?} {dtype} {m}x{k}x{n} {kernel}: max |err| {err:.2e}");
-                }
+    for (f, cf) in FORMATS {
+        for dtype in common::dtypes() {
+            for (m, k, n) in [(1, 32, 1), (77, 320, 96), (130, 64, 200), (5, 1280, 33)] {
+                check_matmul(gpu(), f, cf, m, k, n, dtype, true);
             }
         }
-    });
+    }
 }
 
 #[test]
@@ -81,49 +80,46 @@ fn quantized_weights_split_over_bindings() {
     let g = pollster::block_on(Gpu::new(&GpuOptions { binding_cap: Some(16 * 1024), ..common::options() })).unwrap();
     let qt = QTensor::from_f32(&g, QuantFormat::Q8_0, &random_values(2, 300 * 128), 300, 128).unwrap();
     assert!(qt.data.num_chunks() >= 2);
-    check_matmul(&g, QuantFormat::Q8_0, GgmlDType::Q8_0, 9, 128, 300, DType::F32, "");
+    check_matmul(&g, QuantFormat::Q8_0, GgmlDType::Q8_0, 9, 128, 300, DType::F32, false);
 }
 
 #[test]
 fn quantized_conv2d_matches_candle() {
-    common::each_kernel("conv2d", |kernel| {
-        for (f, cf) in FORMATS {
-            for dtype in common::dtypes() {
-                // 3x3 with Cin*9 a multiple of 32 (as SD's 320-channel convs), and a 1x1 shortcut.
-                for (cin, cout, k, stride, pad) in [(32, 40, 3, 1, 1), (64, 24, 1, 1, 0), (32, 16, 3, 2, 1)] {
-                    let (h, w) = (9, 11);
-                    let x = random_values(7, 2 * cin * h * w);
-                    let wt = random_values(8, cout * cin * k * k);
-                    let bias = random_values(9, cout);
-                    let qt = QTensor::from_f32(gpu(), f, &wt, cout, cin * k * k).unwrap();
-                    let x_up = GpuTensor::from_f32_as(gpu(), &x, &[2, cin, h, w], dtype).unwrap();
-                    let b_up = GpuTensor::from_f32_as(gpu(), &bias, &[cout], dtype).unwrap();
-                    let cp = Conv2dParams { stride, padding: pad, pad_end: 0 };
-                    // The 1x1 case also adds a residual in the epilogue (a ResNet shortcut's sum).
-                    let (ho, wo) = ((h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1);
-                    let res = (k == 1).then(|| random_values(10, 2 * cout * ho * wo));
-                    let res_up =
-                        res.as_ref().map(|r| GpuTensor::from_f32_as(gpu(), r, &[2, cout, ho, wo], dtype).unwrap());
-                    let got = ops::conv2d_quant_add(&x_up, &qt, k, k, Some(&b_up), cp, res_up.as_ref()).unwrap();
-                    let (_, deq) = candle_roundtrip(&wt, cout, cin * k * k, cf);
-                    let deq = deq.reshape((cout, cin, k, k)).unwrap();
-                    let want = cpu(&to_vec(&x_up), &[2, cin, h, w]).conv2d(&deq, pad, stride, 1, 1).unwrap();
-                    let mut want = want.broadcast_add(&cpu(&to_vec(&b_up), &[1, cout, 1, 1])).unwrap();
-                    if let Some(r) = &res_up {
-                        want = (want + cpu(&to_vec(r), &[2, cout, ho, wo])).unwrap();
-                    }
-                    let label = format!("{f:?} conv {cin}->{cout} k{k} s{stride} {dtype} {kernel}");
-                    let err = compare(
-                        &label,
-                        common::kernel_tolerance("conv2d", dtype, kernel),
-                        &to_vec(&got),
-                        &want.flatten_all().unwrap().to_vec1().unwrap(),
-                    );
-                    eprintln!("{label}: max |err| {err:.2e}");
+    for (f, cf) in FORMATS {
+        for dtype in common::dtypes() {
+            // 3x3 with Cin*9 a multiple of 32 (as SD's 320-channel convs), and a 1x1 shortcut.
+            for (cin, cout, k, stride, pad) in [(32, 40, 3, 1, 1), (64, 24, 1, 1, 0), (32, 16, 3, 2, 1)] {
+                let (h, w) = (9, 11);
+                let x = random_values(7, 2 * cin * h * w);
+                let wt = random_values(8, cout * cin * k * k);
+                let bias = random_values(9, cout);
+                let qt = QTensor::from_f32(gpu(), f, &wt, cout, cin * k * k).unwrap();
+                let x_up = GpuTensor::from_f32_as(gpu(), &x, &[2, cin, h, w], dtype).unwrap();
+                let b_up = GpuTensor::from_f32_as(gpu(), &bias, &[cout], dtype).unwrap();
+                let cp = Conv2dParams { stride, padding: pad, pad_end: 0 };
+                // The 1x1 case also adds a residual in the epilogue (a ResNet shortcut's sum).
+                let (ho, wo) = ((h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1);
+                let res = (k == 1).then(|| random_values(10, 2 * cout * ho * wo));
+                let res_up = res.as_ref().map(|r| GpuTensor::from_f32_as(gpu(), r, &[2, cout, ho, wo], dtype).unwrap());
+                let (_, deq) = candle_roundtrip(&wt, cout, cin * k * k, cf);
+                let deq = deq.reshape((cout, cin, k, k)).unwrap();
+                let want = cpu(&to_vec(&x_up), &[2, cin, h, w]).conv2d(&deq, pad, stride, 1, 1).unwrap();
+                let mut want = want.broadcast_add(&cpu(&to_vec(&b_up), &[1, cout, 1, 1])).unwrap();
+                if let Some(r) = &res_up {
+                    want = (want + cpu(&to_vec(r), &[2, cout, ho, wo])).unwrap();
                 }
+                let want: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
+                // The weight, inputs and reference once; the kernel under each policy.
+                common::each_kernel("conv2d", |kernel| {
+                    let got = ops::conv2d_quant_add(&x_up, &qt, k, k, Some(&b_up), cp, res_up.as_ref()).unwrap();
+                    let label = format!("{f:?} conv {cin}->{cout} k{k} s{stride} {dtype} {kernel}");
+                    let tol = common::kernel_tolerance("conv2d", dtype, kernel);
+                    let err = compare(&label, tol, &to_vec(&got), &want);
+                    eprintln!("{label}: max |err| {err:.2e}");
+                });
             }
         }
-    });
+    }
 }
 
 #[test]

@@ -209,35 +209,38 @@ pub fn compare(label: &str, tol: Tol, got: &[f32], want: &[f32]) -> f32 {
 }
 
 /// Runs `gpu_fn` and `cpu_fn` on the same random inputs for every dtype the device has and
-/// checks them against `tolerance(op, dtype)`. Returns the max abs error per dtype.
+/// checks them against `tolerance(op, dtype)`, the GPU side under each of the op's kernel
+/// policies (the inputs and the CPU reference are made once per dtype: under the test profile
+/// our own code and the reference are the slow part). Returns the max abs error per dtype.
 pub fn check_op<G, C>(op: &str, case: &str, inputs: &[Input], gpu_fn: G, cpu_fn: C) -> Vec<(DType, f32)>
 where
     G: Fn(&[GpuTensor]) -> webdiffusion::Result<GpuTensor>,
     C: Fn(&[Tensor]) -> candle_core::Result<Tensor>,
 {
     let mut errs = Vec::new();
-    each_kernel(op, |kernel| {
-        for dtype in dtypes() {
-            let mut gpu_in = Vec::new();
-            let mut cpu_in = Vec::new();
-            for (i, input) in inputs.iter().enumerate() {
-                let n = input.shape.iter().product();
-                let seed = case.bytes().fold(i as u64 * 7919 + 1, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
-                let raw = random_values(seed, n).into_iter().map(|x| x * input.scale + input.offset).collect();
-                let vals = round_to(dtype, raw);
-                gpu_in.push(GpuTensor::from_f32_as(gpu(), &vals, &input.shape, dtype).expect("upload"));
-                cpu_in.push(Tensor::from_vec(vals, input.shape.as_slice(), &Device::Cpu).expect("cpu tensor"));
-            }
+    for dtype in dtypes() {
+        let mut gpu_in = Vec::new();
+        let mut cpu_in = Vec::new();
+        for (i, input) in inputs.iter().enumerate() {
+            let n = input.shape.iter().product();
+            let seed = case.bytes().fold(i as u64 * 7919 + 1, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+            let raw = random_values(seed, n).into_iter().map(|x| x * input.scale + input.offset).collect();
+            let vals = round_to(dtype, raw);
+            gpu_in.push(GpuTensor::from_f32_as(gpu(), &vals, &input.shape, dtype).expect("upload"));
+            cpu_in.push(Tensor::from_vec(vals, input.shape.as_slice(), &Device::Cpu).expect("cpu tensor"));
+        }
+        let want = cpu_fn(&cpu_in).unwrap_or_else(|e| panic!("{op} {case} cpu: {e}"));
+        let dims = want.dims().to_vec();
+        let want: Vec<f32> = want.flatten_all().and_then(|t| t.to_vec1()).expect("cpu values");
+        each_kernel(op, |kernel| {
             let label = format!("{op} {case} {dtype} {kernel}");
             let out = gpu_fn(&gpu_in).unwrap_or_else(|e| panic!("{label}: {e}"));
-            let want = cpu_fn(&cpu_in).unwrap_or_else(|e| panic!("{op} {case} cpu: {e}"));
-            assert_eq!(out.shape(), want.dims(), "{label}: output shape");
-            let want: Vec<f32> = want.flatten_all().and_then(|t| t.to_vec1()).expect("cpu values");
+            assert_eq!(out.shape(), dims.as_slice(), "{label}: output shape");
             let err = compare(&label, kernel_tolerance(op, dtype, kernel), &to_vec(&out), &want);
             eprintln!("{label}: max |err| {err:.3e}");
             errs.push((dtype, err));
-        }
-    });
+        });
+    }
     errs
 }
 
