@@ -46,7 +46,6 @@ const QWORDS: u32 = {{QWORDS}}u;
 
 const LA: u32 = {{LA}}u;
 const LB: u32 = {{LB}}u;
-const TK4: u32 = TK / 4u;
 
 // Four consecutive K values of A's row `gr` from `gk` (zeros past the edges).
 fn load_a(gr: u32, gk: u32, base: u32) -> vec4<f32> {
@@ -96,13 +95,6 @@ fn load_b(e: u32, col0: u32, k0: u32, base: u32) -> vec4<f32> {
     return v;
 #endif
 #endif
-}
-
-fn store_a(buf: u32, e: u32, v: vec4<f32>) {
-    if (e >= TM * TK4) { return; }
-    let r = e / TK4;
-    let kk = 4u * (e % TK4);
-    for (var q = 0u; q < 4u; q++) { As[(buf * TK + kk + q) * TM4 + r / 4u][r % 4u] = S(v[q]); }
 }
 
 fn store_b(buf: u32, e: u32, v: vec4<f32>) {

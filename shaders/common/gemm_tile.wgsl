@@ -24,6 +24,7 @@ const TK: u32 = {{TK}}u;
 const RM: u32 = {{RM}}u;
 const RN: u32 = {{RN}}u;
 const TM4: u32 = TM / 4u;
+const TK4: u32 = TK / 4u;
 const TN4: u32 = TN / 4u;
 const RM4: u32 = RM / 4u;
 const RN4: u32 = RN / 4u;
@@ -77,4 +78,12 @@ fn accumulate_tile(buf: u32, tx: u32, ty: u32, acc: ptr<function, array<vec4<f32
         }
     }
 #endif
+}
+
+// Stages one vec4 of A (4 consecutive k of row e / TK4) k-major, as accumulate_tile reads it.
+fn store_a(buf: u32, e: u32, v: vec4<f32>) {
+    if (e >= TM * TK4) { return; }
+    let r = e / TK4;
+    let kk = 4u * (e % TK4);
+    for (var q = 0u; q < 4u; q++) { As[(buf * TK + kk + q) * TM4 + r / 4u][r % 4u] = S(v[q]); }
 }
