@@ -9,12 +9,13 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, GpuStats, GpuTensor};
-use crate::models::clip::ClipTextModel;
+use crate::models::clip::{ClipTextModel, Hidden};
 use crate::models::config::{ClipConfig, UNetConfig, VaeConfig};
 use crate::models::loader::LoadOptions;
-use crate::models::unet::UNet;
+use crate::models::unet::{Added, UNet};
 use crate::models::vae::Decoder;
 use crate::models::weights::{Access, Rounding, Weights};
+use crate::ops;
 use crate::pipeline::rng::NormalRng;
 use crate::pipeline::vae_tiling::{self, VaeTiling};
 use crate::quant::{QuantPolicy, StoreType};
@@ -28,6 +29,8 @@ pub struct BenchOptions {
     pub text_encoder: String,
     pub unet: String,
     pub vae: String,
+    /// SDXL's `text_encoder_2` config (empty: none).
+    pub text_encoder_2: String,
     /// Weight storage under the standard policy: f32, f16, q8_0 or q4_0.
     pub quant: String,
     /// Square image side in pixels.
@@ -60,6 +63,7 @@ impl Default for BenchOptions {
             text_encoder: String::new(),
             unet: String::new(),
             vae: String::new(),
+            text_encoder_2: String::new(),
             quant: "q4_0".into(),
             size: 512,
             steps: 1,
@@ -76,7 +80,7 @@ impl Default for BenchOptions {
 }
 
 impl BenchOptions {
-    /// A published architecture (`sd15`, `sd21-base`, `sd-turbo`); SD-Turbo runs unguided.
+    /// A published architecture (`models::arch::ARCHS`); the turbo models run unguided.
     pub fn arch(name: &str) -> Result<BenchOptions> {
         let a = crate::models::arch::by_name(name)?;
         Ok(BenchOptions {
@@ -84,7 +88,8 @@ impl BenchOptions {
             text_encoder: a.text_encoder.into(),
             unet: a.unet.into(),
             vae: a.vae.into(),
-            guidance: if name == "sd-turbo" { 0.0 } else { 7.5 },
+            text_encoder_2: a.text_encoder_2.unwrap_or_default().into(),
+            guidance: if name.ends_with("turbo") { 0.0 } else { 7.5 },
             ..Default::default()
         })
     }
@@ -219,6 +224,7 @@ struct Loaded<'g> {
     vae_cfg: VaeConfig,
     decoder: Decoder,
     text_encoder: Option<ClipTextModel>,
+    text_encoder_2: Option<ClipTextModel>,
     unet: UNet,
     unet_weights: Weights<'g>,
     /// GPU bytes each component's weights took.
@@ -248,13 +254,33 @@ async fn load<'g>(gpu: &'g Gpu, o: &BenchOptions, opts: &LoadOptions) -> Result<
     let b = gpu.stats().bytes_live;
     let text_encoder = Some(ClipTextModel::load(te_cfg.clone(), &synth("text_encoder"))?);
     took("text_encoder", b);
+    let text_encoder_2 = if o.text_encoder_2.is_empty() {
+        None
+    } else {
+        let b = gpu.stats().bytes_live;
+        let te = ClipTextModel::load(ClipConfig::from_json(&o.text_encoder_2)?, &synth("text_encoder_2"))?;
+        took("text_encoder_2", b);
+        Some(te)
+    };
     let b = gpu.stats().bytes_live;
     let unet_weights = synth("unet");
     let unet = UNet::load(un_cfg.clone(), &unet_weights)?;
     took("unet", b);
     gpu.sync().await?;
     let load_s = (now_ms() - t0) / 1e3;
-    Ok(Loaded { dtype, te_cfg, un_cfg, vae_cfg, decoder, text_encoder, unet, unet_weights, weights, load_s })
+    Ok(Loaded {
+        dtype,
+        te_cfg,
+        un_cfg,
+        vae_cfg,
+        decoder,
+        text_encoder,
+        text_encoder_2,
+        unet,
+        unet_weights,
+        weights,
+        load_s,
+    })
 }
 
 pub async fn run(gpu: &Gpu, o: &BenchOptions) -> Result<Report> {
@@ -269,14 +295,15 @@ pub async fn run(gpu: &Gpu, o: &BenchOptions) -> Result<Report> {
     let mut peak = gpu.stats().peak_bytes;
     let mut stages = Vec::new();
 
-    let context = time_text_encoder(gpu, o, &m, &mut stages).await?;
+    let (context, added) = time_text_encoder(gpu, o, &m, &mut stages).await?;
     // Its buffers go back to the pool either way, as in a generation; released, the pool is
     // trimmed so the U-Net and VAE run without them counted.
     m.text_encoder = None;
+    m.text_encoder_2 = None;
     if o.release_text_encoder {
         gpu.trim_pool();
     }
-    let (x, captured) = time_unet(gpu, o, &m, &context, &mut stages).await?;
+    let (x, captured) = time_unet(gpu, o, &m, (&context, added.as_ref()), &mut stages).await?;
     peak = peak.max(stages.iter().map(|s| s.peak_bytes).max().unwrap_or(0));
     let head = |stages, captured| report_head(gpu, o, dtype, m.weights.clone(), m.load_s, stages, captured);
     if !o.decode {
@@ -333,13 +360,14 @@ fn batch_of(o: &BenchOptions) -> usize {
 }
 
 /// The text encoder's median over `repeats` on a fixed prompt-like id sequence; its output is
-/// the U-Net's context.
+/// the U-Net's context. SDXL: both encoders' penultimate states, concatenated, and the second's
+/// pooled embedding with the time ids as the added conditioning.
 async fn time_text_encoder(
     gpu: &Gpu,
     o: &BenchOptions,
     m: &Loaded<'_>,
     stages: &mut Vec<StageReport>,
-) -> Result<GpuTensor> {
+) -> Result<(GpuTensor, Option<Added>)> {
     let (batch, tokens) = (batch_of(o), m.te_cfg.max_position_embeddings);
     // BOS, words, EOS padding, per row.
     let ids: Vec<u32> = (0..batch * tokens)
@@ -356,11 +384,21 @@ async fn time_text_encoder(
     for _ in 0..o.repeats.max(1) {
         gpu.reset_stats();
         let t = now_ms();
-        let h = te.forward(&ids, batch, 0)?;
-        h.to_bytes().await?;
+        let c = match &m.text_encoder_2 {
+            None => (te.forward(&ids, batch, 0)?, None),
+            Some(te2) => {
+                let penultimate = Hidden::Penultimate { skip: 0 };
+                let a = te.encode(&ids, batch, penultimate, None)?;
+                let b = te2.encode(&ids, batch, penultimate, Some(49407))?;
+                let pooled = b.pooled.ok_or_else(|| Error::Request("text_encoder_2 has no projection".into()))?;
+                let time_ids = crate::pipeline::text::time_ids(o.size, o.size).repeat(batch);
+                (ops::concat(&[&a.hidden, &b.hidden], 2)?, Some(Added { text_embeds: pooled, time_ids }))
+            }
+        };
+        c.0.to_bytes().await?;
         times.push(now_ms() - t);
         s = gpu.stats();
-        context = Some(h);
+        context = Some(c);
     }
     stages.push(stage_report("text_encoder", &mut times, s, pipelines));
     context.ok_or_else(|| Error::Request("no context".into()))
@@ -372,7 +410,7 @@ async fn time_unet(
     gpu: &Gpu,
     o: &BenchOptions,
     m: &Loaded<'_>,
-    context: &GpuTensor,
+    (context, added): (&GpuTensor, Option<&Added>),
     stages: &mut Vec<StageReport>,
 ) -> Result<(Vec<f32>, Option<Captured>)> {
     let (cfg, batch) = (o.guidance > 1.0, batch_of(o));
@@ -393,7 +431,7 @@ async fn time_unet(
         let row = [&x[..], &extra[..]].concat();
         let input = if cfg { [row.clone(), row].concat() } else { row };
         let up = GpuTensor::from_f32_as(gpu, &input, &[batch, unet_in, lh, lw], m.dtype)?;
-        let out = m.unet.forward(&up, t, context, None)?.to_vec_f32().await?;
+        let out = m.unet.forward_with(&up, t, context, None, added)?.to_vec_f32().await?;
         let mut times = vec![now_ms() - t0];
         runs.push(stage_report("unet_step", &mut times, gpu.stats(), pipelines));
         let eps: Vec<f32> = if cfg {

@@ -155,7 +155,7 @@ impl Engine {
     }
 
     /// The real-size benchmark (`webdiffusion bench`): `options` is `{arch?: 'sd15'|'sd21-base'|
-    /// 'sd-turbo', configs?: {text_encoder, unet, vae} (config.json texts, instead of arch),
+    /// 'sd-turbo', configs?: {text_encoder, unet, vae, text_encoder_2?} (config.json texts, instead of arch),
     /// quant?, size?, steps?, guidance?, repeats?, f16?, budget? (bytes), release_text_encoder?}`.
     /// Synthetic weights, nothing downloaded. Returns the report as a plain object.
     pub async fn bench(&self, options: JsValue) -> Result<JsValue, JsError> {
@@ -164,6 +164,7 @@ impl Engine {
             text_encoder: String,
             unet: String,
             vae: String,
+            text_encoder_2: Option<String>,
         }
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
@@ -188,6 +189,7 @@ impl Engine {
                 text_encoder: c.text_encoder,
                 unet: c.unet,
                 vae: c.vae,
+                text_encoder_2: c.text_encoder_2.unwrap_or_default(),
                 ..Default::default()
             },
             (Some(a), None) => crate::bench::BenchOptions::arch(&a).map_err(js_err)?,
@@ -483,6 +485,9 @@ pub fn diffusers_layout() -> Result<JsValue, JsError> {
         component: &'static str,
         plain: String,
         half: String,
+        /// Where not required, the model has it when it has this config.
+        config: String,
+        required: bool,
     }
     #[derive(serde::Serialize)]
     struct Layout {
@@ -493,7 +498,7 @@ pub fn diffusers_layout() -> Result<JsValue, JsError> {
         .iter()
         .map(|&c| {
             let [plain, half] = c.weights_files();
-            Weights { component: c.name(), plain, half }
+            Weights { component: c.name(), plain, half, config: c.config_file(), required: c.required() }
         })
         .collect();
     to_js(&Layout { files: SMALL_FILES, weights })

@@ -166,17 +166,17 @@ fn text_encoders_saved_by_transformers_5_load() {
 
 #[test]
 fn loaders_read_every_published_tensor() {
-    for model in MODELS {
+    for model in MODELS.into_iter().chain(["tiny-sdxl"]) {
         let src = fixture(model);
-        for component in [Component::TextEncoder, Component::Unet, Component::Vae] {
+        for component in Component::present(|p| src.read(p).unwrap().is_some()) {
             let file = loader::component_tensors(&src, component).unwrap();
             let w = Weights::new(&*file, gpu(), DType::F32);
             let text = |p: &str| String::from_utf8(src.read(p).unwrap().unwrap()).unwrap();
             use webdiffusion::models::{clip, config, unet, vae};
             match component {
-                Component::TextEncoder => drop(
+                Component::TextEncoder | Component::TextEncoder2 => drop(
                     clip::ClipTextModel::load(
-                        config::ClipConfig::from_json(&text("text_encoder/config.json")).unwrap(),
+                        config::ClipConfig::from_json(&text(&component.config_file())).unwrap(),
                         &w,
                     )
                     .unwrap(),
@@ -623,5 +623,88 @@ fn tiled_encode_matches_diffusers() {
                 assert!(moved > 0.1 && moved > 5.0 * bound, "tiling changed the encode by only {moved}");
             }
         }
+    }
+}
+
+fn reference_f32(model: &str, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let bytes = fixture(model).read("reference.safetensors").unwrap().expect("reference.safetensors");
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+    (t.shape().to_vec(), t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+}
+
+/// The tiny SDXL fixture (`tools/reference/make_sdxl_fixture.py`) against transformers and
+/// diffusers: both tokenizers' ids, both encoders' penultimate hidden states and the second's
+/// pooled projection, the U-Net with text_time conditioning and transformer depth 2 and 3 at
+/// three timesteps (and with the added inputs zeroed), the VAE decode.
+#[test]
+fn sdxl_text_encoders_unet_and_vae_match_diffusers() {
+    use webdiffusion::gpu::GpuTensor;
+    use webdiffusion::models::clip::Hidden;
+    use webdiffusion::models::unet::Added;
+    let m = "tiny-sdxl";
+    let src = fixture(m);
+    let prompts = ["a photo of an astronaut riding a horse on mars", ""];
+    for (tok, name) in
+        [(loader::tokenizer(&src).unwrap(), "te.input_ids"), (loader::tokenizer_2(&src).unwrap(), "te2.input_ids")]
+    {
+        let (_, want) = reference_i32(m, name);
+        let got: Vec<i32> = prompts
+            .iter()
+            .flat_map(|p| conditioning::tokenize(&tok, p, PromptSyntax::Diffusers).unwrap().chunks[0].ids.clone())
+            .map(|t| t as i32)
+            .collect();
+        assert_eq!(got, want, "{name}");
+    }
+    let ids = |name| reference_i32(m, name).1.into_iter().map(|t| t as u32).collect::<Vec<u32>>();
+    let check = |what: &str, dtype: DType, got: &GpuTensor, want: &str| {
+        let (shape, want) = reference_f32(m, want);
+        assert_eq!(got.shape(), &shape[..], "{what}");
+        let got = common::to_vec(got);
+        let max_ref = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let err = got.iter().zip(&want).fold(0f32, |a, (g, w)| a.max((g - w).abs()));
+        let (atol, rtol) = tol(dtype);
+        eprintln!("{m} {what} {dtype}: max |err| {err:.2e} of max |ref| {max_ref:.2}");
+        assert!(err <= atol + rtol * max_ref, "{m} {what} {dtype}: {err} > {}", atol + rtol * max_ref);
+        assert!(max_ref > 0.1, "{what}: a degenerate reference");
+    };
+    for dtype in common::dtypes() {
+        let opts = loader::LoadOptions::new(dtype);
+        let te = loader::text_encoder(&src, gpu(), &opts).unwrap();
+        let te2 = loader::text_encoder_2(&src, gpu(), &opts).unwrap();
+        let a = te.encode(&ids("te.input_ids"), 2, Hidden::Penultimate { skip: 0 }, None).unwrap();
+        check("text_encoder hidden_states[-2]", dtype, &a.hidden, "te.penultimate");
+        assert!(a.pooled.is_none(), "CLIPTextModel has no projection");
+        let b = te2.encode(&ids("te2.input_ids"), 2, Hidden::Penultimate { skip: 0 }, Some(49407)).unwrap();
+        check("text_encoder_2 hidden_states[-2]", dtype, &b.hidden, "te2.penultimate");
+        check("text_encoder_2 text_embeds", dtype, b.pooled.as_ref().unwrap(), "te2.text_embeds");
+
+        let unet = loader::unet(&src, gpu(), &opts).unwrap();
+        let up = |name| {
+            let (shape, v) = reference_f32(m, name);
+            GpuTensor::from_f32_as(gpu(), &v, &shape, dtype).unwrap()
+        };
+        let (sample, ehs) = (up("unet.sample"), up("unet.encoder_hidden_states"));
+        let time_ids = reference_f32(m, "unet.time_ids").1;
+        let added = Added { text_embeds: up("unet.text_embeds"), time_ids: time_ids.clone() };
+        for t in [1, 500, 999] {
+            let out = unet.forward_with(&sample, t as f32, &ehs, None, Some(&added)).unwrap();
+            check(&format!("unet t={t}"), dtype, &out, &format!("unet.out_t{t}"));
+        }
+        let zeros = Added {
+            text_embeds: GpuTensor::from_f32_as(gpu(), &[0.0; 40], &[2, 20], dtype).unwrap(),
+            time_ids: vec![0.0; time_ids.len()],
+        };
+        let out = unet.forward_with(&sample, 500.0, &ehs, None, Some(&zeros)).unwrap();
+        check("unet t=500, added zero", dtype, &out, "unet.out_t500_zero_added");
+        let err = unet.forward(&sample, 500.0, &ehs, None).unwrap_err().to_string();
+        assert!(err.contains("text_time"), "{err}");
+
+        let (decoder, _) = loader::vae(&src, gpu(), &opts).unwrap();
+        let vdt = loader::vae_config(&src).unwrap().compute_dtype(dtype);
+        assert_eq!(vdt, DType::F32, "SDXL's VAE says force_upcast");
+        let (shape, z) = reference_f32(m, "vae.latents");
+        let img = decoder.forward(&GpuTensor::from_f32_as(gpu(), &z, &shape, vdt).unwrap()).unwrap();
+        check("vae decode", vdt, &img, "vae.decoded");
     }
 }

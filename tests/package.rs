@@ -139,11 +139,15 @@ fn damaged_shards_are_named() {
 /// (a resume drops the ones out, as a reload does).
 fn stream_package(model: &str, quant: &str, cuts: &[usize], resume_after: &[usize], lag: usize) -> (MemSink, Manifest) {
     let src = DirSource(dir(model));
-    let weights = webdiffusion::models::component::Component::LOAD_ORDER.map(|component| {
-        let path = webdiffusion::models::convert::weights_file(&src, component).unwrap();
-        let bytes = src.read(&path).unwrap().unwrap();
-        (path, bytes, false)
-    });
+    let components = webdiffusion::models::component::Component::present(|p| src.read(p).unwrap().is_some());
+    let weights: Vec<_> = components
+        .into_iter()
+        .map(|component| {
+            let path = webdiffusion::models::convert::weights_file(&src, component).unwrap();
+            let bytes = src.read(&path).unwrap().unwrap();
+            (path, bytes, false)
+        })
+        .collect();
     stream_files(&src, &weights, quant, cuts, resume_after, lag)
 }
 

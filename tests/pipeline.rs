@@ -167,6 +167,14 @@ fn txt2img_and_img2img_match_diffusers_step_by_step() {
 /// The tiled kernels real GPUs run, forced on the CPU adapter (which by default runs the direct
 /// ones), hold the same bounds: each tile shape on one model, over a sampler of each family and
 /// img2img. A device of its own, so the shared one's policy stays as the other tests expect.
+/// SDXL-Turbo as it ships (EulerAncestral, trailing, 1 step, guidance 0) and SDXL with
+/// guidance 5 and DPM++ 2M, whose missing negative prompt diffusers zeroes
+/// (`force_zeros_for_empty_prompt`): both text encoders, the added conditioning, the f32 VAE.
+#[test]
+fn sdxl_txt2img_matches_diffusers_step_by_step() {
+    assert_eq!(run_cases("tiny-sdxl", common::gpu(), |_| true), 2);
+}
+
 #[test]
 fn the_gpu_tiled_kernels_forced_match_diffusers_too() {
     let mut ran = 0;

@@ -100,7 +100,8 @@ async function probeDiffusers(base, signal, stats) {
     if (small[i] !== null) files.push({ path, size: small[i] });
     else if (required) throw new FatalError(`${base} is neither a webdiffusion package (no manifest.json) nor a diffusers folder (no ${path}).`);
   });
-  for (const { plain, half } of layout.weights) {
+  for (const { plain, half, config, required } of layout.weights) {
+    if (!required && !files.some((f) => f.path === config)) continue;
     const [plainSize, halfSize] = await sizes([plain, half]);
     if (plainSize === null && halfSize === null) {
       throw new FatalError(`${base} has no ${plain.replace(/\.safetensors$/, '')}.safetensors (nor .fp16.safetensors); only safetensors weights are supported.`);

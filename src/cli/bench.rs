@@ -75,7 +75,8 @@ fn options(name: &str) -> Result<BenchOptions> {
     }
     let dir = std::path::Path::new(name);
     if !dir.is_dir() {
-        bail!("--arch {name}: neither a published architecture (sd15, sd21-base, sd-turbo) nor a folder");
+        let names: Vec<&str> = arch::ARCHS.iter().map(|a| a.name).collect();
+        bail!("--arch {name}: neither a published architecture ({}) nor a folder", names.join(", "));
     }
     let read = |c: &str| {
         let p = dir.join(c).join("config.json");
@@ -88,6 +89,11 @@ fn options(name: &str) -> Result<BenchOptions> {
         text_encoder: read("text_encoder")?,
         unet: read("unet")?,
         vae: read("vae")?,
+        text_encoder_2: if dir.join("text_encoder_2/config.json").is_file() {
+            read("text_encoder_2")?
+        } else {
+            String::new()
+        },
         ..Default::default()
     })
 }

@@ -212,7 +212,7 @@ pub fn sizes(gpu: &Gpu, a: &SizesArgs) -> Result<()> {
     for arch in &ARCHS {
         let mut totals = vec![0u64; columns.len()];
         let mut params_total = 0;
-        for component in Component::LOAD_ORDER {
+        for component in arch.components() {
             let w = Weights::synthetic(gpu, DType::F32, 0).shapes_only();
             let accesses = component_accesses(component, arch.config(component), &w)?;
             let params: usize = accesses.iter().map(|x| x.shape.iter().product::<usize>()).sum();

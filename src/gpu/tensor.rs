@@ -196,7 +196,10 @@ impl GpuTensor {
         if self.chunks.len() > 1 && shape.first() != self.shape.first() {
             return Err(Error::shape("reshape", format!("split tensor {:?} must keep dim 0 in {shape:?}", self.shape)));
         }
-        Ok(GpuTensor { shape: shape.to_vec(), ..self.clone() })
+        // One chunk holds every row of any shape: a gather over a reshaped activation (SDXL's
+        // pooled EOS rows of [B × T, D]) must see all of its new dim-0 rows.
+        let rows_per_chunk = if self.chunks.len() == 1 { usize::MAX } else { self.rows_per_chunk };
+        Ok(GpuTensor { shape: shape.to_vec(), rows_per_chunk, ..self.clone() })
     }
 
     /// The binding of a single-chunk tensor; split tensors need a kernel that walks chunks.

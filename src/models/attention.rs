@@ -108,7 +108,8 @@ enum Projection {
     Linear(Linear),
 }
 
-/// Transformer2DModel as the SD U-Net uses it (one transformer block per attention).
+/// Transformer2DModel as the SD U-Net uses it: `depth` transformer blocks (1 in SD 1.x/2.x,
+/// SDXL's `transformer_layers_per_block` up to 10).
 pub struct Transformer2D {
     norm: GroupNorm,
     proj_in: Projection,
@@ -124,6 +125,7 @@ impl Transformer2D {
         heads: usize,
         groups: usize,
         linear: bool,
+        depth: usize,
     ) -> Result<Self> {
         let proj = |name: &str| -> Result<Projection> {
             Ok(if linear {
@@ -135,7 +137,11 @@ impl Transformer2D {
         Ok(Transformer2D {
             norm: GroupNorm::load(&w.pp("norm"), channels, groups, 1e-6)?,
             proj_in: proj("proj_in")?,
-            blocks: vec![BasicTransformerBlock::load(&w.pp("transformer_blocks.0"), channels, context_dim, heads)?],
+            blocks: (0..depth)
+                .map(|j| {
+                    BasicTransformerBlock::load(&w.pp(format!("transformer_blocks.{j}")), channels, context_dim, heads)
+                })
+                .collect::<Result<_>>()?,
             proj_out: proj("proj_out")?,
         })
     }

@@ -1,5 +1,6 @@
-//! CLIPTextModel (transformers): token + position embeddings, pre-norm causal self-attention
-//! layers with a quick_gelu (SD 1.x) or gelu (SD 2.x) MLP, and the final layer norm.
+//! CLIPTextModel and CLIPTextModelWithProjection (transformers): token + position embeddings,
+//! pre-norm causal self-attention layers with a quick_gelu (SD 1.x) or gelu (SD 2.x, SDXL) MLP,
+//! the final layer norm, and (with projection) the pooled EOS state through `text_projection`.
 
 use super::config::ClipConfig;
 use super::nn::{LayerNorm, Linear};
@@ -25,6 +26,26 @@ pub struct ClipTextModel {
     position_embedding: GpuTensor,
     layers: Vec<ClipLayer>,
     final_ln: LayerNorm,
+    text_projection: Option<Linear>,
+}
+
+/// Which hidden states become the U-Net's context.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hidden {
+    /// `skip` layers before the end, through the final layer norm (SD 1.x/2.x pipelines,
+    /// diffusers' `clip_skip`).
+    Normed { skip: usize },
+    /// `hidden_states[-(skip + 2)]` as it is, no final layer norm (SDXL's pipelines).
+    Penultimate { skip: usize },
+}
+
+/// What one pass of the encoder gives.
+pub struct Encoded {
+    /// [B, T, hidden].
+    pub hidden: GpuTensor,
+    /// [B, projection_dim]: the final-layer-normed state at each row's first EOS token through
+    /// `text_projection` (CLIPTextModelWithProjection's `text_embeds`), when the model has one.
+    pub pooled: Option<GpuTensor>,
 }
 
 impl ClipTextModel {
@@ -57,6 +78,11 @@ impl ClipTextModel {
             token_embedding: t.get("embeddings.token_embedding.weight", &[config.vocab_size, d])?,
             position_embedding: t.get("embeddings.position_embedding.weight", &[config.max_position_embeddings, d])?,
             final_ln: LayerNorm::load(&t.pp("final_layer_norm"), d, eps)?,
+            // `text_projection` sits beside `text_model`, not in it.
+            text_projection: match config.projection_dim.filter(|_| config.with_projection()) {
+                Some(p) => Some(Linear::load(&w.pp("text_projection"), d, p, false)?),
+                None => None,
+            },
             layers,
             config,
         })
@@ -66,6 +92,12 @@ impl ClipTextModel {
     /// `clip_skip` = k stops k layers early (diffusers' `clip_skip`); SD 2 checkpoints already
     /// dropped their last layer, so they use 0.
     pub fn forward(&self, ids: &[u32], batch: usize, clip_skip: usize) -> Result<GpuTensor> {
+        Ok(self.encode(ids, batch, Hidden::Normed { skip: clip_skip }, None)?.hidden)
+    }
+
+    /// The hidden states `hidden` picks and, with `eos` (the end-of-text token id) on a model
+    /// with a projection, the pooled embedding of each row.
+    pub fn encode(&self, ids: &[u32], batch: usize, hidden: Hidden, eos: Option<u32>) -> Result<Encoded> {
         let c = &self.config;
         let tokens = ids.len() / batch.max(1);
         if batch == 0 || tokens * batch != ids.len() || tokens > c.max_position_embeddings {
@@ -74,21 +106,55 @@ impl ClipTextModel {
                 format!("{} ids for {batch} prompts of at most {} tokens", ids.len(), c.max_position_embeddings),
             ));
         }
-        if clip_skip >= c.num_hidden_layers {
-            return Err(Error::shape("clip", format!("clip_skip {clip_skip} with {} layers", c.num_hidden_layers)));
-        }
+        let (run, normed) = match hidden {
+            Hidden::Normed { skip } => (c.num_hidden_layers.checked_sub(skip).filter(|&r| r > 0), true),
+            Hidden::Penultimate { skip } => (c.num_hidden_layers.checked_sub(skip + 1).filter(|&r| r > 0), false),
+        };
+        let Some(run) = run else {
+            return Err(Error::shape("clip", format!("{hidden:?} with {} layers", c.num_hidden_layers)));
+        };
+        let pooled = eos.filter(|_| self.text_projection.is_some());
         let d = c.hidden_size;
         let pos = ops::narrow(&self.position_embedding, 0, 0, tokens)?;
         let mut x = ops::add(&ops::embedding(&self.token_embedding, ids)?.reshape(&[batch, tokens, d])?, &pos)?;
-        for layer in &self.layers[..c.num_hidden_layers - clip_skip] {
-            let h = layer.ln1.forward(&x)?;
-            let (q, k, v) = (layer.q.forward(&h)?, layer.k.forward(&h)?, layer.v.forward(&h)?);
-            let a = ops::attention(&q, &k, &v, c.num_attention_heads, AttentionLayout::Merged, true, None)?;
-            x = ops::add(&x, &layer.out.forward(&a)?)?;
-            let h = layer.fc1.forward(&layer.ln2.forward(&x)?)?;
-            let h = if c.hidden_act == "gelu" { ops::gelu(&h)? } else { ops::gelu_quick(&h)? };
-            x = ops::add(&x, &layer.fc2.forward(&h)?)?;
+        let last = if pooled.is_some() { c.num_hidden_layers } else { run };
+        let mut out = None;
+        for (i, layer) in self.layers[..last].iter().enumerate() {
+            if i == run {
+                out = Some(x.clone());
+            }
+            x = self.layer(layer, &x)?;
         }
-        self.final_ln.forward(&x)
+        let hidden = match out {
+            Some(h) => h,
+            None => x.clone(),
+        };
+        let hidden = if normed { self.final_ln.forward(&hidden)? } else { hidden };
+        let pooled = match (pooled, &self.text_projection) {
+            (Some(eos), Some(proj)) => {
+                // transformers takes each row's first EOS (argmax when eos_token_id is the legacy
+                // 2: the same place, EOS being the largest id).
+                let rows: Vec<u32> = ids
+                    .chunks_exact(tokens)
+                    .enumerate()
+                    .map(|(r, row)| (r * tokens + row.iter().position(|&t| t == eos).unwrap_or(tokens - 1)) as u32)
+                    .collect();
+                let last = ops::embedding(&x.reshape(&[batch * tokens, d])?, &rows)?;
+                Some(proj.forward(&self.final_ln.forward(&last)?)?)
+            }
+            _ => None,
+        };
+        Ok(Encoded { hidden, pooled })
+    }
+
+    fn layer(&self, layer: &ClipLayer, x: &GpuTensor) -> Result<GpuTensor> {
+        let c = &self.config;
+        let h = layer.ln1.forward(x)?;
+        let (q, k, v) = (layer.q.forward(&h)?, layer.k.forward(&h)?, layer.v.forward(&h)?);
+        let a = ops::attention(&q, &k, &v, c.num_attention_heads, AttentionLayout::Merged, true, None)?;
+        let x = ops::add(x, &layer.out.forward(&a)?)?;
+        let h = layer.fc1.forward(&layer.ln2.forward(&x)?)?;
+        let h = if c.hidden_act == "gelu" { ops::gelu(&h)? } else { ops::gelu_quick(&h)? };
+        ops::add(&x, &layer.fc2.forward(&h)?)
     }
 }

@@ -1,6 +1,6 @@
 //! The parts of a Stable Diffusion model that carry weights, as a type: the folder diffusers
 //! names each one, its weights file and its place in the load order. SDXL's `text_encoder_2`
-//! joins here.
+//! is the one a model may lack: it has it when it has `text_encoder_2/config.json`.
 
 use crate::error::{Error, Result};
 
@@ -8,18 +8,33 @@ use crate::error::{Error, Result};
 pub enum Component {
     Vae,
     TextEncoder,
+    /// SDXL's second text encoder (OpenCLIP ViT-bigG, `CLIPTextModelWithProjection`).
+    TextEncoder2,
     Unet,
 }
 
 impl Component {
     /// The order components load and convert in (a package stores them so, and streams so).
-    pub const LOAD_ORDER: [Component; 3] = [Component::Vae, Component::TextEncoder, Component::Unet];
+    pub const LOAD_ORDER: [Component; 4] =
+        [Component::Vae, Component::TextEncoder, Component::TextEncoder2, Component::Unet];
+
+    /// Whether every model has it (SD 1.x/2.x have no `text_encoder_2`).
+    pub fn required(self) -> bool {
+        self != Component::TextEncoder2
+    }
+
+    /// The components of a model whose small files include `has(path)`: the required ones and
+    /// those whose config is there, in load order.
+    pub fn present(has: impl Fn(&str) -> bool) -> Vec<Component> {
+        Component::LOAD_ORDER.into_iter().filter(|c| c.required() || has(&c.config_file())).collect()
+    }
 
     /// The diffusers folder, which is also the component's name in manifests and messages.
     pub fn name(self) -> &'static str {
         match self {
             Component::Vae => "vae",
             Component::TextEncoder => "text_encoder",
+            Component::TextEncoder2 => "text_encoder_2",
             Component::Unet => "unet",
         }
     }
@@ -27,7 +42,7 @@ impl Component {
     /// The weights file's stem: transformers' `model`, diffusers' `diffusion_pytorch_model`.
     pub fn stem(self) -> &'static str {
         match self {
-            Component::TextEncoder => "model",
+            Component::TextEncoder | Component::TextEncoder2 => "model",
             Component::Vae | Component::Unet => "diffusion_pytorch_model",
         }
     }
@@ -43,10 +58,9 @@ impl Component {
     }
 
     pub fn parse(name: &str) -> Result<Component> {
-        Component::LOAD_ORDER
-            .into_iter()
-            .find(|c| c.name() == name)
-            .ok_or_else(|| Error::Weights(format!("{name:?} is not a model component (vae, text_encoder, unet)")))
+        Component::LOAD_ORDER.into_iter().find(|c| c.name() == name).ok_or_else(|| {
+            Error::Weights(format!("{name:?} is not a model component (vae, text_encoder, text_encoder_2, unet)"))
+        })
     }
 }
 
@@ -63,7 +77,7 @@ const fn small(path: &'static str, required: bool) -> SmallFile {
 
 /// Every small file of the diffusers layout the loader reads (a package copies them into its
 /// manifest; the page probes a bare folder for them). The components' configs are among them.
-pub const SMALL_FILES: [SmallFile; 9] = [
+pub const SMALL_FILES: [SmallFile; 14] = [
     small("model_index.json", true),
     small("scheduler/scheduler_config.json", true),
     small("text_encoder/config.json", true),
@@ -73,6 +87,12 @@ pub const SMALL_FILES: [SmallFile; 9] = [
     small("tokenizer/merges.txt", true),
     small("tokenizer/tokenizer_config.json", false),
     small("tokenizer/special_tokens_map.json", false),
+    // SDXL's: required there, so `present` and `loader::tokenizer_2` ask for them by the config.
+    small("text_encoder_2/config.json", false),
+    small("tokenizer_2/vocab.json", false),
+    small("tokenizer_2/merges.txt", false),
+    small("tokenizer_2/tokenizer_config.json", false),
+    small("tokenizer_2/special_tokens_map.json", false),
 ];
 
 impl std::fmt::Display for Component {
@@ -100,7 +120,13 @@ mod tests {
     fn every_component_config_is_a_required_small_file() {
         for c in Component::LOAD_ORDER {
             let path = c.config_file();
-            assert!(SMALL_FILES.iter().any(|f| f.path == path && f.required), "{path} missing from SMALL_FILES");
+            assert!(
+                SMALL_FILES.iter().any(|f| f.path == path && f.required == c.required()),
+                "{path} missing from SMALL_FILES"
+            );
         }
+        let sd = Component::present(|p| p == "unet/config.json");
+        assert_eq!(sd, [Component::Vae, Component::TextEncoder, Component::Unet]);
+        assert_eq!(Component::present(|p| p == "text_encoder_2/config.json").len(), 4);
     }
 }

@@ -78,6 +78,12 @@ pub struct ClipConfig {
     pub hidden_act: String,
     #[serde(default = "d_ln_eps")]
     pub layer_norm_eps: f64,
+    /// `CLIPTextModelWithProjection` (SDXL's `text_encoder_2`) says so here: it carries a
+    /// `text_projection` from the pooled hidden state to `projection_dim`.
+    #[serde(default)]
+    pub architectures: Vec<String>,
+    #[serde(default)]
+    pub projection_dim: Option<usize>,
 }
 
 fn d_max_pos() -> usize {
@@ -111,7 +117,18 @@ impl ClipConfig {
         if !matches!(c.hidden_act.as_str(), "quick_gelu" | "gelu") {
             return Err(config_error("text_encoder", format!("unsupported hidden_act {}", c.hidden_act)));
         }
+        if c.with_projection() {
+            let p = c
+                .projection_dim
+                .ok_or_else(|| config_error("text_encoder", "CLIPTextModelWithProjection without projection_dim"))?;
+            sizes("text_encoder", &[("projection_dim", p, 16384)])?;
+        }
         Ok(c)
+    }
+
+    /// Whether the model ends in a `text_projection` (transformers' `CLIPTextModelWithProjection`).
+    pub fn with_projection(&self) -> bool {
+        self.architectures.iter().any(|a| a == "CLIPTextModelWithProjection")
     }
 }
 
@@ -165,7 +182,21 @@ pub struct UNetConfig {
     pub time_embedding_type: Option<String>,
     #[serde(default)]
     pub sample_size: Option<usize>,
+    /// SDXL's `text_time` added conditioning: each of the six micro-conditioning numbers
+    /// (original size, crop corner, target size) through a sinusoidal embedding of this width,
+    /// beside the pooled text embedding, into `add_embedding` of this input width.
+    #[serde(default)]
+    pub addition_time_embed_dim: Option<usize>,
+    #[serde(default)]
+    pub projection_class_embeddings_input_dim: Option<usize>,
+    #[serde(default)]
+    pub reverse_transformer_layers_per_block: Option<serde_json::Value>,
+    #[serde(default)]
+    pub mid_block_type: Option<String>,
 }
+
+/// The micro-conditioning numbers SDXL's `add_time_ids` holds per image.
+pub const TIME_IDS: usize = 6;
 
 fn d_4() -> usize {
     4
@@ -235,13 +266,39 @@ impl UNetConfig {
                 return bad(format!("unsupported block type {t}"));
             }
         }
-        if c.transformer_layers_per_block.as_ref().is_some_and(|t| *t != PerBlock::One(1)) {
-            return bad("transformer_layers_per_block other than 1 is not supported".into());
-        }
-        for (key, v) in [("class_embed_type", &c.class_embed_type), ("addition_embed_type", &c.addition_embed_type)] {
-            if v.is_some() {
-                return bad(format!("{key} is not supported"));
+        if let Some(t) = &c.transformer_layers_per_block {
+            per_block("unet", "transformer_layers_per_block", t, 64)?;
+            if !t.len_ok(n) {
+                return bad("transformer_layers_per_block must have one entry per level".into());
             }
+        }
+        if c.reverse_transformer_layers_per_block.as_ref().is_some_and(|v| !v.is_null()) {
+            return bad("reverse_transformer_layers_per_block is not supported".into());
+        }
+        if c.mid_block_type.as_deref().is_some_and(|t| t != "UNetMidBlock2DCrossAttn") {
+            return bad(format!("unsupported mid_block_type {}", c.mid_block_type.as_deref().unwrap_or_default()));
+        }
+        if c.class_embed_type.is_some() {
+            return bad("class_embed_type is not supported".into());
+        }
+        match (c.addition_embed_type.as_deref(), c.addition_time_embed_dim, c.projection_class_embeddings_input_dim) {
+            (None, _, _) => {}
+            (Some("text_time"), Some(t), Some(p)) => {
+                sizes(
+                    "unet",
+                    &[("addition_time_embed_dim", t, 4096), ("projection_class_embeddings_input_dim", p, 65536)],
+                )?;
+                if t % 2 != 0 || p <= TIME_IDS * t {
+                    return bad(format!(
+                        "projection_class_embeddings_input_dim {p} must exceed {TIME_IDS} x an even addition_time_embed_dim {t}"
+                    ));
+                }
+            }
+            (Some("text_time"), _, _) => return bad(
+                "addition_embed_type text_time needs addition_time_embed_dim and projection_class_embeddings_input_dim"
+                    .into(),
+            ),
+            (Some(other), _, _) => return bad(format!("addition_embed_type {other} is not supported")),
         }
         if c.time_embedding_type.as_deref().is_some_and(|t| t != "positional") {
             return bad("only positional time embeddings are supported".into());
@@ -264,6 +321,24 @@ impl UNetConfig {
     /// Heads of the transformer blocks at `level`.
     pub fn heads(&self, level: usize) -> usize {
         self.num_attention_heads.as_ref().unwrap_or(&self.attention_head_dim).get(level)
+    }
+
+    /// Transformer blocks in each Transformer2D at `level` (SDXL: 1, 2, 10; the mid block takes
+    /// the last level's, as diffusers does).
+    pub fn transformer_depth(&self, level: usize) -> usize {
+        self.transformer_layers_per_block.as_ref().map_or(1, |t| t.get(level))
+    }
+
+    /// The width of the pooled text embedding SDXL's added conditioning takes, when it has one.
+    pub fn text_time(&self) -> Option<(usize, usize)> {
+        match (
+            self.addition_embed_type.as_deref(),
+            self.addition_time_embed_dim,
+            self.projection_class_embeddings_input_dim,
+        ) {
+            (Some("text_time"), Some(t), Some(p)) => Some((t, p - TIME_IDS * t)),
+            _ => None,
+        }
     }
 }
 

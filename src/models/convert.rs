@@ -32,7 +32,7 @@ pub fn component_accesses(component: Component, config_json: &str, w: &Weights) 
             Decoder::load(&c, w)?;
             Encoder::load(&c, w)?;
         }
-        Component::TextEncoder => {
+        Component::TextEncoder | Component::TextEncoder2 => {
             ClipTextModel::load(ClipConfig::from_json(config_json)?, w)?;
         }
         Component::Unet => {
@@ -75,6 +75,7 @@ pub fn convert(
         let tensors = |c: Component| -> Result<Box<dyn TensorSource + '_>> { Ok(Box::new(p.tensors(c.name())?)) };
         return convert_tensors(&tensors, gpu, quant, policy, max_shard, files, sink);
     }
+    let components = Component::present(|p| files.contains_key(p));
     let mut conv = StreamConverter::new(gpu, quant, policy, max_shard, files)?;
     // A single-file checkpoint streams as the browser streams it: one file, names mapped.
     if let Some(s) = src.as_single_file() {
@@ -83,7 +84,7 @@ pub fn convert(
             c.begin_single_file(path, size, None, s.prediction().map(str::to_string))
         })?;
     } else {
-        for component in Component::LOAD_ORDER {
+        for component in components {
             let path = weights_file(src, component)?;
             stream_file(src, &path, &mut conv, sink, |c, size| c.begin_file(&path, size, None))?;
         }
@@ -145,7 +146,7 @@ fn convert_tensors<'s>(
     let policy_arc = Arc::new(policy.clone());
     let mut out = PackageWriter::new(max_shard, sink)?;
     let mut dropped = Vec::new();
-    for component in Component::LOAD_ORDER {
+    for component in Component::present(|p| files.contains_key(p)) {
         let config = files
             .get(&component.config_file())
             .ok_or_else(|| Error::Weights(format!("the model has no {component}/config.json")))?;

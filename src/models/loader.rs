@@ -258,28 +258,64 @@ pub fn with_model<T>(src: &dyn FileSource, f: impl FnOnce(&dyn FileSource) -> Re
 }
 
 #[derive(Deserialize)]
-struct ModelIndex {
+pub struct ModelIndex {
     #[serde(rename = "_class_name")]
-    class_name: Option<String>,
+    pub class_name: Option<String>,
+    /// SDXL pipelines: a missing negative prompt is zeros, not the encoding of "" (diffusers'
+    /// default for StableDiffusionXLPipeline is true).
+    #[serde(default = "yes")]
+    pub force_zeros_for_empty_prompt: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `model_index.json`, parsed.
+pub fn model_index(src: &dyn FileSource) -> Result<ModelIndex> {
+    serde_json::from_str(&text(src, "model_index.json")?)
+        .map_err(|e| Error::Config { component: "model_index".into(), msg: e.to_string() })
+}
+
+/// The tokenizer of `folder` (`tokenizer`, SDXL's `tokenizer_2`).
+fn tokenizer_in(src: &dyn FileSource, folder: &str) -> Result<ClipTokenizer> {
+    ClipTokenizer::from_files(
+        &required(src, &format!("{folder}/vocab.json"))?,
+        &required(src, &format!("{folder}/merges.txt"))?,
+        src.read(&format!("{folder}/tokenizer_config.json"))?.as_deref(),
+        src.read(&format!("{folder}/special_tokens_map.json"))?.as_deref(),
+    )
 }
 
 pub fn tokenizer(src: &dyn FileSource) -> Result<ClipTokenizer> {
-    with_model(src, |src| {
-        ClipTokenizer::from_files(
-            &required(src, "tokenizer/vocab.json")?,
-            &required(src, "tokenizer/merges.txt")?,
-            src.read("tokenizer/tokenizer_config.json")?.as_deref(),
-            src.read("tokenizer/special_tokens_map.json")?.as_deref(),
-        )
-    })
+    with_model(src, |src| tokenizer_in(src, "tokenizer"))
+}
+
+/// Whether the model has SDXL's second text encoder (`text_encoder_2/config.json`).
+pub fn has_text_encoder_2(src: &dyn FileSource) -> Result<bool> {
+    with_model(src, |src| Ok(src.read(&Component::TextEncoder2.config_file())?.is_some()))
+}
+
+/// SDXL's `tokenizer_2` (the same BPE, padded with `!`).
+pub fn tokenizer_2(src: &dyn FileSource) -> Result<ClipTokenizer> {
+    with_model(src, |src| tokenizer_in(src, "tokenizer_2"))
 }
 
 pub fn text_encoder(src: &dyn FileSource, gpu: &Gpu, opts: &LoadOptions) -> Result<ClipTextModel> {
+    text_encoder_of(src, gpu, opts, Component::TextEncoder)
+}
+
+/// SDXL's `text_encoder_2` (CLIPTextModelWithProjection).
+pub fn text_encoder_2(src: &dyn FileSource, gpu: &Gpu, opts: &LoadOptions) -> Result<ClipTextModel> {
+    text_encoder_of(src, gpu, opts, Component::TextEncoder2)
+}
+
+fn text_encoder_of(src: &dyn FileSource, gpu: &Gpu, opts: &LoadOptions, c: Component) -> Result<ClipTextModel> {
     with_model(src, |src| {
-        let config = ClipConfig::from_json(&text(src, "text_encoder/config.json")?)?;
-        let t = component_tensors(src, Component::TextEncoder)?;
-        let merged = Merged::new(&*t, Component::TextEncoder, &opts.loras, None)?;
-        let w = opts.weights(&merged, gpu, Component::TextEncoder);
+        let config = ClipConfig::from_json(&text(src, &c.config_file())?)?;
+        let t = component_tensors(src, c)?;
+        let merged = Merged::new(&*t, c, &opts.loras, None)?;
+        let w = opts.weights(&merged, gpu, c);
         ClipTextModel::load(config, &w)
     })
 }
@@ -347,14 +383,15 @@ pub fn taesd(
 
 /// Checks `model_index.json` names a pipeline we can run.
 pub fn check_index(src: &dyn FileSource) -> Result<()> {
-    let index: ModelIndex = serde_json::from_str(&text(src, "model_index.json")?)
-        .map_err(|e| Error::Config { component: "model_index".into(), msg: e.to_string() })?;
+    let index = model_index(src)?;
     match index.class_name.as_deref() {
         Some(
             "StableDiffusionPipeline"
             | "StableDiffusionImg2ImgPipeline"
             | "StableDiffusionInpaintPipeline"
-            | "LatentConsistencyModelPipeline",
+            | "LatentConsistencyModelPipeline"
+            | "StableDiffusionXLPipeline"
+            | "StableDiffusionXLImg2ImgPipeline",
         )
         | None => Ok(()),
         Some(other) => {

@@ -728,7 +728,7 @@ impl StreamConverter {
         if let Some(f) = &self.st.file {
             return Err(Error::Request(format!("{} has not ended", f.path)));
         }
-        for c in Component::LOAD_ORDER {
+        for c in Component::present(|p| self.st.files.contains_key(p)) {
             if !self.st.tensors.iter().any(|t| t.component == c.name()) {
                 return Err(Error::Weights(format!("no {c} weights were converted")));
             }

@@ -138,7 +138,7 @@ pub fn plan(
         plan.extend(pieces);
     }
 
-    for component in Component::LOAD_ORDER {
+    for component in Component::present(|p| files.contains_key(p)) {
         let source = HeaderOnly(
             plan.iter()
                 .filter(|p| p.component == component.name())

@@ -1,7 +1,8 @@
 //! UNet2DConditionModel: timestep embedding, conv_in, down blocks, mid block, up blocks with skip
-//! connections, norm + SiLU + conv_out. Serves SD 1.x, SD 2.x, SD-Turbo and LCM configs.
+//! connections, norm + SiLU + conv_out. Serves SD 1.x, SD 2.x, SD-Turbo, LCM and SDXL configs
+//! (SDXL: `text_time` added conditioning and several transformer blocks per attention).
 
-use super::config::UNetConfig;
+use super::config::{UNetConfig, TIME_IDS};
 use super::nn::{Conv2d, GroupNorm, Linear};
 use super::unet_blocks::{BlockCfg, DownBlock, MidBlock, UpBlock, UpWidths};
 use super::weights::Weights;
@@ -14,6 +15,8 @@ pub struct UNet {
     linear_1: Linear,
     linear_2: Linear,
     cond_proj: Option<Linear>,
+    /// SDXL's `add_embedding` (linear_1, linear_2) over [pooled text, time-id embeddings].
+    add_embedding: Option<(Linear, Linear)>,
     conv_in: Conv2d,
     down: Vec<DownBlock>,
     mid: MidBlock,
@@ -35,7 +38,9 @@ impl UNet {
             eps: config.norm_eps,
             context_dim: config.cross_attention_dim,
             linear_projection: config.use_linear_projection,
+            depth: 1,
         };
+        let at = |level: usize| BlockCfg { depth: config.transformer_depth(level), ..c };
         let te = w.pp("time_embedding");
         let mut down = Vec::new();
         for (i, kind) in config.down_block_types.iter().enumerate() {
@@ -50,7 +55,7 @@ impl UNet {
                 ch[i],
                 config.heads(i),
                 pad,
-                c,
+                at(i),
             )?);
         }
         let rev: Vec<usize> = ch.iter().rev().copied().collect();
@@ -70,10 +75,22 @@ impl UNet {
                 widths,
                 heads,
                 i + 1 < n,
-                c,
+                at(n - 1 - i),
             )?);
         }
+        let add_embedding = match config.text_time() {
+            Some((t, text)) => {
+                let ae = w.pp("add_embedding");
+                let input = text + config_time_ids(t);
+                Some((
+                    Linear::load(&ae.pp("linear_1"), input, temb, true)?,
+                    Linear::load(&ae.pp("linear_2"), temb, temb, true)?,
+                ))
+            }
+            None => None,
+        };
         Ok(UNet {
+            add_embedding,
             linear_1: Linear::load(&te.pp("linear_1"), ch[0], temb, true)?,
             linear_2: Linear::load(&te.pp("linear_2"), temb, temb, true)?,
             cond_proj: config
@@ -82,7 +99,7 @@ impl UNet {
                 .transpose()?,
             conv_in: Conv2d::load3(&w.pp("conv_in"), config.in_channels, ch[0])?,
             down,
-            mid: MidBlock::load(&w.pp("mid_block"), ch[n - 1], config.heads(n - 1), c)?,
+            mid: MidBlock::load(&w.pp("mid_block"), ch[n - 1], config.heads(n - 1), at(n - 1))?,
             up,
             norm_out: GroupNorm::load(&w.pp("conv_norm_out"), ch[0], config.norm_num_groups, config.norm_eps)?,
             conv_out: Conv2d::load3(&w.pp("conv_out"), ch[0], config.out_channels)?,
@@ -98,6 +115,18 @@ impl UNet {
         timestep: f32,
         context: &GpuTensor,
         timestep_cond: Option<&GpuTensor>,
+    ) -> Result<GpuTensor> {
+        self.forward_with(sample, timestep, context, timestep_cond, None)
+    }
+
+    /// `forward` with SDXL's added conditioning, which a `text_time` U-Net requires.
+    pub fn forward_with(
+        &self,
+        sample: &GpuTensor,
+        timestep: f32,
+        context: &GpuTensor,
+        timestep_cond: Option<&GpuTensor>,
+        added: Option<&Added>,
     ) -> Result<GpuTensor> {
         let [b, _, h, w] = ops::nchw(sample, "unet")?;
         let levels = self.config.block_out_channels.len();
@@ -118,7 +147,17 @@ impl UNet {
             (Some(proj), Some(cond)) => ops::add(&t, &proj.forward(cond)?)?,
             _ => t,
         };
-        let temb = self.linear_2.forward(&ops::silu(&self.linear_1.forward(&t)?)?)?;
+        let mut temb = self.linear_2.forward(&ops::silu(&self.linear_1.forward(&t)?)?)?;
+        match (&self.add_embedding, added) {
+            (Some((l1, l2)), Some(a)) => {
+                let aug = l2.forward(&ops::silu(&l1.forward(&self.added_input(a, b, sample)?)?)?)?;
+                temb = ops::add(&temb, &aug)?;
+            }
+            (Some(_), None) => {
+                return Err(Error::shape("unet", "this U-Net (text_time) needs the pooled text embedding and time ids"))
+            }
+            (None, _) => {}
+        }
         // Every resnet applies SiLU to the embedding before its own projection: do it once.
         let temb_act = ops::silu(&temb)?;
 
@@ -133,4 +172,41 @@ impl UNet {
         }
         self.conv_out.forward(&self.norm_out.forward(&x, true)?)
     }
+
+    /// diffusers' `aug_emb` input: [text_embeds, flatten(add_time_proj(time_ids))] per row.
+    fn added_input(&self, a: &Added, b: usize, sample: &GpuTensor) -> Result<GpuTensor> {
+        let (t, text) = self.config.text_time().unwrap_or_default();
+        if a.text_embeds.shape() != [b, text] || a.time_ids.len() != b * TIME_IDS {
+            return Err(Error::shape(
+                "unet",
+                format!(
+                    "added conditioning for {b} rows needs text_embeds [{b}, {text}] and {} time ids; got {:?} and {}",
+                    b * TIME_IDS,
+                    a.text_embeds.shape(),
+                    a.time_ids.len()
+                ),
+            ));
+        }
+        let times = ops::timestep_embedding(
+            sample.gpu(),
+            &a.time_ids,
+            t,
+            self.config.flip_sin_to_cos,
+            self.config.freq_shift as f32,
+            sample.dtype(),
+        )?
+        .reshape(&[b, config_time_ids(t)])?;
+        ops::concat(&[&a.text_embeds, &times], 1)
+    }
+}
+
+/// SDXL's added conditioning for a batch: the pooled, projected text embedding of
+/// `text_encoder_2` [B, projection_dim] and `add_time_ids` (six numbers per row).
+pub struct Added {
+    pub text_embeds: GpuTensor,
+    pub time_ids: Vec<f32>,
+}
+
+fn config_time_ids(time_dim: usize) -> usize {
+    TIME_IDS * time_dim
 }

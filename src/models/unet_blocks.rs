@@ -17,6 +17,8 @@ pub struct BlockCfg {
     pub eps: f64,
     pub context_dim: usize,
     pub linear_projection: bool,
+    /// Transformer blocks per attention at this block's level.
+    pub depth: usize,
 }
 
 fn load_attn(
@@ -30,8 +32,16 @@ fn load_attn(
     if !cross {
         return Ok(None);
     }
-    Transformer2D::load(&w.pp(format!("attentions.{i}")), ch, c.context_dim, heads, c.groups, c.linear_projection)
-        .map(Some)
+    Transformer2D::load(
+        &w.pp(format!("attentions.{i}")),
+        ch,
+        c.context_dim,
+        heads,
+        c.groups,
+        c.linear_projection,
+        c.depth,
+    )
+    .map(Some)
 }
 
 pub struct DownBlock {
@@ -108,6 +118,7 @@ impl MidBlock {
                 heads,
                 c.groups,
                 c.linear_projection,
+                c.depth,
             )?,
             resnet1: ResnetBlock2D::load(&w.pp("resnets.1"), ch, ch, Some(c.temb), c.groups, c.eps)?,
         })

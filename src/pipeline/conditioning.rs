@@ -10,8 +10,9 @@
 use super::prompt::{parse_attention, PromptSyntax};
 use crate::error::{Error, Result};
 use crate::gpu::GpuTensor;
-use crate::models::clip::ClipTextModel;
+use crate::models::clip::{ClipTextModel, Encoded, Hidden};
 use crate::models::tokenizer::ClipTokenizer;
+use crate::ops;
 
 /// The most 75-token chunks a prompt may take (1200 tokens).
 pub const MAX_PROMPT_CHUNKS: usize = 16;
@@ -154,6 +155,19 @@ pub fn emphasize(z: &mut [f32], weights: &[f32]) {
 /// chunk through the text encoder's last layer, rows padded with empty chunks to the batch's
 /// most, emphasis applied where a prompt weighs its tokens.
 pub async fn context(tok: &ClipTokenizer, te: &ClipTextModel, prompts: &[(&str, PromptSyntax)]) -> Result<GpuTensor> {
+    Ok(encode(tok, te, prompts, Hidden::Normed { skip: 0 }, false).await?.hidden)
+}
+
+/// `context` with the hidden states `hidden` picks and, with `pooled`, each prompt's pooled
+/// projected embedding [rows, projection_dim] (SDXL's `text_encoder_2`): A1111 and ComfyUI take
+/// it from the prompt's first chunk, as diffusers' single chunk.
+pub async fn encode(
+    tok: &ClipTokenizer,
+    te: &ClipTextModel,
+    prompts: &[(&str, PromptSyntax)],
+    hidden: Hidden,
+    pooled: bool,
+) -> Result<Encoded> {
     let tokens = prompts.iter().map(|&(p, syntax)| tokenize(tok, p, syntax)).collect::<Result<Vec<_>>>()?;
     let chunks = tokens.iter().map(|t| t.chunks.len()).max().unwrap_or(1);
     if chunks > MAX_PROMPT_CHUNKS {
@@ -166,17 +180,25 @@ pub async fn context(tok: &ClipTokenizer, te: &ClipTextModel, prompts: &[(&str, 
     let rows: Vec<&Chunk> =
         tokens.iter().flat_map(|t| (0..chunks).map(move |i| t.chunks.get(i))).map(|c| c.unwrap_or(&empty)).collect();
     let ids: Vec<u32> = rows.iter().flat_map(|c| c.ids.iter().copied()).collect();
-    let z = te.forward(&ids, rows.len(), 0)?;
+    let out = te.encode(&ids, rows.len(), hidden, pooled.then_some(tok.eos))?;
+    let pooled = match out.pooled {
+        Some(p) if chunks > 1 => {
+            let firsts: Vec<u32> = (0..prompts.len()).map(|i| (i * chunks) as u32).collect();
+            Some(ops::embedding(&p, &firsts)?)
+        }
+        p => p,
+    };
+    let z = out.hidden;
     let (len, dim) = (tok.max_len, te.config.hidden_size);
     let shape = [prompts.len(), chunks * len, dim];
     if !tokens.iter().any(PromptTokens::weighted) {
-        return z.reshape(&shape);
+        return Ok(Encoded { hidden: z.reshape(&shape)?, pooled });
     }
     let mut values = z.to_vec_f32().await?;
     for (chunk, z) in rows.iter().zip(values.chunks_exact_mut(len * dim)) {
         emphasize(z, &chunk.weights);
     }
-    GpuTensor::from_f32_as(z.gpu(), &values, &shape, z.dtype())
+    Ok(Encoded { hidden: GpuTensor::from_f32_as(z.gpu(), &values, &shape, z.dtype())?, pooled })
 }
 
 #[cfg(test)]

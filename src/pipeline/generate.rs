@@ -3,7 +3,6 @@
 //! noise (txt2img) or from the noised VAE encoding of an image (img2img), run the U-Net on the
 //! [uncond, cond] batch each step, guide, step the scheduler, decode with the VAE.
 
-use super::conditioning;
 use super::prompt::PromptSyntax;
 use super::schedule::SchedulerConfig;
 use super::schedulers::{Scheduler, SchedulerKind};
@@ -79,6 +78,11 @@ pub struct StableDiffusion {
     pub tokenizer: ClipTokenizer,
     /// `None` once released (`release_text_encoder`).
     pub text_encoder: Option<ClipTextModel>,
+    /// SDXL's second tokenizer and text encoder (OpenCLIP bigG with its projection).
+    pub tokenizer_2: Option<ClipTokenizer>,
+    pub text_encoder_2: Option<ClipTextModel>,
+    /// `model_index.json`'s flag: a missing negative prompt is zeros (SDXL) under guidance.
+    pub force_zeros_for_empty_prompt: bool,
     pub unet: UNet,
     pub decoder: Decoder,
     /// Only loaded when img2img is wanted.
@@ -209,19 +213,6 @@ impl Generated {
 }
 
 impl StableDiffusion {
-    async fn encode(&self, prompts: &[(&str, PromptSyntax)]) -> Result<GpuTensor> {
-        let te = self.text_encoder.as_ref().ok_or_else(|| {
-            Error::Request(
-                "the text encoder was released to save memory; load the model again to change the prompt".into(),
-            )
-        })?;
-        let context = conditioning::context(&self.tokenizer, te, prompts).await?;
-        // One small readback (2 × 77 × 768 values for SD 1.5), so an overflow is named where it
-        // happens rather than at the U-Net's first step.
-        finite(&context.to_vec_f32().await?, "the text encoder", context.dtype())?;
-        Ok(context)
-    }
-
     /// Builds what a `width`×`height` generation will use before it runs: the text encoder's,
     /// the U-Net's (on the guided batch when `guided`) and the VAE decoder's pipelines and bind
     /// groups, by recording their forward passes on zeros without executing them
@@ -243,21 +234,8 @@ impl StableDiffusion {
         let before = self.gpu.stats().pipelines;
         let gpu = &self.gpu;
         gpu.record_only(|| {
-            let tokens = self.tokenizer.max_len;
-            let context = match &self.text_encoder {
-                Some(te) => {
-                    let ids: Vec<u32> = (0..rows * tokens)
-                        .map(|i| if i % tokens == 0 { self.tokenizer.bos } else { self.tokenizer.eos })
-                        .collect();
-                    te.forward(&ids, rows, 0)?
-                }
-                None => GpuTensor::from_f32_as(
-                    gpu,
-                    &vec![0.0; rows * tokens * self.unet.config.cross_attention_dim],
-                    &[rows, tokens, self.unet.config.cross_attention_dim],
-                    self.dtype,
-                )?,
-            };
+            self.prepare_text(rows)?;
+            let cond_in = self.zero_conditioning(rows, self.dtype)?;
             let unet_in = self.unet.config.in_channels;
             let x = GpuTensor::from_f32_as(
                 gpu,
@@ -269,7 +247,7 @@ impl StableDiffusion {
                 Some(d) => Some(GpuTensor::from_f32_as(gpu, &vec![0.0; rows * d], &[rows, d], self.dtype)?),
                 None => None,
             };
-            drop(self.unet.forward(&x, 999.0, &context, cond.as_ref())?);
+            drop(self.unet.forward_with(&x, 999.0, &cond_in.context, cond.as_ref(), cond_in.added.as_ref())?);
             // The decode as it will be planned: whole, or its tile.
             let caps = gpu.caps();
             let limit = caps.max_storage_binding.min(caps.max_buffer_size);
@@ -293,6 +271,7 @@ impl StableDiffusion {
     /// Prompts encoded before stay valid; new prompts need the model loaded again.
     pub fn release_text_encoder(&mut self) {
         self.text_encoder = None;
+        self.text_encoder_2 = None;
         self.gpu.trim_pool();
     }
 
@@ -447,12 +426,7 @@ impl StableDiffusion {
         let w_embedding = self.unet.config.time_cond_proj_dim.map(|d| guidance_embedding(first.guidance - 1.0, d));
         let cfg = first.guidance > 1.0 && w_embedding.is_none();
         // Rows: [uncond × b, cond × b] with guidance, [cond × b] without.
-        let mut prompts: Vec<(&str, PromptSyntax)> = Vec::new();
-        if cfg {
-            prompts.extend(reqs.iter().map(|r| (r.negative_prompt.as_deref().unwrap_or(""), r.prompt_syntax)));
-        }
-        prompts.extend(reqs.iter().map(|r| (r.prompt.as_str(), r.prompt_syntax)));
-        let context = self.encode(&prompts).await?;
+        let conditioning = self.condition(reqs, cfg).await?;
         let mut schedulers = (0..b)
             .map(|_| Scheduler::new(first.scheduler, &self.scheduler_config, first.steps))
             .collect::<Result<Vec<_>>>()?;
@@ -556,7 +530,11 @@ impl StableDiffusion {
                 input.extend_from_within(..);
             }
             let input = GpuTensor::from_f32_as(&self.gpu, &input, &[rows, unet_in, shape[2], shape[3]], self.dtype)?;
-            let out = self.unet.forward(&input, t, &context, cond.as_ref())?.to_vec_f32().await?;
+            let out = self
+                .unet
+                .forward_with(&input, t, &conditioning.context, cond.as_ref(), conditioning.added.as_ref())?
+                .to_vec_f32()
+                .await?;
             finite(&out, &format!("the U-Net (step {} of {})", i - start + 1, total - start), self.dtype)?;
             for (k, ((x, s), noise)) in xs.iter_mut().zip(&mut schedulers).zip(noises.iter_mut()).enumerate() {
                 let guided: Vec<f32> = if cfg {
@@ -714,7 +692,7 @@ impl StableDiffusion {
 
 /// `Error::NonFinite` naming `stage` when `values` hold NaN or infinity: an overflow in f16 (or
 /// broken weights) must end the generation with a reason, never become a black image.
-fn finite(values: &[f32], stage: &str, dtype: DType) -> Result<()> {
+pub(super) fn finite(values: &[f32], stage: &str, dtype: DType) -> Result<()> {
     if values.iter().all(|v| v.is_finite()) {
         return Ok(());
     }

@@ -16,11 +16,15 @@ impl StableDiffusion {
             loader::check_index(src)?;
             let scheduler_config = SchedulerConfig::from_json(&loader::text(src, "scheduler/scheduler_config.json")?)?;
             let (decoder, encoder) = loader::vae(src, gpu, opts)?;
+            let xl = loader::has_text_encoder_2(src)?;
             Ok(StableDiffusion {
                 gpu: gpu.clone(),
                 dtype: opts.dtype,
                 tokenizer: loader::tokenizer(src)?,
                 text_encoder: Some(loader::text_encoder(src, gpu, opts)?),
+                tokenizer_2: if xl { Some(loader::tokenizer_2(src)?) } else { None },
+                text_encoder_2: if xl { Some(loader::text_encoder_2(src, gpu, opts)?) } else { None },
+                force_zeros_for_empty_prompt: loader::model_index(src)?.force_zeros_for_empty_prompt,
                 unet: loader::unet(src, gpu, opts)?,
                 decoder,
                 encoder,

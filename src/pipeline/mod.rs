@@ -10,4 +10,5 @@ pub mod prompt;
 pub mod rng;
 pub mod schedule;
 pub mod schedulers;
+pub mod text;
 pub mod vae_tiling;
