@@ -1,8 +1,10 @@
 //! Our loaders against the tensor lists of the real published checkpoints (SD 1.5, SD 2.1,
-//! SD 2.1-base, SD-Turbo, LCM Dreamshaper v7): every tensor the configs imply exists with the
+//! SD 2.1-base, SD-Turbo, LCM Dreamshaper v7, SDXL-Turbo, SDXL 1.0 base): every tensor the configs imply exists with the
 //! published shape, and every published tensor is used. Both the fp32 files (whose VAE keeps the
 //! old attention names) and the fp16 files. Lists and configs are copied into
-//! `tests/fixtures/published/` from the published repos' headers (no weights needed).
+//! `tests/fixtures/published/` from the published repos' headers (no weights needed); the SDXL lists
+//! are built from the published configs by `tools/reference/make_sdxl_tensor_lists.py` and each
+//! reproduces its file's published byte size exactly.
 
 mod common;
 
@@ -17,12 +19,14 @@ use webdiffusion::models::weights::{FileDType, TensorInfo, TensorSource, Weights
 use webdiffusion::models::{clip, unet, vae};
 use webdiffusion::{Error, Result};
 
-const MODELS: [&str; 5] = [
+const MODELS: [&str; 7] = [
     "stable-diffusion-v1-5__stable-diffusion-v1-5",
     "stabilityai__stable-diffusion-2-1",
     "stabilityai__stable-diffusion-2-1-base",
     "stabilityai__sd-turbo",
     "SimianLuo__LCM_Dreamshaper_v7",
+    "stabilityai__sdxl-turbo",
+    "stabilityai__stable-diffusion-xl-base-1.0",
 ];
 
 /// A published file's header: names, shapes and dtypes, no data.
@@ -71,8 +75,13 @@ fn loaders_accept_exactly_the_published_tensor_sets() {
     let gpu = common::gpu();
     for model in MODELS {
         let tensors: Value = serde_json::from_str(&read(model, "tensors.json")).unwrap();
-        for component in ["text_encoder", "unet", "vae"] {
+        let mut seen = 0;
+        for component in ["text_encoder", "text_encoder_2", "unet", "vae"] {
             let meta = &tensors["components"][component];
+            if meta.is_null() {
+                assert_eq!(component, "text_encoder_2", "{model}: no {component} list");
+                continue;
+            }
             for fp16 in [false, true] {
                 if meta[if fp16 { "fp16_file" } else { "fp32_file" }].is_null() {
                     continue;
@@ -81,7 +90,7 @@ fn loaders_accept_exactly_the_published_tensor_sets() {
                 let w = Weights::dry_run(&listing, gpu, DType::F16);
                 let config = read(model, &format!("{component}/config.json"));
                 let loaded = match component {
-                    "text_encoder" => {
+                    "text_encoder" | "text_encoder_2" => {
                         ClipConfig::from_json(&config).and_then(|c| clip::ClipTextModel::load(c, &w)).map(drop)
                     }
                     "unet" => UNetConfig::from_json(&config).and_then(|c| unet::UNet::load(c, &w)).map(drop),
@@ -95,8 +104,10 @@ fn loaders_accept_exactly_the_published_tensor_sets() {
                 let unused: Vec<String> = w.unused().into_iter().filter(|n| !n.ends_with("position_ids")).collect();
                 assert!(unused.is_empty(), "{model} {component} ({file} file) never loads {unused:?}");
                 eprintln!("{model} {component} ({file} file): {} tensors, all used", listing.0.len());
+                seen += 1;
             }
         }
+        assert!(seen >= 3, "{model}: only {seen} files checked");
     }
 }
 
@@ -116,4 +127,17 @@ fn real_configs_parse_to_the_known_architectures() {
     assert_eq!((clip(MODELS[3]).num_hidden_layers, clip(MODELS[3]).hidden_act.as_str()), (23, "gelu"));
     let vae = VaeConfig::from_json(&read(MODELS[0], "vae/config.json")).unwrap();
     assert_eq!((vae.scaling_factor, vae.downscale()), (0.18215, 8));
+    // SDXL: per-level transformer depth, text_time conditioning of 6 × 256 + 1280, two encoders.
+    for m in &MODELS[5..] {
+        let xl = unet(m);
+        assert_eq!((0..3).map(|l| xl.transformer_depth(l)).collect::<Vec<_>>(), [1, 2, 10], "{m}");
+        assert_eq!(xl.text_time(), Some((256, 1280)), "{m}");
+        assert_eq!(xl.cross_attention_dim, 768 + 1280, "{m}");
+        let te2 = clip(m);
+        assert!(!te2.with_projection(), "{m}: text_encoder is CLIPTextModel");
+        let te2 = ClipConfig::from_json(&read(m, "text_encoder_2/config.json")).unwrap();
+        assert_eq!((te2.with_projection(), te2.projection_dim, te2.num_hidden_layers), (true, Some(1280), 32), "{m}");
+        let vae = VaeConfig::from_json(&read(m, "vae/config.json")).unwrap();
+        assert_eq!((vae.scaling_factor, vae.force_upcast), (0.13025, true), "{m}");
+    }
 }

@@ -12,7 +12,7 @@ use super::bench_candle::{self, CandleReport};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Architecture: sd15, sd21-base or sd-turbo, or a folder with unet/, vae/ and
+    /// Architecture: sd15, sd21-base, sd-turbo, sdxl-turbo or sdxl, or a folder with unet/, vae/ and
     /// text_encoder/config.json (diffusers layout; weights are never read).
     #[arg(long, default_value = "sd15")]
     pub arch: String,

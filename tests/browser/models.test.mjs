@@ -57,30 +57,35 @@ test(`${MODEL} text encoder, U-Net and VAE agree with diffusers and with native`
   }
 });
 
-test('the same seed gives the same image in the browser as natively', { timeout: 300_000 }, async () => {
-  const model = 'tiny-sd1';
-  const dir = join(ROOT, 'tests/fixtures', model);
-  const files = listFiles(dir).map((f) => relative(dir, f)).filter((f) => !f.startsWith('pipeline/') && !f.startsWith('reference'));
-  mkdirSync(ARTIFACTS, { recursive: true });
-  const nativePng = join(ARTIFACTS, 'native-seed-1234.png');
-  const prompt = 'a red circle on a blue background';
-  execFileSync(cliBinary(), ['generate', '--model', dir, '--prompt', prompt, '--steps', '3', '--scheduler', 'euler-a',
-    '--width', '64', '--height', '64', '--seed', '1234', '--precision', 'f32', '--out', nativePng], { stdio: 'pipe' });
-  const { server, url } = await serveApp();
-  const browser = await launchBrowser();
-  try {
-    const { page, logs } = await openPage(browser);
-    const q = new URLSearchParams({ model, files: files.join(','), prompt, steps: '3', scheduler: 'euler-a', seed: '1234', native: '/artifacts/native-seed-1234.png' });
-    await page.goto(`${url}test/generate.html?${q}`);
-    await page.waitForFunction(() => window.generation && window.generation.done, null, { timeout: 280_000 });
-    const g = await page.evaluate(() => window.generation);
-    assert.equal(g.error, undefined, `${g.error}\n${logs.join('\n')}`);
-    assert.deepEqual(g.steps, [[0, 3], [1, 3], [2, 3]], 'a progress callback per step');
-    assert.ok(g.rgbaMatches, 'RGBA output is the RGB image, opaque');
-    console.log(`seed 1234, euler-a, 3 steps: browser vs native max pixel difference ${g.maxDiff}/255`);
-    assert.ok(g.maxDiff <= 1, `browser and native images differ by ${g.maxDiff}/255`);
-  } finally {
-    await browser.close();
-    server.close();
-  }
-});
+// tiny-sd1 (one text encoder) and tiny-sdxl (two, the U-Net's added conditioning, the
+// zeroed negative of force_zeros_for_empty_prompt, the f32 VAE of force_upcast).
+for (const model of ['tiny-sd1', 'tiny-sdxl']) {
+  test(`${model}: the same seed gives the same image in the browser as natively`, { timeout: 300_000 }, async () => {
+    const dir = join(ROOT, 'tests/fixtures', model);
+    const files = listFiles(dir).map((f) => relative(dir, f)).filter((f) => !f.startsWith('pipeline/') && !f.startsWith('reference'));
+    mkdirSync(ARTIFACTS, { recursive: true });
+    const png = `native-${model}-seed-1234.png`;
+    const nativePng = join(ARTIFACTS, png);
+    const prompt = 'a red circle on a blue background';
+    execFileSync(cliBinary(), ['generate', '--model', dir, '--prompt', prompt, '--steps', '3', '--scheduler', 'euler-a',
+      '--guidance', '7.5', '--width', '64', '--height', '64', '--seed', '1234', '--precision', 'f32', '--out', nativePng],
+    { stdio: 'pipe' });
+    const { server, url } = await serveApp();
+    const browser = await launchBrowser();
+    try {
+      const { page, logs } = await openPage(browser);
+      const q = new URLSearchParams({ model, files: files.join(','), prompt, steps: '3', scheduler: 'euler-a', seed: '1234', native: `/artifacts/${png}` });
+      await page.goto(`${url}test/generate.html?${q}`);
+      await page.waitForFunction(() => window.generation && window.generation.done, null, { timeout: 280_000 });
+      const g = await page.evaluate(() => window.generation);
+      assert.equal(g.error, undefined, `${g.error}\n${logs.join('\n')}`);
+      assert.deepEqual(g.steps, [[0, 3], [1, 3], [2, 3]], 'a progress callback per step');
+      assert.ok(g.rgbaMatches, 'RGBA output is the RGB image, opaque');
+      console.log(`${model} seed 1234, euler-a, 3 steps: browser vs native max pixel difference ${g.maxDiff}/255`);
+      assert.ok(g.maxDiff <= 1, `${model}: browser and native images differ by ${g.maxDiff}/255`);
+    } finally {
+      await browser.close();
+      server.close();
+    }
+  });
+}
