@@ -46,6 +46,9 @@ pub struct BenchOptions {
     /// 0: none (512 MiB for the VAE's activations).
     pub budget: u64,
     pub release_text_encoder: bool,
+    /// The text encoders and the U-Net take turns (`pipeline::sequential`): the U-Net's weights
+    /// are uploaded only after the encoders have run and been released.
+    pub low_memory: bool,
     /// Run the VAE decode. Off, a run times the text encoder and the U-Net only: the decode is
     /// the same work for every architecture sharing SD's VAE at one size and tiling.
     pub decode: bool,
@@ -72,6 +75,7 @@ impl Default for BenchOptions {
             f16: true,
             budget: 0,
             release_text_encoder: true,
+            low_memory: false,
             decode: true,
             encode: false,
             capture: false,
@@ -162,6 +166,8 @@ pub struct Report {
     pub weights: Vec<(String, u64)>,
     pub load_s: f64,
     pub text_encoder_released: bool,
+    /// The text encoders and the U-Net took turns (the U-Net loaded after encoding).
+    pub low_memory: bool,
     pub vae_tiling: Option<VaeTiling>,
     /// The img2img encode's tiling, when it ran (`encode`): `Some(None)` whole.
     pub vae_encode_tiling: Option<Option<VaeTiling>>,
@@ -225,8 +231,9 @@ struct Loaded<'g> {
     decoder: Decoder,
     text_encoder: Option<ClipTextModel>,
     text_encoder_2: Option<ClipTextModel>,
-    unet: UNet,
-    unet_weights: Weights<'g>,
+    /// `None` until loaded (after the text encoders with `low_memory`).
+    unet: Option<UNet>,
+    unet_weights: Option<Weights<'g>>,
     /// GPU bytes each component's weights took.
     weights: Vec<(String, u64)>,
     load_s: f64,
@@ -262,13 +269,9 @@ async fn load<'g>(gpu: &'g Gpu, o: &BenchOptions, opts: &LoadOptions) -> Result<
         took("text_encoder_2", b);
         Some(te)
     };
-    let b = gpu.stats().bytes_live;
-    let unet_weights = synth("unet");
-    let unet = UNet::load(un_cfg.clone(), &unet_weights)?;
-    took("unet", b);
     gpu.sync().await?;
     let load_s = (now_ms() - t0) / 1e3;
-    Ok(Loaded {
+    let mut m = Loaded {
         dtype,
         te_cfg,
         un_cfg,
@@ -276,11 +279,28 @@ async fn load<'g>(gpu: &'g Gpu, o: &BenchOptions, opts: &LoadOptions) -> Result<
         decoder,
         text_encoder,
         text_encoder_2,
-        unet,
-        unet_weights,
+        unet: None,
+        unet_weights: None,
         weights,
         load_s,
-    })
+    };
+    if !o.low_memory {
+        load_unet(gpu, &mut m, opts).await?;
+    }
+    Ok(m)
+}
+
+/// Uploads the U-Net's (synthetic) weights, counted into the load time.
+async fn load_unet<'g>(gpu: &'g Gpu, m: &mut Loaded<'g>, opts: &LoadOptions) -> Result<()> {
+    let t0 = now_ms();
+    let b = gpu.stats().bytes_live;
+    let w = opts.apply(Weights::synthetic(gpu, m.dtype, 0), "unet");
+    m.unet = Some(UNet::load(m.un_cfg.clone(), &w)?);
+    m.unet_weights = Some(w);
+    m.weights.push(("unet".into(), gpu.stats().bytes_live - b));
+    gpu.sync().await?;
+    m.load_s += (now_ms() - t0) / 1e3;
+    Ok(())
 }
 
 pub async fn run(gpu: &Gpu, o: &BenchOptions) -> Result<Report> {
@@ -300,8 +320,12 @@ pub async fn run(gpu: &Gpu, o: &BenchOptions) -> Result<Report> {
     // trimmed so the U-Net and VAE run without them counted.
     m.text_encoder = None;
     m.text_encoder_2 = None;
-    if o.release_text_encoder {
+    if o.release_text_encoder || o.low_memory {
         gpu.trim_pool();
+    }
+    if m.unet.is_none() {
+        load_unet(gpu, &mut m, &opts).await?;
+        peak = peak.max(gpu.stats().peak_bytes);
     }
     let (x, captured) = time_unet(gpu, o, &m, (&context, added.as_ref()), &mut stages).await?;
     peak = peak.max(stages.iter().map(|s| s.peak_bytes).max().unwrap_or(0));
@@ -431,7 +455,8 @@ async fn time_unet(
         let row = [&x[..], &extra[..]].concat();
         let input = if cfg { [row.clone(), row].concat() } else { row };
         let up = GpuTensor::from_f32_as(gpu, &input, &[batch, unet_in, lh, lw], m.dtype)?;
-        let out = m.unet.forward_with(&up, t, context, None, added)?.to_vec_f32().await?;
+        let unet = m.unet.as_ref().ok_or_else(|| Error::Request("the U-Net is not loaded".into()))?;
+        let out = unet.forward_with(&up, t, context, None, added)?.to_vec_f32().await?;
         let mut times = vec![now_ms() - t0];
         runs.push(stage_report("unet_step", &mut times, gpu.stats(), pipelines));
         let eps: Vec<f32> = if cfg {
@@ -448,7 +473,7 @@ async fn time_unet(
                 context_shape: [batch, m.te_cfg.max_position_embeddings, m.un_cfg.cross_attention_dim],
                 output: out,
                 timestep: t,
-                unet_tensors: m.unet_weights.accesses(),
+                unet_tensors: m.unet_weights.as_ref().map(Weights::accesses).unwrap_or_default(),
             });
         }
         // A small Euler-like move keeps the latents finite and the work real.
@@ -529,7 +554,8 @@ fn report_head(
         max_buffer_size: gpu.caps().max_buffer_size,
         weights,
         load_s,
-        text_encoder_released: o.release_text_encoder,
+        text_encoder_released: o.release_text_encoder || o.low_memory,
+        low_memory: o.low_memory,
         vae_tiling: None,
         vae_encode_tiling: None,
         decoded: true,

@@ -4,6 +4,8 @@
 use wasm_bindgen::prelude::*;
 
 use crate::gpu::{DType, Gpu, GpuOptions, LimitsPolicy};
+use std::cell::RefCell;
+
 use crate::models::loader::{FileSource, LoadOptions};
 use crate::pipeline::generate::{Request, StableDiffusion, Step, MAX_IMAGES};
 use crate::pipeline::image::{a1111_parameters, blur_mask, encode_png, overlay as overlay_rgb};
@@ -114,11 +116,14 @@ impl Engine {
                 load.quant = Some(std::sync::Arc::new(QuantPolicy::standard(store)));
             }
         }
-        let sd = crate::pipeline::generate::StableDiffusion::load(&src, &self.gpu, &load).map_err(js_err)?;
+        let load_model = if opts.low_memory { StableDiffusion::load_in_turns } else { StableDiffusion::load };
+        let sd = load_model(&src, &self.gpu, &load).map_err(js_err)?;
         let fit = preview::initial_fit(&sd, 8).await.map_err(js_err)?;
         let name = opts.name.unwrap_or_else(|| src.describe());
-        let options = LoadOptions { loras: Vec::new(), ..load };
-        Ok(Model { sd, name, preview: std::cell::RefCell::new(fit), loras: merged, options })
+        // In turns, the U-Net and the encoders reload with the LoRAs merged as now.
+        let options = if opts.low_memory { load } else { LoadOptions { loras: Vec::new(), ..load } };
+        let turns = opts.low_memory.then(|| InTurns { reader: reader.clone(), turns: Default::default() });
+        Ok(Model { sd: RefCell::new(sd), name, preview: RefCell::new(fit), loras: merged, options, turns })
     }
 
     /// Loads a diffusers model from `files` (path -> `Uint8Array`) and generates one image
@@ -136,11 +141,12 @@ impl Engine {
             .map_err(js_err)?;
         let init = None;
         let model = Model {
-            sd,
+            sd: RefCell::new(sd),
             name: "model".into(),
-            preview: std::cell::RefCell::new(PreviewFit::new(0)),
+            preview: RefCell::new(PreviewFit::new(0)),
             loras: Vec::new(),
             options: LoadOptions::new(dtype),
+            turns: None,
         };
         model.run(r, init, on_step, false).await
     }
@@ -156,7 +162,7 @@ impl Engine {
 
     /// The real-size benchmark (`webdiffusion bench`): `options` is `{arch?: 'sd15'|'sd21-base'|
     /// 'sd-turbo', configs?: {text_encoder, unet, vae, text_encoder_2?} (config.json texts, instead of arch),
-    /// quant?, size?, steps?, guidance?, repeats?, f16?, budget? (bytes), release_text_encoder?}`.
+    /// quant?, size?, steps?, guidance?, repeats?, f16?, budget? (bytes), release_text_encoder?, low_memory?}`.
     /// Synthetic weights, nothing downloaded. Returns the report as a plain object.
     pub async fn bench(&self, options: JsValue) -> Result<JsValue, JsError> {
         #[derive(serde::Deserialize)]
@@ -179,6 +185,7 @@ impl Engine {
             f16: Option<bool>,
             budget: Option<u64>,
             release_text_encoder: Option<bool>,
+            low_memory: Option<bool>,
             decode: Option<bool>,
         }
         let r: Request =
@@ -203,6 +210,7 @@ impl Engine {
         o.f16 = r.f16.unwrap_or(o.f16);
         o.budget = r.budget.unwrap_or(o.budget);
         o.release_text_encoder = r.release_text_encoder.unwrap_or(o.release_text_encoder);
+        o.low_memory = r.low_memory.unwrap_or(o.low_memory);
         o.decode = r.decode.unwrap_or(o.decode);
         let report = crate::bench::run(&self.gpu, &o).await.map_err(js_err)?;
         to_js(&report)
@@ -219,13 +227,22 @@ impl Engine {
 /// A loaded model on the GPU.
 #[wasm_bindgen]
 pub struct Model {
-    sd: StableDiffusion,
+    /// Borrowed mutably only between awaits (the loads of `InTurns`), so the worker's calls
+    /// during a generation (`tokenCount`) still see it.
+    sd: RefCell<StableDiffusion>,
     name: String,
-    preview: std::cell::RefCell<PreviewFit>,
+    preview: RefCell<PreviewFit>,
     /// The LoRAs merged into its weights: (name, strength).
     loras: Vec<(String, f32)>,
     /// How it was loaded (dtype, quantization; no LoRAs): the encoder loads the same way.
     options: LoadOptions,
+    /// Loaded with `lowMemory`: where the components reload from, and the kept prompt.
+    turns: Option<InTurns>,
+}
+
+struct InTurns {
+    reader: JsValue,
+    turns: RefCell<crate::pipeline::sequential::Turns>,
 }
 
 #[wasm_bindgen]
@@ -233,19 +250,20 @@ impl Model {
     /// `{name, defaultWidth, defaultHeight, sizeMultiple, latentChannels, steps, guidance,
     /// scheduler}`: the last three are what the model's own files imply (`pipeline::defaults`).
     pub fn info(&self) -> Result<JsValue, JsError> {
-        let f = self.sd.vae_config.downscale();
-        let multiple = f << (self.sd.unet.config.block_out_channels.len() - 1);
-        let side = self.sd.unet.config.sample_size.unwrap_or(64) * f;
-        let d = crate::pipeline::defaults::for_model(&self.sd.scheduler_config, &self.sd.unet.config);
+        let f = self.sd.borrow().vae_config.downscale();
+        let multiple = f << (self.sd.borrow().unet_config.block_out_channels.len() - 1);
+        let side = self.sd.borrow().unet_config.sample_size.unwrap_or(64) * f;
+        let d = crate::pipeline::defaults::for_model(&self.sd.borrow().scheduler_config, &self.sd.borrow().unet_config);
         to_js(&serde_json::json!({
             "name": self.name,
             "defaultWidth": side,
             "defaultHeight": side,
             "sizeMultiple": multiple,
-            "latentChannels": self.sd.vae_config.latent_channels,
+            "latentChannels": self.sd.borrow().vae_config.latent_channels,
             "steps": d.steps,
             "guidance": d.guidance,
             "scheduler": d.scheduler,
+            "lowMemory": self.turns.is_some(),
         }))
     }
 
@@ -257,7 +275,8 @@ impl Model {
         let syntax = PromptSyntax::parse(syntax).map_err(js_err)?;
         // LoRA tags are not text (A1111 counts without them).
         let (prompt, _) = crate::pipeline::prompt::extract_loras(prompt).map_err(js_err)?;
-        let t = crate::pipeline::conditioning::tokenize(&self.sd.tokenizer, &prompt, syntax).map_err(js_err)?;
+        let t =
+            crate::pipeline::conditioning::tokenize(&self.sd.borrow().tokenizer, &prompt, syntax).map_err(js_err)?;
         to_js(&serde_json::json!({
             "count": t.count,
             "target": t.target(),
@@ -287,7 +306,7 @@ impl Model {
     /// batch of 2), recording without executing (`StableDiffusion::prepare`): called right after
     /// loading, the browser compiles them while the visitor types. Returns the pipelines built.
     pub fn prepare(&self, width: usize, height: usize, guided: bool) -> Result<u32, JsError> {
-        self.sd.prepare(width, height, guided).map(|n| n as u32).map_err(js_err)
+        self.sd.borrow().prepare(width, height, guided).map(|n| n as u32).map_err(js_err)
     }
 
     /// Loads TAESD (madebyollin/taesd's `config.json` and `diffusion_pytorch_model.safetensors`)
@@ -296,27 +315,27 @@ impl Model {
     pub fn load_taesd(&mut self, reader: JsValue) -> Result<(), JsError> {
         let src = JsReader::new(&reader)?;
         let opts = LoadOptions { with_encoder: true, ..self.options.clone() };
-        let (decoder, encoder) = crate::models::loader::taesd(&src, &self.sd.gpu, &opts).map_err(js_err)?;
-        self.sd.taesd = Some(decoder);
-        self.sd.taesd_encoder = encoder;
+        let (decoder, encoder) = crate::models::loader::taesd(&src, &self.sd.borrow().gpu, &opts).map_err(js_err)?;
+        self.sd.get_mut().taesd = Some(decoder);
+        self.sd.get_mut().taesd_encoder = encoder;
         Ok(())
     }
 
     /// What TAESD does (once loaded): every step's preview, the final image, img2img's encode.
     #[wasm_bindgen(js_name = setTaesdUse)]
     pub fn set_taesd_use(&mut self, previews: bool, final_decode: bool, encode: bool) {
-        self.sd.taesd_use = crate::pipeline::generate::TaesdUse { previews, final_decode, encode };
+        self.sd.get_mut().taesd_use = crate::pipeline::generate::TaesdUse { previews, final_decode, encode };
     }
 
     #[wasm_bindgen(js_name = hasTaesd)]
     pub fn has_taesd(&self) -> bool {
-        self.sd.taesd.is_some()
+        self.sd.borrow().taesd.is_some()
     }
 
     /// Whether the VAE encoder (img2img) is loaded.
     #[wasm_bindgen(js_name = hasEncoder)]
     pub fn has_encoder(&self) -> bool {
-        self.sd.encoder.is_some()
+        self.sd.borrow().encoder.is_some()
     }
 
     /// Loads the VAE encoder from `reader` (the model's files again) with the options the model
@@ -324,12 +343,12 @@ impl Model {
     /// holds its weights.
     #[wasm_bindgen(js_name = loadEncoder)]
     pub fn load_encoder(&mut self, reader: JsValue) -> Result<(), JsError> {
-        if self.sd.encoder.is_some() {
+        if self.sd.borrow().encoder.is_some() {
             return Ok(());
         }
         let src = JsReader::new(&reader)?;
-        let encoder = crate::models::loader::vae_encoder(&src, &self.sd.gpu, &self.options).map_err(js_err)?;
-        self.sd.encoder = Some(encoder);
+        let encoder = crate::models::loader::vae_encoder(&src, &self.sd.borrow().gpu, &self.options).map_err(js_err)?;
+        self.sd.get_mut().encoder = Some(encoder);
         Ok(())
     }
 }
@@ -348,11 +367,15 @@ impl Model {
         if count == 0 || count > MAX_IMAGES {
             return Err(JsError::new(&format!("count must be 1 to {MAX_IMAGES} (got {count})")));
         }
-        let f = self.sd.vae_config.downscale();
-        let latent_shape = [1, self.sd.vae_config.latent_channels, r.height / f.max(1), r.width / f.max(1)];
+        let f = self.sd.borrow().vae_config.downscale();
+        let latent_shape = [1, self.sd.borrow().vae_config.latent_channels, r.height / f.max(1), r.width / f.max(1)];
         let projection = self.preview.borrow().solve();
-        // As many as fit one U-Net batch at a time, the rest in further batches.
-        let batch = StableDiffusion::batch_size(r.width, r.height, count);
+        // As many as fit one U-Net batch at a time, the rest in further batches; in turns, one
+        // by one on the prompt's kept conditioning.
+        let batch = if self.turns.is_some() { 1 } else { StableDiffusion::batch_size(r.width, r.height, count) };
+        if let Some(t) = &self.turns {
+            self.take_turn(t, &req).await?;
+        }
         let groups = count.div_ceil(batch);
         let images = js_sys::Array::new();
         for g in 0..groups {
@@ -388,7 +411,16 @@ impl Model {
                 f.call3(&JsValue::NULL, &(index as u32).into(), &(total as u32).into(), &preview)
                     .map_or(true, |v| v.as_bool() != Some(false))
             };
-            let outs = match self.sd.generate_rows(&reqs, &mut noises, &mut callback).await {
+            let sd = self.sd.borrow();
+            let outs = match &self.turns {
+                Some(t) => {
+                    let turns = t.turns.borrow();
+                    sd.turn_generate(&turns, &reqs[0], None, &mut *noises[0], &mut callback).await.map(|g| vec![g])
+                }
+                None => sd.generate_rows(&reqs, &mut noises, &mut callback).await,
+            };
+            drop(sd);
+            let outs = match outs {
                 Ok(outs) => outs,
                 Err(crate::Error::Cancelled) => {
                     let obj = js_sys::Object::new();
@@ -417,6 +449,27 @@ impl Model {
         Ok(obj.into())
     }
 
+    /// Before a generation in turns: the prompt encoded (the U-Net released and the encoders
+    /// loaded for it, when it is new), then the U-Net loaded. The loads borrow the model
+    /// mutably between awaits only.
+    async fn take_turn(&self, t: &InTurns, req: &Request) -> Result<(), JsError> {
+        let src = JsReader::new(&t.reader)?;
+        let busy = || JsError::new("the model is busy with another generation");
+        let needs = self.sd.borrow().turn_needs_encoding(&t.turns.borrow(), req).map_err(js_err)?;
+        if needs {
+            let mut turns = t.turns.try_borrow_mut().map_err(|_| busy())?;
+            self.sd
+                .try_borrow_mut()
+                .map_err(|_| busy())?
+                .turn_load_text_encoders(&src, &self.options, &mut turns)
+                .map_err(js_err)?;
+            let sd = self.sd.borrow();
+            sd.turn_encode(&mut turns, req).await.map_err(js_err)?;
+        }
+        let mut turns = t.turns.try_borrow_mut().map_err(|_| busy())?;
+        self.sd.try_borrow_mut().map_err(|_| busy())?.turn_load_unet(&src, &self.options, &mut turns).map_err(js_err)
+    }
+
     /// One finished image for JavaScript: pixels, PNG with A1111's parameters, its seed.
     fn image(
         &self,
@@ -427,7 +480,7 @@ impl Model {
         seed: u64,
         previews: bool,
     ) -> Result<js_sys::Object, JsError> {
-        let f = self.sd.vae_config.downscale();
+        let f = self.sd.borrow().vae_config.downscale();
         if previews {
             self.preview.borrow_mut().add(&out.latents, out.latent_shape, &out.rgb, f);
         }

@@ -83,7 +83,8 @@ fn run_cases(model: &str, gpu: &Gpu, pick: impl Fn(&str) -> bool) -> usize {
         }
         let karras = case["scheduler_config"]["use_karras_sigmas"].as_bool() == Some(true);
         let Some(kind) = SchedulerKind::for_class(case["scheduler_class"].as_str().unwrap(), karras) else { continue };
-        let img2img = case["pipeline"].as_str() == Some("StableDiffusionImg2ImgPipeline");
+        // StableDiffusionImg2ImgPipeline or StableDiffusionXLImg2ImgPipeline.
+        let img2img = case["pipeline"].as_str().is_some_and(|p| p.ends_with("Img2ImgPipeline"));
         let c =
             Case { tensors: std::fs::read(dir(model).join("pipeline").join(case["file"].as_str().unwrap())).unwrap() };
         // Configured from the model's own scheduler_config.json, as `from_config` would be, the
@@ -126,7 +127,8 @@ fn run_cases(model: &str, gpu: &Gpu, pick: impl Fn(&str) -> bool) -> usize {
         // each key three times, which softmax attention cannot tell from once, so diffusers'
         // 77-token run is the reference for the long-context path too.
         let mut prompts = vec![req.prompt.clone()];
-        if name == "euler_2" || name == "dpmpp2m_karras_2" {
+        // tiny-sdxl: both encoders chunk alike and the pooled embedding comes from the first chunk.
+        if ["euler_2", "dpmpp2m_karras_2", "eulera_turbo_1", "dpmpp2m_g5_3"].contains(&name) {
             prompts.push(format!("{p} BREAK {p} BREAK {p}", p = req.prompt));
         }
         for prompt in prompts {
@@ -167,12 +169,14 @@ fn txt2img_and_img2img_match_diffusers_step_by_step() {
 /// The tiled kernels real GPUs run, forced on the CPU adapter (which by default runs the direct
 /// ones), hold the same bounds: each tile shape on one model, over a sampler of each family and
 /// img2img. A device of its own, so the shared one's policy stays as the other tests expect.
-/// SDXL-Turbo as it ships (EulerAncestral, trailing, 1 step, guidance 0) and SDXL with
-/// guidance 5 and DPM++ 2M, whose missing negative prompt diffusers zeroes
-/// (`force_zeros_for_empty_prompt`): both text encoders, the added conditioning, the f32 VAE.
+/// SDXL-Turbo as it ships (EulerAncestral, trailing, 1 step, guidance 0), SDXL with guidance 5
+/// and DPM++ 2M, whose missing negative prompt diffusers zeroes (`force_zeros_for_empty_prompt`),
+/// and SDXL-Turbo's img2img (2 steps at strength 0.5): both text encoders, the added
+/// conditioning, the f32 VAE's decode and encode.
 #[test]
-fn sdxl_txt2img_matches_diffusers_step_by_step() {
-    assert_eq!(run_cases("tiny-sdxl", common::gpu(), |_| true), 2);
+fn sdxl_txt2img_and_img2img_match_diffusers_step_by_step() {
+    // Three cases, two of them also as three BREAK chunks.
+    assert_eq!(run_cases("tiny-sdxl", common::gpu(), |_| true), 5);
 }
 
 #[test]
@@ -502,14 +506,105 @@ fn non_finite_stages_are_named_and_force_upcast_keeps_the_vae_in_f32() {
 /// builds none (a device of its own, so other tests' kernels do not count).
 #[test]
 fn prepare_builds_every_pipeline_a_generation_needs() {
-    let gpu = pollster::block_on(webdiffusion::gpu::Gpu::new(&common::options())).unwrap();
-    let sd = StableDiffusion::load(&DirSource(dir("tiny-sd1")), &gpu, &loader::LoadOptions::new(DType::F32)).unwrap();
-    let built = sd.prepare(64, 64, true).unwrap();
-    assert!(built >= 20, "prepare built {built} pipelines");
-    let before = gpu.stats().pipelines;
-    let mut rng = webdiffusion::pipeline::rng::NormalRng::new(3);
-    pollster::block_on(sd.generate(&small_request(), None, &mut rng, &mut |_| true)).unwrap();
-    assert_eq!(gpu.stats().pipelines - before, 0, "pipelines built during the generation");
-    assert!(sd.prepare(60, 64, true).unwrap_err().to_string().contains("not a multiple of 8"));
-    assert!(sd.prepare(8192, 64, true).unwrap_err().to_string().contains("over 4096 pixels"));
+    for model in ["tiny-sd1", "tiny-sdxl"] {
+        let gpu = pollster::block_on(webdiffusion::gpu::Gpu::new(&common::options())).unwrap();
+        let sd = StableDiffusion::load(&DirSource(dir(model)), &gpu, &loader::LoadOptions::new(DType::F32)).unwrap();
+        let built = sd.prepare(64, 64, true).unwrap();
+        assert!(built >= 20, "{model}: prepare built {built} pipelines");
+        let before = gpu.stats().pipelines;
+        let mut rng = webdiffusion::pipeline::rng::NormalRng::new(3);
+        pollster::block_on(sd.generate(&small_request(), None, &mut rng, &mut |_| true)).unwrap();
+        assert_eq!(gpu.stats().pipelines - before, 0, "{model}: pipelines built during the generation");
+        assert!(sd.prepare(60, 64, true).unwrap_err().to_string().contains("not a multiple of 8"));
+        assert!(sd.prepare(8192, 64, true).unwrap_err().to_string().contains("over 4096 pixels"));
+    }
+}
+
+/// A standalone VAE repo (config.json and weights at its root, as madebyollin/sdxl-vae-fp16-fix
+/// ships) in place of the model's own: its `force_upcast: false` makes the SDXL decode f16 where
+/// the device has it, and the image stays the f32 VAE's within a few levels.
+#[test]
+fn a_standalone_vae_replaces_the_models_own() {
+    use webdiffusion::models::component::Component;
+    use webdiffusion::models::loader::{FileSource, MemorySource, Swapped};
+    let fixture = dir("tiny-sdxl");
+    let mut config: Value = serde_json::from_slice(&std::fs::read(fixture.join("vae/config.json")).unwrap()).unwrap();
+    config["force_upcast"] = false.into();
+    let weights = "diffusion_pytorch_model.fp16.safetensors";
+    let mut fix = MemorySource { name: "fp16-fix".into(), ..Default::default() };
+    fix.files.insert("config.json".into(), serde_json::to_vec(&config).unwrap());
+    fix.files.insert(weights.into(), std::fs::read(fixture.join("vae").join(weights)).unwrap());
+    let src = Swapped::new(Box::new(DirSource(fixture.clone())), Component::Vae, Box::new(fix)).unwrap();
+    assert!(!loader::vae_config(&src).unwrap().force_upcast);
+    assert!(src.read("unet/config.json").unwrap().is_some(), "the rest is the model's own");
+    let dtype = if common::gpu().caps().shader_f16 { DType::F16 } else { DType::F32 };
+    let own =
+        StableDiffusion::load(&DirSource(fixture.clone()), common::gpu(), &loader::LoadOptions::new(dtype)).unwrap();
+    let swapped = StableDiffusion::load(&src, common::gpu(), &loader::LoadOptions::new(dtype)).unwrap();
+    assert_eq!((own.vae_dtype(), swapped.vae_dtype()), (DType::F32, dtype));
+    let req = Request { guidance: 0.0, steps: 1, scheduler: SchedulerKind::EulerAncestral, ..small_request() };
+    let run = |sd: &StableDiffusion| {
+        pollster::block_on(sd.generate(&req, None, &mut webdiffusion::pipeline::rng::NormalRng::new(5), &mut |_| true))
+            .unwrap()
+    };
+    let (a, b) = (run(&own), run(&swapped));
+    let diff = a.rgb.iter().zip(&b.rgb).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
+    eprintln!("tiny-sdxl: the {dtype} VAE's image vs the f32 VAE's: max {diff}/255");
+    assert!(diff <= 3, "{diff}/255");
+    let err = Swapped::new(Box::new(DirSource(fixture)), Component::Vae, Box::new(DirSource(dir("tiny-sd1"))));
+    assert!(err.err().unwrap().to_string().contains("no config.json for the vae"));
+}
+
+/// `generate_in_turns` (`--low-memory`): the image `generate` makes, with the text encoders and
+/// the U-Net never on the GPU together (a lower peak than the whole model loaded); a repeated
+/// prompt reloads nothing, a new one reloads the encoders and then the U-Net.
+#[test]
+fn the_text_encoders_and_the_unet_take_turns() {
+    use webdiffusion::pipeline::rng::NormalRng;
+    use webdiffusion::pipeline::sequential::Turns;
+    let gpu = pollster::block_on(Gpu::new(&common::options())).unwrap();
+    let src = DirSource(dir("tiny-sdxl"));
+    let opts = loader::LoadOptions::new(DType::F32);
+    let req = small_request();
+    gpu.reset_stats();
+    let whole = StableDiffusion::load(&src, &gpu, &opts).unwrap();
+    let want = pollster::block_on(whole.generate(&req, None, &mut NormalRng::new(9), &mut |_| true)).unwrap();
+    let peak_whole = gpu.stats().peak_bytes;
+    drop(whole);
+    gpu.trim_pool();
+    gpu.reset_stats();
+    let mut sd = StableDiffusion::load_in_turns(&src, &gpu, &opts).unwrap();
+    assert!(sd.unet.is_none() && sd.text_encoder_2.is_some());
+    let mut turns = Turns::default();
+    let run = |sd: &mut StableDiffusion, turns: &mut Turns, req: &Request, seed| {
+        pollster::block_on(
+            sd.generate_in_turns(&src, &opts, turns, req, None, &mut NormalRng::new(seed), &mut |_| true),
+        )
+        .unwrap()
+    };
+    let got = run(&mut sd, &mut turns, &req, 9);
+    assert_eq!(got.rgb, want.rgb, "the same image as generate");
+    assert!(sd.text_encoder.is_none() && sd.text_encoder_2.is_none() && sd.unet.is_some());
+    assert_eq!(turns.loads, 1, "the encoders were loaded with the model; the U-Net after encoding");
+    let peak_turns = gpu.stats().peak_bytes;
+    eprintln!("tiny-sdxl peak GPU bytes: whole {peak_whole}, in turns {peak_turns}");
+    assert!(peak_turns < peak_whole, "{peak_turns} >= {peak_whole}");
+    run(&mut sd, &mut turns, &req, 10);
+    assert_eq!(turns.loads, 1, "the same prompt reuses its conditioning and the loaded U-Net");
+    let other = Request { prompt: "a dog".into(), ..req.clone() };
+    run(&mut sd, &mut turns, &other, 9);
+    assert_eq!(turns.loads, 3, "a new prompt: the encoders, then the U-Net again");
+    let bad = Request { width: 60, ..req };
+    let before = turns.loads;
+    assert!(pollster::block_on(sd.generate_in_turns(
+        &src,
+        &opts,
+        &mut turns,
+        &bad,
+        None,
+        &mut NormalRng::new(1),
+        &mut |_| true
+    ))
+    .is_err());
+    assert_eq!(turns.loads, before, "a bad request costs no reload");
 }

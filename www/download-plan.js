@@ -94,12 +94,17 @@ async function probeDiffusers(base, signal, stats) {
   await engineReady();
   const layout = diffusersLayout();
   const sizes = async (paths) => Promise.all(paths.map((p) => probeSize(base + p, signal, stats)));
-  const small = await sizes(layout.files.map((f) => f.path));
   const files = [];
-  layout.files.forEach(({ path, required }, i) => {
-    if (small[i] !== null) files.push({ path, size: small[i] });
-    else if (required) throw new FatalError(`${base} is neither a webdiffusion package (no manifest.json) nor a diffusers folder (no ${path}).`);
-  });
+  // Files that come `with` another (SDXL's tokenizer_2 with text_encoder_2's config) are asked
+  // for only where that one is there.
+  for (const wave of [layout.files.filter((f) => !f.with), layout.files.filter((f) => f.with)]) {
+    const asked = wave.filter((f) => !f.with || files.some((g) => g.path === f.with));
+    const small = await sizes(asked.map((f) => f.path));
+    asked.forEach(({ path, required }, i) => {
+      if (small[i] !== null) files.push({ path, size: small[i] });
+      else if (required) throw new FatalError(`${base} is neither a webdiffusion package (no manifest.json) nor a diffusers folder (no ${path}).`);
+    });
+  }
   for (const { plain, half, config, required } of layout.weights) {
     if (!required && !files.some((f) => f.path === config)) continue;
     const [plainSize, halfSize] = await sizes([plain, half]);

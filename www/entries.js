@@ -22,8 +22,8 @@ export function customEntry(url) {
 
 export function workerEntry(e) {
   // Only what the worker needs, as plain data.
-  const { id, name, url, mirrors, files, format, defaults, quant, examplePrompt, description, source, license, bytes, kind, checkpoint, prediction } = e;
-  const plain = JSON.parse(JSON.stringify({ id, name, url, mirrors, files, format, defaults, quant, examplePrompt, description, source, license, bytes, kind, checkpoint, prediction }));
+  const { id, name, url, mirrors, files, format, defaults, quant, examplePrompt, description, source, license, bytes, kind, checkpoint, prediction, lowMemory } = e;
+  const plain = JSON.parse(JSON.stringify({ id, name, url, mirrors, files, format, defaults, quant, examplePrompt, description, source, license, bytes, kind, checkpoint, prediction, lowMemory }));
   if (e.base) plain.base = workerEntry(e.base);
   return plain;
 }

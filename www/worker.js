@@ -91,8 +91,10 @@ async function cachedReader(record, onRead) {
   };
 }
 
-/// `loras`: [{id, name, strength, bytes}] merged into the weights as they load.
-async function loadFromCache(record, quant, id, loras = []) {
+/// `loras`: [{id, name, strength, bytes}] merged into the weights as they load. `lowMemory`:
+/// the text encoders and the U-Net take turns on the GPU, reloading from the cache as the prompt
+/// changes (the engine keeps the reader).
+async function loadFromCache(record, quant, id, loras = [], lowMemory = false) {
   let done = 0;
   let last = 0;
   const { reader, total } = await cachedReader(record, (n) => {
@@ -104,13 +106,13 @@ async function loadFromCache(record, quant, id, loras = []) {
     }
   });
   post({ type: 'loading', id, done: 0, total });
-  const handle = await engine.load(reader, { quant, name: record.name, loras: loras.map(({ name, strength, bytes }) => ({ name, strength, bytes })) });
+  const handle = await engine.load(reader, { quant, name: record.name, lowMemory, loras: loras.map(({ name, strength, bytes }) => ({ name, strength, bytes })) });
   post({ type: 'loading', id, done: total, total });
   // The engine knows the size step (VAE downscale times the U-Net's levels); the page keeps no
   // copy of that rule.
   const info = handle.info();
   const merged = loras.map((l) => [l.id, l.strength]);
-  return { handle, record, quant, info, sizeStep: info.sizeMultiple, loras: merged, lorasKey: JSON.stringify(merged) };
+  return { handle, record, quant, lowMemory, info, sizeStep: info.sizeMultiple, loras: merged, lorasKey: JSON.stringify(merged) };
 }
 
 /// The LoRAs a generation wants, `[[id, strength]]` sorted: the page's switched-on ones, and the
@@ -132,12 +134,12 @@ async function ensureLoras(msg) {
     if (!r) throw new Error(`<lora:${id}:${strength}>: no LoRA named ${id} is in the page's list (add its .safetensors file there).`);
     loras.push({ id, name: r.name, strength, bytes: new Uint8Array(await r.blob.arrayBuffer()) });
   }
-  const { record, quant } = model;
+  const { record, quant, lowMemory } = model;
   freeModel();
   try {
-    model = await loadFromCache(record, quant, msg.id, loras);
+    model = await loadFromCache(record, quant, msg.id, loras, lowMemory);
   } catch (e) {
-    model = await loadFromCache(record, quant, msg.id);
+    model = await loadFromCache(record, quant, msg.id, [], lowMemory);
     throw e;
   }
 }
@@ -164,7 +166,7 @@ async function recover(reason, id) {
   }
   engine = null;
   await createEngine();
-  if (previous) model = await loadFromCache(previous.record, previous.quant, id);
+  if (previous) model = await loadFromCache(previous.record, previous.quant, id, [], previous.lowMemory);
   post({ type: 'recovered', id });
 }
 
@@ -211,6 +213,8 @@ const handlers = {
     // A checkpoint is always converted (its names are mapped on the way in): as published means
     // f16, which halves an f32 file and keeps an f16 one.
     const quant = entry.checkpoint && (msg.quant || 'none') === 'none' ? 'f16' : msg.quant || 'none';
+    // SDXL's q4_0 weights (2.5 GB) do not fit a 2 GB GPU at once: its catalog entries say so.
+    const lowMemory = typeof msg.lowMemory === 'boolean' ? msg.lowMemory : entry.lowMemory === true;
     if (entry.checkpoint && msg.file) entry.checkpoint.file = msg.file;
     if (!engine) await handlers.init();
     abort = new AbortController();
@@ -247,13 +251,13 @@ const handlers = {
     freeModel(); // one model on the GPU at a time
     const t1 = performance.now();
     try {
-      model = await loadFromCache(download.record, quant, msg.id);
+      model = await loadFromCache(download.record, quant, msg.id, [], lowMemory);
     } catch (e) {
       const reason = lostReason();
       if (!reason) throw e;
       // A lost device during upload (driver reset, memory pressure): one fresh try.
       await recover(reason, msg.id);
-      model = await loadFromCache(download.record, quant, msg.id);
+      model = await loadFromCache(download.record, quant, msg.id, [], lowMemory);
     }
     const ms = performance.now() - t1;
     // Next in the queue, after this reply is posted: the pipelines a generation at the model's

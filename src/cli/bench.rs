@@ -42,6 +42,10 @@ pub struct Args {
     /// Keep the text encoder's weights after encoding (by default they are released).
     #[arg(long)]
     pub keep_text_encoder: bool,
+    /// The text encoders and the U-Net take turns: the U-Net's weights are uploaded after the
+    /// encoders ran and were released (`generate --low-memory`).
+    #[arg(long)]
+    pub low_memory: bool,
     /// Stop after the U-Net: time the text encoder and the U-Net steps only.
     #[arg(long)]
     pub no_decode: bool,
@@ -111,6 +115,10 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
     o.f16 = !a.f32;
     o.budget = a.budget_mb * 1_000_000;
     o.release_text_encoder = !a.keep_text_encoder;
+    o.low_memory = a.low_memory;
+    if a.low_memory && a.keep_text_encoder {
+        bail!("--low-memory releases the text encoders before the U-Net loads: drop --keep-text-encoder");
+    }
     o.decode = !a.no_decode;
     o.encode = a.encode;
     o.capture = a.candle;
@@ -153,7 +161,11 @@ fn print_table(r: &Report, candle: Option<&CandleReport>) {
     println!("weights on the GPU: {} (loaded in {:.1} s)", w.join(", "), r.load_s);
     println!(
         "text encoder {}; VAE decode {}",
-        if r.text_encoder_released { "released after encoding" } else { "kept" },
+        match (r.low_memory, r.text_encoder_released) {
+            (true, _) => "released after encoding, then the U-Net loaded (--low-memory)",
+            (false, true) => "released after encoding",
+            (false, false) => "kept",
+        },
         match (r.decoded, r.vae_tiling) {
             (false, _) => "not run (--no-decode)".into(),
             (true, Some(t)) => format!("tiled ({} latent px, overlap {})", t.tile, t.overlap),

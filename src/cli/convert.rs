@@ -25,6 +25,10 @@ pub struct Args {
     /// the --config scheduler (shapes cannot tell SD 2's 768-v models from its 512 ones).
     #[arg(long)]
     prediction_type: Option<String>,
+    /// Another VAE (a folder or URL holding its config.json and weights), in place of the
+    /// model's: madebyollin/sdxl-vae-fp16-fix decodes SDXL in f16 (its force_upcast is false).
+    #[arg(long)]
+    vae: Option<String>,
     /// Output folder (created).
     #[arg(long)]
     out: PathBuf,
@@ -95,6 +99,7 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
         }
     }
     let src = super::http::open_model_with(&a.model, a.config.as_deref(), a.prediction_type.as_deref())?;
+    let src = super::http::with_vae(src, a.vae.as_deref())?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     // A stale manifest must not describe the new shards while they are written.
     let manifest_path = a.out.join(MANIFEST);

@@ -28,6 +28,14 @@ pub struct Args {
     /// the --config scheduler (shapes cannot tell SD 2's 768-v models from its 512 ones).
     #[arg(long)]
     prediction_type: Option<String>,
+    /// Another VAE (a folder or URL holding its config.json and weights), in place of the
+    /// model's: madebyollin/sdxl-vae-fp16-fix decodes SDXL in f16 (its force_upcast is false).
+    #[arg(long)]
+    vae: Option<String>,
+    /// The text encoders and the U-Net take turns on the GPU (each loaded when needed and
+    /// released after): peak memory is the larger stage's, not their sum (SDXL in about 2 GB).
+    #[arg(long)]
+    low_memory: bool,
     /// A TAESD folder (madebyollin/taesd: config.json, diffusion_pytorch_model.safetensors) for
     /// --decoder taesd and --preview-decoder taesd.
     #[arg(long)]
@@ -238,6 +246,7 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
     let dtype = precision(gpu, &a.precision)?;
     let t0 = Instant::now();
     let src = super::http::open_model_with(&a.model, a.config.as_deref(), a.prediction_type.as_deref())?;
+    let src = super::http::with_vae(src, a.vae.as_deref())?;
     let quant = match (&a.quant, &a.policy) {
         (None, None) => None,
         (q, p) => Some(std::sync::Arc::new(super::convert::policy(q.as_deref().unwrap_or("q8_0"), p.as_deref())?)),
@@ -269,8 +278,8 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
             "--decoder taesd, --encoder taesd and --preview-decoder taesd need --taesd DIR (madebyollin/taesd's files)"
         );
     }
-    let mut sd = webdiffusion::pipeline::generate::StableDiffusion::load(&*src, gpu, &opts)
-        .with_context(|| format!("loading {}", a.model))?;
+    let load = if a.low_memory { StableDiffusion::load_in_turns } else { StableDiffusion::load };
+    let mut sd = load(&*src, gpu, &opts).with_context(|| format!("loading {}", a.model))?;
     eprintln!("loaded {} ({dtype}) in {:.1} s", a.model, t0.elapsed().as_secs_f64());
     if let Some(dir) = &a.taesd {
         let opts = loader::LoadOptions { with_encoder: encode_taesd, ..loader::LoadOptions::new(dtype) };
@@ -285,14 +294,14 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
         };
     }
     // LatentConsistencyModelPipeline's defaults for LCM-distilled U-Nets, else StableDiffusionPipeline's.
-    let lcm = sd.unet.config.time_cond_proj_dim.is_some();
+    let lcm = sd.unet_config.time_cond_proj_dim.is_some();
     let (default_steps, default_guidance) = if lcm { (4, 8.5) } else { (50, 7.5) };
     let scheduler = match &a.scheduler {
         Some(s) => SchedulerKind::parse(s)?,
         None => default_scheduler(sd.scheduler_config.class_name.as_deref(), sd.scheduler_config.use_karras_sigmas)?,
     };
     let factor = sd.vae_config.downscale();
-    let default_px = sd.unet.config.sample_size.unwrap_or(64) * factor;
+    let default_px = sd.unet_config.sample_size.unwrap_or(64) * factor;
     let init = match &a.init_image {
         Some(p) => Some(init_image(a, p)?),
         None if a.mask.is_some() || a.outpaint.is_some() => bail!("--mask and --outpaint need --init-image"),
@@ -333,6 +342,9 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
         if a.latents.is_some() || a.noise.is_some() || a.out_latents.is_some() {
             bail!("--count makes images from seeds; --latents, --noise and --out-latents are for one image");
         }
+        if a.low_memory {
+            bail!("--low-memory makes one image at a time: drop --count");
+        }
         let model = a.model.trim_end_matches('/').rsplit('/').next().unwrap_or("model");
         return generate_many(&sd, a, &req, seed, model);
     }
@@ -343,7 +355,8 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
     let t1 = Instant::now();
     let mut last = Instant::now();
     let mut failed = None;
-    let out = pollster::block_on(sd.generate(&req, latents, noise.as_mut(), &mut |s| {
+    let mut turns = webdiffusion::pipeline::sequential::Turns::default();
+    let mut on_step = |s: webdiffusion::pipeline::generate::Step<'_>| {
         eprintln!("step {}/{} (t={}) {:.2} s", s.index + 1, s.total, s.timestep, last.elapsed().as_secs_f64());
         last = Instant::now();
         if let (Some(rgb), Some(dir)) = (s.image, &a.previews) {
@@ -357,7 +370,12 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
             }
         }
         true
-    }));
+    };
+    let out = if a.low_memory {
+        pollster::block_on(sd.generate_in_turns(&*src, &opts, &mut turns, &req, latents, noise.as_mut(), &mut on_step))
+    } else {
+        pollster::block_on(sd.generate(&req, latents, noise.as_mut(), &mut on_step))
+    };
     if let Some(e) = failed {
         return Err(e);
     }

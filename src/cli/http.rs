@@ -162,6 +162,16 @@ pub fn open_model_with(
     Ok(Box::new(single))
 }
 
+/// `src` with its VAE read from `vae` (a folder or URL with the VAE's config.json and weights at
+/// its root), when given.
+pub fn with_vae(src: Box<dyn FileSource>, vae: Option<&str>) -> anyhow::Result<Box<dyn FileSource>> {
+    use webdiffusion::models::component::Component;
+    Ok(match vae {
+        None => src,
+        Some(v) => Box::new(webdiffusion::models::loader::Swapped::new(src, Component::Vae, open_model(v))?),
+    })
+}
+
 pub fn open_model(model: &str) -> Box<dyn FileSource> {
     if model.starts_with("http://") || model.starts_with("https://") {
         Box::new(HttpSource::new(model))

@@ -69,10 +69,17 @@ impl Component {
 pub struct SmallFile {
     pub path: &'static str,
     pub required: bool,
+    /// Looked for only where this file is there: SDXL's `tokenizer_2/` with its
+    /// `text_encoder_2/config.json`, so an SD 1.x/2.x folder costs no extra requests.
+    pub with: Option<&'static str>,
 }
 
 const fn small(path: &'static str, required: bool) -> SmallFile {
-    SmallFile { path, required }
+    SmallFile { path, required, with: None }
+}
+
+const fn xl(path: &'static str) -> SmallFile {
+    SmallFile { path, required: false, with: Some("text_encoder_2/config.json") }
 }
 
 /// Every small file of the diffusers layout the loader reads (a package copies them into its
@@ -89,10 +96,10 @@ pub const SMALL_FILES: [SmallFile; 14] = [
     small("tokenizer/special_tokens_map.json", false),
     // SDXL's: required there, so `present` and `loader::tokenizer_2` ask for them by the config.
     small("text_encoder_2/config.json", false),
-    small("tokenizer_2/vocab.json", false),
-    small("tokenizer_2/merges.txt", false),
-    small("tokenizer_2/tokenizer_config.json", false),
-    small("tokenizer_2/special_tokens_map.json", false),
+    xl("tokenizer_2/vocab.json"),
+    xl("tokenizer_2/merges.txt"),
+    xl("tokenizer_2/tokenizer_config.json"),
+    xl("tokenizer_2/special_tokens_map.json"),
 ];
 
 impl std::fmt::Display for Component {

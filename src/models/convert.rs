@@ -65,7 +65,11 @@ pub fn convert(
 ) -> Result<Converted> {
     super::loader::check_index(src)?;
     let mut files = BTreeMap::new();
-    for path in SMALL_FILES.map(|f| f.path) {
+    for f in SMALL_FILES {
+        let path = f.path;
+        if f.with.is_some_and(|w| !files.contains_key(w)) {
+            continue;
+        }
         if let Some(bytes) = src.read(path)? {
             let text = String::from_utf8(bytes).map_err(|_| Error::Weights(format!("{path} is not UTF-8")))?;
             files.insert(path.to_string(), text);

@@ -50,6 +50,30 @@ pub trait FileSource {
     fn as_single_file(&self) -> Option<&SingleFile<'_>> {
         None
     }
+
+    /// Already found not to be a package (`with_model`'s `Plain`): no need to look again.
+    fn is_plain(&self) -> bool {
+        false
+    }
+}
+
+/// A source `with_model` found is no package: the loaders it calls in turn do not probe for
+/// `manifest.json` again (over HTTP, one request each).
+struct Plain<'a>(&'a dyn FileSource);
+
+impl FileSource for Plain<'_> {
+    fn read(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        self.0.read(path)
+    }
+    fn read_range(&self, path: &str, start: u64, len: u64) -> Result<Option<Vec<u8>>> {
+        self.0.read_range(path, start, len)
+    }
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+    fn is_plain(&self) -> bool {
+        true
+    }
 }
 
 fn slice_range<'b>(all: &'b [u8], path: &str, start: u64, len: u64) -> Result<&'b [u8]> {
@@ -248,12 +272,12 @@ impl LoadOptions {
 
 /// Runs `f` on the model's files, seen as a package when they are one.
 pub fn with_model<T>(src: &dyn FileSource, f: impl FnOnce(&dyn FileSource) -> Result<T>) -> Result<T> {
-    if src.as_package().is_some() || src.as_single_file().is_some() {
+    if src.as_package().is_some() || src.as_single_file().is_some() || src.is_plain() {
         return f(src);
     }
     match Package::detect(src)? {
         Some(p) => f(&p),
-        None => f(src),
+        None => f(&Plain(src)),
     }
 }
 
@@ -331,6 +355,10 @@ pub fn unet(src: &dyn FileSource, gpu: &Gpu, opts: &LoadOptions) -> Result<UNet>
     })
 }
 
+pub fn unet_config(src: &dyn FileSource) -> Result<UNetConfig> {
+    with_model(src, |src| UNetConfig::from_json(&text(src, "unet/config.json")?))
+}
+
 pub fn vae_config(src: &dyn FileSource) -> Result<VaeConfig> {
     with_model(src, |src| VaeConfig::from_json(&text(src, "vae/config.json")?))
 }
@@ -382,7 +410,7 @@ pub fn taesd(
 }
 
 /// Checks `model_index.json` names a pipeline we can run.
-pub fn check_index(src: &dyn FileSource) -> Result<()> {
+pub fn check_index(src: &dyn FileSource) -> Result<ModelIndex> {
     let index = model_index(src)?;
     match index.class_name.as_deref() {
         Some(
@@ -393,9 +421,58 @@ pub fn check_index(src: &dyn FileSource) -> Result<()> {
             | "StableDiffusionXLPipeline"
             | "StableDiffusionXLImg2ImgPipeline",
         )
-        | None => Ok(()),
+        | None => Ok(index),
         Some(other) => {
             Err(Error::Config { component: "model_index".into(), msg: format!("{other} is not a supported pipeline") })
         }
+    }
+}
+
+/// `base` with one component's folder read from `with` instead, whose root holds that
+/// component's `config.json` and weights: a standalone VAE repo such as
+/// madebyollin/sdxl-vae-fp16-fix (`force_upcast: false`, so SDXL decodes in f16). Only over a
+/// diffusers folder: a package or a single file keeps its own components.
+pub struct Swapped<'a> {
+    base: Box<dyn FileSource + 'a>,
+    folder: String,
+    with: Box<dyn FileSource + 'a>,
+}
+
+impl<'a> Swapped<'a> {
+    pub fn new(base: Box<dyn FileSource + 'a>, component: Component, with: Box<dyn FileSource + 'a>) -> Result<Self> {
+        if base.as_package().is_some() || base.as_single_file().is_some() {
+            return Err(Error::Weights(format!(
+                "{}: a {} can be swapped in a diffusers folder only, not a package or a single file",
+                base.describe(),
+                component.name()
+            )));
+        }
+        if with.read("config.json")?.is_none() {
+            return Err(Error::Weights(format!("{}: no config.json for the {}", with.describe(), component.name())));
+        }
+        Ok(Swapped { base, folder: format!("{}/", component.name()), with })
+    }
+
+    fn route(&self, path: &str) -> (&dyn FileSource, String) {
+        match path.strip_prefix(&self.folder) {
+            Some(rest) => (&*self.with, rest.to_string()),
+            None => (&*self.base, path.to_string()),
+        }
+    }
+}
+
+impl FileSource for Swapped<'_> {
+    fn read(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        let (src, p) = self.route(path);
+        src.read(&p)
+    }
+
+    fn read_range(&self, path: &str, start: u64, len: u64) -> Result<Option<Vec<u8>>> {
+        let (src, p) = self.route(path);
+        src.read_range(&p, start, len)
+    }
+
+    fn describe(&self) -> String {
+        format!("{} with {}from {}", self.base.describe(), self.folder, self.with.describe())
     }
 }

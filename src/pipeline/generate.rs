@@ -6,11 +6,12 @@
 use super::prompt::PromptSyntax;
 use super::schedule::SchedulerConfig;
 use super::schedulers::{Scheduler, SchedulerKind};
+use super::text::Conditioning;
 use super::vae_tiling;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, GpuTensor};
 use crate::models::clip::ClipTextModel;
-use crate::models::config::VaeConfig;
+use crate::models::config::{UNetConfig, VaeConfig};
 use crate::models::taesd::{TinyDecoder, TinyEncoder};
 use crate::models::tokenizer::ClipTokenizer;
 use crate::models::unet::UNet;
@@ -83,7 +84,10 @@ pub struct StableDiffusion {
     pub text_encoder_2: Option<ClipTextModel>,
     /// `model_index.json`'s flag: a missing negative prompt is zeros (SDXL) under guidance.
     pub force_zeros_for_empty_prompt: bool,
-    pub unet: UNet,
+    /// `None` while released: the sequential plan (`pipeline::sequential`) loads it after the
+    /// prompt is encoded, so the text encoders and the U-Net are never on the GPU together.
+    pub unet: Option<UNet>,
+    pub unet_config: UNetConfig,
     pub decoder: Decoder,
     /// Only loaded when img2img is wanted.
     pub encoder: Option<Encoder>,
@@ -229,25 +233,27 @@ impl StableDiffusion {
             return Err(Error::Request(format!("prepare: {width}x{height} is not a multiple of {f}")));
         }
         let (lh, lw) = (height / f, width / f);
-        let cfg = guided && self.unet.config.time_cond_proj_dim.is_none();
+        let cfg = guided && self.unet_config.time_cond_proj_dim.is_none();
         let rows = if cfg { 2 } else { 1 };
         let before = self.gpu.stats().pipelines;
         let gpu = &self.gpu;
         gpu.record_only(|| {
             self.prepare_text(rows)?;
             let cond_in = self.zero_conditioning(rows, self.dtype)?;
-            let unet_in = self.unet.config.in_channels;
+            let unet_in = self.unet_config.in_channels;
             let x = GpuTensor::from_f32_as(
                 gpu,
                 &vec![0.0; rows * unet_in * lh * lw],
                 &[rows, unet_in, lh, lw],
                 self.dtype,
             )?;
-            let cond = match self.unet.config.time_cond_proj_dim {
+            let cond = match self.unet_config.time_cond_proj_dim {
                 Some(d) => Some(GpuTensor::from_f32_as(gpu, &vec![0.0; rows * d], &[rows, d], self.dtype)?),
                 None => None,
             };
-            drop(self.unet.forward_with(&x, 999.0, &cond_in.context, cond.as_ref(), cond_in.added.as_ref())?);
+            if let Some(unet) = &self.unet {
+                drop(unet.forward_with(&x, 999.0, &cond_in.context, cond.as_ref(), cond_in.added.as_ref())?);
+            }
             // The decode as it will be planned: whole, or its tile.
             let caps = gpu.caps();
             let limit = caps.max_storage_binding.min(caps.max_buffer_size);
@@ -287,7 +293,7 @@ impl StableDiffusion {
         on_step: &mut dyn FnMut(Step<'_>) -> bool,
     ) -> Result<Generated> {
         let mut noises: [&mut dyn NoiseSource; 1] = [noise];
-        let mut out = self.run(std::slice::from_ref(req), vec![latents], &mut noises, on_step).await?;
+        let mut out = self.run(std::slice::from_ref(req), vec![latents], &mut noises, on_step, None).await?;
         Ok(out.remove(0))
     }
 
@@ -312,7 +318,7 @@ impl StableDiffusion {
         noises: &mut [&mut dyn NoiseSource],
         on_step: &mut dyn FnMut(Step<'_>) -> bool,
     ) -> Result<Vec<Generated>> {
-        self.run(reqs, vec![None; reqs.len()], noises, on_step).await
+        self.run(reqs, vec![None; reqs.len()], noises, on_step, None).await
     }
 
     /// How many of `count` images of `width` × `height` run as one U-Net batch: as many as keep
@@ -324,9 +330,9 @@ impl StableDiffusion {
     /// The size and step count of a request, checked before anything is allocated: sides are
     /// positive multiples of what the VAE and the U-Net's levels divide by, at most
     /// `MAX_SIDE`, and 1 to `MAX_STEPS` steps.
-    fn check_request(&self, req: &Request) -> Result<()> {
+    pub(super) fn check_request(&self, req: &Request) -> Result<()> {
         let f = self.vae_config.downscale();
-        let unet_factor = 1 << (self.unet.config.block_out_channels.len() - 1);
+        let unet_factor = 1 << (self.unet_config.block_out_channels.len() - 1);
         let m = f * unet_factor;
         if req.width == 0 || req.height == 0 || req.width % m != 0 || req.height % m != 0 {
             return Err(Error::Request(format!(
@@ -394,21 +400,34 @@ impl StableDiffusion {
         Ok(first.steps - keep)
     }
 
+    /// The U-Net, unless released (`pipeline::sequential`).
+    pub(super) fn unet(&self) -> Result<&UNet> {
+        self.unet.as_ref().ok_or_else(|| Error::Request("the U-Net is not loaded (released between prompts)".into()))
+    }
+
+    /// Whether `req` runs classifier-free guidance: guidance above 1 on a U-Net that does not
+    /// take it as an embedding (LCM).
+    pub(super) fn guided(&self, req: &Request) -> bool {
+        req.guidance > 1.0 && self.unet_config.time_cond_proj_dim.is_none()
+    }
+
     /// The one denoising loop: `reqs` as a U-Net batch of `reqs.len()` rows (twice that with
     /// classifier-free guidance), each with its own scheduler and noise, then decoded.
-    async fn run(
+    /// `given`: the prompts' conditioning, already encoded (`pipeline::sequential`).
+    pub(super) async fn run(
         &self,
         reqs: &[Request],
         latents: Vec<Option<Vec<f32>>>,
         noises: &mut [&mut dyn NoiseSource],
         on_step: &mut dyn FnMut(Step<'_>) -> bool,
+        given: Option<&Conditioning>,
     ) -> Result<Vec<Generated>> {
         let start = self.plan(reqs, &latents, noises.len())?;
         let first = &reqs[0];
         let b = reqs.len();
         let f = self.vae_config.downscale();
         let c = self.vae_config.latent_channels;
-        let unet_in = self.unet.config.in_channels;
+        let unet_in = self.unet_config.in_channels;
         let shape = [1, c, first.height / f, first.width / f];
         let n: usize = shape.iter().product();
         let hw = shape[2] * shape[3];
@@ -423,10 +442,24 @@ impl StableDiffusion {
             ));
         }
         // LCM-distilled U-Nets take the guidance scale as an embedding instead of running CFG.
-        let w_embedding = self.unet.config.time_cond_proj_dim.map(|d| guidance_embedding(first.guidance - 1.0, d));
-        let cfg = first.guidance > 1.0 && w_embedding.is_none();
+        let w_embedding = self.unet_config.time_cond_proj_dim.map(|d| guidance_embedding(first.guidance - 1.0, d));
+        let cfg = self.guided(first);
         // Rows: [uncond × b, cond × b] with guidance, [cond × b] without.
-        let conditioning = self.condition(reqs, cfg).await?;
+        let owned;
+        let conditioning = match given {
+            Some(c) => c,
+            None => {
+                owned = self.condition(reqs, cfg).await?;
+                &owned
+            }
+        };
+        let rows = if cfg { 2 * b } else { b };
+        if conditioning.context.shape().first() != Some(&rows) {
+            return Err(Error::Request(format!(
+                "the prompts' conditioning has {:?} rows, this batch needs {rows}",
+                conditioning.context.shape().first()
+            )));
+        }
         let mut schedulers = (0..b)
             .map(|_| Scheduler::new(first.scheduler, &self.scheduler_config, first.steps))
             .collect::<Result<Vec<_>>>()?;
@@ -507,7 +540,6 @@ impl StableDiffusion {
             inpaint.push(None);
         }
 
-        let rows = if cfg { 2 * b } else { b };
         // The guidance embedding is the same every step: upload it once.
         let cond = match &w_embedding {
             Some(w) => Some(GpuTensor::from_f32_as(&self.gpu, &w.repeat(rows), &[rows, w.len()], self.dtype)?),
@@ -531,7 +563,7 @@ impl StableDiffusion {
             }
             let input = GpuTensor::from_f32_as(&self.gpu, &input, &[rows, unet_in, shape[2], shape[3]], self.dtype)?;
             let out = self
-                .unet
+                .unet()?
                 .forward_with(&input, t, &conditioning.context, cond.as_ref(), conditioning.added.as_ref())?
                 .to_vec_f32()
                 .await?;

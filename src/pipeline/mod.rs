@@ -10,5 +10,6 @@ pub mod prompt;
 pub mod rng;
 pub mod schedule;
 pub mod schedulers;
+pub mod sequential;
 pub mod text;
 pub mod vae_tiling;

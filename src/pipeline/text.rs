@@ -19,7 +19,7 @@ use crate::models::config::TIME_IDS;
 use crate::models::unet::Added;
 
 /// What the U-Net sees besides the latents: rows [uncond × b, cond × b] with guidance.
-pub(super) struct Conditioning {
+pub struct Conditioning {
     pub context: GpuTensor,
     pub added: Option<Added>,
 }
@@ -44,7 +44,7 @@ fn zeroed(r: &Request) -> bool {
 impl StableDiffusion {
     /// True for SDXL-style models: two text encoders and the U-Net's text_time conditioning.
     pub fn is_xl(&self) -> bool {
-        self.unet.config.text_time().is_some()
+        self.unet_config.text_time().is_some()
     }
 
     pub(super) async fn encode(&self, prompts: &[(&str, PromptSyntax)]) -> Result<GpuTensor> {
@@ -72,7 +72,7 @@ impl StableDiffusion {
         let encoded: Vec<(&str, PromptSyntax)> =
             prompts.iter().zip(&zero).filter(|(_, &z)| !z).map(|(p, _)| *p).collect();
         let (context, pooled) = self.encode_xl(&encoded).await?;
-        let (_, pooled_dim) = self.unet.config.text_time().unwrap_or_default();
+        let (_, pooled_dim) = self.unet_config.text_time().unwrap_or_default();
         let per = context.len() / encoded.len().max(1);
         if pooled.len() != encoded.len() * pooled_dim {
             return Err(Error::Request(format!(
@@ -92,7 +92,7 @@ impl StableDiffusion {
                 next += 1;
             }
         }
-        let dim = self.unet.config.cross_attention_dim;
+        let dim = self.unet_config.cross_attention_dim;
         let rows = prompts.len();
         let context = GpuTensor::from_f32_as(&self.gpu, &ctx, &[rows, per / dim, dim], self.dtype)?;
         let text_embeds = GpuTensor::from_f32_as(&self.gpu, &pool, &[rows, pooled_dim], self.dtype)?;
@@ -124,10 +124,10 @@ impl StableDiffusion {
             return Err(Error::Request(format!("the two text encoders' contexts differ in shape: {sa:?} and {sb:?}")));
         }
         let (d1, d2) = (sa[2], sb[2]);
-        if d1 + d2 != self.unet.config.cross_attention_dim {
+        if d1 + d2 != self.unet_config.cross_attention_dim {
             return Err(Error::Request(format!(
                 "the text encoders give {d1} + {d2} features; the U-Net's cross_attention_dim is {}",
-                self.unet.config.cross_attention_dim
+                self.unet_config.cross_attention_dim
             )));
         }
         let (va, vb) = (a.hidden.to_vec_f32().await?, b.hidden.to_vec_f32().await?);
@@ -165,9 +165,9 @@ impl StableDiffusion {
 
     /// Zeros shaped like a generation's conditioning (`prepare` records the U-Net on them).
     pub(super) fn zero_conditioning(&self, rows: usize, dtype: DType) -> Result<Conditioning> {
-        let (tokens, dim) = (self.tokenizer.max_len, self.unet.config.cross_attention_dim);
+        let (tokens, dim) = (self.tokenizer.max_len, self.unet_config.cross_attention_dim);
         let context = GpuTensor::from_f32_as(&self.gpu, &vec![0.0; rows * tokens * dim], &[rows, tokens, dim], dtype)?;
-        let added = match self.unet.config.text_time() {
+        let added = match self.unet_config.text_time() {
             Some((_, p)) => Some(Added {
                 text_embeds: GpuTensor::from_f32_as(&self.gpu, &vec![0.0; rows * p], &[rows, p], dtype)?,
                 time_ids: time_ids(512, 512).repeat(rows),

@@ -191,5 +191,9 @@ pub(super) struct LoadRequest {
     /// A name for PNG metadata.
     #[serde(default)]
     pub(super) name: Option<String>,
+    /// The text encoders and the U-Net take turns on the GPU (`pipeline::sequential`): the
+    /// reader stays with the model, which reloads from it when the prompt changes.
+    #[serde(default)]
+    pub(super) low_memory: bool,
     // `loras` ([{name, strength, bytes}]) is read by `js_loras`: its bytes are a Uint8Array.
 }

@@ -23,41 +23,49 @@ const ready = (page) => page.waitForFunction(() => window.webdiffusion && window
 const load = (page, url) => page.evaluate((u) => window.webdiffusion.load(u, { quant: 'q4_0' }).then(() => null, (e) => String(e.message || e)), url);
 
 /// The package `webdiffusion convert` writes for the fixture.
-function nativePackage() {
+function nativePackage(dir = MODEL_DIR) {
   const out = mkdtempSync(join(tmpdir(), 'webdiffusion-convert-'));
-  execFileSync(cliBinary(), ['convert', '--model', MODEL_DIR, '--out', out, '--quant', 'q4_0'], { stdio: 'pipe' });
+  execFileSync(cliBinary(), ['convert', '--model', dir, '--out', out, '--quant', 'q4_0'], { stdio: 'pipe' });
   return JSON.parse(readFileSync(join(out, 'manifest.json'), 'utf8'));
 }
 
-test('a repo served like Hugging Face is converted while it streams into exactly the package convert writes', { timeout: 600_000 }, async () => {
-  const native = nativePackage();
-  const hf = await startHfStandin({ dir: MODEL_DIR, repo: 'test/tiny-sd1' });
-  const { server: app, url } = await serveApp();
-  const browser = await launchBrowser();
-  try {
-    const { page, logs } = await openPage(browser);
-    await page.goto(`${url}?sw=0&chunk=${CHUNK}`);
-    await ready(page);
-    assert.equal(await load(page, hf.resolveBase), null, logs.join('\n'));
-    const s = await page.evaluate(() => window.webdiffusion.state);
-    const { sizes, manifest } = await stored(page, `url:${hf.resolveBase}`);
-    assert.ok(manifest, 'a package manifest is stored');
-    assert.deepEqual(JSON.parse(manifest), native, 'the streamed conversion equals `webdiffusion convert` (every tensor and shard sha256)');
-    assert.deepEqual(Object.keys(sizes).filter((p) => p.endsWith('.safetensors')), [], 'no source weights are stored');
-    const source = ['unet/diffusion_pytorch_model.safetensors', 'text_encoder/model.fp16.safetensors', 'vae/diffusion_pytorch_model.safetensors']
-      .reduce((n, f) => n + statSync(join(MODEL_DIR, f)).size, 0);
-    assert.ok(s.download.bytesFetched >= source, `fetched ${s.download.bytesFetched} of ${source} source bytes`);
-    assert.ok(s.download.workers >= 1, `quantized by conversion workers (${s.download.workers})`);
-    const g = await page.evaluate((r) => window.webdiffusion.generate(r), REQUEST);
-    assert.equal(g.cancelled, false);
-    console.log(`streamed conversion: ${Object.values(sizes).reduce((a, b) => a + b, 0)} bytes stored for ${source} source bytes, ` +
-      `download+convert ${s.timings.downloadMs} ms, load ${s.timings.loadMs} ms, wasm heap ${s.wasmHeapBytes}`);
-  } finally {
-    await browser.close();
-    app.close();
-    await hf.close();
-  }
-});
+// tiny-sdxl also has text_encoder_2/ and tokenizer_2/, which the page finds in the Hub listing.
+const STREAMED = [
+  ['tiny-sd1', ['unet/diffusion_pytorch_model.safetensors', 'text_encoder/model.fp16.safetensors', 'vae/diffusion_pytorch_model.safetensors']],
+  ['tiny-sdxl', ['unet/diffusion_pytorch_model.fp16.safetensors', 'text_encoder/model.fp16.safetensors',
+    'text_encoder_2/model.fp16.safetensors', 'vae/diffusion_pytorch_model.fp16.safetensors']],
+];
+for (const [model, weights] of STREAMED) {
+  test(`${model}: a repo served like Hugging Face is converted while it streams into exactly the package convert writes`, { timeout: 600_000 }, async () => {
+    const dir = join(ROOT, 'tests/fixtures', model);
+    const native = nativePackage(dir);
+    const hf = await startHfStandin({ dir, repo: `test/${model}` });
+    const { server: app, url } = await serveApp();
+    const browser = await launchBrowser();
+    try {
+      const { page, logs } = await openPage(browser);
+      await page.goto(`${url}?sw=0&chunk=${CHUNK}`);
+      await ready(page);
+      assert.equal(await load(page, hf.resolveBase), null, logs.join('\n'));
+      const s = await page.evaluate(() => window.webdiffusion.state);
+      const { sizes, manifest } = await stored(page, `url:${hf.resolveBase}`);
+      assert.ok(manifest, 'a package manifest is stored');
+      assert.deepEqual(JSON.parse(manifest), native, 'the streamed conversion equals `webdiffusion convert` (every tensor and shard sha256)');
+      assert.deepEqual(Object.keys(sizes).filter((p) => p.endsWith('.safetensors')), [], 'no source weights are stored');
+      const source = weights.reduce((n, f) => n + statSync(join(dir, f)).size, 0);
+      assert.ok(s.download.bytesFetched >= source, `fetched ${s.download.bytesFetched} of ${source} source bytes`);
+      assert.ok(s.download.workers >= 1, `quantized by conversion workers (${s.download.workers})`);
+      const g = await page.evaluate((r) => window.webdiffusion.generate(r), REQUEST);
+      assert.equal(g.cancelled, false);
+      console.log(`${model} streamed conversion: ${Object.values(sizes).reduce((a, b) => a + b, 0)} bytes stored for ${source} source bytes, ` +
+        `download+convert ${s.timings.downloadMs} ms, load ${s.timings.loadMs} ms, wasm heap ${s.wasmHeapBytes}`);
+    } finally {
+      await browser.close();
+      app.close();
+      await hf.close();
+    }
+  });
+}
 
 test('a conversion cut mid-file resumes from its checkpoint after a reload', { timeout: 600_000 }, async () => {
   const native = nativePackage();

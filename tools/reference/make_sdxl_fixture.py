@@ -43,6 +43,10 @@ Pipeline cases (StableDiffusionXLPipeline, add_watermarker=False, height=width=6
     eulera_turbo_1   the published scheduler (EulerAncestral trailing), 1 step, guidance 0.0 -- how sdxl-turbo ships
     dpmpp2m_g5_3     DPMSolverMultistepScheduler.from_config(published), 3 steps, guidance 5.0, negative_prompt None:
                      force_zeros_for_empty_prompt makes the unconditional context AND pooled embedding zeros
+    img2img_eulera_turbo_2   StableDiffusionXLImg2ImgPipeline (same folder), the published scheduler, 2 steps,
+                     strength 0.5 (one step runs), guidance 0, image = make_pipeline_fixtures.synthetic_image(); draws:
+                     the VAE posterior sample, the noise add_noise mixes in, the ancestral step's
+                     (requires_aesthetics_score false: add_time_ids as txt2img's, from the image's size)
 Micro-conditioning defaults: original_size = target_size = (64, 64), crops (0, 0) -> add_time_ids [64,64,0,0,64,64],
 the same for the negative half. Noise is injected as make_pipeline_fixtures.py does (every randn_tensor draw from a
 seeded pool, recorded in order).
@@ -76,6 +80,7 @@ from diffusers import (  # noqa: E402
     AutoencoderKL,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
+    StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
@@ -105,9 +110,12 @@ TIMESTEPS = [1, 500, 999]
 PROMPT = mpf.PROMPT
 HEIGHT = WIDTH = 64
 LATENT_SHAPE = mpf.LATENT_SHAPE
+INIT = mpf.synthetic_image()
 CASES = [
     dict(name="eulera_turbo_1", sched=None, steps=1, guidance=0.0),
     dict(name="dpmpp2m_g5_3", sched=DPMSolverMultistepScheduler, steps=3, guidance=5.0),
+    # sdxl-turbo's documented img2img call: 2 steps at strength 0.5 (one step runs), guidance 0.
+    dict(name="img2img_eulera_turbo_2", sched=None, steps=2, guidance=0.0, strength=0.5),
 ]
 SCHED_MODULE = {"EulerAncestralDiscreteScheduler": mpf.SCHED_MODULE["EulerAncestralDiscreteScheduler"],
                 "DPMSolverMultistepScheduler": mpf.SCHED_MODULE["DPMSolverMultistepScheduler"]}
@@ -209,7 +217,9 @@ def references(m: dict) -> OrderedDict:
 
 
 @torch.no_grad()
-def run_case(pipe, c: dict):
+def run_case(pipes, c: dict):
+    img2img = "strength" in c
+    pipe = pipes["img2img" if img2img else "txt2img"]
     base = pipe.scheduler.config
     sched = (c["sched"] or EulerAncestralDiscreteScheduler).from_config(base)
     pipe.scheduler = sched
@@ -233,9 +243,10 @@ def run_case(pipe, c: dict):
         warnings.simplefilter("ignore")
         with mpf.instrument(pipe, sched, rec), mpf.injected_randn(pool, rec):
             try:
+                kind = (dict(image=mpf.PIL.Image.fromarray(INIT), strength=c["strength"]) if img2img
+                        else dict(latents=latents.clone(), height=HEIGHT, width=WIDTH))
                 out = pipe(prompt=PROMPT, num_inference_steps=c["steps"], guidance_scale=c["guidance"],
-                           generator=torch.Generator().manual_seed(0), latents=latents.clone(), height=HEIGHT,
-                           width=WIDTH, output_type="pil",
+                           generator=torch.Generator().manual_seed(0), output_type="pil", **kind,
                            callback_on_step_end=lambda p, i, t, kw: (cb.append(kw["latents"].clone()), kw)[1])
             finally:
                 h.remove()
@@ -243,7 +254,8 @@ def run_case(pipe, c: dict):
     image = np.array(out.images[0])
     steps = rec["steps"]
     S = len(steps)
-    assert S == c["steps"] == len(cb) == len(unet_calls)
+    run = int(c["steps"] * c["strength"]) if img2img else c["steps"]
+    assert S == run == len(cb) == len(unet_calls)
     cfg = c["guidance"] > 1.0
     b = 2 if cfg else 1
     for call in unet_calls:
@@ -252,7 +264,8 @@ def run_case(pipe, c: dict):
         if cfg:  # force_zeros_for_empty_prompt with negative_prompt None
             assert not call["ehs"][0].any() and not call["text_embeds"][0].any()
     sched_ts = sched.timesteps.clone()
-    assert torch.equal(torch.stack([s["t"] for s in steps]), sched_ts)
+    ran_ts = sched_ts[len(sched_ts) - S:].clone()
+    assert torch.equal(torch.stack([s["t"] for s in steps]), ran_ts)
     (dec,) = rec["decode"]
     final = cb[-1]
     assert torch.equal(dec["in"], final / pipe.vae.config.scaling_factor)
@@ -260,11 +273,18 @@ def run_case(pipe, c: dict):
     K = len(rec["draws"])
     noise = torch.stack(rec["draws"]) if K else torch.zeros((0,) + LATENT_SHAPE)
     mod = SCHED_MODULE[type(sched).__name__]
-    assert rec["sources"] == ([mod] * S if c["sched"] is None else []), rec["sources"]
+    own = [mod] * S if c["sched"] is None else []
+    if img2img:
+        (an,) = rec["add_noise"]
+        assert torch.equal(an["out"], steps[0]["sample"]) and torch.equal(an["noise"], rec["draws"][1])
+        assert rec["sources"][0] == mpf.MOD_VAE and rec["sources"][2:] == own, rec["sources"]
+    else:
+        assert rec["sources"] == own, rec["sources"]
     t = OrderedDict()
-    t["latents"] = latents
+    if not img2img:
+        t["latents"] = latents
     t["noise"] = noise
-    t["timesteps"] = sched_ts.to(torch.float32)
+    t["timesteps"] = ran_ts.to(torch.float32)
     t["start_latents"] = steps[0]["sample"]
     t["model_outputs"] = torch.stack([s["model_output"] for s in steps])
     t["step_latents"] = torch.stack(cb)
@@ -275,6 +295,10 @@ def run_case(pipe, c: dict):
     t["text_ids_2"] = ids2[0].to(torch.int32)
     t["context"] = unet_calls[0]["ehs"]
     t["text_embeds"] = unet_calls[0]["text_embeds"]
+    if img2img:
+        t["init_image"] = torch.from_numpy(INIT)
+        t["image_latents"] = rec["add_noise"][0]["x0"]
+        t["scheduler_timesteps"] = sched_ts.to(torch.float32)
     t = OrderedDict((k, v.detach().contiguous()) for k, v in t.items())
     mf.save_st(dict(t), OUT / "pipeline" / f"{c['name']}.safetensors")
     e = OrderedDict()
@@ -287,7 +311,7 @@ def run_case(pipe, c: dict):
     e["steps_run"] = S
     e["guidance_scale"] = c["guidance"]
     e["do_classifier_free_guidance"] = cfg
-    e["strength"] = None
+    e["strength"] = c.get("strength")
     e["width"], e["height"] = WIDTH, HEIGHT
     e["eta"] = None
     e["scheduler_class"] = type(sched).__name__
@@ -296,6 +320,8 @@ def run_case(pipe, c: dict):
     e["scheduler_config"] = dict(sched.config)
     e["init_noise_sigma"] = float(sched.init_noise_sigma)
     e["timesteps"] = [s["t"].item() for s in steps]
+    if img2img:
+        e["scheduler_timesteps"] = sched_ts.tolist()
     e["add_time_ids"] = [64, 64, 0, 0, 64, 64]
     e["negative_zeroed"] = cfg
     e["noise_draws"] = K
@@ -314,7 +340,12 @@ def main() -> None:
         for k, v in getattr(pipe, name).state_dict().items():
             assert torch.equal(mine[k], v), f"{name}.{k} differs after reloading from disk"
     assert pipe.vae.config.force_upcast and pipe.vae.config.scaling_factor == 0.13025
-    cases = [run_case(pipe, c) for c in CASES]
+    pipes = {"txt2img": pipe,
+             "img2img": StableDiffusionXLImg2ImgPipeline.from_pretrained(OUT, variant="fp16", dtype=torch.float32,
+                                                                          add_watermarker=False)}
+    pipes["img2img"].set_progress_bar_config(disable=True)
+    assert not pipes["img2img"].config.requires_aesthetics_score
+    cases = [run_case(pipes, c) for c in CASES]
     files = OrderedDict((str(p.relative_to(OUT)), sha256(p)) for p in sorted(OUT.rglob("*")) if p.is_file()
                         and p.parent.name != "pipeline")
     mpf.write_json(OUT / "pipeline/cases.json", OrderedDict([
