@@ -17,6 +17,9 @@ use crate::models::tokenizer::ClipTokenizer;
 use crate::models::unet::UNet;
 use crate::models::vae::{Decoder, Encoder};
 
+/// The least the VAE decode is given under a budget the weights already fill (small tiles).
+const MIN_VAE_ACTIVATIONS: u64 = 64 << 20;
+
 /// The largest side of an image, in pixels (a 4096² SD image is 16× the trained area already).
 pub const MAX_SIDE: usize = 4096;
 /// The most denoising steps a request may ask for.
@@ -715,7 +718,8 @@ impl StableDiffusion {
         match self.memory.budget {
             Some(total) => {
                 let s = self.gpu.stats();
-                total.saturating_sub(s.bytes_live + s.bytes_pooled)
+                // Weights over the budget still get small tiles rather than no decode.
+                total.saturating_sub(s.bytes_live + s.bytes_pooled).max(MIN_VAE_ACTIVATIONS)
             }
             None => self.memory.vae_activations,
         }

@@ -12,6 +12,9 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::models::loader::{self, FileSource, LoadOptions};
 
+/// GPU bytes a generation in turns aims to stay within (WebGPU devices of 2 GB and up).
+pub const LOW_MEMORY_BUDGET: u64 = 2_000_000_000;
+
 /// What a conditioning was made from: a request with the same key reuses it.
 #[derive(Clone, Debug, PartialEq)]
 struct Key {
@@ -33,8 +36,12 @@ pub struct Turns {
 
 impl StableDiffusion {
     /// Everything but the U-Net, which `generate_in_turns` loads once the prompt is encoded.
+    /// In turns the whole run aims at `LOW_MEMORY_BUDGET`: the VAE decode is tiled to what the
+    /// U-Net's and the VAE's weights leave of it.
     pub fn load_in_turns(src: &dyn FileSource, gpu: &Gpu, opts: &LoadOptions) -> Result<StableDiffusion> {
-        Self::load_parts(src, gpu, opts, false)
+        let mut sd = Self::load_parts(src, gpu, opts, false)?;
+        sd.memory.budget = Some(LOW_MEMORY_BUDGET);
+        Ok(sd)
     }
 
     /// Frees the U-Net's weights until `load_unet`.

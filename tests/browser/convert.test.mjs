@@ -129,3 +129,41 @@ test('a corrupt byte is caught by the sha256 the Hub API lists, and a gone host 
     await hf.close();
   }
 });
+
+test('tiny-sdxl with lowMemory: the text encoders and the U-Net take turns, and make the images loaded whole makes', { timeout: 600_000 }, async () => {
+  const dir = join(ROOT, 'tests/fixtures/tiny-sdxl');
+  const hf = await startHfStandin({ dir, repo: 'test/tiny-sdxl' });
+  const { server: app, url } = await serveApp();
+  const browser = await launchBrowser();
+  try {
+    const { page, logs } = await openPage(browser);
+    await page.goto(`${url}?sw=0&chunk=${CHUNK}`);
+    await ready(page);
+    const entry = (lowMemory) => ({ id: lowMemory ? 'xl-turns' : 'xl-whole', name: 'tiny-sdxl', url: hf.resolveBase, format: 'diffusers', quant: 'q4_0', lowMemory });
+    const run = (e) => page.evaluate(async ({ e, request }) => {
+      const w = window.webdiffusion;
+      await w.loadEntry(e);
+      const rgba = async (r) => (await w.generate(r)).image.rgba;
+      const out = { lowMemory: w.state.model && w.state.model.info.lowMemory };
+      out.first = Array.from(await rgba(request));
+      out.other = Array.from(await rgba({ ...request, prompt: 'a blue square' }));
+      out.again = Array.from(await rgba(request));
+      return out;
+    }, { e, request: REQUEST });
+    const turns = await run(entry(true));
+    assert.equal(turns.lowMemory, true, logs.join('\n'));
+    const whole = await run(entry(false));
+    assert.equal(whole.lowMemory, false);
+    const maxDiff = (a, b) => a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i])), 0);
+    assert.equal(turns.first.length, 64 * 64 * 4);
+    console.log(`tiny-sdxl in turns vs whole: ${maxDiff(turns.first, whole.first)}/255 and ${maxDiff(turns.other, whole.other)}/255; a prompt back again: ${maxDiff(turns.again, turns.first)}/255`);
+    assert.equal(maxDiff(turns.first, whole.first), 0, 'in turns, the image loaded whole makes');
+    assert.equal(maxDiff(turns.other, whole.other), 0, 'after a prompt change too');
+    assert.equal(maxDiff(turns.again, turns.first), 0, 'and back');
+    assert.ok(maxDiff(turns.other, turns.first) > 0, 'the prompt matters');
+  } finally {
+    await browser.close();
+    app.close();
+    await hf.close();
+  }
+});
