@@ -14,6 +14,7 @@
 // the conversion over once rather than mixing two versions.
 
 import * as store from './store.js';
+import { diffusersLayout } from './pkg/webdiffusion.js';
 import {
   resolveFiles, FatalError, describeNetworkError, contentRange, abortError, sleep, fetchModel, checkHost, checkSize, validatorOf,
 } from './download.js';
@@ -23,7 +24,6 @@ const PARALLEL = 3;
 const TRIES = 4;
 const BACKOFF_MS = 500;
 const CHECKPOINT_BYTES = 64 << 20;
-const COMPONENTS = ['vae', 'text_encoder', 'unet'];
 const STATE = '__conversion__';
 // Package bytes stored per source byte, roughly (fp16 sources quantized): for the quota message.
 const PACKAGE_RATIO = 0.4;
@@ -223,8 +223,10 @@ export async function downloadConverted(entry, engine, quant, opts = {}) {
       return null;
     }
     const listing = ckpt ? {} : await hubListing(entry.url, signal, stats);
-    const weights = ckpt ? [await checkpointFile(ckpt, signal, stats)] : COMPONENTS.map((c) => {
-      const f = resolved.files.find((x) => x.path.startsWith(`${c}/`) && x.path.endsWith('.safetensors'));
+    // The engine's components in its load order; SDXL's text_encoder_2 where its config is.
+    const components = diffusersLayout().weights.filter((w) => w.required || resolved.files.some((x) => x.path === w.config));
+    const weights = ckpt ? [await checkpointFile(ckpt, signal, stats)] : components.map(({ component: c, plain, half }) => {
+      const f = resolved.files.find((x) => x.path === plain || x.path === half);
       if (!f) throw new FatalError(`${entry.url} has no ${c} weights`);
       const listed = listing[f.path] || {};
       // Catalog sizes were checked with the catalog; a listing's are checked here, where one is

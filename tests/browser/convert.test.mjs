@@ -143,7 +143,11 @@ test('tiny-sdxl with lowMemory: the text encoders and the U-Net take turns, and 
     const run = (e) => page.evaluate(async ({ e, request }) => {
       const w = window.webdiffusion;
       await w.loadEntry(e);
-      const rgba = async (r) => (await w.generate(r)).image.rgba;
+      // The page keeps the last image's pixels, base64, in its state.
+      const rgba = async (r) => {
+        await w.generate(r);
+        return Uint8Array.from(atob(w.state.lastImage.rgba), (c) => c.charCodeAt(0));
+      };
       const out = { lowMemory: w.state.model && w.state.model.info.lowMemory };
       out.first = Array.from(await rgba(request));
       out.other = Array.from(await rgba({ ...request, prompt: 'a blue square' }));

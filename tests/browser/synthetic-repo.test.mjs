@@ -30,11 +30,12 @@ test('tensor lists derived from configs equal every published tensors.json, in o
 test('planned weight files have the published byte sizes (fp16 and fp32)', () => {
   // SD 1.5 Inpainting publishes no fp32 .safetensors; its 9-channel conv_in is the whole
   // difference to SD 1.5 (28,800 bytes in the U-Net).
-  for (const [model, dir, fp32] of [['sd-turbo', 'stabilityai__sd-turbo', true], ['sd15', 'stable-diffusion-v1-5__stable-diffusion-v1-5', true],
-    ['sd15-inpainting', 'stable-diffusion-v1-5__stable-diffusion-inpainting', false]]) {
+  // SDXL-Turbo: its four fp16 files (two text encoders), sizes from their Git-LFS pointers.
+  for (const [model, dir, fp32, count] of [['sd-turbo', 'stabilityai__sd-turbo', true, 6], ['sd15', 'stable-diffusion-v1-5__stable-diffusion-v1-5', true, 6],
+    ['sd15-inpainting', 'stable-diffusion-v1-5__stable-diffusion-inpainting', false, 3], ['sdxl-turbo', 'stabilityai__sdxl-turbo', false, 4]]) {
     const files = published(dir);
     const planned = weightFiles(model, { fp32 });
-    assert.equal(planned.length, fp32 ? 6 : 3, model);
+    assert.equal(planned.length, count, model);
     for (const f of planned) {
       assert.equal(planFile(f).size, files[f.path].bytes, `${model} ${f.path}`);
     }

@@ -4,15 +4,16 @@
 // writer needs it for architectures that exist only as configs (tests/fixtures/mid-arch); for
 // the published models it reads tests/fixtures/published/*/tensors.json instead.
 //
-// Covered: CLIPTextModel; UNet2DConditionModel with CrossAttnDownBlock2D / DownBlock2D /
-// UNetMidBlock2DCrossAttn / UpBlock2D / CrossAttnUpBlock2D (conv or linear projections, LCM's
-// time_cond_proj_dim); AutoencoderKL with the modern attention names. Anything else is rejected
-// rather than guessed.
+// Covered: CLIPTextModel and CLIPTextModelWithProjection (SDXL's text_encoder_2);
+// UNet2DConditionModel with CrossAttnDownBlock2D / DownBlock2D / UNetMidBlock2DCrossAttn /
+// UpBlock2D / CrossAttnUpBlock2D (conv or linear projections, LCM's time_cond_proj_dim, SDXL's
+// text_time add_embedding and per-level transformer_layers_per_block); AutoencoderKL with the
+// modern attention names. Anything else is rejected rather than guessed.
 //
 //   node tools/bench/arch-tensors.mjs --check             # equals every published tensors.json
 //   node tools/bench/arch-tensors.mjs --configs tests/fixtures/mid-arch [--position-ids]
 
-import { readFileSync, readdirSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -55,6 +56,7 @@ export function clipTensors(c, { positionIds = false } = {}) {
     norm(l.p('layer_norm2'), h);
   }
   norm(tm.p('final_layer_norm'), h);
+  if ((c.architectures || []).includes('CLIPTextModelWithProjection')) linear(root.p('text_projection'), c.projection_dim, h, false);
   return out;
 }
 
@@ -67,22 +69,24 @@ function resnet(s, inC, outC, temb) {
   if (inC !== outC) conv(s.p('conv_shortcut'), outC, inC, 1);
 }
 
-function transformer2d(s, ch, cross, linearProj) {
+function transformer2d(s, ch, cross, linearProj, depth = 1) {
   norm(s.p('norm'), ch);
   const proj = (x) => (linearProj ? linear(x, ch, ch) : conv(x, ch, ch, 1));
   proj(s.p('proj_in'));
-  const b = s.p('transformer_blocks.0');
-  norm(b.p('norm1'), ch);
-  for (const [attn, kv] of [['attn1', ch], ['attn2', cross]]) {
-    const a = b.p(attn);
-    linear(a.p('to_q'), ch, ch, false);
-    linear(a.p('to_k'), ch, kv, false);
-    linear(a.p('to_v'), ch, kv, false);
-    linear(a.p('to_out.0'), ch, ch);
-    norm(b.p(attn === 'attn1' ? 'norm2' : 'norm3'), ch);
+  for (let d = 0; d < depth; d++) {
+    const b = s.p(`transformer_blocks.${d}`);
+    norm(b.p('norm1'), ch);
+    for (const [attn, kv] of [['attn1', ch], ['attn2', cross]]) {
+      const a = b.p(attn);
+      linear(a.p('to_q'), ch, ch, false);
+      linear(a.p('to_k'), ch, kv, false);
+      linear(a.p('to_v'), ch, kv, false);
+      linear(a.p('to_out.0'), ch, ch);
+      norm(b.p(attn === 'attn1' ? 'norm2' : 'norm3'), ch);
+    }
+    linear(b.p('ff.net.0.proj'), ch * 8, ch); // GEGLU: value and gate
+    linear(b.p('ff.net.2'), ch, ch * 4);
   }
-  linear(b.p('ff.net.0.proj'), ch * 8, ch); // GEGLU: value and gate
-  linear(b.p('ff.net.2'), ch, ch * 4);
   proj(s.p('proj_out'));
 }
 
@@ -91,9 +95,15 @@ function reject(c, key, ok) {
 }
 
 export function unetTensors(c) {
-  reject(c, 'transformer_layers_per_block', (v) => v === 1);
+  const levels = c.block_out_channels.length;
+  reject(c, 'transformer_layers_per_block', (v) => Number.isInteger(v) || (Array.isArray(v) && v.length === levels));
+  reject(c, 'reverse_transformer_layers_per_block', () => false);
   reject(c, 'class_embed_type', () => false);
-  reject(c, 'addition_embed_type', () => false);
+  reject(c, 'addition_embed_type', (v) => v === 'text_time');
+  const depth = (level) => {
+    const t = c.transformer_layers_per_block ?? 1;
+    return Array.isArray(t) ? t[level] : t;
+  };
   reject(c, 'mid_block_type', (v) => v === 'UNetMidBlock2DCrossAttn');
   reject(c, 'only_cross_attention', (v) => v === false);
   const { out, root } = list();
@@ -108,10 +118,14 @@ export function unetTensors(c) {
   linear(te.p('linear_1'), temb, b[0]);
   if (c.time_cond_proj_dim) linear(te.p('cond_proj'), b[0], c.time_cond_proj_dim, false);
   linear(te.p('linear_2'), temb, temb);
+  if (c.addition_embed_type === 'text_time') {
+    linear(root.p('add_embedding.linear_1'), temb, c.projection_class_embeddings_input_dim);
+    linear(root.p('add_embedding.linear_2'), temb, temb);
+  }
   c.down_block_types.forEach((type, i) => {
     const s = root.p(`down_blocks.${i}`);
     const inC = i === 0 ? b[0] : b[i - 1];
-    if (type === 'CrossAttnDownBlock2D') for (let j = 0; j < L; j++) transformer2d(s.p(`attentions.${j}`), b[i], cross, lin);
+    if (type === 'CrossAttnDownBlock2D') for (let j = 0; j < L; j++) transformer2d(s.p(`attentions.${j}`), b[i], cross, lin, depth(i));
     else if (type !== 'DownBlock2D') throw new Error(`down block ${type} is not supported`);
     for (let j = 0; j < L; j++) resnet(s.p(`resnets.${j}`), j === 0 ? inC : b[i], b[i], temb);
     if (i < n - 1) conv(s.p('downsamplers.0.conv'), b[i], b[i], 3);
@@ -122,7 +136,7 @@ export function unetTensors(c) {
     const prev = i === 0 ? rb[0] : rb[i - 1];
     const outC = rb[i];
     const skipIn = rb[Math.min(i + 1, n - 1)];
-    if (type === 'CrossAttnUpBlock2D') for (let j = 0; j <= L; j++) transformer2d(s.p(`attentions.${j}`), outC, cross, lin);
+    if (type === 'CrossAttnUpBlock2D') for (let j = 0; j <= L; j++) transformer2d(s.p(`attentions.${j}`), outC, cross, lin, depth(n - 1 - i));
     else if (type !== 'UpBlock2D') throw new Error(`up block ${type} is not supported`);
     for (let j = 0; j <= L; j++) {
       const skip = j === L ? skipIn : outC;
@@ -132,7 +146,7 @@ export function unetTensors(c) {
   });
   // down_blocks and up_blocks are registered (empty) before mid_block, so it comes last.
   const top = b[n - 1];
-  transformer2d(root.p('mid_block.attentions.0'), top, cross, lin);
+  transformer2d(root.p('mid_block.attentions.0'), top, cross, lin, depth(n - 1));
   for (let j = 0; j < 2; j++) resnet(root.p(`mid_block.resnets.${j}`), top, top, temb);
   norm(root.p('conv_norm_out'), b[0]);
   conv(root.p('conv_out'), c.out_channels, b[0], c.conv_out_kernel || 3);
@@ -184,13 +198,14 @@ export function vaeTensors(c) {
 
 const readJson = (p) => JSON.parse(readFileSync(p, 'utf8'));
 
-/// {text_encoder, unet, vae}: [{name, shape, dtype?}] from a folder with the three configs.
+/// {text_encoder, [text_encoder_2,] unet, vae}: [{name, shape, dtype?}] from a folder with the
+/// configs (SDXL's text_encoder_2 where its config is there).
 export function tensorsFromConfigs(dir, opts = {}) {
-  return {
-    text_encoder: clipTensors(readJson(join(dir, 'text_encoder/config.json')), opts),
-    unet: unetTensors(readJson(join(dir, 'unet/config.json'))),
-    vae: vaeTensors(readJson(join(dir, 'vae/config.json'))),
-  };
+  const out = { text_encoder: clipTensors(readJson(join(dir, 'text_encoder/config.json')), opts) };
+  if (existsSync(join(dir, 'text_encoder_2/config.json'))) out.text_encoder_2 = clipTensors(readJson(join(dir, 'text_encoder_2/config.json')), opts);
+  out.unet = unetTensors(readJson(join(dir, 'unet/config.json')));
+  out.vae = vaeTensors(readJson(join(dir, 'vae/config.json')));
+  return out;
 }
 
 /// Differences between a derived list and a published one, as text lines (empty when equal).
@@ -209,7 +224,11 @@ export function checkPublished() {
     const pub = readJson(join(base, model, 'tensors.json'));
     const positionIds = pub.components.text_encoder.tensors.some((t) => t.name.endsWith('position_ids'));
     const ours = tensorsFromConfigs(join(base, model), { positionIds });
-    for (const c of ['text_encoder', 'unet', 'vae']) {
+    for (const c of Object.keys(pub.components)) {
+      if (!ours[c]) {
+        report.push({ model, component: c, tensors: 0, diff: [`no ${c} derived`], sameOrder: false });
+        continue;
+      }
       const diff = compareLists(ours[c], pub.components[c].tensors);
       const order = diff.length === 0 && ours[c].every((t, i) => t.name === pub.components[c].tensors[i].name);
       report.push({ model, component: c, tensors: ours[c].length, diff, sameOrder: order });

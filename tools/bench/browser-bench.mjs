@@ -5,7 +5,7 @@
 // relaunched (a returning visitor: app from the service worker, model from IndexedDB), the
 // same image again. Prints one table and writes JSON.
 //
-//   node tools/bench/browser-bench.mjs --model sd-turbo|sd15|sd15-inpainting|mid-arch|tiny|tiny-inpaint
+//   node tools/bench/browser-bench.mjs --model sd-turbo|sdxl-turbo|sd15|sd15-inpainting|mid-arch|tiny|tiny-inpaint
 //        [--keep-repo DIR] [--json FILE] [--timeout-min N] [--quant q4_0|q8_0|none]
 //        [--steps N] [--size PX] [--guidance G] [--scheduler S] [--seed N] [--chunk BYTES]
 //        [--mode img2img|inpaint] [--init PNG] [--strength S] (start from an image: PNG, or one
@@ -36,6 +36,7 @@ import { sampleRss } from './rss.mjs';
 
 const PRESETS = {
   'sd-turbo': { request: { steps: 1, guidance: 0, scheduler: 'euler-a', size: 512 }, timeoutMin: 60 },
+  'sdxl-turbo': { request: { steps: 1, guidance: 0, scheduler: 'euler-a', size: 512 }, timeoutMin: 120 },
   sd15: { request: { steps: 1, guidance: 7.5, scheduler: 'dpm++2m-karras', size: 512 }, timeoutMin: 60 },
   'sd15-inpainting': { request: { steps: 1, guidance: 7.5, scheduler: 'dpm++2m-karras', size: 512 }, timeoutMin: 60, mode: 'inpaint' },
   'mid-arch': { request: { steps: 2, guidance: 7.5, scheduler: 'ddim', size: 128 }, timeoutMin: 20 },

@@ -30,6 +30,7 @@ const GENERATOR = 1; // bump when the bytes written for the same inputs change
 
 export const MODELS = {
   'sd-turbo': { repo: 'stabilityai/sd-turbo', published: 'stabilityai__sd-turbo' },
+  'sdxl-turbo': { repo: 'stabilityai/sdxl-turbo', published: 'stabilityai__sdxl-turbo' },
   sd15: { repo: 'stable-diffusion-v1-5/stable-diffusion-v1-5', published: 'stable-diffusion-v1-5__stable-diffusion-v1-5' },
   // SD 1.5's layout (its small files, position_ids in the text encoder, modern fp16 files) with
   // the narrower configs of tests/fixtures/mid-arch: the CI-sized real-layout model.
@@ -234,8 +235,11 @@ export function writeRepo(model, out, { seed = 1, fp32 = false, log = console.lo
   const entries = [];
   const small = new Map();
   for (const p of listSmall(pubDir)) small.set(p, readFileSync(join(pubDir, p)));
-  small.set('tokenizer/vocab.json', publishedVocab());
-  small.set('tokenizer/merges.txt', readFileSync(join(ROOT, 'tools/reference/clip-tokenizer/merges.txt')));
+  // The same BPE files for SDXL's tokenizer_2.
+  for (const t of ['tokenizer', ...(published['tokenizer_2/vocab.json'] ? ['tokenizer_2'] : [])]) {
+    small.set(`${t}/vocab.json`, publishedVocab());
+    small.set(`${t}/merges.txt`, readFileSync(join(ROOT, 'tools/reference/clip-tokenizer/merges.txt')));
+  }
   if (m.configs) {
     for (const c of ['text_encoder', 'unet', 'vae']) small.set(`${c}/config.json`, readFileSync(join(ROOT, m.configs, c, 'config.json')));
     for (const p of [...small.keys()]) if (/^(safety_checker|feature_extractor)\//.test(p)) small.delete(p); // no weights for them
