@@ -151,19 +151,18 @@ test('tiny-sdxl with lowMemory: the text encoders and the U-Net take turns, and 
       const out = { lowMemory: w.state.model && w.state.model.info.lowMemory };
       out.first = Array.from(await rgba(request));
       out.other = Array.from(await rgba({ ...request, prompt: 'a blue square' }));
-      out.again = Array.from(await rgba(request));
       return out;
-    }, { e, request: REQUEST });
+    }, { e, request: { ...REQUEST, steps: 1 } });
     const turns = await run(entry(true));
     assert.equal(turns.lowMemory, true, logs.join('\n'));
     const whole = await run(entry(false));
     assert.equal(whole.lowMemory, false);
     const maxDiff = (a, b) => a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i])), 0);
     assert.equal(turns.first.length, 64 * 64 * 4);
-    console.log(`tiny-sdxl in turns vs whole: ${maxDiff(turns.first, whole.first)}/255 and ${maxDiff(turns.other, whole.other)}/255; a prompt back again: ${maxDiff(turns.again, turns.first)}/255`);
+    // (Reloads and their counts are tested natively: tests/pipeline.rs.)
+    console.log(`tiny-sdxl in turns vs whole: ${maxDiff(turns.first, whole.first)}/255, after a prompt change ${maxDiff(turns.other, whole.other)}/255`);
     assert.equal(maxDiff(turns.first, whole.first), 0, 'in turns, the image loaded whole makes');
     assert.equal(maxDiff(turns.other, whole.other), 0, 'after a prompt change too');
-    assert.equal(maxDiff(turns.again, turns.first), 0, 'and back');
     assert.ok(maxDiff(turns.other, turns.first) > 0, 'the prompt matters');
   } finally {
     await browser.close();

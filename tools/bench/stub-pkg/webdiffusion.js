@@ -51,11 +51,14 @@ export function schedulers() {
 /// The real build's layout (src/models/component.rs: SMALL_FILES, and the weights in
 /// Component::LOAD_ORDER), which download.js probes a bare folder for.
 export function diffusersLayout() {
+  const xl = 'text_encoder_2/config.json';
   const files = [['model_index.json', true], ['scheduler/scheduler_config.json', true], ['text_encoder/config.json', true],
     ['unet/config.json', true], ['vae/config.json', true], ['tokenizer/vocab.json', true], ['tokenizer/merges.txt', true],
-    ['tokenizer/tokenizer_config.json', false], ['tokenizer/special_tokens_map.json', false]].map(([path, required]) => ({ path, required }));
-  const weights = [['vae', 'diffusion_pytorch_model'], ['text_encoder', 'model'], ['unet', 'diffusion_pytorch_model']]
-    .map(([component, stem]) => ({ component, plain: `${component}/${stem}.safetensors`, half: `${component}/${stem}.fp16.safetensors` }));
+    ['tokenizer/tokenizer_config.json', false], ['tokenizer/special_tokens_map.json', false], [xl, false],
+    ...['vocab.json', 'merges.txt', 'tokenizer_config.json', 'special_tokens_map.json'].map((f) => [`tokenizer_2/${f}`, false, xl])]
+    .map(([path, required, w]) => ({ path, required, with: w ?? null }));
+  const weights = [['vae', 'diffusion_pytorch_model', true], ['text_encoder', 'model', true], ['text_encoder_2', 'model', false], ['unet', 'diffusion_pytorch_model', true]]
+    .map(([component, stem, required]) => ({ component, plain: `${component}/${stem}.safetensors`, half: `${component}/${stem}.fp16.safetensors`, config: `${component}/config.json`, required }));
   return { files, weights };
 }
 
