@@ -8,9 +8,10 @@ import { FatalError, contentRange, fetchModel } from './download-net.js';
 import { engineReady, sha256Bytes } from './download-verify.js';
 
 /// The largest file a listing (package manifest, catalog, Hub tree, Content-Range) may claim.
-/// The biggest file of a supported model is an fp32 SD 2 U-Net (3.46 GB); a size beyond 4 GiB
-/// is a broken or hostile listing, and refusing it keeps every offset and chunk count exact.
-export const MAX_FILE_BYTES = 2 ** 32;
+/// The biggest file of a supported model is SDXL's fp32 U-Net (10.27 GB; its fp16 one, 5.14 GB,
+/// is what the page fetches); a size beyond 16 GiB is a broken or hostile listing, and refusing
+/// it keeps every offset and chunk count exact (far below 2^53).
+export const MAX_FILE_BYTES = 2 ** 34;
 
 function shown(v) {
   if (v === undefined) return 'missing';

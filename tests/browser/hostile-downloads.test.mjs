@@ -144,7 +144,7 @@ test('a manifest or catalog with a size that is no number (or a bad path or hash
     [[{ file: 'a.bin', size: 'abc' }], /manifest\.json: shards\[0\]\.size is "abc", expected a whole number of bytes/],
     [[good, { file: 'a.bin' }], /shards\[1\]\.size is missing, expected a whole number/],
     [[good, { file: 'a.bin', size: -1 }], /shards\[1\]\.size is -1/],
-    [[good, { file: 'a.bin', size: 2 ** 53 }], /shards\[1\]\.size is 9007199254740992, expected a whole number of bytes \(at most 4 GiB\)/],
+    [[good, { file: 'a.bin', size: 2 ** 53 }], /shards\[1\]\.size is 9007199254740992, expected a whole number of bytes \(at most 16 GiB\)/],
     [[good, { file: '../../secret', size: 1 }], /shards\[1\]\.file is "\.\.\/\.\.\/secret", expected a path without empty, "\." or "\.\." segments/],
     [[good, { file: '/etc/passwd', size: 1 }], /shards\[1\]\.file is "\/etc\/passwd", expected a relative path, not an absolute one/],
     [[good, { file: 'https://evil.example/w', size: 1 }], /shards\[1\]\.file .* expected a relative path, not a URL/],
