@@ -4,22 +4,26 @@
 mod common;
 
 use candle_core::{DType as CDType, Device, Tensor, D};
-use common::{check_op, cpu_attention, inp, inp_scaled};
+use common::{check_op, check_op_in, cpu_attention, inp, inp_scaled, Sweep};
 use webdiffusion::ops::{self, AttentionLayout, Conv2dParams, MatmulSpec};
 
 #[test]
 fn matmul_plain_and_transposed() {
     // (batch, M, K, N): 1-element, odd, exactly one tile, multi-tile, batched.
+    // Every variant on the odd and the multi-tile shape; the others add a shape (Sweep::Shape).
     for (b, m, k, n) in [(1, 1, 1, 1), (1, 17, 33, 9), (1, 64, 64, 64), (1, 130, 96, 200), (3, 31, 47, 29)] {
         let case = format!("{b}x{m}x{k}x{n}");
-        check_op(
+        let sweep = if matches!((m, n), (17, 9) | (130, 200)) { Sweep::Every } else { Sweep::Shape };
+        check_op_in(
+            sweep,
             "matmul",
             &case,
             &[inp(&[b, m, k]), inp(&[b, k, n])],
             |x| ops::matmul(&x[0], &x[1], None, MatmulSpec::default()),
             |x| x[0].matmul(&x[1]),
         );
-        check_op(
+        check_op_in(
+            sweep,
             "matmul",
             &format!("{case} trans_b"),
             &[inp(&[b, m, k]), inp(&[b, n, k])],
@@ -33,7 +37,8 @@ fn matmul_plain_and_transposed() {
 fn linear_with_bias_and_shared_weight() {
     // The attention projection of SD 1.5's first block, scaled down: [2, 256, 320] x [320, 320]^T.
     for (rows, k, n) in [(2 * 256, 320, 320), (77, 96, 130), (5, 7, 3)] {
-        check_op(
+        check_op_in(
+            if rows == 512 { Sweep::Shape } else { Sweep::Every },
             "linear",
             &format!("{rows}x{k}->{n}"),
             &[inp(&[2, rows / 2 + rows % 2, k]), inp(&[n, k]), inp(&[n])],
@@ -63,10 +68,13 @@ fn conv2d_shapes() {
         (1, 7, 3, 3, 5, 3, 1, 0),
         (2, 3, 10, 12, 70, 3, 2, 0),
     ];
-    for (n, cin, h, w, cout, k, s, p) in cases {
+    // Every variant on the aligned ResNet conv, the tiny-tail and the odd strided one; the
+    // others add a shape (Sweep::Shape).
+    for (i, (n, cin, h, w, cout, k, s, p)) in cases.into_iter().enumerate() {
         let case = format!("{n}x{cin}x{h}x{w}->{cout} k{k} s{s} p{p}");
         let cp = Conv2dParams { stride: s, padding: p, pad_end: 0 };
-        check_op(
+        check_op_in(
+            if matches!(i, 0 | 4 | 5) { Sweep::Every } else { Sweep::Shape },
             "conv2d",
             &case,
             &[inp(&[n, cin, h, w]), inp(&[cout, cin, k, k]), inp(&[cout])],
@@ -76,17 +84,21 @@ fn conv2d_shapes() {
     }
     // The residual fused into the epilogue (a ResNet block's skip), with and without a bias,
     // 3x3 and strided.
+    // Every variant on the first with a bias; the rest add the no-bias and strided shapes.
     for (n, cin, h, w, cout, k, s, p) in [(2, 32, 9, 7, 24, 3, 1, 1), (1, 8, 10, 12, 5, 3, 2, 1)] {
         let (ho, wo) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
         let cp = Conv2dParams { stride: s, padding: p, pad_end: 0 };
-        check_op(
+        let first = n == 2;
+        check_op_in(
+            if first { Sweep::Every } else { Sweep::Shape },
             "conv2d",
             &format!("{n}x{cin}x{h}x{w}->{cout} k{k} s{s} + residual"),
             &[inp(&[n, cin, h, w]), inp(&[cout, cin, k, k]), inp(&[cout]), inp(&[n, cout, ho, wo])],
             |x| ops::conv2d_add(&x[0], &x[1], Some(&x[2]), cp, Some(&x[3])),
             |x| cpu_conv(&x[..3], s, p)? + &x[3],
         );
-        check_op(
+        check_op_in(
+            Sweep::Shape,
             "conv2d",
             &format!("{n}x{cin}x{h}x{w}->{cout} k{k} s{s} no bias + residual"),
             &[inp(&[n, cin, h, w]), inp(&[cout, cin, k, k]), inp(&[n, cout, ho, wo])],
@@ -99,14 +111,17 @@ fn conv2d_shapes() {
     for (n, cin, h, w, cout) in [(2, 32, 9, 7, 24), (3, 4, 5, 6, 6)] {
         let cp = Conv2dParams { stride: 1, padding: 1, pad_end: 0 };
         let per_image = |x: &[Tensor]| x[0].conv2d(&x[1], 1, 1, 1, 1)?.broadcast_add(&x[2].reshape((n, cout, 1, 1))?);
-        check_op(
+        let sweep = if n == 2 { Sweep::Every } else { Sweep::Shape };
+        check_op_in(
+            sweep,
             "conv2d",
             &format!("{n}x{cin}x{h}x{w}->{cout} bias per image"),
             &[inp(&[n, cin, h, w]), inp(&[cout, cin, 3, 3]), inp(&[n, cout])],
             |x| ops::conv2d(&x[0], &x[1], Some(&x[2]), cp),
             per_image,
         );
-        check_op(
+        check_op_in(
+            sweep,
             "conv2d",
             &format!("{n}x{cin}x{h}x{w}->{cout} bias per image + residual"),
             &[inp(&[n, cin, h, w]), inp(&[cout, cin, 3, 3]), inp(&[n, cout]), inp(&[n, cout, h, w])],
@@ -159,7 +174,9 @@ fn group_norm_with_and_without_silu() {
 
 #[test]
 fn layer_norm_rows() {
-    for shape in [vec![2, 7, 96], vec![1, 77, 768], vec![3, 5]] {
+    // Narrow rows (up to 128) take an invocation each, over several workgroups here; wider ones
+    // a workgroup each.
+    for shape in [vec![2, 7, 96], vec![3, 100, 128], vec![1, 77, 768], vec![2, 129], vec![3, 5]] {
         let d = *shape.last().unwrap();
         check_op(
             "layer_norm",
@@ -474,8 +491,10 @@ fn vae_sized_ops() {
             },
         );
     }
+    // The size is what this adds: conv2d_shapes sweeps the variants.
     let cp = Conv2dParams { stride: 1, padding: 1, pad_end: 0 };
-    check_op(
+    check_op_in(
+        Sweep::Shape,
         "conv2d",
         "1x128x64x64->128 k3",
         &[inp(&[1, 128, 64, 64]), inp(&[128, 128, 3, 3]), inp(&[128])],

@@ -5,7 +5,7 @@ mod common;
 
 use candle_core::quantized::{GgmlDType, QTensor as CandleQ};
 use candle_core::{Device, Tensor};
-use common::{compare, gpu, to_vec};
+use common::{compare, gpu, to_vec, Sweep};
 use webdiffusion::gpu::{DType, Gpu, GpuOptions, GpuTensor};
 use webdiffusion::ops::{self, Conv2dParams};
 use webdiffusion::quant::{self, QTensor, QuantFormat};
@@ -40,7 +40,7 @@ fn blocks_match_candle_byte_for_byte() {
 /// The quantized matmul against candle's dequantize + matmul, under each kernel policy of
 /// `policies` (the weight, inputs and reference made once: they are the slow part).
 #[allow(clippy::too_many_arguments)]
-fn check_matmul(g: &Gpu, f: QuantFormat, cf: GgmlDType, m: usize, k: usize, n: usize, dtype: DType, each: bool) {
+fn check_matmul(g: &Gpu, f: QuantFormat, cf: GgmlDType, m: usize, k: usize, n: usize, dtype: DType, sweep: Option<Sweep>) {
     let (a, w, b) = (random_values(1, m * k), random_values(2, n * k), random_values(3, n));
     let qt = QTensor::from_f32(g, f, &w, n, k).unwrap();
     let a_up = GpuTensor::from_f32_as(g, &a, &[m, k], dtype).unwrap();
@@ -56,10 +56,9 @@ fn check_matmul(g: &Gpu, f: QuantFormat, cf: GgmlDType, m: usize, k: usize, n: u
         let err = compare(&format!("{f:?} matmul {m}x{k}x{n} {dtype} {kernel}"), tol, &to_vec(&got), &want);
         eprintln!("{f:?} {dtype} {m}x{k}x{n} {kernel}: max |err| {err:.2e}");
     };
-    if each {
-        common::each_kernel("matmul", run);
-    } else {
-        run("");
+    match sweep {
+        Some(sweep) => common::each_kernel_in("matmul", sweep, run),
+        None => run(""),
     }
 }
 
@@ -67,8 +66,10 @@ fn check_matmul(g: &Gpu, f: QuantFormat, cf: GgmlDType, m: usize, k: usize, n: u
 fn quantized_matmul_matches_candle_dequantize_matmul() {
     for (f, cf) in FORMATS {
         for dtype in common::dtypes() {
+            // Every policy on the multi-tile and the long-K odd-N shape; the others add a shape.
             for (m, k, n) in [(1, 32, 1), (77, 320, 96), (130, 64, 200), (5, 1280, 33)] {
-                check_matmul(gpu(), f, cf, m, k, n, dtype, true);
+                let sweep = if matches!(m, 130 | 5) { Sweep::Every } else { Sweep::Shape };
+                check_matmul(gpu(), f, cf, m, k, n, dtype, Some(sweep));
             }
         }
     }
@@ -80,7 +81,7 @@ fn quantized_weights_split_over_bindings() {
     let g = pollster::block_on(Gpu::new(&GpuOptions { binding_cap: Some(16 * 1024), ..common::options() })).unwrap();
     let qt = QTensor::from_f32(&g, QuantFormat::Q8_0, &random_values(2, 300 * 128), 300, 128).unwrap();
     assert!(qt.data.num_chunks() >= 2);
-    check_matmul(&g, QuantFormat::Q8_0, GgmlDType::Q8_0, 9, 128, 300, DType::F32, false);
+    check_matmul(&g, QuantFormat::Q8_0, GgmlDType::Q8_0, 9, 128, 300, DType::F32, None);
 }
 
 #[test]
@@ -109,8 +110,10 @@ fn quantized_conv2d_matches_candle() {
                     want = (want + cpu(&to_vec(r), &[2, cout, ho, wo])).unwrap();
                 }
                 let want: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
-                // The weight, inputs and reference once; the kernel under each policy.
-                common::each_kernel("conv2d", |kernel| {
+                // The weight, inputs and reference once; the kernel under each policy (every
+                // policy on the 3x3 and the 1x1 with its residual; the strided one adds a shape).
+                let sweep = if stride == 1 { Sweep::Every } else { Sweep::Shape };
+                common::each_kernel_in("conv2d", sweep, |kernel| {
                     let got = ops::conv2d_quant_add(&x_up, &qt, k, k, Some(&b_up), cp, res_up.as_ref()).unwrap();
                     let label = format!("{f:?} conv {cin}->{cout} k{k} s{stride} {dtype} {kernel}");
                     let tol = common::kernel_tolerance("conv2d", dtype, kernel);

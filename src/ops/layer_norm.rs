@@ -8,6 +8,11 @@ use crate::gpu::GpuTensor;
 
 const SHADER: Shader = Shader { name: "layer_norm", source: include_str!("../../shaders/layer_norm.wgsl") };
 
+/// Rows up to this wide take one invocation each (the tiny models' 32-128 channels: the demo
+/// model's layer norms ran 138 ms a dispatch on lavapipe with a workgroup per row); wider ones a
+/// workgroup, which reads the row coalesced and reduces it in parallel.
+const ROW_THREAD_MAX_D: usize = 128;
+
 uniform! {
     struct Params {
         rows: u32,
@@ -28,6 +33,12 @@ pub fn layer_norm(x: &GpuTensor, gamma: &GpuTensor, beta: &GpuTensor, eps: f32) 
     let out = GpuTensor::empty(x.gpu(), x.shape(), dtype)?;
     let params = Params { rows: u32_of(OP, rows)?, d: d as u32, eps, pad: 0 };
     let binds = [x.bind(OP)?, gamma.bind(OP)?, beta.bind(OP)?, out.bind(OP)?];
-    x.gpu().launch(&super::reductions(KernelKey::new(SHADER, dtype), x), &params, &binds, grid_1d(rows as u32))?;
+    if d <= ROW_THREAD_MAX_D {
+        let key = KernelKey::new(SHADER, dtype).with("ROW_THREAD", 1);
+        x.gpu().launch(&key, &params, &binds, grid_1d(rows.div_ceil(64) as u32))?;
+    } else {
+        let key = super::reductions(KernelKey::new(SHADER, dtype), x).with("ROW_THREAD", 0);
+        x.gpu().launch(&key, &params, &binds, grid_1d(rows as u32))?;
+    }
     Ok(out)
 }

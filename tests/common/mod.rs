@@ -72,14 +72,47 @@ pub fn policies(op: &str) -> Vec<KernelPolicy> {
     }
 }
 
+/// Which of an op's kernel policies a case runs under. On a fresh machine lavapipe compiles each
+/// pipeline with LLVM at its first dispatch (~0.4 s a direct kernel, ~1 s a tiled one), and a
+/// case's shape picks its own pipelines (vector widths, epilogue), so sweeping every policy over
+/// every shape compiled ~400 pipelines in the op tests alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sweep {
+    /// Every policy (`policies`): the cases that carry the variants (aligned, odd tails, each
+    /// epilogue), so each variant meets aligned and ragged shapes.
+    Every,
+    /// The default policy (what this adapter runs) and the smallest tile: cases that add a shape
+    /// (edge handling both kernel families share), not a variant.
+    Shape,
+}
+
+/// `policies(op)` under `sweep`.
+pub fn policies_in(op: &str, sweep: Sweep) -> Vec<KernelPolicy> {
+    let all = policies(op);
+    match (sweep, op) {
+        (Sweep::Shape, "matmul" | "linear" | "conv2d") => {
+            let small = KernelChoice::Tile(GemmTile::T64x64);
+            all.into_iter()
+                .filter(|p| !p.f16_math && (*p == KernelPolicy::default() || p.matmul == small || p.conv2d == small))
+                .collect()
+        }
+        _ => all,
+    }
+}
+
 /// The shared device's kernel policy is global to it: a test that changes it holds this for
 /// writing, every other GPU check for reading.
 static POLICY: RwLock<()> = RwLock::new(());
 
 /// Runs `f` under each of `op`'s kernel policies on the shared device (`f` gets the policy's
 /// label), then puts the default back.
-pub fn each_kernel(op: &str, mut f: impl FnMut(&str)) {
-    let variants = policies(op);
+pub fn each_kernel(op: &str, f: impl FnMut(&str)) {
+    each_kernel_in(op, Sweep::Every, f)
+}
+
+/// `each_kernel` over the policies of `sweep`.
+pub fn each_kernel_in(op: &str, sweep: Sweep, mut f: impl FnMut(&str)) {
+    let variants = policies_in(op, sweep);
     if variants.len() == 1 {
         let _shared = POLICY.read().unwrap_or_else(|e| e.into_inner());
         return f("");
@@ -217,6 +250,15 @@ where
     G: Fn(&[GpuTensor]) -> webdiffusion::Result<GpuTensor>,
     C: Fn(&[Tensor]) -> candle_core::Result<Tensor>,
 {
+    check_op_in(Sweep::Every, op, case, inputs, gpu_fn, cpu_fn)
+}
+
+/// `check_op` under the policies of `sweep`.
+pub fn check_op_in<G, C>(sweep: Sweep, op: &str, case: &str, inputs: &[Input], gpu_fn: G, cpu_fn: C) -> Vec<(DType, f32)>
+where
+    G: Fn(&[GpuTensor]) -> webdiffusion::Result<GpuTensor>,
+    C: Fn(&[Tensor]) -> candle_core::Result<Tensor>,
+{
     let mut errs = Vec::new();
     for dtype in dtypes() {
         let mut gpu_in = Vec::new();
@@ -232,7 +274,7 @@ where
         let want = cpu_fn(&cpu_in).unwrap_or_else(|e| panic!("{op} {case} cpu: {e}"));
         let dims = want.dims().to_vec();
         let want: Vec<f32> = want.flatten_all().and_then(|t| t.to_vec1()).expect("cpu values");
-        each_kernel(op, |kernel| {
+        each_kernel_in(op, sweep, |kernel| {
             let label = format!("{op} {case} {dtype} {kernel}");
             let out = gpu_fn(&gpu_in).unwrap_or_else(|e| panic!("{label}: {e}"));
             assert_eq!(out.shape(), dims.as_slice(), "{label}: output shape");
