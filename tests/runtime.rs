@@ -114,7 +114,13 @@ fn reductions_use_subgroups_where_the_device_has_them() {
         );
         let mut out = to_vec(&ops::group_norm(&x, 8, &g, &b, 1e-5, true).unwrap());
         let rows = x.reshape(&[70, 32]).unwrap();
-        out.extend(to_vec(&ops::layer_norm(&rows, &g, &b, 1e-5).unwrap()));
+        // Rows over 128 wide: narrower ones take an invocation each, with no reduction to share.
+        let (wide, gw, bw) = (
+            x.reshape(&[14, 160]).unwrap(),
+            GpuTensor::from_f32(&own, &[1.5; 160], &[160]).unwrap(),
+            GpuTensor::from_f32(&own, &[0.25; 160], &[160]).unwrap(),
+        );
+        out.extend(to_vec(&ops::layer_norm(&wide, &gw, &bw, 1e-5).unwrap()));
         out.extend(to_vec(&ops::softmax(&rows, 0.5).unwrap()));
         (own.caps().subgroups, own.pipeline_labels(), out)
     };
