@@ -81,8 +81,8 @@ pub enum Sweep {
     /// Every policy (`policies`): the cases that carry the variants (aligned, odd tails, each
     /// epilogue), so each variant meets aligned and ragged shapes.
     Every,
-    /// The default policy (what this adapter runs) and the smallest tile: cases that add a shape
-    /// (edge handling both kernel families share), not a variant.
+    /// The direct kernel by size (what CPU adapters run) and the smallest tile: cases that add a
+    /// shape (edge handling both kernel families share), not a variant.
     Shape,
 }
 
@@ -91,10 +91,10 @@ pub fn policies_in(op: &str, sweep: Sweep) -> Vec<KernelPolicy> {
     let all = policies(op);
     match (sweep, op) {
         (Sweep::Shape, "matmul" | "linear" | "conv2d") => {
-            let small = KernelChoice::Tile(GemmTile::T64x64);
-            all.into_iter()
-                .filter(|p| !p.f16_math && (*p == KernelPolicy::default() || p.matmul == small || p.conv2d == small))
-                .collect()
+            // `policies` names no `Auto`: the direct kernel by size is what CPU adapters run.
+            let shape = [KernelChoice::Tile(GemmTile::T64x64), KernelChoice::Direct { block: (0, 0) }];
+            let choice = |p: &KernelPolicy| if op == "conv2d" { p.conv2d } else { p.matmul };
+            all.into_iter().filter(|p| !p.f16_math && shape.contains(&choice(p))).collect()
         }
         _ => all,
     }
