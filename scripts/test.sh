@@ -1,29 +1,48 @@
 #!/usr/bin/env bash
 # Every test: Rust unit tests, GPU op tests on Mesa lavapipe against candle on the CPU, CLI tests,
-# then the wasm build in headless Chromium on WebGPU (SwiftShader).
+# the demo model's adherence run, then the wasm build in headless Chromium on WebGPU (SwiftShader).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh test
 start=$(date +%s)
+scripts/setup.sh test
+echo "setup took $(( $(date +%s) - start )) s"
 
-echo "== native: unit, op and CLI tests (GPU: lavapipe) =="
-cargo test --all-targets --no-run
-# The demo model's adherence run (~2.5 min, one CLI process) overlaps the other test binaries,
-# which cargo runs one after another and which leave a core idle much of the time (process
-# starts, model loads, readbacks); on 2 cores that saves minutes. Both must pass.
-cargo test --test demo_model > target/demo_model.log 2>&1 &
-demo=$!
-status=0
-cargo test --all-targets -- --skip demo_model_follows_color_and_position || status=$?
-wait "$demo" || { cat target/demo_model.log; echo "demo model test failed"; exit 1; }
-tail -n 4 target/demo_model.log
-[ "$status" = 0 ] || exit "$status"
-# (The op tests check every matmul/conv2d variant themselves, the tiled kernels real GPUs run
-# included: tests/common/mod.rs `each_kernel`.)
-
-echo "== wasm build =="
+echo "== build: the native test binaries and the tests' wasm =="
+mkdir -p target
+# The JSON lists each test binary; diagnostics still print as text.
+cargo test --all-targets --no-run --message-format=json-render-diagnostics > target/test-binaries.json
 scripts/build-wasm.sh --test
+echo "built at $(( $(date +%s) - start )) s"
 
-echo "== browser tests (headless Chromium, WebGPU) =="
-node --test tests/browser/
+# One job per test binary and per browser test file, run side by side (scripts/jobs.sh says
+# why). Longest first, so the short ones fill the gaps at the end; a new file runs last.
+order=(demo_model browser/faults cli browser/convert browser/real-size ops browser/app pipeline
+  models browser/checkpoint browser/img2img quant browser/bench browser/loras browser/models
+  browser/inpaint package browser/hostile-downloads unit-lib browser/taesd runtime)
+declare -A cmd
+while IFS=' ' read -r kind name exe; do
+  case "$kind" in
+    lib | rlib | cdylib) name=unit-lib ;;
+    bin) name=unit-bin ;;
+  esac
+  cmd[$name]="$exe"
+done < <(sed -nE 's/.*"target":\{"kind":\["([a-z-]+)"[^]]*\][^}]*"name":"([^"]+)".*"profile":\{[^}]*"test":true[^}]*\}.*"executable":"([^"]+)".*/\1 \2 \3/p' target/test-binaries.json)
+for f in tests/browser/*.test.mjs; do
+  n=${f#tests/}
+  cmd[${n%.test.mjs}]="node --test $f"
+done
+[ "${#cmd[@]}" -gt 10 ] || { echo "found only ${#cmd[@]} test jobs in target/test-binaries.json"; exit 1; }
+list=$(mktemp)
+for n in "${order[@]}"; do
+  [ -n "${cmd[$n]:-}" ] && printf '%s\t%s\n' "${n//\//-}" "${cmd[$n]}" >> "$list" && unset "cmd[$n]"
+done
+for n in "${!cmd[@]}"; do printf '%s\t%s\n' "${n//\//-}" "${cmd[$n]}" >> "$list"; done
+
+echo "== tests: $(wc -l < "$list") jobs, 3 at a time (GPU: lavapipe natively, SwiftShader in Chromium) =="
+# Three on two cores: a job waiting on a process start, a readback or a page leaves its core to
+# the others.
+status=0
+scripts/jobs.sh 3 target/test-logs < "$list" || status=$?
+rm -f "$list"
+[ "$status" = 0 ] || exit "$status"
 echo "all tests passed in $(( $(date +%s) - start )) s"
