@@ -8,7 +8,7 @@
 // pays a full load for each, so sharing each weight load among RB = 4 rows is what counts.
 // Rows are the batch-flattened rows of A (the weight is shared); an invocation's rows are `s`
 // apart so neighbouring lanes take neighbouring rows. QUANT reads a
-// q8_0/q4_0 weight (row = [quant words][f16 scales, two per u32], see src/quant/mod.rs): one
+// q8_0/q4_0/q3_0 weight (row = [quant words][f16 scales, two per u32], see src/quant/mod.rs): one
 // quant word and one scale word per 4 weights. Loop iterations per invocation: K / 4.
 
 struct Params {
@@ -22,6 +22,7 @@ struct Params {
 #if QUANT
 @group(0) @binding(2) var<storage, read> bq: array<u32>;
 const QWORDS: u32 = {{QWORDS}}u;
+#include "quant.wgsl"
 #else
 @group(0) @binding(2) var<storage, read> b: array<vec4<T>>;
 #endif
@@ -46,10 +47,15 @@ fn wrow(n: u32, k4: u32) -> vec4<f32> {
     let q = vec4<i32>(bitcast<i32>(w << 24u), bitcast<i32>(w << 16u), bitcast<i32>(w << 8u), bitcast<i32>(w)) >> vec4<u32>(24u);
     return d * vec4<f32>(q);
 #else
+#if Q3
+    let j = 4u * (k4 % 8u);
+    return d * q3x4(bq[base + blk * 3u + j / 16u] >> (2u * (j % 16u)), bq[base + blk * 3u + 2u] >> j);
+#else
     let j4 = k4 % 8u;
     let w = bq[base + blk * 4u + j4 % 4u] >> select(0u, 4u, j4 >= 4u);
     let q = (vec4<u32>(w) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(0xFu);
     return d * (vec4<f32>(q) - 8.0);
+#endif
 #endif
 #else
     return vec4<f32>(b[n * p.ldb + k4]);

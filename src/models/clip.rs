@@ -3,7 +3,7 @@
 //! the final layer norm, and (with projection) the pooled EOS state through `text_projection`.
 
 use super::config::ClipConfig;
-use super::nn::{LayerNorm, Linear};
+use super::nn::{LayerNorm, Linear, Weight};
 use super::weights::Weights;
 use crate::error::{Error, Result};
 use crate::gpu::GpuTensor;
@@ -22,7 +22,9 @@ struct ClipLayer {
 
 pub struct ClipTextModel {
     pub config: ClipConfig,
-    token_embedding: GpuTensor,
+    /// A matrix to the quantization policy: the largest tensor of a text encoder (SDXL's two are
+    /// 202 MB in f16), gathered row by row, so it may be stored in blocks.
+    token_embedding: Weight,
     position_embedding: GpuTensor,
     layers: Vec<ClipLayer>,
     final_ln: LayerNorm,
@@ -75,7 +77,7 @@ impl ClipTextModel {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(ClipTextModel {
-            token_embedding: t.get("embeddings.token_embedding.weight", &[config.vocab_size, d])?,
+            token_embedding: t.matrix("embeddings.token_embedding.weight", &[config.vocab_size, d])?,
             position_embedding: t.get("embeddings.position_embedding.weight", &[config.max_position_embeddings, d])?,
             final_ln: LayerNorm::load(&t.pp("final_layer_norm"), d, eps)?,
             // `text_projection` sits beside `text_model`, not in it.
@@ -116,7 +118,11 @@ impl ClipTextModel {
         let pooled = eos.filter(|_| self.text_projection.is_some());
         let d = c.hidden_size;
         let pos = ops::narrow(&self.position_embedding, 0, 0, tokens)?;
-        let mut x = ops::add(&ops::embedding(&self.token_embedding, ids)?.reshape(&[batch, tokens, d])?, &pos)?;
+        let tok = match &self.token_embedding {
+            Weight::Dense(table) => ops::embedding(table, ids)?,
+            Weight::Quant(table) => ops::embedding_quant(table, ids, pos.dtype())?,
+        };
+        let mut x = ops::add(&tok.reshape(&[batch, tokens, d])?, &pos)?;
         let last = if pooled.is_some() { c.num_hidden_layers } else { run };
         let mut out = None;
         for (i, layer) in self.layers[..last].iter().enumerate() {

@@ -303,7 +303,12 @@ impl<'a> Merged<'a> {
                 let info = inner.info(target).ok_or_else(|| bad(&u.lora.name, format!("{target}: no info")))?;
                 if !matches!(
                     info.dtype,
-                    FileDType::F32 | FileDType::F16 | FileDType::BF16 | FileDType::Q8_0 | FileDType::Q4_0
+                    FileDType::F32
+                        | FileDType::F16
+                        | FileDType::BF16
+                        | FileDType::Q8_0
+                        | FileDType::Q4_0
+                        | FileDType::Q3_0
                 ) {
                     return Err(bad(
                         &u.lora.name,
@@ -348,6 +353,7 @@ fn blocks(dtype: FileDType) -> Option<QuantFormat> {
     match dtype {
         FileDType::Q8_0 => Some(QuantFormat::Q8_0),
         FileDType::Q4_0 => Some(QuantFormat::Q4_0),
+        FileDType::Q3_0 => Some(QuantFormat::Q3_0),
         _ => None,
     }
 }

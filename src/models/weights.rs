@@ -29,6 +29,7 @@ pub enum FileDType {
     /// GGML blocks of a matrix (packages, GGUF): the shape is the logical one.
     Q8_0,
     Q4_0,
+    Q3_0,
     I64,
     Other,
 }
@@ -41,6 +42,7 @@ impl FileDType {
             "BF16" | "bf16" => FileDType::BF16,
             "q8_0" => FileDType::Q8_0,
             "q4_0" => FileDType::Q4_0,
+            "q3_0" => FileDType::Q3_0,
             "I64" => FileDType::I64,
             _ => FileDType::Other,
         }
@@ -54,6 +56,7 @@ impl FileDType {
             FileDType::BF16 => "BF16",
             FileDType::Q8_0 => "q8_0",
             FileDType::Q4_0 => "q4_0",
+            FileDType::Q3_0 => "q3_0",
             FileDType::I64 => "I64",
             FileDType::Other => "other",
         }
@@ -65,6 +68,7 @@ impl FileDType {
             FileDType::F16 => Some(StoreType::F16),
             FileDType::Q8_0 => Some(StoreType::Q8_0),
             FileDType::Q4_0 => Some(StoreType::Q4_0),
+            FileDType::Q3_0 => Some(StoreType::Q3_0),
             _ => None,
         }
     }
@@ -77,6 +81,7 @@ impl From<StoreType> for FileDType {
             StoreType::F16 => FileDType::F16,
             StoreType::Q8_0 => FileDType::Q8_0,
             StoreType::Q4_0 => FileDType::Q4_0,
+            StoreType::Q3_0 => FileDType::Q3_0,
         }
     }
 }
@@ -185,6 +190,7 @@ fn decode(bytes: &[u8], from: FileDType, name: &str) -> Result<Vec<f32>> {
         FileDType::BF16 => bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
         FileDType::Q8_0 => quant::dequantize(quant::QuantFormat::Q8_0, bytes)?,
         FileDType::Q4_0 => quant::dequantize(quant::QuantFormat::Q4_0, bytes)?,
+        FileDType::Q3_0 => quant::dequantize(quant::QuantFormat::Q3_0, bytes)?,
         _ => return Err(Error::Tensor { name: name.into(), msg: format!("{from:?} is not a float weight") }),
     })
 }
@@ -196,6 +202,7 @@ pub fn encode(values: &[f32], to: StoreType) -> Result<Vec<u8>> {
         StoreType::F16 => values.iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()).collect(),
         StoreType::Q8_0 => quant::quantize_fit(quant::QuantFormat::Q8_0, values)?,
         StoreType::Q4_0 => quant::quantize_fit(quant::QuantFormat::Q4_0, values)?,
+        StoreType::Q3_0 => quant::quantize_fit(quant::QuantFormat::Q3_0, values)?,
     })
 }
 
@@ -407,8 +414,10 @@ impl<'a> Weights<'a> {
                 msg: format!("has shape {:?}, the config implies {shape:?}", info.shape),
             });
         }
-        if !matches!(info.dtype, FileDType::F32 | FileDType::F16 | FileDType::BF16 | FileDType::Q8_0 | FileDType::Q4_0)
-        {
+        if !matches!(
+            info.dtype,
+            FileDType::F32 | FileDType::F16 | FileDType::BF16 | FileDType::Q8_0 | FileDType::Q4_0 | FileDType::Q3_0
+        ) {
             return Err(Error::Tensor { name: full, msg: format!("{:?} is not a float weight", info.dtype) });
         }
         Ok((full, info))

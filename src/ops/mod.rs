@@ -21,7 +21,7 @@ pub use attention::{attention, attention_keys_per_dispatch, AttentionLayout};
 pub use binary::{add, broadcast_strides, mul};
 pub use concat::concat;
 pub use conv2d::{conv2d, conv2d_add, conv2d_quant, conv2d_quant_add, Conv2dParams};
-pub use embedding::embedding;
+pub use embedding::{embedding, embedding_quant};
 pub use geglu::geglu;
 pub use group_norm::group_norm;
 pub use layer_norm::layer_norm;
@@ -61,9 +61,11 @@ impl WeightStore {
     fn define(self, key: KernelKey) -> KernelKey {
         match self {
             WeightStore::Plain => key,
-            WeightStore::Quant(f) => {
-                key.with("QUANT", 1).with("Q8", (f == QuantFormat::Q8_0) as u32).with("QWORDS", f.quant_words() as u32)
-            }
+            WeightStore::Quant(f) => key
+                .with("QUANT", 1)
+                .with("Q8", (f == QuantFormat::Q8_0) as u32)
+                .with("Q3", (f == QuantFormat::Q3_0) as u32)
+                .with("QWORDS", f.quant_words() as u32),
         }
     }
 }

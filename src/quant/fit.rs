@@ -1,5 +1,6 @@
-//! The q4_0 scale search behind `quantize_fit`: per block, 34 scale candidates and their
+//! The q4_0 / q3_0 scale search behind `quantize_fit`: per block, 34 scale candidates and their
 //! least-squares refinements, each rounded to f16 as stored, the one of least squared error kept.
+//! `L` is half the number of levels (8 for q4_0's -8..=7, 4 for q3_0's -4..=3).
 //!
 //! It is written to run across candidates in vector lanes (8: AVX2's width, two SIMD128 vectors
 //! in wasm) with no branches in the inner loops, and every lane's sums are taken in element
@@ -12,36 +13,43 @@
 use super::half16::round_f16;
 use super::{QuantFormat, BLOCK};
 
-/// Fits every block of `x` into the q4_0 blocks `out`, with the widest vectors the CPU has (the
-/// same operations in every lane width, so the same bytes).
-pub(super) fn fit_range(x: &[f32], out: &mut [u8]) {
+/// Fits every block of `x` into the q4_0 or q3_0 blocks `out` (q8_0 is not fitted), with the
+/// widest vectors the CPU has (the same operations in every lane width, so the same bytes).
+pub(super) fn fit_range(format: QuantFormat, x: &[f32], out: &mut [u8]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2, checked just above.
-        unsafe { fit_range_avx2(x, out) };
+        unsafe { fit_range_avx2(format, x, out) };
         return;
     }
-    fit_range_plain(x, out);
+    fit_range_plain(format, x, out);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn fit_range_avx2(x: &[f32], out: &mut [u8]) {
-    fit_range_plain(x, out)
+unsafe fn fit_range_avx2(format: QuantFormat, x: &[f32], out: &mut [u8]) {
+    fit_range_plain(format, x, out)
 }
 
 #[inline(always)]
-fn fit_range_plain(x: &[f32], out: &mut [u8]) {
-    for (b, blk) in x.chunks_exact(BLOCK).zip(out.chunks_exact_mut(QuantFormat::Q4_0.block_bytes())) {
-        let (d, q) = fit_q4_block(b.try_into().expect("a whole block"));
-        blk[..2].copy_from_slice(&half::f16::from_f32(d).to_le_bytes());
-        for j in 0..16 {
-            blk[2 + j] = (q[j] + 8) as u8 | (((q[j + 16] + 8) as u8) << 4);
+fn fit_range_plain(format: QuantFormat, x: &[f32], out: &mut [u8]) {
+    for (b, blk) in x.chunks_exact(BLOCK).zip(out.chunks_exact_mut(format.block_bytes())) {
+        let b: &[f32; BLOCK] = b.try_into().expect("a whole block");
+        if format == QuantFormat::Q3_0 {
+            let (d, q) = fit_block::<4>(b);
+            blk[..2].copy_from_slice(&half::f16::from_f32(d).to_le_bytes());
+            blk[2..].copy_from_slice(&super::pack_q3(&q.map(|l| (l + 4) as u8)));
+        } else {
+            let (d, q) = fit_block::<8>(b);
+            blk[..2].copy_from_slice(&half::f16::from_f32(d).to_le_bytes());
+            for j in 0..16 {
+                blk[2 + j] = (q[j] + 8) as u8 | (((q[j + 16] + 8) as u8) << 4);
+            }
         }
     }
 }
 
-/// How many threads fit `blocks` q4_0 blocks: one per core natively once a tensor is large enough
+/// How many threads fit `blocks` blocks: one per core natively once a tensor is large enough
 /// to pay for spawning them (a block costs about a microsecond); one in wasm.
 pub(super) fn threads(blocks: usize) -> usize {
     #[cfg(not(target_arch = "wasm32"))]
@@ -56,23 +64,23 @@ pub(super) fn threads(blocks: usize) -> usize {
     }
 }
 
-/// Scale candidates per block: the reference (the extreme value at level -8, or at +7), then
-/// 7.0..8.5 steps of 0.1 around both.
+/// Scale candidates per block: the reference (the extreme value at level -L, or at L - 1), then
+/// L - 1 .. L + 0.5 in steps of 0.1 around both.
 const CANDIDATES: usize = 34;
 /// Lanes evaluated together (AVX2's width; two SIMD128 vectors in wasm).
 const LANES: usize = 8;
 const CAND_PAD: usize = CANDIDATES.div_ceil(LANES) * LANES;
 const DS_PAD: usize = (2 * CANDIDATES).div_ceil(LANES) * LANES;
 
-/// The level of `v` at scale `d` as a float: `round(clamp(v / d, -8, 7))` with `f32::round`'s
+/// The level of `v` at scale `d` as a float: `round(clamp(v / d, -L, L - 1))` with `f32::round`'s
 /// ties away from zero, 0 for NaN or `d == 0`, exactly as
-/// `(v / d).round().clamp(-8.0, 7.0) as i32` (rounding is monotone and fixes the integer bounds,
+/// `(v / d).round().clamp(-L, L - 1) as i32` (rounding is monotone and fixes the integer bounds,
 /// so clamping first changes nothing), in float operations every SIMD width has: adding and
-/// subtracting 1.5 * 2^23 rounds |c| <= 8 to the nearest integer (ties to even), and ties are
+/// subtracting 1.5 * 2^23 rounds |c| <= L to the nearest integer (ties to even), and ties are
 /// then moved away from zero.
 #[inline(always)]
-fn level(v: f32, d: f32) -> f32 {
-    level_of(v / d, d)
+fn level<const L: i32>(v: f32, d: f32) -> f32 {
+    level_of::<L>(v / d, d)
 }
 
 /// `y.max(lo).min(hi)` (NaN becomes `lo`) as comparisons and selects: `f32::max` keeps the
@@ -90,13 +98,13 @@ fn clamp_levels(y: f32, [lo, hi]: [f32; 2]) -> f32 {
 
 /// `level` from `y = v / d`.
 #[inline(always)]
-fn level_of(y: f32, d: f32) -> f32 {
+fn level_of<const L: i32>(y: f32, d: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0;
     // No branches (they keep the compiler from vectorizing): NaN is caught from `y` itself,
-    // since `max` turns it into -8.
+    // since `max` turns it into -L.
     #[allow(clippy::eq_op)]
     let number = y == y;
-    let c = clamp_levels(y, [-8.0, 7.0]);
+    let c = clamp_levels(y, [-L as f32, (L - 1) as f32]);
     let r = (c + MAGIC) - MAGIC;
     let e = c - r;
     let up = (e == 0.5) & (c > 0.0);
@@ -121,17 +129,17 @@ fn lanes(ds: &[f32; LANES]) -> ([f32; LANES], [f32; LANES]) {
     (ds.map(|d| 1.0 / d), ds.map(|d| if d.abs() >= LO && d.abs() <= HI { 0.0 } else { 1.0 }))
 }
 
-/// The clamp of `fast_level`, -8 and 7, as values the compiler cannot see: with constants, LLVM
+/// The clamp of `fast_level`, -L and L - 1, as values the compiler cannot see: with constants, LLVM
 /// reads `if y > -8 { y } else { -8 }` as a float maximum, which it will not vectorize for wasm
 /// (no `f32x4` instruction keeps the non-NaN operand), and the loop runs a lane at a time; with
 /// values, it is the compare-and-select that wasm's `f32x4.pmax` is. (Natively the constants
 /// compile to `maxps`/`minps` and are faster.)
 #[inline(always)]
-fn clamp_bounds() -> [f32; 2] {
+fn clamp_bounds<const L: i32>() -> [f32; 2] {
     #[cfg(target_arch = "wasm32")]
-    return std::hint::black_box([-8.0, 7.0]);
+    return std::hint::black_box([-L as f32, (L - 1) as f32]);
     #[cfg(not(target_arch = "wasm32"))]
-    [-8.0, 7.0]
+    [-L as f32, (L - 1) as f32]
 }
 
 /// Whether a lane's largest distance from an integer (see `fast_level`) leaves it in doubt.
@@ -166,9 +174,9 @@ fn raise(worst: f32, dist: f32) -> f32 {
 /// The least-squares sums of one vector of scale candidates `ds` over the block: for each lane
 /// `sum v * q` and `sum q * q`, in element order, and the lane's doubt (see `redo_lsq`).
 #[inline(always)]
-fn lsq_sums(b: &[f32; BLOCK], ds: &[f32; LANES]) -> ([f32; LANES], [f32; LANES], [f32; LANES]) {
+fn lsq_sums<const L: i32>(b: &[f32; BLOCK], ds: &[f32; LANES]) -> ([f32; LANES], [f32; LANES], [f32; LANES]) {
     let (inv, mut worst) = lanes(ds);
-    let bounds = clamp_bounds();
+    let bounds = clamp_bounds::<L>();
     let (mut x, mut q2) = ([0f32; LANES], [0f32; LANES]);
     for &v in b {
         for l in 0..LANES {
@@ -184,10 +192,10 @@ fn lsq_sums(b: &[f32; BLOCK], ds: &[f32; LANES]) -> ([f32; LANES], [f32; LANES],
 /// A lane in doubt summed again, alone, dividing (f16 weights meet exact ties often: about one
 /// lane in ten).
 #[inline(never)]
-fn redo_lsq(b: &[f32; BLOCK], d: f32) -> (f32, f32) {
+fn redo_lsq<const L: i32>(b: &[f32; BLOCK], d: f32) -> (f32, f32) {
     let (mut x, mut q2) = (0f32, 0f32);
     for &v in b {
-        let q = level(v, d);
+        let q = level::<L>(v, d);
         x += v * q;
         q2 += q * q;
     }
@@ -197,9 +205,9 @@ fn redo_lsq(b: &[f32; BLOCK], d: f32) -> (f32, f32) {
 /// The squared errors of one vector of f16-exact scales `ds` over the block, in element order,
 /// and each lane's doubt.
 #[inline(always)]
-fn sq_errors(b: &[f32; BLOCK], ds: &[f32; LANES]) -> ([f32; LANES], [f32; LANES]) {
+fn sq_errors<const L: i32>(b: &[f32; BLOCK], ds: &[f32; LANES]) -> ([f32; LANES], [f32; LANES]) {
     let (inv, mut worst) = lanes(ds);
-    let bounds = clamp_bounds();
+    let bounds = clamp_bounds::<L>();
     let mut acc = [0f32; LANES];
     for &v in b {
         for l in 0..LANES {
@@ -213,23 +221,23 @@ fn sq_errors(b: &[f32; BLOCK], ds: &[f32; LANES]) -> ([f32; LANES], [f32; LANES]
 }
 
 #[inline(never)]
-fn redo_sq_error(b: &[f32; BLOCK], d: f32) -> f32 {
+fn redo_sq_error<const L: i32>(b: &[f32; BLOCK], d: f32) -> f32 {
     let mut acc = 0f32;
     for &v in b {
-        let e = v - d * level(v, d);
+        let e = v - d * level::<L>(v, d);
         acc += e * e;
     }
     acc
 }
 
-/// The q4_0 scale (f16-exact) and levels in -8..=7 of least squared error for one block.
+/// The scale (f16-exact) and levels in -L..L of least squared error for one block.
 ///
 /// Every candidate scale is evaluated, each with its sums accumulated in element order, so the
 /// result is the same as fitting candidate after candidate; the loops run across candidates
 /// (independent lanes), which the compiler vectorizes. A unit test below checks it bit for bit
 /// against the plain candidate-by-candidate form.
 #[inline(always)]
-fn fit_q4_block(b: &[f32; BLOCK]) -> (f32, [i32; BLOCK]) {
+fn fit_block<const L: i32>(b: &[f32; BLOCK]) -> (f32, [i32; BLOCK]) {
     let (mut amax, mut max) = (0f32, 0f32);
     for &v in b {
         if v.abs() > amax {
@@ -243,10 +251,10 @@ fn fit_q4_block(b: &[f32; BLOCK]) -> (f32, [i32; BLOCK]) {
     // Lanes are padded to whole vectors of `LANES` with copies of the last value: a copy never
     // wins, since only a strictly smaller error replaces an earlier one.
     let mut cand = [0f32; CAND_PAD];
-    cand[0] = max / -8.0;
-    cand[1] = max / 7.0;
+    cand[0] = max / -L as f32;
+    cand[1] = max / (L - 1) as f32;
     for i in 0..16 {
-        let n = 7.0 + 0.1 * i as f32;
+        let n = (L - 1) as f32 + 0.1 * i as f32;
         cand[2 + 2 * i] = max / -n;
         cand[3 + 2 * i] = max / n;
     }
@@ -259,12 +267,12 @@ fn fit_q4_block(b: &[f32; BLOCK]) -> (f32, [i32; BLOCK]) {
     let (mut sxq, mut sqq) = ([0f32; CAND_PAD], [0f32; CAND_PAD]);
     for ((cs, sx), sq) in cand.chunks_exact(LANES).zip(sxq.chunks_exact_mut(LANES)).zip(sqq.chunks_exact_mut(LANES)) {
         let cs: &[f32; LANES] = cs.try_into().expect("whole vectors");
-        let (x, q2, worst) = lsq_sums(b, cs);
+        let (x, q2, worst) = lsq_sums::<L>(b, cs);
         sx.copy_from_slice(&x);
         sq.copy_from_slice(&q2);
         for l in 0..LANES {
             if in_doubt(worst[l]) {
-                (sx[l], sq[l]) = redo_lsq(b, cs[l]);
+                (sx[l], sq[l]) = redo_lsq::<L>(b, cs[l]);
             }
         }
     }
@@ -281,11 +289,11 @@ fn fit_q4_block(b: &[f32; BLOCK]) -> (f32, [i32; BLOCK]) {
     let mut err = [0f32; DS_PAD];
     for (dv, ev) in ds.chunks_exact(LANES).zip(err.chunks_exact_mut(LANES)) {
         let dv: &[f32; LANES] = dv.try_into().expect("whole vectors");
-        let (e, worst) = sq_errors(b, dv);
+        let (e, worst) = sq_errors::<L>(b, dv);
         ev.copy_from_slice(&e);
         for l in 0..LANES {
             if in_doubt(worst[l]) {
-                ev[l] = redo_sq_error(b, dv[l]);
+                ev[l] = redo_sq_error::<L>(b, dv[l]);
             }
         }
     }
@@ -299,16 +307,17 @@ fn fit_q4_block(b: &[f32; BLOCK]) -> (f32, [i32; BLOCK]) {
     }
     let Some(m) = best else { return (0.0, [0; BLOCK]) };
     let d = ds[m];
-    (d, b.map(|v| level(v, d) as i32))
+    (d, b.map(|v| level::<L>(v, d) as i32))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The fit as first written, candidate after candidate: the oracle `fit_q4_block`'s
+    /// The fit as first written, candidate after candidate: the oracle `fit_block`'s
     /// vectorizable form must equal bit for bit.
-    fn fit_one_by_one(b: &[f32]) -> (f32, [i32; BLOCK]) {
+    fn fit_one_by_one<const L: i32>(b: &[f32]) -> (f32, [i32; BLOCK]) {
+        let (lo, hi) = (-L as f32, (L - 1) as f32);
         let (mut amax, mut max) = (0f32, 0f32);
         for &v in b {
             if v.abs() > amax {
@@ -324,14 +333,14 @@ mod tests {
             let mut q = [0i32; BLOCK];
             let mut err = 0f32;
             for (qi, &v) in q.iter_mut().zip(b) {
-                *qi = if d == 0.0 { 0 } else { (v / d).round().clamp(-8.0, 7.0) as i32 };
+                *qi = if d == 0.0 { 0 } else { (v / d).round().clamp(lo, hi) as i32 };
                 err += (v - d * *qi as f32).powi(2);
             }
             (q, err)
         };
-        let mut candidates = vec![max / -8.0, max / 7.0];
+        let mut candidates = vec![max / lo, max / hi];
         for i in 0..16 {
-            let n = 7.0 + 0.1 * i as f32;
+            let n = hi + 0.1 * i as f32;
             candidates.extend([max / -n, max / n]);
         }
         for d in candidates {
@@ -370,19 +379,26 @@ mod tests {
         blocks.push(vec![f32::NAN; 32]);
         blocks.push(vec![-0.0; 32]);
         for (i, b) in blocks.iter().enumerate() {
-            let (d, q) = fit_q4_block(b.as_slice().try_into().unwrap());
-            let (rd, rq) = fit_one_by_one(b);
-            assert!(d.to_bits() == rd.to_bits() && q == rq, "block {i} {b:?}: {d} {q:?} vs {rd} {rq:?}");
+            let (d, q) = fit_block::<8>(b.as_slice().try_into().unwrap());
+            let (rd, rq) = fit_one_by_one::<8>(b);
+            assert!(d.to_bits() == rd.to_bits() && q == rq, "q4 block {i} {b:?}: {d} {q:?} vs {rd} {rq:?}");
+            let (d, q) = fit_block::<4>(b.as_slice().try_into().unwrap());
+            let (rd, rq) = fit_one_by_one::<4>(b);
+            assert!(d.to_bits() == rd.to_bits() && q == rq, "q3 block {i} {b:?}: {d} {q:?} vs {rd} {rq:?}");
         }
         // Through the public, multi-threaded entry point as well.
         let flat: Vec<f32> = blocks.iter().flatten().copied().collect();
-        let mut want = Vec::new();
+        let (mut want4, mut want3) = (Vec::new(), Vec::new());
         for b in &blocks {
-            let (d, q) = fit_one_by_one(b);
-            want.extend(half::f16::from_f32(d).to_le_bytes());
-            want.extend((0..16).map(|j| (q[j] + 8) as u8 | (((q[j + 16] + 8) as u8) << 4)));
+            let (d, q) = fit_one_by_one::<8>(b);
+            want4.extend(half::f16::from_f32(d).to_le_bytes());
+            want4.extend((0..16).map(|j| (q[j] + 8) as u8 | (((q[j + 16] + 8) as u8) << 4)));
+            let (d, q) = fit_one_by_one::<4>(b);
+            want3.extend(half::f16::from_f32(d).to_le_bytes());
+            want3.extend(crate::quant::pack_q3(&q.map(|l| (l + 4) as u8)));
         }
-        assert_eq!(crate::quant::quantize_fit(QuantFormat::Q4_0, &flat).unwrap(), want);
+        assert_eq!(crate::quant::quantize_fit(QuantFormat::Q4_0, &flat).unwrap(), want4);
+        assert_eq!(crate::quant::quantize_fit(QuantFormat::Q3_0, &flat).unwrap(), want3);
     }
 
     /// The multiply's level is the division's wherever it is not in doubt; near-ties (the
@@ -409,7 +425,7 @@ mod tests {
                     doubted += 1;
                 } else {
                     checked += 1;
-                    assert_eq!(fast.to_bits(), level(v, d).to_bits(), "v {v:e} d {d:e}");
+                    assert_eq!(fast.to_bits(), level::<8>(v, d).to_bits(), "v {v:e} d {d:e}");
                 }
             }
         }
