@@ -2,8 +2,9 @@
 //!
 //! Only *matrices* can be quantized: weights consumed by a matmul or a conv, whose reduction
 //! dimension (`in` of nn.Linear, `Cin*KH*KW` of a conv) is a whole number of 32-blocks. The model
-//! constructors say which tensors those are (`Weights::matrix`), so the policy never has to guess
-//! from names. Everything else (norms, biases, embeddings) and every matrix a rule keeps out is
+//! constructors say which tensors those are (`Weights::matrix`; token embeddings too, whose
+//! rows are dequantized as they are gathered), so the policy never has to guess from names.
+//! Everything else (norms, biases, position embeddings) and every matrix a rule keeps out is
 //! stored as `other` (f16 by default).
 //!
 //! A policy is JSON (`convert --policy FILE`), e.g.
@@ -27,12 +28,14 @@ pub enum StoreType {
     Q8_0,
     #[serde(rename = "q4_0")]
     Q4_0,
+    #[serde(rename = "q3_0")]
+    Q3_0,
 }
 
 impl StoreType {
     pub fn parse(s: &str) -> Result<StoreType> {
         serde_json::from_value(serde_json::Value::String(s.to_string()))
-            .map_err(|_| Error::Request(format!("unknown storage type {s} (f32, f16, q8_0 or q4_0)")))
+            .map_err(|_| Error::Request(format!("unknown storage type {s} (f32, f16, q8_0, q4_0 or q3_0)")))
     }
 
     pub fn name(self) -> &'static str {
@@ -41,6 +44,7 @@ impl StoreType {
             StoreType::F16 => "f16",
             StoreType::Q8_0 => "q8_0",
             StoreType::Q4_0 => "q4_0",
+            StoreType::Q3_0 => "q3_0",
         }
     }
 
@@ -48,6 +52,7 @@ impl StoreType {
         match self {
             StoreType::Q8_0 => Some(QuantFormat::Q8_0),
             StoreType::Q4_0 => Some(QuantFormat::Q4_0),
+            StoreType::Q3_0 => Some(QuantFormat::Q3_0),
             _ => None,
         }
     }
@@ -58,7 +63,9 @@ impl StoreType {
             // Saturating: `numel` may come from a hostile manifest (a mismatch is then reported).
             StoreType::F32 => numel.saturating_mul(4),
             StoreType::F16 => numel.saturating_mul(2),
-            StoreType::Q8_0 | StoreType::Q4_0 => numel / BLOCK * self.quant().map_or(0, |f| f.block_bytes()),
+            StoreType::Q8_0 | StoreType::Q4_0 | StoreType::Q3_0 => {
+                numel / BLOCK * self.quant().map_or(0, |f| f.block_bytes())
+            }
         }
     }
 }
@@ -97,9 +104,15 @@ impl QuantPolicy {
     /// the VAE decoder (its convs produce the pixels) and the U-Net's `conv_in`/`conv_out`. The
     /// VAE encoder (img2img only) is q8_0. With `q4_0`, the tensors on the U-Net's residual
     /// paths stay q8_0 — skip-connection `conv_shortcut`s, transformer `proj_in`/`proj_out`,
-    /// the feed-forward output `ff.net.2` and the down/upsampler convs: quantizing one group at
+    /// the feed-forward output `ff.net.2` and the down/upsamplers convs: quantizing one group at
     /// a time showed these carry most of q4_0's error (BENCHMARKS.md, "Quantization quality"),
     /// while the bulk — ResNet convs, attention projections, `ff.net.0` — tolerates 4 bits.
+    /// Token embeddings (matrices gathered by row) keep `other` under q8_0 and q4_0.
+    ///
+    /// `q3_0` is the smallest package, for SDXL (whose q4_0 package cannot reach 1.8 GB): the
+    /// q4_0 policy with the U-Net's bulk in q3_0 — every transformer-block projection (attention,
+    /// both feed-forward layers) and the ResNet convs, 97% of SDXL's U-Net — and the token
+    /// embeddings in q4_0; the text encoders stay q4_0 and the small residual-path tensors q8_0.
     pub fn standard(matrices: StoreType) -> QuantPolicy {
         let other = if matrices == StoreType::F32 { StoreType::F32 } else { StoreType::F16 };
         let rule = |pattern: &str, dtype| Rule { pattern: pattern.into(), dtype };
@@ -109,14 +122,27 @@ impl QuantPolicy {
             for pattern in ["vae.*", "unet.conv_in.*", "unet.conv_out.*"] {
                 rules.push(rule(pattern, other));
             }
+            let table = if matrices == StoreType::Q3_0 { StoreType::Q4_0 } else { other };
+            rules.push(rule("*.token_embedding.*", table));
         }
-        if matrices == StoreType::Q4_0 {
-            for pattern in
-                ["unet.*conv_shortcut.*", "unet.*proj_in.*", "unet.*proj_out.*", "unet.*samplers.*", "unet.*ff.net.2.*"]
-            {
+        if matches!(matrices, StoreType::Q4_0 | StoreType::Q3_0) {
+            for pattern in ["unet.*conv_shortcut.*", "unet.*proj_in.*", "unet.*proj_out.*", "unet.*samplers.*"] {
                 rules.push(rule(pattern, StoreType::Q8_0));
             }
         }
+        let matrices = match matrices {
+            StoreType::Q3_0 => {
+                for pattern in ["unet.*transformer_blocks.*", "unet.*resnets.*.conv*"] {
+                    rules.push(rule(pattern, StoreType::Q3_0));
+                }
+                StoreType::Q4_0
+            }
+            StoreType::Q4_0 => {
+                rules.push(rule("unet.*ff.net.2.*", StoreType::Q8_0));
+                StoreType::Q4_0
+            }
+            m => m,
+        };
         QuantPolicy { matrices, other, min_elements: 0, rules }
     }
 
@@ -208,5 +234,24 @@ mod tests {
         assert_eq!(p.decide("unet.a.weight", Some([64, 64])), StoreType::Q8_0);
         assert!(QuantPolicy::from_json(r#"{"matrices": "q5_1"}"#).is_err());
         assert_eq!(StoreType::Q4_0.bytes(64), 36);
+        assert_eq!(StoreType::Q3_0.bytes(64), 28);
+        let emb = "text_encoder_2.text_model.embeddings.token_embedding.weight";
+        assert_eq!(QuantPolicy::standard(StoreType::Q4_0).decide(emb, Some([49408, 1280])), StoreType::F16);
+        let p3 = QuantPolicy::standard(StoreType::Q3_0);
+        let d3 = |n: &str, m| p3.decide(n, m);
+        assert_eq!(d3(emb, Some([49408, 1280])), StoreType::Q4_0);
+        let tb = "unet.down_blocks.2.attentions.1.transformer_blocks.9";
+        for t in ["attn1.to_q", "attn2.to_k", "attn2.to_out.0", "ff.net.0.proj", "ff.net.2"] {
+            assert_eq!(d3(&format!("{tb}.{t}.weight"), Some([1280, 1280])), StoreType::Q3_0, "{t}");
+        }
+        assert_eq!(d3("unet.down_blocks.2.attentions.1.proj_in.weight", Some([1280, 1280])), StoreType::Q8_0);
+        assert_eq!(d3("unet.down_blocks.2.resnets.0.conv1.weight", Some([1280, 11520])), StoreType::Q3_0);
+        assert_eq!(d3("unet.up_blocks.0.resnets.0.conv_shortcut.weight", Some([1280, 2560])), StoreType::Q8_0);
+        assert_eq!(d3("unet.up_blocks.0.resnets.0.time_emb_proj.weight", Some([1280, 1280])), StoreType::Q4_0);
+        assert_eq!(
+            d3("text_encoder_2.text_model.encoder.layers.0.mlp.fc1.weight", Some([5120, 1280])),
+            StoreType::Q4_0
+        );
+        assert_eq!(d3("vae.decoder.up_blocks.0.resnets.0.conv1.weight", Some([512, 4608])), StoreType::F16);
     }
 }
