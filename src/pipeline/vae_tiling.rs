@@ -31,10 +31,11 @@ impl VaeTiling {
 
 /// What the decoder's activations need for a `h` x `w` latent: (peak bytes, largest tensor
 /// bytes). The largest tensor is the input of the first stage at a resolution (the upsampled
-/// output of the stage before). The peak is bounded by six of the largest: a resnet block holds
+/// output of the stage before). The peak is bounded by seven of the largest: a resnet block holds
 /// its input, the normalised input, the conv outputs and the shortcut, the upsampler its input
-/// and output, and freed buffers are reused for tensors down to half their size (measured with
-/// `webdiffusion bench --dry`: 5.1x for SD's decoder in f16 at a 48-pixel tile).
+/// and output, and freed buffers are reused for tensors down to half their size, while the
+/// earlier stages' smaller buffers wait in the pool (measured with `webdiffusion bench --dry`:
+/// 5.1x for SD's decoder in f16 at a 48-pixel tile, 6.2x for SDXL's in f32 at 40 pixels).
 pub fn decoder_activations(c: &VaeConfig, h: usize, w: usize, dtype: DType) -> (u64, u64) {
     let rev: Vec<usize> = c.block_out_channels.iter().rev().copied().collect();
     let mut largest = 0u64;
@@ -43,7 +44,7 @@ pub fn decoder_activations(c: &VaeConfig, h: usize, w: usize, dtype: DType) -> (
         let side = (h << i) as u64 * (w << i) as u64;
         largest = largest.max(prev.max(ch) as u64 * side * dtype.size() as u64);
     }
-    (6 * largest, largest)
+    (7 * largest, largest)
 }
 
 /// What the encoder's activations need for an `h` x `w` image: (peak bytes, largest tensor
