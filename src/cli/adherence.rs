@@ -38,6 +38,10 @@ pub struct Args {
     /// Prompts per U-Net batch (the images do not depend on it).
     #[arg(long, default_value_t = 40)]
     batch: usize,
+    /// Store the weights as q8_0, q4_0 or q3_0 (the standard policy) instead of as published:
+    /// quantization measured on a trained model.
+    #[arg(long)]
+    quant: Option<String>,
     /// Writes a grid of the generated images (rows of 10) to this PNG.
     #[arg(long)]
     grid: Option<PathBuf>,
@@ -169,7 +173,12 @@ pub fn run(gpu: &Gpu, a: &Args) -> Result<()> {
     .with_context(|| format!("parsing {}", a.prompts.display()))?;
     let palette: Vec<(String, [f64; 3])> = set.palette.into_iter().collect();
     let src = super::http::open_model(&a.model);
-    let sd = webdiffusion::pipeline::generate::StableDiffusion::load(&*src, gpu, &loader::LoadOptions::new(DType::F32))
+    let mut opts = loader::LoadOptions::new(DType::F32);
+    if let Some(q) = &a.quant {
+        let store = webdiffusion::quant::StoreType::parse(q)?;
+        opts.quant = Some(std::sync::Arc::new(webdiffusion::quant::QuantPolicy::standard(store)));
+    }
+    let sd = webdiffusion::pipeline::generate::StableDiffusion::load(&*src, gpu, &opts)
         .with_context(|| format!("loading {}", a.model))?;
     let scheduler = super::generate::default_scheduler(
         sd.scheduler_config.class_name.as_deref(),

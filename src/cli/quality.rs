@@ -12,7 +12,7 @@ use webdiffusion::models::component::Component;
 use webdiffusion::models::config::{ClipConfig, UNetConfig, VaeConfig};
 use webdiffusion::models::convert::component_accesses;
 use webdiffusion::models::loader::{component_tensors, with_model, FileSource, LoadOptions};
-use webdiffusion::models::unet::UNet;
+use webdiffusion::models::unet::{Added, UNet};
 use webdiffusion::models::vae::Decoder;
 use webdiffusion::models::weights::Weights;
 use webdiffusion::pipeline::rng::NormalRng;
@@ -115,6 +115,14 @@ fn outputs(
         let h =
             src.with(gpu, Component::TextEncoder, policy, |w| ClipTextModel::load(te.clone(), w)?.forward(&ids, 1, 0))?;
         out.push(("text_encoder.last_hidden_state".into(), read(&h)?));
+        // SDXL's second encoder, where the model has one: its penultimate layer is the context.
+        if let Ok(json) = src.config(Component::TextEncoder2) {
+            let te2 = ClipConfig::from_json(&json)?;
+            let h = src.with(gpu, Component::TextEncoder2, policy, |w| {
+                ClipTextModel::load(te2.clone(), w)?.forward(&ids, 1, 0)
+            })?;
+            out.push(("text_encoder_2.last_hidden_state".into(), read(&h)?));
+        }
     }
 
     let sample =
@@ -122,12 +130,25 @@ fn outputs(
     let context =
         GpuTensor::from_f32(gpu, &rng.normals(77 * un.cross_attention_dim), &[1, 77, un.cross_attention_dim])?;
     let cond = un.time_cond_proj_dim.map(|d| GpuTensor::from_f32(gpu, &rng.normals(d), &[1, d])).transpose()?;
+    // SDXL's added conditioning: a random pooled embedding and the micro-conditioning of a
+    // square image of this size, uncropped.
+    let added = match (un.addition_time_embed_dim, un.projection_class_embeddings_input_dim) {
+        (Some(t), Some(p)) if un.addition_embed_type.as_deref() == Some("text_time") => {
+            let n = p.saturating_sub(6 * t);
+            let side = (8 * latent) as f32;
+            Some(Added {
+                text_embeds: GpuTensor::from_f32(gpu, &rng.normals(n), &[1, n])?,
+                time_ids: vec![side, side, 0.0, 0.0, side, side],
+            })
+        }
+        _ => None,
+    };
     if want("unet") {
         let eps = src.with(gpu, Component::Unet, policy, |w| {
             let unet = UNet::load(un.clone(), w)?;
             a.timesteps
                 .iter()
-                .map(|&t| unet.forward(&sample, t as f32, &context, cond.as_ref()))
+                .map(|&t| unet.forward_with(&sample, t as f32, &context, cond.as_ref(), added.as_ref()))
                 .collect::<webdiffusion::Result<Vec<_>>>()
         })?;
         for (t, e) in a.timesteps.iter().zip(eps) {
@@ -202,6 +223,7 @@ pub fn sizes(gpu: &Gpu, a: &SizesArgs) -> Result<()> {
         ("q8_0".into(), QuantPolicy::standard(StoreType::Q8_0)),
         ("q4_0 uniform".into(), uniform(StoreType::Q4_0)),
         ("q4_0 (default)".into(), QuantPolicy::standard(StoreType::Q4_0)),
+        ("q3_0".into(), QuantPolicy::standard(StoreType::Q3_0)),
     ];
     for p in &a.policy {
         columns.push((p.display().to_string(), super::convert::policy("", Some(p))?));
