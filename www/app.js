@@ -441,7 +441,7 @@ async function load(idOrUrl = $('model').value, opts = {}) {
   }
 }
 
-const quantName = (q) => ({ none: 'weights as published', q8_0: '8-bit weights', q4_0: '4-bit weights' })[q] || q;
+const quantName = (q) => ({ none: 'weights as published', q8_0: '8-bit weights', q4_0: '4-bit weights', q3_0: '3-bit U-Net weights' })[q] || q;
 
 function onLoadEvent(m) {
   const bar = $('download-bar');

@@ -213,7 +213,8 @@ const handlers = {
     // A checkpoint is always converted (its names are mapped on the way in): as published means
     // f16, which halves an f32 file and keeps an f16 one.
     const quant = entry.checkpoint && (msg.quant || 'none') === 'none' ? 'f16' : msg.quant || 'none';
-    // SDXL's q4_0 weights (2.5 GB) do not fit a 2 GB GPU at once: its catalog entries say so.
+    // SDXL's catalog entries ask for turns: its q3_0 weights (1.8 GB) with both encoders kept
+    // peak at 1.86 GB, too close to a 2 GB GPU; in turns the peak is 1.76 GB (BENCHMARKS.md).
     const lowMemory = typeof msg.lowMemory === 'boolean' ? msg.lowMemory : entry.lowMemory === true;
     if (entry.checkpoint && msg.file) entry.checkpoint.file = msg.file;
     if (!engine) await handlers.init();
