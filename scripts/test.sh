@@ -16,9 +16,9 @@ echo "built at $(( $(date +%s) - start )) s"
 
 # One job per test binary and per browser test file, run side by side (scripts/jobs.sh says
 # why). Longest first, so the short ones fill the gaps at the end; a new file runs last.
-order=(demo_model browser/faults cli browser/convert browser/real-size ops browser/app pipeline
-  models browser/checkpoint browser/img2img quant browser/bench browser/loras browser/models
-  browser/inpaint package browser/hostile-downloads unit-lib browser/taesd runtime)
+order=(ops cli demo_model quant browser/faults browser/real-size browser/convert pipeline
+  browser/app package models browser/checkpoint browser/img2img browser/bench browser/models
+  browser/inpaint browser/loras browser/hostile-downloads unit-lib browser/taesd runtime)
 declare -A cmd
 while IFS=' ' read -r kind name exe; do
   case "$kind" in
