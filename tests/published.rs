@@ -14,9 +14,12 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 use webdiffusion::gpu::DType;
+use webdiffusion::models::component::Component;
 use webdiffusion::models::config::{ClipConfig, UNetConfig, VaeConfig};
+use webdiffusion::models::convert::component_accesses;
 use webdiffusion::models::weights::{FileDType, TensorInfo, TensorSource, Weights};
 use webdiffusion::models::{clip, unet, vae};
+use webdiffusion::quant::{QuantPolicy, StoreType};
 use webdiffusion::{Error, Result};
 
 const MODELS: [&str; 7] = [
@@ -139,5 +142,49 @@ fn real_configs_parse_to_the_known_architectures() {
         assert_eq!((te2.with_projection(), te2.projection_dim, te2.num_hidden_layers), (true, Some(1280), 32), "{m}");
         let vae = VaeConfig::from_json(&read(m, "vae/config.json")).unwrap();
         assert_eq!((vae.scaling_factor, vae.force_upcast), (0.13025, true), "{m}");
+    }
+}
+
+/// The page's catalog entries of these architectures, their default storage (`quant`) and the
+/// package size each must stay under: SD about 1 GB, SDXL 1.8 GB (issue 21: q4_0 cannot, q3_0
+/// does). Sized from the published tensor lists under the standard policy, as `package-sizes`.
+#[test]
+fn catalog_defaults_fit_their_package_targets() {
+    let catalog: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/www/catalog.json")).unwrap(),
+    )
+    .unwrap();
+    let gpu = common::gpu();
+    for (id, model, limit) in [
+        ("sd15", MODELS[0], 1.0e9),
+        ("sd21-base", MODELS[2], 1.0e9),
+        ("sd-turbo", MODELS[3], 1.0e9),
+        ("sdxl-turbo", MODELS[5], 1.8e9),
+        ("sdxl", MODELS[6], 1.8e9),
+    ] {
+        let entries = catalog["models"].as_array().expect("catalog.models");
+        let entry = entries.iter().find(|e| e["id"] == id).unwrap_or_else(|| panic!("no catalog entry {id}"));
+        let quant = entry["quant"].as_str().unwrap();
+        let policy = QuantPolicy::standard(StoreType::parse(quant).unwrap());
+        let tensors: Value = serde_json::from_str(&read(model, "tensors.json")).unwrap();
+        let (mut total, mut sized) = (0usize, 0);
+        for component in Component::LOAD_ORDER {
+            let meta = &tensors["components"][component.to_string()];
+            if meta.is_null() {
+                continue;
+            }
+            let listing = Listing::new(&meta["tensors"], true);
+            let w = Weights::dry_run(&listing, gpu, DType::F16);
+            let config = read(model, &format!("{component}/config.json"));
+            let accesses = component_accesses(component, &config, &w).unwrap();
+            total += accesses
+                .iter()
+                .map(|a| policy.decide(&format!("{component}.{}", a.name), a.matrix).bytes(a.shape.iter().product()))
+                .sum::<usize>();
+            sized += 1;
+        }
+        eprintln!("{id} ({quant}): {:.1} MB of weights", total as f64 / 1e6);
+        assert!((total as f64) <= limit, "{id}: the {quant} package is {total} B, over {limit} B");
+        assert!(sized >= 3, "{id}: only {sized} components sized");
     }
 }
