@@ -214,13 +214,13 @@ fn uploading_rows_a_few_at_a_time_equals_one_upload() {
     let x = random_values(3, rows * cols);
     let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
     let mut calls = 0;
-    let t = GpuTensor::from_rows(&g, &[rows, cols], DType::F32, 3 * cols * 4, &mut |r, n| {
+    let t = GpuTensor::from_rows(g, &[rows, cols], DType::F32, 3 * cols * 4, &mut |r, n| {
         calls += 1;
         Ok(bytes[r * cols * 4..(r + n) * cols * 4].to_vec())
     })
     .unwrap();
     assert!(calls >= 13, "{calls} parts");
-    let whole = GpuTensor::from_bytes(&g, &bytes, &[rows, cols], DType::F32).unwrap();
+    let whole = GpuTensor::from_bytes(g, &bytes, &[rows, cols], DType::F32).unwrap();
     assert_eq!(to_vec(&t), x);
     assert_eq!(to_vec(&whole), x);
 }

@@ -228,7 +228,8 @@ impl Gpu {
             subgroups,
             subgroup_min_size: info.subgroup_min_size,
             subgroup_max_size: info.subgroup_max_size,
-            max_storage_binding: (got.max_storage_buffer_binding_size as u64)
+            max_storage_binding: got
+                .max_storage_buffer_binding_size
                 .min(options.binding_cap.unwrap_or(u64::MAX))
                 .max(4),
             max_buffer_size: got.max_buffer_size,

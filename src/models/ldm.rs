@@ -86,7 +86,7 @@ pub fn ldm_to_diffusers(name: &str, unet: &UNetConfig, vae: &VaeConfig) -> Vec<(
 }
 
 /// Splits `a.b.c` into its first `n` dot-separated parts and the rest.
-fn head<'a>(s: &'a str, n: usize) -> Option<(Vec<&'a str>, &'a str)> {
+fn head(s: &str, n: usize) -> Option<(Vec<&str>, &str)> {
     let mut parts = Vec::with_capacity(n);
     let mut rest = s;
     for _ in 0..n {

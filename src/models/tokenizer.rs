@@ -118,9 +118,8 @@ impl ClipTokenizer {
             map.unk_token.clone().or(config.unk_token.clone()),
             map.pad_token.clone().or(config.pad_token.clone()),
         ];
-        let normalized = |text: &str| {
-            roles.iter().flatten().map(TokenSpec::parts).filter(|p| p.0 == text).last().is_some_and(|p| p.1)
-        };
+        let normalized =
+            |text: &str| roles.iter().flatten().map(TokenSpec::parts).rfind(|p| p.0 == text).is_some_and(|p| p.1);
         let pad_name = roles[3].as_ref().map_or(EOS, |r| r.parts().0).to_string();
         let pad = id(&pad_name)?;
         let max_len = config.model_max_length.filter(|&m| (2.0..=4096.0).contains(&m)).map_or(77, |m| m as usize);
