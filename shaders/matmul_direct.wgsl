@@ -38,25 +38,7 @@ const CB: u32 = {{CB}}u; // 4, 8 (C8) or 16 (C8, C16)
 // Weights k4*4 .. k4*4+3 of weight row `n` (clamped in range by the caller).
 fn wrow(n: u32, k4: u32) -> vec4<f32> {
 #if QUANT
-    let base = n * p.ldb;
-    let blk = k4 / 8u;
-    let nb = p.k4 / 8u;
-    let d = unpack2x16float(bq[base + nb * QWORDS + blk / 2u])[blk % 2u];
-#if Q8
-    let w = bq[base + blk * 8u + k4 % 8u];
-    let q = vec4<i32>(bitcast<i32>(w << 24u), bitcast<i32>(w << 16u), bitcast<i32>(w << 8u), bitcast<i32>(w)) >> vec4<u32>(24u);
-    return d * vec4<f32>(q);
-#else
-#if Q3
-    let j = 4u * (k4 % 8u);
-    return d * q3x4(bq[base + blk * 3u + j / 16u] >> (2u * (j % 16u)), bq[base + blk * 3u + 2u] >> j);
-#else
-    let j4 = k4 % 8u;
-    let w = bq[base + blk * 4u + j4 % 4u] >> select(0u, 4u, j4 >= 4u);
-    let q = (vec4<u32>(w) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(0xFu);
-    return d * (vec4<f32>(q) - 8.0);
-#endif
-#endif
+    return dequant4(n * p.ldb, p.k4 / 8u, 4u * k4);
 #else
     return vec4<f32>(b[n * p.ldb + k4]);
 #endif

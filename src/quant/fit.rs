@@ -238,14 +238,8 @@ fn redo_sq_error<const L: i32>(b: &[f32; BLOCK], d: f32) -> f32 {
 /// against the plain candidate-by-candidate form.
 #[inline(always)]
 fn fit_block<const L: i32>(b: &[f32; BLOCK]) -> (f32, [i32; BLOCK]) {
-    let (mut amax, mut max) = (0f32, 0f32);
-    for &v in b {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
-        }
-    }
-    if amax == 0.0 {
+    let max = super::extreme(b);
+    if max == 0.0 {
         return (0.0, [0; BLOCK]);
     }
     // Lanes are padded to whole vectors of `LANES` with copies of the last value: a copy never
@@ -318,15 +312,9 @@ mod tests {
     /// vectorizable form must equal bit for bit.
     fn fit_one_by_one<const L: i32>(b: &[f32]) -> (f32, [i32; BLOCK]) {
         let (lo, hi) = (-L as f32, (L - 1) as f32);
-        let (mut amax, mut max) = (0f32, 0f32);
-        for &v in b {
-            if v.abs() > amax {
-                amax = v.abs();
-                max = v;
-            }
-        }
+        let max = crate::quant::extreme(b);
         let mut best = (0f32, [0i32; BLOCK], f32::INFINITY);
-        if amax == 0.0 {
+        if max == 0.0 {
             return (best.0, best.1);
         }
         let levels = |d: f32| -> ([i32; BLOCK], f32) {

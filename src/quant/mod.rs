@@ -97,13 +97,7 @@ pub fn quantize(format: QuantFormat, x: &[f32]) -> Result<Vec<u8>> {
             }
             QuantFormat::Q4_0 => {
                 // The signed value of largest magnitude maps to -8, keeping the full range.
-                let (mut amax, mut max) = (0f32, 0f32);
-                for &v in b {
-                    if v.abs() > amax {
-                        amax = v.abs();
-                        max = v;
-                    }
-                }
+                let max = extreme(b);
                 let d = max / -8.0;
                 let id = if d != 0.0 { 1.0 / d } else { 0.0 };
                 out.extend(f16::from_f32(d).to_le_bytes());
@@ -112,13 +106,7 @@ pub fn quantize(format: QuantFormat, x: &[f32]) -> Result<Vec<u8>> {
             }
             QuantFormat::Q3_0 => {
                 // As q4_0 with half the levels: the extreme value maps to -4.
-                let (mut amax, mut max) = (0f32, 0f32);
-                for &v in b {
-                    if v.abs() > amax {
-                        amax = v.abs();
-                        max = v;
-                    }
-                }
+                let max = extreme(b);
                 let d = max / -4.0;
                 let id = if d != 0.0 { 1.0 / d } else { 0.0 };
                 out.extend(f16::from_f32(d).to_le_bytes());
@@ -131,6 +119,20 @@ pub fn quantize(format: QuantFormat, x: &[f32]) -> Result<Vec<u8>> {
         }
     }
     Ok(out)
+}
+
+/// The value of largest magnitude in a block, the first of equals (0 for an all-zero block):
+/// q4_0 and q3_0 map it to their lowest level.
+#[inline(always)]
+pub(crate) fn extreme(b: &[f32]) -> f32 {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in b {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    max
 }
 
 /// The 12 quant bytes of a q3_0 block from its levels `q` (0..8 each).
@@ -152,8 +154,7 @@ fn q3_level(qb: &[u8], j: usize) -> u8 {
 /// instead of the reference `max / -8` (`max / -4`): the same format (any GGML reader
 /// dequantizes the q4_0), with less error energy (at least 10% less on the unit test's uniform
 /// and Gaussian-like data). The reference scale is one of the candidates, so no block ever gets
-/// worse. q8_0 is already within half a
-/// step of 255 levels and keeps the reference rounding.
+/// worse. q8_0 is already within half a step of 255 levels and keeps the reference rounding.
 ///
 /// Blocks are independent, so natively large tensors are split over the CPU's cores; the bytes
 /// do not depend on how (each block is fitted by the same sequence of float operations).
